@@ -1,0 +1,66 @@
+// Argument checks shared by every backend's entry points. The Python API validates first with richer
+// messages; these make direct torch.ops.din_ops.* calls fail cleanly too (ValueError / TypeError).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace din_ops {
+
+inline void check_float_tensor(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()),
+                   "din_ops: expected ", name,
+                   " to be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
+                   t.scalar_type());
+}
+
+inline void check_same_dtype_device(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "din_ops: expected ", name,
+                   " to have the dtype of x (", x.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), "din_ops: expected ", name,
+                    " on the device of x (", x.device(), "), got ", t.device());
+}
+
+inline void check_input(const at::Tensor& x) {
+  check_float_tensor(x, "x");
+  TORCH_CHECK_VALUE(x.dim() == 4, "din_ops: expected x of shape (N, C, H, W), got ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(1) > 0 && x.size(2) > 0 && x.size(3) > 0,
+                    "din_ops: expected x with C, H and W > 0 (an empty batch N = 0 is fine), got ",
+                    x.sizes());
+}
+
+// weight (N, Co, C), bias (N, Co) or undefined.
+inline void check_weight_1x1(const at::Tensor& x, const at::Tensor& weight,
+                             const c10::optional<at::Tensor>& bias) {
+  check_input(x);
+  check_same_dtype_device(weight, "weight", x);
+  TORCH_CHECK_VALUE(weight.dim() == 3 && weight.size(0) == x.size(0) && weight.size(2) == x.size(1),
+                    "din_ops: expected weight of shape (N, Co, C) = (", x.size(0), ", Co, ",
+                    x.size(1), "), got ", weight.sizes());
+  if (bias.has_value() && bias->defined()) {
+    check_same_dtype_device(*bias, "bias", x);
+    TORCH_CHECK_VALUE(bias->dim() == 2 && bias->size(0) == x.size(0) &&
+                          bias->size(1) == weight.size(1),
+                      "din_ops: expected bias of shape (N, Co) = (", x.size(0), ", ",
+                      weight.size(1), "), got ", bias->sizes());
+  }
+}
+
+inline void check_stats(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd) {
+  for (const auto* t : {&mean, &rstd}) {
+    TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == x.size(0) && t->size(1) == x.size(1),
+                      "din_ops: expected statistics of shape (N, C) = (", x.size(0), ", ",
+                      x.size(1), "), got ", t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kDouble,
+                     "din_ops: expected float64 statistics, got ", t->scalar_type());
+  }
+}
+
+inline void check_grad(const at::Tensor& grad, const at::Tensor& x, int64_t channels) {
+  check_same_dtype_device(grad, "grad_y", x);
+  TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == x.size(0) && grad.size(1) == channels &&
+                        grad.size(2) == x.size(2) && grad.size(3) == x.size(3),
+                    "din_ops: expected grad_y of shape (", x.size(0), ", ", channels, ", ",
+                    x.size(2), ", ", x.size(3), "), got ", grad.sizes());
+}
+
+}  // namespace din_ops

@@ -1,0 +1,149 @@
+// Helpers shared by the CPU kernel files: memory layouts, conversion to the accumulation type, and
+// the per-(n, c) instance statistics.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "din_ops/math.h"
+#include "loops.h"
+
+namespace din_ops::cpu {
+
+// Accumulation type: float for float/half/bfloat16 data, double for double.
+template <typename T>
+using acc_t = at::opmath_type<T>;
+
+// The two memory layouts the kernels handle natively. Any other strides are copied to NCHW first
+// (documented: an arbitrary strided view costs one copy).
+enum class Layout { NCHW, NHWC };
+
+inline Layout layout_of(const at::Tensor& x) {
+  return (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ? Layout::NHWC
+                                                                                  : Layout::NCHW;
+}
+
+inline at::MemoryFormat memory_format(Layout l) {
+  return l == Layout::NHWC ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// `t` laid out as `l` (a no-op when it already is).
+inline at::Tensor in_layout(const at::Tensor& t, Layout l) { return t.contiguous(memory_format(l)); }
+
+// n values of `src` as acc_t: `src` itself when T is acc_t, otherwise converted into `buf`.
+template <typename T>
+const acc_t<T>* load(const T* src, int64_t n, acc_t<T>* buf) {
+  if constexpr (std::is_same_v<T, acc_t<T>>) {
+    return src;
+  } else {
+    convert(src, n, buf);
+    return buf;
+  }
+}
+
+// Where a kernel writes n acc_t results bound for `dst`: `dst` itself when T is acc_t, else `buf`.
+template <typename T>
+acc_t<T>* out_ptr(T* dst, acc_t<T>* buf) {
+  if constexpr (std::is_same_v<T, acc_t<T>>) {
+    return dst;
+  } else {
+    return buf;
+  }
+}
+
+// Moves results produced by out_ptr to `dst` (converting; nothing to do when T is acc_t).
+template <typename T>
+void store(const acc_t<T>* src, int64_t n, T* dst) {
+  if constexpr (!std::is_same_v<T, acc_t<T>>) convert(src, n, dst);
+}
+
+// A scratch buffer of acc_t that is only allocated when T needs conversion.
+template <typename T>
+std::vector<acc_t<T>> scratch(int64_t n) {
+  return std::vector<acc_t<T>>(std::is_same_v<T, acc_t<T>> ? 0 : n);
+}
+
+// Per-channel normalization parameters in the accumulation type: the mean split as hi + lo (see
+// din_ops/math.h) and rstd. For double data lo is 0.
+template <typename acc>
+struct NormParams {
+  std::vector<acc> hi, lo, rstd;
+
+  NormParams(const double* mean, const double* rs, int64_t count)
+      : hi(count), lo(count), rstd(count) {
+    for (int64_t i = 0; i < count; ++i) {
+      if constexpr (std::is_same_v<acc, double>) {
+        hi[i] = mean[i];
+        lo[i] = 0.0;
+      } else {
+        const auto s = math::split_mean(mean[i]);
+        hi[i] = s.hi;
+        lo[i] = s.lo;
+      }
+      rstd[i] = static_cast<acc>(rs[i]);
+    }
+  }
+};
+
+// Instance statistics of samples [n0, n1) of x (laid out as `layout`), written to mean/rstd at
+// [n0 * C, n1 * C). Deterministic: the summation order does not depend on the thread count.
+template <typename T>
+void instance_stats(const T* x, Layout layout, int64_t n0, int64_t n1, int64_t C, int64_t P,
+                    double eps, double* mean, double* rstd) {
+  using acc = acc_t<T>;
+  if (layout == Layout::NCHW) {
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(P, 1));
+    at::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+      auto buf = scratch<T>(kBlock);
+      for (int64_t plane = b; plane < e; ++plane) {
+        const T* xp = x + plane * P;
+        const acc shift = static_cast<acc>(xp[0]);
+        double s1 = 0.0, s2 = 0.0;
+        for (int64_t i = 0; i < P; i += kBlock) {
+          const int64_t len = std::min(kBlock, P - i);
+          shifted_sums(load(xp + i, len, buf.data()), len, shift, &s1, &s2);
+        }
+        const auto m = math::moments_from_shifted_sums(shift, s1, s2, double(P), eps);
+        mean[plane] = m.mean;
+        rstd[plane] = m.rstd;
+      }
+    });
+    return;
+  }
+  // NHWC: each sample is a (P x C) row-major matrix. Rows are split into fixed chunks whose partial
+  // per-channel sums are added in chunk order, so results do not depend on the thread count.
+  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(P, 16384 / std::max<int64_t>(C, 1)));
+  const int64_t chunks = (P + rows - 1) / rows;
+  for (int64_t n = n0; n < n1; ++n) {
+    const T* xn = x + n * P * C;
+    std::vector<acc> shift(C);
+    for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<acc>(xn[c]);
+    std::vector<double> part(2 * chunks * C, 0.0);
+    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+      auto buf = scratch<T>(rows * C);
+      for (int64_t k = b; k < e; ++k) {
+        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
+        shifted_sums_rows(load(xn + r0 * C, len * C, buf.data()), len, C, shift.data(),
+                          &part[(2 * k) * C], &part[(2 * k + 1) * C]);
+      }
+    });
+    for (int64_t c = 0; c < C; ++c) {
+      double s1 = 0.0, s2 = 0.0;
+      for (int64_t k = 0; k < chunks; ++k) {
+        s1 += part[(2 * k) * C + c];
+        s2 += part[(2 * k + 1) * C + c];
+      }
+      const auto m = math::moments_from_shifted_sums(shift[c], s1, s2, double(P), eps);
+      mean[n * C + c] = m.mean;
+      rstd[n * C + c] = m.rstd;
+    }
+  }
+}
+
+}  // namespace din_ops::cpu

@@ -1,0 +1,332 @@
+// Dynamic instance normalization with a per-sample 1x1 convolution on the CPU.
+//
+//   forward : y[n] = W[n] @ xh[n] + b[n],          xh = (x - mean) * rstd,  W: (Co, C), xh: (C, P)
+//   backward: gb[n] = sum_p gy[n]
+//             gW[n] = gy[n] @ xh[n]^T
+//             gx    = rstd * (W^T gy - m1 - xh * m2),  m1 = (W^T gb) / P,  m2 = sum_o W * gW / P
+//
+// (m1 and m2 are mean_p(W^T gy) and mean_p(W^T gy * xh), written without another pass over P;
+// see MATH.md.) Samples are processed in groups whose x fits in cache: first the statistics of the
+// group, then tasks over (sample, pixel tile). A task normalizes its tile of x into a small
+// L2-resident buffer and multiplies it with W[n] through the BLAS, on top of the bias. xh is never
+// written for a whole plane, and backward saves only x and the (N, C) statistics.
+//
+// Why normalize the tile instead of folding the mean into the bias (b' = b - W rstd mean): with
+// x = 1e4 + noise the folded product W' x and the folded bias are 1e4 times larger than y and cancel,
+// losing four digits in float32 (eight at 1e6). Normalizing a cached tile costs one pass over L2 and
+// keeps float32 results as accurate as the float64 reference allows. The gradients use the same tiles.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "blas.h"
+#include "common.h"
+
+namespace din_ops::cpu {
+namespace {
+
+// Pixels per tile: the normalized tile (C x L) and the output tile (Co x L) stay within ~L2/4.
+int64_t tile_pixels(int64_t C, int64_t Co, int64_t P) {
+  const int64_t L = std::max<int64_t>(16, (int64_t(1) << 15) / std::max(C, Co) / 16 * 16);
+  return std::min(L, P);
+}
+
+// Samples per group: the group's x (and grad) should stay in the last-level cache between the
+// statistics and the GEMM passes; the per-thread weight-gradient partials stay bounded.
+int64_t group_samples(int64_t N, int64_t C, int64_t Co, int64_t P) {
+  const int64_t by_bytes = (int64_t(2) << 20) / std::max<int64_t>(1, C * P);
+  const int64_t by_partials = (int64_t(1) << 20) / std::max<int64_t>(1, Co * C);
+  return std::max<int64_t>(1, std::min({N, by_bytes, by_partials}));
+}
+
+// Matrix views of one sample. x[n] is (C x P): NCHW rows are channels, NHWC columns are channels.
+template <typename T>
+Mat<T> sample(T* base, int64_t rows, int64_t P, Layout l) {
+  return l == Layout::NCHW ? Mat<T>{base, rows, P, P, 1} : Mat<T>{base, rows, P, 1, rows};
+}
+
+// Writes xh for pixels [p0, p0 + L) of a sample into `tile` (C x L, same orientation as the layout).
+template <typename T>
+Mat<acc_t<T>> normalized_tile(const T* xn, Layout l, int64_t C, int64_t P, int64_t p0, int64_t L,
+                              const NormParams<acc_t<T>>& q, int64_t c0, acc_t<T>* tile,
+                              acc_t<T>* conv) {
+  if (l == Layout::NCHW) {
+    for (int64_t c = 0; c < C; ++c) {
+      normalize(load(xn + c * P + p0, L, conv), L, q.hi[c0 + c], q.lo[c0 + c], q.rstd[c0 + c],
+                tile + c * L);
+    }
+    return {tile, C, L, L, 1};
+  }
+  normalize_rows(load(xn + p0 * C, L * C, conv), L, C, q.hi.data() + c0, q.lo.data() + c0,
+                 q.rstd.data() + c0, tile);
+  return {tile, C, L, 1, C};
+}
+
+// Fills an output tile (rows x L, layout orientation) with a per-row value.
+template <typename acc>
+void fill_rows(Mat<acc> o, const acc* value) {
+  if (o.cs == 1) {
+    for (int64_t r = 0; r < o.rows; ++r) fill(o.data + r * o.rs, o.cols, value[r]);
+  } else {
+    for (int64_t p = 0; p < o.cols; ++p) std::copy(value, value + o.rows, o.data + p * o.cs);
+  }
+}
+
+// Copies an acc_t tile to the T output (only used when T is half/bfloat16).
+template <typename T>
+void store_tile(Mat<acc_t<T>> src, T* dst, int64_t P, Layout l) {
+  if (l == Layout::NCHW) {
+    for (int64_t r = 0; r < src.rows; ++r) store<T>(src.data + r * src.rs, src.cols, dst + r * P);
+  } else {
+    store<T>(src.data, src.rows * src.cols, dst);
+  }
+}
+
+// A tile of an output sample: directly in the output when T is acc_t, else in `buf`.
+template <typename T>
+Mat<acc_t<T>> out_tile(T* dst, int64_t rows, int64_t P, int64_t L, Layout l, acc_t<T>* buf) {
+  if constexpr (std::is_same_v<T, acc_t<T>>) {
+    return l == Layout::NCHW ? Mat<T>{dst, rows, L, P, 1} : Mat<T>{dst, rows, L, 1, rows};
+  } else {
+    return l == Layout::NCHW ? Mat<acc_t<T>>{buf, rows, L, L, 1}
+                             : Mat<acc_t<T>>{buf, rows, L, 1, rows};
+  }
+}
+
+// Pointer to pixel p0 of a sample whose matrix has `rows` rows.
+template <typename T>
+T* at_pixel(T* base, int64_t rows, int64_t p0, Layout l) {
+  return l == Layout::NCHW ? base + p0 : base + p0 * rows;
+}
+
+// weight[n] (Co x C) as a contiguous acc_t matrix for every sample of a group.
+template <typename T>
+std::vector<acc_t<T>> weights_as_acc(const T* w, int64_t n0, int64_t n1, int64_t Co, int64_t C) {
+  std::vector<acc_t<T>> out((n1 - n0) * Co * C);
+  for (int64_t i = 0; i < (n1 - n0) * Co * C; ++i) out[i] = static_cast<acc_t<T>>(w[n0 * Co * C + i]);
+  return out;
+}
+
+template <typename T>
+void forward(const T* x, const T* w, const T* b, T* y, Layout l, int64_t N, int64_t C, int64_t Co,
+             int64_t P, double eps, double* mean, double* rstd) {
+  using acc = acc_t<T>;
+  const int64_t L = tile_pixels(C, Co, P), tiles = (P + L - 1) / L;
+  const int64_t G = group_samples(N, C, Co, P);
+  for (int64_t n0 = 0; n0 < N; n0 += G) {
+    const int64_t n1 = std::min(N, n0 + G);
+    instance_stats(x, l, n0, n1, C, P, eps, mean, rstd);
+    const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, (n1 - n0) * C);
+    std::vector<acc> wacc, bacc;
+    if constexpr (!std::is_same_v<T, acc>) wacc = weights_as_acc(w, n0, n1, Co, C);
+    if (b != nullptr) {
+      bacc.resize((n1 - n0) * Co);
+      for (int64_t i = 0; i < (n1 - n0) * Co; ++i) bacc[i] = static_cast<acc>(b[n0 * Co + i]);
+    }
+    at::parallel_for(0, (n1 - n0) * tiles, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<acc> tile(C * L), conv = scratch<T>(C * L), obuf = scratch<T>(Co * L);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t g = t / tiles, n = n0 + g, p0 = (t % tiles) * L, len = std::min(L, P - p0);
+        const acc* wn = std::is_same_v<T, acc> ? reinterpret_cast<const acc*>(w) + n * Co * C
+                                               : wacc.data() + g * Co * C;
+        auto xt = normalized_tile(x + n * C * P, l, C, P, p0, len, q, g * C, tile.data(),
+                                  conv.data());
+        T* yp = at_pixel(y + n * Co * P, Co, p0, l);
+        auto yt = out_tile(yp, Co, P, len, l, obuf.data());
+        if (b != nullptr) fill_rows(yt, bacc.data() + g * Co);
+        gemm(Mat<const acc>{wn, Co, C, C, 1}, Mat<const acc>{xt.data, C, len, xt.rs, xt.cs},
+             b != nullptr ? acc(1) : acc(0), yt);
+        if constexpr (!std::is_same_v<T, acc>) store_tile(yt, yp, P, l);
+      }
+    });
+  }
+}
+
+template <typename T>
+void backward(const T* gy, const T* x, const T* w, const double* mean, const double* rstd, T* gx,
+              T* gw, T* gb, Layout l, int64_t N, int64_t C, int64_t Co, int64_t P) {
+  using acc = acc_t<T>;
+  const int64_t L = tile_pixels(C, Co, P), tiles = (P + L - 1) / L;
+  const int64_t G = group_samples(N, C, Co, P);
+  const int threads = at::get_num_threads();
+  for (int64_t n0 = 0; n0 < N; n0 += G) {
+    const int64_t n1 = std::min(N, n0 + G), ng = n1 - n0;
+    const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, ng * C);
+    const std::vector<acc> wacc = weights_as_acc(w, n0, n1, Co, C);
+
+    // Pass 1: per-thread partial gW = gy @ xh^T (by GEMM on normalized tiles) and gb = sum_p gy.
+    // Each thread owns a fixed, contiguous range of tasks, so for a given thread count the
+    // summation order, and the result, is fixed.
+    std::vector<acc> part_w(threads * ng * Co * C, acc(0));
+    std::vector<double> part_b(threads * ng * Co, 0.0);
+    at::parallel_for(0, ng * tiles, 1, [&](int64_t t0, int64_t t1) {
+      const int tid = at::get_thread_num();
+      std::vector<acc> tile(C * L), conv = scratch<T>(std::max(C, Co) * L);
+      std::vector<acc> gbuf = scratch<T>(Co * L), colsum(l == Layout::NHWC ? Co : 0);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t g = t / tiles, n = n0 + g, p0 = (t % tiles) * L, len = std::min(L, P - p0);
+        auto xt = normalized_tile(x + n * C * P, l, C, P, p0, len, q, g * C, tile.data(),
+                                  conv.data());
+        // gy tile as acc (converted when T is half/bfloat16).
+        const T* gp = at_pixel(gy + n * Co * P, Co, p0, l);
+        Mat<const acc> gt;
+        if constexpr (std::is_same_v<T, acc>) {
+          gt = l == Layout::NCHW ? Mat<const acc>{gp, Co, len, P, 1}
+                                 : Mat<const acc>{gp, Co, len, 1, Co};
+        } else {
+          if (l == Layout::NCHW) {
+            for (int64_t o = 0; o < Co; ++o) convert(gp + o * P, len, gbuf.data() + o * len);
+            gt = {gbuf.data(), Co, len, len, 1};
+          } else {
+            convert(gp, len * Co, gbuf.data());
+            gt = {gbuf.data(), Co, len, 1, Co};
+          }
+        }
+        acc* pw = part_w.data() + (tid * ng + g) * Co * C;
+        double* pb = part_b.data() + (tid * ng + g) * Co;
+        gemm(gt, Mat<const acc>{xt.data, len, C, xt.cs, xt.rs}, acc(1), Mat<acc>{pw, Co, C, C, 1});
+        if (l == Layout::NCHW) {
+          for (int64_t o = 0; o < Co; ++o) pb[o] += sum(gt.data + o * gt.rs, len);
+        } else {
+          std::fill(colsum.begin(), colsum.end(), acc(0));
+          for (int64_t p = 0; p < len; ++p) add_to(colsum.data(), gt.data + p * Co, Co);
+          for (int64_t o = 0; o < Co; ++o) pb[o] += colsum[o];
+        }
+      }
+    });
+
+    // Reduce the partials (in thread order) and form m1, m2 and W' = W * rstd per sample.
+    std::vector<acc> wscaled(ng * Co * C), m1(ng * C), m2(ng * C);
+    at::parallel_for(0, ng, 1, [&](int64_t g0, int64_t g1) {
+      std::vector<double> gwd(Co * C), gbd(Co);
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t n = n0 + g;
+        std::fill(gwd.begin(), gwd.end(), 0.0);
+        std::fill(gbd.begin(), gbd.end(), 0.0);
+        for (int th = 0; th < threads; ++th) {
+          const acc* pw = part_w.data() + (th * ng + g) * Co * C;
+          const double* pb = part_b.data() + (th * ng + g) * Co;
+          for (int64_t i = 0; i < Co * C; ++i) gwd[i] += pw[i];
+          for (int64_t o = 0; o < Co; ++o) gbd[o] += pb[o];
+        }
+        const acc* wn = wacc.data() + g * Co * C;
+        for (int64_t c = 0; c < C; ++c) {
+          double s1 = 0.0, s2 = 0.0;
+          for (int64_t o = 0; o < Co; ++o) {
+            s1 += double(wn[o * C + c]) * gbd[o];
+            s2 += double(wn[o * C + c]) * gwd[o * C + c];
+          }
+          m1[g * C + c] = static_cast<acc>(s1 / double(P));
+          m2[g * C + c] = static_cast<acc>(s2 / double(P));
+        }
+        for (int64_t o = 0; o < Co; ++o) {
+          for (int64_t c = 0; c < C; ++c) {
+            wscaled[(g * Co + o) * C + c] = wn[o * C + c] * q.rstd[g * C + c];
+            gw[(n * Co + o) * C + c] = static_cast<T>(gwd[o * C + c]);
+          }
+          gb[n * Co + o] = static_cast<T>(gbd[o]);
+        }
+      }
+    });
+
+    // Pass 2: gx = W'^T gy - rstd * (m1 + xh * m2): fill the epilogue from x, then add the GEMM.
+    at::parallel_for(0, ng * tiles, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<acc> conv = scratch<T>(std::max(C, Co) * L), obuf = scratch<T>(C * L);
+      std::vector<acc> gbuf = scratch<T>(Co * L);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t g = t / tiles, n = n0 + g, p0 = (t % tiles) * L, len = std::min(L, P - p0);
+        const T* xp = at_pixel(x + n * C * P, C, p0, l);
+        T* gxp = at_pixel(gx + n * C * P, C, p0, l);
+        auto ot = out_tile(gxp, C, P, len, l, obuf.data());
+        const acc* hi = q.hi.data() + g * C;
+        const acc* lo = q.lo.data() + g * C;
+        const acc* rs = q.rstd.data() + g * C;
+        if (l == Layout::NCHW) {
+          for (int64_t c = 0; c < C; ++c) {
+            normalize_backward(nullptr, load(xp + c * P, len, conv.data()), len, hi[c], lo[c],
+                               rs[c], m1[g * C + c], m2[g * C + c], ot.data + c * ot.rs);
+          }
+        } else {
+          normalize_backward_rows(nullptr, load(xp, len * C, conv.data()), len, C, hi, lo, rs,
+                                  m1.data() + g * C, m2.data() + g * C, ot.data);
+        }
+        const T* gp = at_pixel(gy + n * Co * P, Co, p0, l);
+        Mat<const acc> gt;
+        if constexpr (std::is_same_v<T, acc>) {
+          gt = l == Layout::NCHW ? Mat<const acc>{gp, Co, len, P, 1}
+                                 : Mat<const acc>{gp, Co, len, 1, Co};
+        } else {
+          if (l == Layout::NCHW) {
+            for (int64_t o = 0; o < Co; ++o) convert(gp + o * P, len, gbuf.data() + o * len);
+            gt = {gbuf.data(), Co, len, len, 1};
+          } else {
+            convert(gp, len * Co, gbuf.data());
+            gt = {gbuf.data(), Co, len, 1, Co};
+          }
+        }
+        gemm(Mat<const acc>{wscaled.data() + g * Co * C, C, Co, 1, C}, gt, acc(1), ot);
+        if constexpr (!std::is_same_v<T, acc>) store_tile(ot, gxp, P, l);
+      }
+    });
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_cpu(
+    const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+    double eps) {
+  check_weight_1x1(x_in, weight, bias);
+  const Layout l = layout_of(x_in);
+  const at::Tensor x = in_layout(x_in, l);
+  const at::Tensor w = weight.contiguous();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), Co = w.size(1);
+  auto y = at::empty({N, Co, x.size(2), x.size(3)}, x.options().memory_format(memory_format(l)));
+  auto mean = at::empty({N, C}, x.options().dtype(at::kDouble));
+  auto rstd = at::empty({N, C}, x.options().dtype(at::kDouble));
+  if (N == 0) return {y, mean, rstd};
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "dynamic_instance_norm_1x1", [&] {
+        forward(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                has_bias ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
+                l, N, C, Co, P, eps, mean.mutable_data_ptr<double>(),
+                rstd.mutable_data_ptr<double>());
+      });
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& weight,
+    const at::Tensor& mean, const at::Tensor& rstd) {
+  check_weight_1x1(x_in, weight, c10::nullopt);
+  check_grad(grad_y, x_in, weight.size(1));
+  check_stats(x_in, mean, rstd);
+  const Layout l = layout_of(x_in);
+  const at::Tensor x = in_layout(x_in, l);
+  const at::Tensor gy = in_layout(grad_y, l);
+  const at::Tensor w = weight.contiguous(), m = mean.contiguous(), r = rstd.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), Co = w.size(1);
+  auto gx = at::empty_like(x, x.options().memory_format(memory_format(l)));
+  auto gw = at::empty({N, Co, C}, x.options());
+  auto gb = at::empty({N, Co}, x.options());
+  if (N == 0) return {gx, gw, gb};
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "dynamic_instance_norm_1x1_backward", [&] {
+        backward(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                 w.const_data_ptr<scalar_t>(), m.const_data_ptr<double>(),
+                 r.const_data_ptr<double>(), gx.mutable_data_ptr<scalar_t>(),
+                 gw.mutable_data_ptr<scalar_t>(), gb.mutable_data_ptr<scalar_t>(), l, N, C, Co, P);
+      });
+  return {gx, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(din_ops, CPU, m) {
+  m.impl("dynamic_instance_norm_1x1", &dynamic_instance_norm_1x1_cpu);
+  m.impl("dynamic_instance_norm_1x1_backward", &dynamic_instance_norm_1x1_backward_cpu);
+}
+
+}  // namespace din_ops::cpu

@@ -1,0 +1,205 @@
+// Instance normalization on the CPU.
+//
+//   forward : mean, rstd per (n, c) plane;  y = (x - mean) * rstd
+//   backward: gx = rstd * (gy - mean_p(gy) - xh * mean_p(gy * xh)),  xh = (x - mean) * rstd
+//
+// NCHW: one task per plane, statistics and the elementwise pass back to back while the plane is in
+// L1/L2, so x is read from memory once. NHWC: per sample, fixed row chunks with per-channel partial
+// sums (vectorized over channels), then the elementwise pass. Statistics and xh are accumulated in
+// float (double for double data) with the shifted sums of din_ops/math.h.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "common.h"
+
+namespace din_ops::cpu {
+namespace {
+
+template <typename T>
+void forward_nchw(const T* x, T* y, int64_t planes, int64_t P, double eps, double* mean,
+                  double* rstd) {
+  using acc = acc_t<T>;
+  const int64_t grain = std::max<int64_t>(1, 32768 / P);
+  at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
+    auto in = scratch<T>(kBlock), out = scratch<T>(kBlock);
+    for (int64_t plane = b; plane < e; ++plane) {
+      const T* xp = x + plane * P;
+      T* yp = y + plane * P;
+      const acc shift = static_cast<acc>(xp[0]);
+      double s1 = 0.0, s2 = 0.0;
+      for (int64_t i = 0; i < P; i += kBlock) {
+        const int64_t len = std::min(kBlock, P - i);
+        shifted_sums(load(xp + i, len, in.data()), len, shift, &s1, &s2);
+      }
+      const auto m = math::moments_from_shifted_sums(shift, s1, s2, double(P), eps);
+      mean[plane] = m.mean;
+      rstd[plane] = m.rstd;
+      const NormParams<acc> q(&m.mean, &m.rstd, 1);
+      for (int64_t i = 0; i < P; i += kBlock) {
+        const int64_t len = std::min(kBlock, P - i);
+        acc* o = out_ptr(yp + i, out.data());
+        normalize(load(xp + i, len, in.data()), len, q.hi[0], q.lo[0], q.rstd[0], o);
+        store<T>(o, len, yp + i);
+      }
+    }
+  });
+}
+
+template <typename T>
+void forward_nhwc(const T* x, T* y, int64_t N, int64_t C, int64_t P, double eps, double* mean,
+                  double* rstd) {
+  using acc = acc_t<T>;
+  instance_stats(x, Layout::NHWC, 0, N, C, P, eps, mean, rstd);
+  const int64_t rows = std::max<int64_t>(1, kBlock * 16 / C);
+  const int64_t chunks = (P + rows - 1) / rows;
+  for (int64_t n = 0; n < N; ++n) {
+    const NormParams<acc> q(mean + n * C, rstd + n * C, C);
+    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+      auto in = scratch<T>(rows * C), out = scratch<T>(rows * C);
+      for (int64_t k = b; k < e; ++k) {
+        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
+        const int64_t off = (n * P + r0) * C;
+        acc* o = out_ptr(y + off, out.data());
+        normalize_rows(load(x + off, len * C, in.data()), len, C, q.hi.data(), q.lo.data(),
+                       q.rstd.data(), o);
+        store<T>(o, len * C, y + off);
+      }
+    });
+  }
+}
+
+template <typename T>
+void backward_nchw(const T* gy, const T* x, const double* mean, const double* rstd, T* gx,
+                   int64_t planes, int64_t P) {
+  using acc = acc_t<T>;
+  const int64_t grain = std::max<int64_t>(1, 16384 / P);
+  at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
+    auto gbuf = scratch<T>(kBlock), xbuf = scratch<T>(kBlock), out = scratch<T>(kBlock);
+    for (int64_t plane = b; plane < e; ++plane) {
+      const int64_t base = plane * P;
+      const NormParams<acc> q(mean + plane, rstd + plane, 1);
+      double sg = 0.0, sgxh = 0.0;
+      for (int64_t i = 0; i < P; i += kBlock) {
+        const int64_t len = std::min(kBlock, P - i);
+        grad_sums(load(gy + base + i, len, gbuf.data()), load(x + base + i, len, xbuf.data()), len,
+                  q.hi[0], q.lo[0], q.rstd[0], &sg, &sgxh);
+      }
+      const acc mg = static_cast<acc>(sg / double(P)), mgxh = static_cast<acc>(sgxh / double(P));
+      for (int64_t i = 0; i < P; i += kBlock) {
+        const int64_t len = std::min(kBlock, P - i);
+        acc* o = out_ptr(gx + base + i, out.data());
+        normalize_backward(load(gy + base + i, len, gbuf.data()),
+                           load(x + base + i, len, xbuf.data()), len, q.hi[0], q.lo[0], q.rstd[0],
+                           mg, mgxh, o);
+        store<T>(o, len, gx + base + i);
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_nhwc(const T* gy, const T* x, const double* mean, const double* rstd, T* gx,
+                   int64_t N, int64_t C, int64_t P) {
+  using acc = acc_t<T>;
+  const int64_t rows = std::max<int64_t>(1, kBlock * 16 / C);
+  const int64_t chunks = (P + rows - 1) / rows;
+  for (int64_t n = 0; n < N; ++n) {
+    const NormParams<acc> q(mean + n * C, rstd + n * C, C);
+    const T* gyn = gy + n * P * C;
+    const T* xn = x + n * P * C;
+    // Per-chunk partial sums, added in chunk order (deterministic for any thread count).
+    std::vector<double> part(2 * chunks * C, 0.0);
+    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+      auto gbuf = scratch<T>(rows * C), xbuf = scratch<T>(rows * C);
+      for (int64_t k = b; k < e; ++k) {
+        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
+        grad_sums_rows(load(gyn + r0 * C, len * C, gbuf.data()),
+                       load(xn + r0 * C, len * C, xbuf.data()), len, C, q.hi.data(), q.lo.data(),
+                       q.rstd.data(), &part[(2 * k) * C], &part[(2 * k + 1) * C]);
+      }
+    });
+    std::vector<acc> mg(C), mgxh(C);
+    for (int64_t c = 0; c < C; ++c) {
+      double sg = 0.0, sgxh = 0.0;
+      for (int64_t k = 0; k < chunks; ++k) {
+        sg += part[(2 * k) * C + c];
+        sgxh += part[(2 * k + 1) * C + c];
+      }
+      mg[c] = static_cast<acc>(sg / double(P));
+      mgxh[c] = static_cast<acc>(sgxh / double(P));
+    }
+    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+      auto gbuf = scratch<T>(rows * C), xbuf = scratch<T>(rows * C), out = scratch<T>(rows * C);
+      for (int64_t k = b; k < e; ++k) {
+        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
+        const int64_t off = (n * P + r0) * C;
+        acc* o = out_ptr(gx + off, out.data());
+        normalize_backward_rows(load(gy + off, len * C, gbuf.data()),
+                                load(x + off, len * C, xbuf.data()), len, C, q.hi.data(),
+                                q.lo.data(), q.rstd.data(), mg.data(), mgxh.data(), o);
+        store<T>(o, len * C, gx + off);
+      }
+    });
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(const at::Tensor& x_in,
+                                                                 double eps) {
+  check_input(x_in);
+  const Layout layout = layout_of(x_in);
+  const at::Tensor x = in_layout(x_in, layout);
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  auto y = at::empty_like(x, x.options().memory_format(memory_format(layout)));
+  auto mean = at::empty({N, C}, x.options().dtype(at::kDouble));
+  auto rstd = at::empty({N, C}, x.options().dtype(at::kDouble));
+  if (x.numel() == 0) return {y, mean.fill_(NAN), rstd.fill_(NAN)};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "instance_norm", [&] {
+    if (layout == Layout::NCHW) {
+      forward_nchw(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), N * C, P, eps,
+                   mean.mutable_data_ptr<double>(), rstd.mutable_data_ptr<double>());
+    } else {
+      forward_nhwc(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), N, C, P, eps,
+                   mean.mutable_data_ptr<double>(), rstd.mutable_data_ptr<double>());
+    }
+  });
+  return {y, mean, rstd};
+}
+
+at::Tensor instance_norm_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x_in,
+                                      const at::Tensor& mean, const at::Tensor& rstd) {
+  check_input(x_in);
+  check_grad(grad_y, x_in, x_in.size(1));
+  check_stats(x_in, mean, rstd);
+  const Layout layout = layout_of(x_in);
+  const at::Tensor x = in_layout(x_in, layout);
+  const at::Tensor gy = in_layout(grad_y, layout);
+  const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  auto gx = at::empty_like(x, x.options().memory_format(memory_format(layout)));
+  if (x.numel() == 0) return gx;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "instance_norm_backward", [&] {
+        if (layout == Layout::NCHW) {
+          backward_nchw(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                        m.const_data_ptr<double>(), r.const_data_ptr<double>(),
+                        gx.mutable_data_ptr<scalar_t>(), N * C, P);
+        } else {
+          backward_nhwc(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                        m.const_data_ptr<double>(), r.const_data_ptr<double>(),
+                        gx.mutable_data_ptr<scalar_t>(), N, C, P);
+        }
+      });
+  return gx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(din_ops, CPU, m) {
+  m.impl("instance_norm", &instance_norm_cpu);
+  m.impl("instance_norm_backward", &instance_norm_backward_cpu);
+}
+
+}  // namespace din_ops::cpu

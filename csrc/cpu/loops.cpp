@@ -1,0 +1,287 @@
+#include "loops.h"
+
+#include <algorithm>
+
+// Each exported loop is compiled for AVX-512 (x86-64-v4), AVX2+FMA (x86-64-v3) and the baseline, and
+// the dynamic loader picks one for the CPU it runs on.
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define DIN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DIN_CLONES
+#endif
+#define DIN_INLINE __attribute__((always_inline)) inline
+
+namespace din_ops::cpu {
+namespace {
+
+// Lanes of independent partial sums: enough for two AVX-512 registers of float per accumulator.
+template <typename T>
+constexpr int kLanes = 64 / sizeof(T) * 2;
+// Partial sums live in the data type for at most this many values per lane before they are flushed
+// to double; this bounds the float rounding error of a sum to ~kFlush * 2^-24 relative.
+constexpr int64_t kFlush = 256;
+
+template <typename T>
+DIN_INLINE void shifted_sums_impl(const T* x, int64_t n, T shift, double* s1, double* s2) {
+  constexpr int L = kLanes<T>;
+  double t1 = 0.0, t2 = 0.0;
+  for (int64_t b = 0; b < n; b += kFlush * L) {
+    const int64_t e = std::min(n, b + kFlush * L);
+    T a1[L] = {}, a2[L] = {};
+    int64_t i = b;
+    for (; i + L <= e; i += L) {
+      for (int j = 0; j < L; ++j) {
+        const T d = x[i + j] - shift;
+        a1[j] += d;
+        a2[j] += d * d;
+      }
+    }
+    for (; i < e; ++i) {
+      const T d = x[i] - shift;
+      a1[0] += d;
+      a2[0] += d * d;
+    }
+    for (int j = 0; j < L; ++j) {
+      t1 += a1[j];
+      t2 += a2[j];
+    }
+  }
+  *s1 += t1;
+  *s2 += t2;
+}
+
+// Channels are processed in blocks of kCh so the per-channel partial sums stay in registers/L1.
+constexpr int64_t kCh = 64;
+
+template <typename T>
+DIN_INLINE void shifted_sums_rows_impl(const T* x, int64_t rows, int64_t C, const T* shift,
+                                       double* s1, double* s2) {
+  for (int64_t c0 = 0; c0 < C; c0 += kCh) {
+    const int64_t cn = std::min(kCh, C - c0);
+    for (int64_t r0 = 0; r0 < rows; r0 += kFlush) {
+      const int64_t re = std::min(rows, r0 + kFlush);
+      T a1[kCh] = {}, a2[kCh] = {};
+      for (int64_t r = r0; r < re; ++r) {
+        const T* xr = x + r * C + c0;
+        for (int64_t j = 0; j < cn; ++j) {
+          const T d = xr[j] - shift[c0 + j];
+          a1[j] += d;
+          a2[j] += d * d;
+        }
+      }
+      for (int64_t j = 0; j < cn; ++j) {
+        s1[c0 + j] += a1[j];
+        s2[c0 + j] += a2[j];
+      }
+    }
+  }
+}
+
+template <typename T>
+DIN_INLINE void grad_sums_impl(const T* g, const T* x, int64_t n, T hi, T lo, T r, double* sg,
+                               double* sgxh) {
+  constexpr int L = kLanes<T>;
+  double t1 = 0.0, t2 = 0.0;
+  for (int64_t b = 0; b < n; b += kFlush * L) {
+    const int64_t e = std::min(n, b + kFlush * L);
+    T a1[L] = {}, a2[L] = {};
+    int64_t i = b;
+    for (; i + L <= e; i += L) {
+      for (int j = 0; j < L; ++j) {
+        const T xh = ((x[i + j] - hi) - lo) * r;
+        a1[j] += g[i + j];
+        a2[j] += g[i + j] * xh;
+      }
+    }
+    for (; i < e; ++i) {
+      const T xh = ((x[i] - hi) - lo) * r;
+      a1[0] += g[i];
+      a2[0] += g[i] * xh;
+    }
+    for (int j = 0; j < L; ++j) {
+      t1 += a1[j];
+      t2 += a2[j];
+    }
+  }
+  *sg += t1;
+  *sgxh += t2;
+}
+
+template <typename T>
+DIN_INLINE void grad_sums_rows_impl(const T* g, const T* x, int64_t rows, int64_t C, const T* hi,
+                                    const T* lo, const T* r, double* sg, double* sgxh) {
+  for (int64_t c0 = 0; c0 < C; c0 += kCh) {
+    const int64_t cn = std::min(kCh, C - c0);
+    for (int64_t r0 = 0; r0 < rows; r0 += kFlush) {
+      const int64_t re = std::min(rows, r0 + kFlush);
+      T a1[kCh] = {}, a2[kCh] = {};
+      for (int64_t p = r0; p < re; ++p) {
+        const T* xr = x + p * C + c0;
+        const T* gr = g + p * C + c0;
+        for (int64_t j = 0; j < cn; ++j) {
+          const T xh = ((xr[j] - hi[c0 + j]) - lo[c0 + j]) * r[c0 + j];
+          a1[j] += gr[j];
+          a2[j] += gr[j] * xh;
+        }
+      }
+      for (int64_t j = 0; j < cn; ++j) {
+        sg[c0 + j] += a1[j];
+        sgxh[c0 + j] += a2[j];
+      }
+    }
+  }
+}
+
+template <typename T>
+DIN_INLINE void normalize_impl(const T* x, int64_t n, T hi, T lo, T r, T* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = ((x[i] - hi) - lo) * r;
+}
+
+template <typename T>
+DIN_INLINE void normalize_rows_impl(const T* x, int64_t rows, int64_t C, const T* hi, const T* lo,
+                                    const T* rstd, T* out) {
+  for (int64_t p = 0; p < rows; ++p) {
+    const T* xr = x + p * C;
+    T* o = out + p * C;
+    for (int64_t c = 0; c < C; ++c) o[c] = ((xr[c] - hi[c]) - lo[c]) * rstd[c];
+  }
+}
+
+template <typename T>
+DIN_INLINE void normalize_backward_impl(const T* g, const T* x, int64_t n, T hi, T lo, T r, T mg,
+                                        T mgxh, T* out) {
+  if (g != nullptr) {
+    for (int64_t i = 0; i < n; ++i) {
+      const T xh = ((x[i] - hi) - lo) * r;
+      out[i] = r * (g[i] - mg - xh * mgxh);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const T xh = ((x[i] - hi) - lo) * r;
+      out[i] = -r * (mg + xh * mgxh);
+    }
+  }
+}
+
+template <typename T>
+DIN_INLINE void normalize_backward_rows_impl(const T* g, const T* x, int64_t rows, int64_t C,
+                                             const T* hi, const T* lo, const T* r, const T* mg,
+                                             const T* mgxh, T* out) {
+  for (int64_t p = 0; p < rows; ++p) {
+    const T* xr = x + p * C;
+    T* o = out + p * C;
+    if (g != nullptr) {
+      const T* gr = g + p * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const T xh = ((xr[c] - hi[c]) - lo[c]) * r[c];
+        o[c] = r[c] * (gr[c] - mg[c] - xh * mgxh[c]);
+      }
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        const T xh = ((xr[c] - hi[c]) - lo[c]) * r[c];
+        o[c] = -r[c] * (mg[c] + xh * mgxh[c]);
+      }
+    }
+  }
+}
+
+template <typename T>
+DIN_INLINE double sum_impl(const T* x, int64_t n) {
+  double s1 = 0.0, s2 = 0.0;
+  // shifted_sums with a zero shift also returns the sum of squares; the sum alone is cheap enough
+  // not to deserve a loop of its own.
+  shifted_sums_impl<T>(x, n, T(0), &s1, &s2);
+  return s1;
+}
+
+}  // namespace
+
+DIN_CLONES void shifted_sums(const float* x, int64_t n, float shift, double* s1, double* s2) {
+  shifted_sums_impl(x, n, shift, s1, s2);
+}
+DIN_CLONES void shifted_sums(const double* x, int64_t n, double shift, double* s1, double* s2) {
+  shifted_sums_impl(x, n, shift, s1, s2);
+}
+DIN_CLONES void shifted_sums_rows(const float* x, int64_t rows, int64_t C, const float* shift,
+                                  double* s1, double* s2) {
+  shifted_sums_rows_impl(x, rows, C, shift, s1, s2);
+}
+DIN_CLONES void shifted_sums_rows(const double* x, int64_t rows, int64_t C, const double* shift,
+                                  double* s1, double* s2) {
+  shifted_sums_rows_impl(x, rows, C, shift, s1, s2);
+}
+DIN_CLONES void grad_sums(const float* g, const float* x, int64_t n, float hi, float lo, float r,
+                          double* sg, double* sgxh) {
+  grad_sums_impl(g, x, n, hi, lo, r, sg, sgxh);
+}
+DIN_CLONES void grad_sums(const double* g, const double* x, int64_t n, double hi, double lo,
+                          double r, double* sg, double* sgxh) {
+  grad_sums_impl(g, x, n, hi, lo, r, sg, sgxh);
+}
+DIN_CLONES void grad_sums_rows(const float* g, const float* x, int64_t rows, int64_t C,
+                               const float* hi, const float* lo, const float* r, double* sg,
+                               double* sgxh) {
+  grad_sums_rows_impl(g, x, rows, C, hi, lo, r, sg, sgxh);
+}
+DIN_CLONES void grad_sums_rows(const double* g, const double* x, int64_t rows, int64_t C,
+                               const double* hi, const double* lo, const double* r, double* sg,
+                               double* sgxh) {
+  grad_sums_rows_impl(g, x, rows, C, hi, lo, r, sg, sgxh);
+}
+DIN_CLONES void normalize(const float* x, int64_t n, float hi, float lo, float r, float* out) {
+  normalize_impl(x, n, hi, lo, r, out);
+}
+DIN_CLONES void normalize(const double* x, int64_t n, double hi, double lo, double r,
+                          double* out) {
+  normalize_impl(x, n, hi, lo, r, out);
+}
+DIN_CLONES void normalize_rows(const float* x, int64_t rows, int64_t C, const float* hi,
+                               const float* lo, const float* rstd, float* out) {
+  normalize_rows_impl(x, rows, C, hi, lo, rstd, out);
+}
+DIN_CLONES void normalize_rows(const double* x, int64_t rows, int64_t C, const double* hi,
+                               const double* lo, const double* rstd, double* out) {
+  normalize_rows_impl(x, rows, C, hi, lo, rstd, out);
+}
+DIN_CLONES void normalize_backward(const float* g, const float* x, int64_t n, float hi, float lo,
+                                   float r, float mg, float mgxh, float* out) {
+  normalize_backward_impl(g, x, n, hi, lo, r, mg, mgxh, out);
+}
+DIN_CLONES void normalize_backward(const double* g, const double* x, int64_t n, double hi,
+                                   double lo, double r, double mg, double mgxh, double* out) {
+  normalize_backward_impl(g, x, n, hi, lo, r, mg, mgxh, out);
+}
+DIN_CLONES void normalize_backward_rows(const float* g, const float* x, int64_t rows, int64_t C,
+                                        const float* hi, const float* lo, const float* r,
+                                        const float* mg, const float* mgxh, float* out) {
+  normalize_backward_rows_impl(g, x, rows, C, hi, lo, r, mg, mgxh, out);
+}
+DIN_CLONES void normalize_backward_rows(const double* g, const double* x, int64_t rows, int64_t C,
+                                        const double* hi, const double* lo, const double* r,
+                                        const double* mg, const double* mgxh, double* out) {
+  normalize_backward_rows_impl(g, x, rows, C, hi, lo, r, mg, mgxh, out);
+}
+DIN_CLONES void fill(float* dst, int64_t n, float value) { std::fill(dst, dst + n, value); }
+DIN_CLONES void fill(double* dst, int64_t n, double value) { std::fill(dst, dst + n, value); }
+DIN_CLONES double sum(const float* x, int64_t n) { return sum_impl(x, n); }
+DIN_CLONES double sum(const double* x, int64_t n) { return sum_impl(x, n); }
+DIN_CLONES void add_to(float* dst, const float* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+DIN_CLONES void add_to(double* dst, const double* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+DIN_CLONES void convert(const c10::BFloat16* src, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+DIN_CLONES void convert(const c10::Half* src, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+DIN_CLONES void convert(const float* src, int64_t n, c10::BFloat16* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<c10::BFloat16>(src[i]);
+}
+DIN_CLONES void convert(const float* src, int64_t n, c10::Half* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<c10::Half>(src[i]);
+}
+
+}  // namespace din_ops::cpu

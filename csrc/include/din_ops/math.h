@@ -1,0 +1,65 @@
+// Per-element arithmetic shared by every din_ops backend (CPU now; CUDA kernels include the same
+// header). Everything here is a small inline function usable from host and device code, so that the
+// CPU tests exercise exactly the arithmetic the GPU kernels run.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define DIN_HD __host__ __device__ __forceinline__
+#else
+#define DIN_HD inline
+#endif
+
+namespace din_ops::math {
+
+// Statistics of one (n, c) plane from shifted sums.
+//
+// A kernel accumulates s1 = sum(x - shift) and s2 = sum((x - shift)^2) with `shift` a value of the
+// plane itself (its first element). The deviations are then of the order of the standard deviation
+// even when the mean is huge (x = 1e6 + noise), so the variance does not cancel away the way
+// E[x^2] - E[x]^2 does. The mean is kept in double: a float32 mean of 1e6 has a rounding step of
+// 0.06, which would shift every normalized value by 0.06 * rstd.
+struct Moments {
+  double mean;
+  double rstd;
+};
+
+DIN_HD Moments moments_from_shifted_sums(double shift, double s1, double s2, double count,
+                                         double eps) {
+  const double m = s1 / count;
+  double var = s2 / count - m * m;
+  var = var > 0.0 ? var : 0.0;  // rounding can push an exactly constant plane below zero
+  return {shift + m, 1.0 / std::sqrt(var + eps)};
+}
+
+// The mean as an unevaluated float sum hi + lo. For float data, (x - hi) - lo is then as accurate as
+// x - mean computed in double: x - hi is exact whenever x is within a factor of two of hi (Sterbenz).
+struct SplitMean {
+  float hi;
+  float lo;
+};
+
+DIN_HD SplitMean split_mean(double mean) {
+  const float hi = static_cast<float>(mean);
+  return {hi, static_cast<float>(mean - static_cast<double>(hi))};
+}
+
+// xh = (x - mean) * rstd, with the mean given as hi + lo (lo is 0 for double data).
+template <typename acc_t>
+DIN_HD acc_t normalize(acc_t x, acc_t mean_hi, acc_t mean_lo, acc_t rstd) {
+  return ((x - mean_hi) - mean_lo) * rstd;
+}
+
+// Gradient of instance normalization for one element.
+//   g      : gradient with respect to xh at this element (gy for IN, (W^T gy) for DIN 1x1)
+//   mean_g : mean over the plane of g
+//   mean_gxh : mean over the plane of g * xh
+// gx = rstd * (g - mean_g - xh * mean_gxh)
+template <typename acc_t>
+DIN_HD acc_t normalize_backward(acc_t g, acc_t xh, acc_t rstd, acc_t mean_g, acc_t mean_gxh) {
+  return rstd * (g - mean_g - xh * mean_gxh);
+}
+
+}  // namespace din_ops::math

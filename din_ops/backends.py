@@ -1,0 +1,93 @@
+"""Which din_ops backends this installation has, and how one is chosen for a tensor.
+
+Backends:
+  "reference"  the pure-PyTorch formulas in :mod:`din_ops.reference` (any device, slow, exact).
+  "cpu"        the C++ kernels in ``din_ops._C`` for CPU tensors.
+  "cuda"       the CUDA kernels in ``din_ops._C`` for CUDA tensors (built only with a CUDA toolchain).
+
+``backend=None`` picks the compiled backend for the tensor's device and never falls back to the
+reference silently: if nothing is compiled for that device, the call raises and says how to get it.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import torch
+
+ALL_BACKENDS = ("reference", "cpu", "cuda")
+
+_extension_error: Optional[BaseException] = None
+try:
+    importlib.import_module("din_ops._C")
+except ImportError as error:  # pragma: no cover - exercised only on a broken install
+    _extension_error = error
+
+_BUILD_HINT = (
+    "reinstall din_ops from its source folder with `pip install --no-build-isolation -e .` "
+    "(see the README), or pass backend='reference' for the pure-PyTorch implementation"
+)
+
+
+def extension_loaded() -> bool:
+    """True when the compiled library ``din_ops._C`` is loaded."""
+    return _extension_error is None
+
+
+def _has_kernel(dispatch_key: str) -> bool:
+    return extension_loaded() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "din_ops::instance_norm", dispatch_key
+    )
+
+
+def available_backends() -> list[str]:
+    """The backends that work on this installation and machine, best first per device."""
+    found = []
+    if _has_kernel("CUDA") and torch.cuda.is_available():
+        found.append("cuda")
+    if _has_kernel("CPU"):
+        found.append("cpu")
+    found.append("reference")
+    return found
+
+
+def _why_unavailable(backend: str) -> str:
+    if not extension_loaded():
+        return f"the compiled extension failed to load ({_extension_error}); {_BUILD_HINT}"
+    if backend == "cuda":
+        if not _has_kernel("CUDA"):
+            return (
+                "din_ops was built without CUDA kernels: install it where nvcc and a CUDA build of "
+                "torch are present (or set DIN_OPS_FORCE_CUDA=1), or pass backend='reference'"
+            )
+        return "torch.cuda.is_available() is False on this machine"
+    return _BUILD_HINT
+
+
+def resolve(backend: Optional[str], device: torch.device) -> str:
+    """The backend that will run a call on tensors of ``device``.
+
+    Raises ValueError for an unknown name or a backend that cannot run tensors of that device, and
+    RuntimeError for a known backend that is not built or cannot run here.
+    """
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"din_ops: expected backend to be a str or None, got {type(backend).__name__}")
+    if backend is not None and backend not in ALL_BACKENDS:
+        raise ValueError(
+            f"din_ops: unknown backend {backend!r}; expected one of {', '.join(ALL_BACKENDS)} or None"
+        )
+    if backend == "reference":
+        return backend
+    wanted = backend if backend is not None else device.type
+    if wanted != device.type:
+        raise ValueError(
+            f"din_ops: backend {backend!r} runs on {wanted} tensors, but the inputs are on {device}"
+        )
+    if wanted not in ALL_BACKENDS:
+        raise RuntimeError(
+            f"din_ops: no kernels for {device.type} tensors; pass backend='reference' to run the "
+            "pure-PyTorch implementation there"
+        )
+    if wanted not in available_backends():
+        raise RuntimeError(f"din_ops: backend {wanted!r} is not available: {_why_unavailable(wanted)}")
+    return wanted
