@@ -6,7 +6,9 @@
 //   float64 for every input dtype (a float32 mean of 1e6 would be off by up to 0.03). Backward ops
 //   take those statistics back; nothing of size N*C*H*W other than x is saved.
 // - Outputs are channels_last when x is channels_last (and not also contiguous), contiguous otherwise.
+#ifndef DIN_OPS_NO_PYTHON
 #include <Python.h>
+#endif
 #include <torch/library.h>
 
 TORCH_LIBRARY(din_ops, m) {

@@ -93,5 +93,5 @@ if backends.extension_loaded():
 
     for _name in ("instance_norm_backward", "dynamic_instance_norm_1x1_backward"):
         torch.library.register_autograd(
-            f"din_ops::{_name}", _no_double_backward(_name), setup_context=lambda ctx, i, o: None
+            f"din_ops::{_name}", _no_double_backward(_name), setup_context=lambda ctx, inputs, output: None
         )

@@ -11,10 +11,15 @@
 // L2-resident buffer and multiplies it with W[n] through the BLAS, on top of the bias. xh is never
 // written for a whole plane, and backward saves only x and the (N, C) statistics.
 //
-// Why normalize the tile instead of folding the mean into the bias (b' = b - W rstd mean): with
-// x = 1e4 + noise the folded product W' x and the folded bias are 1e4 times larger than y and cancel,
-// losing four digits in float32 (eight at 1e6). Normalizing a cached tile costs one pass over L2 and
-// keeps float32 results as accurate as the float64 reference allows. The gradients use the same tiles.
+// Two ways to apply the normalization, chosen per sample from its statistics:
+// - folded (MATH.md): W' = W * rstd, b' = b - W' mean, and the GEMM reads x itself. No extra pass,
+//   but W' x and b' are |mean| * rstd times larger than y and cancel; so it is used only for float32
+//   and float64 samples whose every channel has |mean| * rstd <= kFoldLimit (rounding error at most
+//   ~kFoldLimit times that of the exact formula, a few ulps).
+// - normalized tiles: the task writes xh for its tile into an L2-resident buffer and multiplies
+//   that. It costs one pass over cache and keeps x = 1e4 + noise (or 1e6) as accurate as float32
+//   allows. Half/bfloat16 data always take it: their tiles are converted to float anyway.
+// The weight gradient follows the same choice (gy @ x^T with the mean subtracted, or gy @ xh^T).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -27,9 +32,31 @@
 namespace din_ops::cpu {
 namespace {
 
-// Pixels per tile: the normalized tile (C x L) and the output tile (Co x L) stay within ~L2/4.
-int64_t tile_pixels(int64_t C, int64_t Co, int64_t P) {
-  const int64_t L = std::max<int64_t>(16, (int64_t(1) << 15) / std::max(C, Co) / 16 * 16);
+// Largest |mean| * rstd for which a sample takes the folded path (see above).
+constexpr double kFoldLimit = 16.0;
+
+// Whether the samples [n0, n1) can fold their normalization into the weights.
+template <typename T>
+std::vector<char> fold_flags(const double* mean, const double* rstd, int64_t n0, int64_t n1,
+                             int64_t C) {
+  std::vector<char> fold(n1 - n0, std::is_same_v<T, acc_t<T>> ? 1 : 0);
+  for (int64_t g = 0; g < n1 - n0; ++g) {
+    for (int64_t c = 0; fold[g] && c < C; ++c) {
+      const int64_t i = (n0 + g) * C + c;
+      if (!(std::abs(mean[i]) * rstd[i] <= kFoldLimit)) fold[g] = 0;
+    }
+  }
+  return fold;
+}
+
+// Pixels per tile, so that a (channels x L) tile holds about `budget` elements (a multiple of 16).
+// Products that write a P-sized output use ~128 KiB tiles (the output tile and the normalized tile
+// stay in L2); the weight-gradient product reduces over pixels and runs much faster on long tiles.
+constexpr int64_t kTileBudget = int64_t(1) << 15;
+constexpr int64_t kReduceTileBudget = int64_t(1) << 18;
+
+int64_t tile_pixels(int64_t C, int64_t Co, int64_t P, int64_t budget) {
+  const int64_t L = std::max<int64_t>(16, budget / std::max(C, Co) / 16 * 16);
   return std::min(L, P);
 }
 
@@ -113,31 +140,49 @@ template <typename T>
 void forward(const T* x, const T* w, const T* b, T* y, Layout l, int64_t N, int64_t C, int64_t Co,
              int64_t P, double eps, double* mean, double* rstd) {
   using acc = acc_t<T>;
-  const int64_t L = tile_pixels(C, Co, P), tiles = (P + L - 1) / L;
+  const int64_t L = tile_pixels(C, Co, P, kTileBudget), tiles = (P + L - 1) / L;
   const int64_t G = group_samples(N, C, Co, P);
   for (int64_t n0 = 0; n0 < N; n0 += G) {
-    const int64_t n1 = std::min(N, n0 + G);
+    const int64_t n1 = std::min(N, n0 + G), ng = n1 - n0;
     instance_stats(x, l, n0, n1, C, P, eps, mean, rstd);
-    const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, (n1 - n0) * C);
-    std::vector<acc> wacc, bacc;
-    if constexpr (!std::is_same_v<T, acc>) wacc = weights_as_acc(w, n0, n1, Co, C);
-    if (b != nullptr) {
-      bacc.resize((n1 - n0) * Co);
-      for (int64_t i = 0; i < (n1 - n0) * Co; ++i) bacc[i] = static_cast<acc>(b[n0 * Co + i]);
+    const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, ng * C);
+    const std::vector<char> fold = fold_flags<T>(mean, rstd, n0, n1, C);
+    // The GEMM operands of each sample: W and b, or the folded W' and b'.
+    std::vector<acc> wg = weights_as_acc(w, n0, n1, Co, C), bg(ng * Co, acc(0));
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t n = n0 + g;
+      for (int64_t o = 0; o < Co; ++o) {
+        acc* wrow = wg.data() + (g * Co + o) * C;
+        double bias = b != nullptr ? double(b[n * Co + o]) : 0.0;
+        if (fold[g]) {
+          for (int64_t c = 0; c < C; ++c) {
+            wrow[c] = static_cast<acc>(double(wrow[c]) * rstd[n * C + c]);
+            bias -= double(wrow[c]) * mean[n * C + c];
+          }
+        }
+        bg[g * Co + o] = static_cast<acc>(bias);
+      }
     }
-    at::parallel_for(0, (n1 - n0) * tiles, 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, ng * tiles, 1, [&](int64_t t0, int64_t t1) {
       std::vector<acc> tile(C * L), conv = scratch<T>(C * L), obuf = scratch<T>(Co * L);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t g = t / tiles, n = n0 + g, p0 = (t % tiles) * L, len = std::min(L, P - p0);
-        const acc* wn = std::is_same_v<T, acc> ? reinterpret_cast<const acc*>(w) + n * Co * C
-                                               : wacc.data() + g * Co * C;
-        auto xt = normalized_tile(x + n * C * P, l, C, P, p0, len, q, g * C, tile.data(),
-                                  conv.data());
+        Mat<const acc> xt;
+        if (fold[g]) {  // only for T == acc
+          const acc* xp = reinterpret_cast<const acc*>(at_pixel(x + n * C * P, C, p0, l));
+          xt = l == Layout::NCHW ? Mat<const acc>{xp, C, len, P, 1}
+                                 : Mat<const acc>{xp, C, len, 1, C};
+        } else {
+          auto m = normalized_tile(x + n * C * P, l, C, P, p0, len, q, g * C, tile.data(),
+                                   conv.data());
+          xt = {m.data, m.rows, m.cols, m.rs, m.cs};
+        }
         T* yp = at_pixel(y + n * Co * P, Co, p0, l);
         auto yt = out_tile(yp, Co, P, len, l, obuf.data());
-        if (b != nullptr) fill_rows(yt, bacc.data() + g * Co);
-        gemm(Mat<const acc>{wn, Co, C, C, 1}, Mat<const acc>{xt.data, C, len, xt.rs, xt.cs},
-             b != nullptr ? acc(1) : acc(0), yt);
+        const bool add_bias = b != nullptr || fold[g];
+        if (add_bias) fill_rows(yt, bg.data() + g * Co);
+        gemm(Mat<const acc>{wg.data() + g * Co * C, Co, C, C, 1}, xt, add_bias ? acc(1) : acc(0),
+             yt);
         if constexpr (!std::is_same_v<T, acc>) store_tile(yt, yp, P, l);
       }
     });
@@ -148,27 +193,37 @@ template <typename T>
 void backward(const T* gy, const T* x, const T* w, const double* mean, const double* rstd, T* gx,
               T* gw, T* gb, Layout l, int64_t N, int64_t C, int64_t Co, int64_t P) {
   using acc = acc_t<T>;
-  const int64_t L = tile_pixels(C, Co, P), tiles = (P + L - 1) / L;
+  const int64_t L = tile_pixels(C, Co, P, kTileBudget), tiles = (P + L - 1) / L;
   const int64_t G = group_samples(N, C, Co, P);
   const int threads = at::get_num_threads();
   for (int64_t n0 = 0; n0 < N; n0 += G) {
     const int64_t n1 = std::min(N, n0 + G), ng = n1 - n0;
     const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, ng * C);
     const std::vector<acc> wacc = weights_as_acc(w, n0, n1, Co, C);
+    const std::vector<char> fold = fold_flags<T>(mean, rstd, n0, n1, C);
 
+    const int64_t L1 = tile_pixels(C, Co, P, kReduceTileBudget), tiles1 = (P + L1 - 1) / L1;
     // Pass 1: per-thread partial gW = gy @ xh^T (by GEMM on normalized tiles) and gb = sum_p gy.
     // Each thread owns a fixed, contiguous range of tasks, so for a given thread count the
     // summation order, and the result, is fixed.
     std::vector<acc> part_w(threads * ng * Co * C, acc(0));
     std::vector<double> part_b(threads * ng * Co, 0.0);
-    at::parallel_for(0, ng * tiles, 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, ng * tiles1, 1, [&](int64_t t0, int64_t t1) {
       const int tid = at::get_thread_num();
-      std::vector<acc> tile(C * L), conv = scratch<T>(std::max(C, Co) * L);
-      std::vector<acc> gbuf = scratch<T>(Co * L), colsum(l == Layout::NHWC ? Co : 0);
+      std::vector<acc> tile(C * L1), conv = scratch<T>(std::max(C, Co) * L1);
+      std::vector<acc> gbuf = scratch<T>(Co * L1), colsum(l == Layout::NHWC ? Co : 0);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t g = t / tiles, n = n0 + g, p0 = (t % tiles) * L, len = std::min(L, P - p0);
-        auto xt = normalized_tile(x + n * C * P, l, C, P, p0, len, q, g * C, tile.data(),
-                                  conv.data());
+        const int64_t g = t / tiles1, n = n0 + g, p0 = (t % tiles1) * L1, len = std::min(L1, P - p0);
+        Mat<const acc> xt;
+        if (fold[g]) {  // gy @ x^T; the mean is subtracted after the reduction
+          const acc* xp = reinterpret_cast<const acc*>(at_pixel(x + n * C * P, C, p0, l));
+          xt = l == Layout::NCHW ? Mat<const acc>{xp, C, len, P, 1}
+                                 : Mat<const acc>{xp, C, len, 1, C};
+        } else {
+          auto m = normalized_tile(x + n * C * P, l, C, P, p0, len, q, g * C, tile.data(),
+                                   conv.data());
+          xt = {m.data, m.rows, m.cols, m.rs, m.cs};
+        }
         // gy tile as acc (converted when T is half/bfloat16).
         const T* gp = at_pixel(gy + n * Co * P, Co, p0, l);
         Mat<const acc> gt;
@@ -210,6 +265,13 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
           const double* pb = part_b.data() + (th * ng + g) * Co;
           for (int64_t i = 0; i < Co * C; ++i) gwd[i] += pw[i];
           for (int64_t o = 0; o < Co; ++o) gbd[o] += pb[o];
+        }
+        if (fold[g]) {  // gy @ xh^T = (gy @ x^T - gb mean^T) * rstd
+          for (int64_t o = 0; o < Co; ++o) {
+            for (int64_t c = 0; c < C; ++c) {
+              gwd[o * C + c] = (gwd[o * C + c] - gbd[o] * mean[n * C + c]) * rstd[n * C + c];
+            }
+          }
         }
         const acc* wn = wacc.data() + g * Co * C;
         for (int64_t c = 0; c < C; ++c) {

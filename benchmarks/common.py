@@ -1,0 +1,100 @@
+"""Timing, memory accounting and table printing shared by the benchmark modules."""
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+
+def machine() -> str:
+    """One line naming the device, the software and the date."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{datetime.date.today().isoformat()}"
+    )
+
+
+def timeit(fn: Callable[[], object], *, min_time: float = 0.3, min_reps: int = 5) -> tuple[float, float]:
+    """Median and interquartile spread of fn's wall time in seconds (after two warm-up calls)."""
+    fn()
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 200:
+            break
+    times.sort()
+    q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
+    return statistics.median(times), q3 - q1
+
+
+def forward_backward(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> Callable[[], None]:
+    """A closure running fn(*inputs) and its backward with a fixed upstream gradient."""
+    leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+    grad = torch.randn_like(fn(*leaves))
+
+    def run() -> None:
+        for t in leaves:
+            t.grad = None
+        fn(*leaves).backward(grad)
+
+    return run
+
+
+def saved_bytes(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> int:
+    """Bytes of the distinct tensors autograd saves for backward when running fn(*inputs)."""
+    leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        seen[key] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*leaves)
+    return sum(seen.values())
+
+
+@dataclass
+class Table:
+    """A plain-text table printed row by row as results arrive."""
+
+    columns: list[str]
+    widths: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.widths = [max(len(c), 10) for c in self.columns]
+
+    def header(self) -> None:
+        print("  ".join(c.rjust(w) for c, w in zip(self.columns, self.widths)))
+        print("  ".join("-" * w for w in self.widths))
+
+    def row(self, cells: list[object]) -> None:
+        print("  ".join(str(c).rjust(w) for c, w in zip(cells, self.widths)), flush=True)
+
+
+def ms(t: Optional[float]) -> str:
+    return "-" if t is None else f"{t * 1e3:.2f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x"
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f}"

@@ -1,0 +1,86 @@
+"""Shared axes and helpers for the din_ops test suite.
+
+Every test compares a compiled backend with din_ops.reference computed in float64. The suite is
+parametrized by device: CUDA cases run where a CUDA build of din_ops and a GPU are present and are
+skipped (with the reason shown by -ra) elsewhere.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import din_ops
+
+HAS_CUDA = "cuda" in din_ops.available_backends()
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA build of din_ops or no GPU")),
+]
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+# Memory layouts of the inputs: the kernels run contiguous and channels_last natively and copy
+# any other strides once.
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+
+# (N, C, H, W): single pixels, odd, prime and non-square sizes, C from 1 to 64.
+SHAPES = [
+    (1, 1, 1, 1),
+    (2, 3, 5, 7),
+    (3, 16, 1, 1),
+    (1, 8, 13, 1),
+    (4, 64, 8, 8),
+    (2, 5, 9, 17),
+    (4, 32, 16, 12),
+    (1, 1, 31, 29),
+]
+
+
+def layout(x: torch.Tensor, name: str) -> torch.Tensor:
+    """x (same values) in the given memory layout."""
+    if name == "contiguous":
+        return x.contiguous()
+    if name == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if name == "strided":
+        # Every other element of a wider tensor: neither contiguous nor channels_last.
+        wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+        wide[..., ::2] = x
+        view = wide[..., ::2]
+        assert not view.is_contiguous() or x.shape[-1] == 1
+        return view
+    raise ValueError(name)
+
+
+def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return (actual.double() - expected.double()).abs().max().item() if expected.numel() else 0.0
+
+
+def assert_close_to_reference(actual: torch.Tensor, expected64: torch.Tensor, dtype: torch.dtype,
+                              lowp_baseline: torch.Tensor | None = None) -> None:
+    """Compare a kernel's output with the float64 reference.
+
+    float32/float64: absolute error relative to the output's scale. float16/bfloat16: the kernel's
+    error must be at most about twice PyTorch's own error on the same low-precision input
+    (`lowp_baseline`: the plain-PyTorch computation in that dtype), plus half an ulp of the scale.
+    """
+    assert actual.dtype == dtype
+    assert actual.shape == expected64.shape
+    scale = max(1.0, expected64.abs().max().item()) if expected64.numel() else 1.0
+    err = max_error(actual, expected64)
+    if dtype == torch.float64:
+        assert err <= 1e-10 * scale, err
+    elif dtype == torch.float32:
+        assert err <= 2e-5 * scale, err
+    else:
+        assert lowp_baseline is not None
+        ulp = torch.finfo(dtype).eps
+        torch_err = max_error(lowp_baseline, expected64)
+        assert err <= 2 * torch_err + 0.5 * ulp * scale, (err, torch_err)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

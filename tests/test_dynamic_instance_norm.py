@@ -1,0 +1,163 @@
+"""din_ops.dynamic_instance_norm (1x1) against the float64 reference."""
+import pytest
+import torch
+
+import din_ops
+from din_ops import reference
+
+from conftest import DEVICES, DTYPES, LAYOUTS, LOW_PRECISION, SHAPES, assert_close_to_reference, layout
+
+
+def make(shape, co=None, dtype=torch.float64, device="cpu", bias=True, x_mean=0.0):
+    n, c = shape[:2]
+    co = c if co is None else co
+    x = (x_mean + torch.randn(*shape, dtype=torch.float64) * 1.5 + 0.3).to(device, dtype)
+    w = (torch.randn(n, co, c, dtype=torch.float64) / c**0.5).to(device, dtype)
+    b = torch.randn(n, co, dtype=torch.float64).to(device, dtype) if bias else None
+    return x, w, b
+
+
+def expected(x, w, b):
+    return reference.dynamic_instance_norm(x.double(), w.double(), None if b is None else b.double())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("co", [None, 5])
+def test_forward_matches_reference(device, dtype, shape, co):
+    x, w, b = make(shape, co, dtype, device)
+    y = din_ops.dynamic_instance_norm(x, w, b)
+    baseline = reference.dynamic_instance_norm(x, w, b) if dtype in LOW_PRECISION else None
+    assert_close_to_reference(y, expected(x, w, b), dtype, baseline)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_layouts(device, name, dtype):
+    x, w, b = make((3, 24, 7, 10), 17, dtype, device)
+    x = layout(x, name)
+    y = din_ops.dynamic_instance_norm(x, w, b)
+    assert y.is_contiguous(memory_format=torch.channels_last) if name == "channels_last" else y.is_contiguous()
+    baseline = reference.dynamic_instance_norm(x, w, b) if dtype in LOW_PRECISION else None
+    assert_close_to_reference(y, expected(x, w, b), dtype, baseline)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weight_views_and_no_bias(device):
+    x, w, _ = make((2, 6, 5, 5), 4, torch.float32, device, bias=False)
+    ref = expected(x, w, None)
+    assert_close_to_reference(din_ops.dynamic_instance_norm(x, w), ref, torch.float32)
+    assert_close_to_reference(din_ops.dynamic_instance_norm(x, w[..., None, None]), ref, torch.float32)
+    # A transposed (non-contiguous) weight view.
+    wt = w.transpose(1, 2).contiguous().transpose(1, 2)
+    assert_close_to_reference(din_ops.dynamic_instance_norm(x, wt), ref, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("shape,co", [((2, 3, 5, 7), 4), ((1, 4, 1, 1), 4), ((3, 6, 4, 3), 2)])
+def test_gradcheck(device, name, shape, co):
+    x, w, b = make(shape, co, torch.float64, device)
+    x = layout(x, name).requires_grad_()
+    w.requires_grad_()
+    b.requires_grad_()
+    assert torch.autograd.gradcheck(din_ops.dynamic_instance_norm, (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: din_ops.dynamic_instance_norm(x, w), (x, w))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("x_mean", [0.0, 1e4])
+def test_backward_matches_reference(device, dtype, name, x_mean):
+    x, w, b = make((2, 20, 9, 11), 13, dtype, device, x_mean=x_mean)
+    x = layout(x, name)
+    gy = torch.randn(2, 13, 9, 11, dtype=torch.float64).to(device, dtype)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    din_ops.dynamic_instance_norm(*leaves).backward(gy)
+    leaves64 = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    reference.dynamic_instance_norm(*leaves64).backward(gy.double())
+    baselines = [None] * 3
+    if dtype in LOW_PRECISION:
+        lowp = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+        reference.dynamic_instance_norm(*lowp).backward(gy)
+        baselines = [t.grad for t in lowp]
+    for ours, exact, base in zip(leaves, leaves64, baselines):
+        if dtype in LOW_PRECISION and x_mean != 0.0:
+            # A bfloat16/float16 x = 1e4 + noise has lost its noise already; only check finiteness
+            # and that plain PyTorch is not better.
+            assert torch.isfinite(ours.grad).all()
+            assert max_rel(ours.grad, exact.grad) <= max(2 * max_rel(base, exact.grad), 1e-2)
+        else:
+            assert_close_to_reference(ours.grad, exact.grad, dtype, base)
+
+
+def max_rel(a, b):
+    return ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("x_mean", [1e4, 1e6])
+def test_large_mean_keeps_its_variance(device, name, x_mean):
+    # float32 content with a huge mean: the output must match the exact DIN of that same input.
+    x, w, b = make((2, 16, 24, 24), 16, torch.float32, device, x_mean=x_mean)
+    x = layout(x, name)
+    y = din_ops.dynamic_instance_norm(x, w, b)
+    exact = expected(x, w, b)
+    assert (y.double() - exact).abs().max().item() < 1e-4 * exact.abs().max().item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_constant_planes_and_single_pixels_give_the_bias(device, dtype):
+    for shape in [(2, 3, 1, 1), (2, 3, 4, 4)]:
+        x = torch.full(shape, -7.5, device=device, dtype=dtype)
+        _, w, b = make(shape, 5, dtype, device)
+        y = din_ops.dynamic_instance_norm(x, w, b)
+        torch.testing.assert_close(y, b[..., None, None].expand_as(y), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_special_cases_of_the_paper(device):
+    # W = I, b = 0 is plain instance norm.
+    x = torch.randn(3, 8, 6, 7, dtype=torch.float64, device=device)
+    eye = torch.eye(8, dtype=torch.float64, device=device).expand(3, 8, 8)
+    torch.testing.assert_close(din_ops.dynamic_instance_norm(x, eye), din_ops.instance_norm(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    x, w, b = make((0, 3, 4, 4), 2, torch.float32, device)
+    x.requires_grad_()
+    y = din_ops.dynamic_instance_norm(x, w, b)
+    assert y.shape == (0, 2, 4, 4)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_reference_backend_is_selectable():
+    x, w, b = make((2, 3, 4, 4), 2)
+    torch.testing.assert_close(din_ops.dynamic_instance_norm(x, w, b, backend="reference"), expected(x, w, b))
+
+
+@pytest.mark.parametrize("name", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck(name, bias):
+    x, w, b = make((2, 5, 6, 7), 3, bias=bias)
+    x = layout(x, name)
+    torch.library.opcheck(torch.ops.din_ops.dynamic_instance_norm_1x1, (x.requires_grad_(), w.requires_grad_(), b, 1e-5))
+    y, mean, rstd = torch.ops.din_ops.dynamic_instance_norm_1x1(x.detach(), w.detach(), b, 1e-5)
+    torch.library.opcheck(
+        torch.ops.din_ops.dynamic_instance_norm_1x1_backward, (torch.randn_like(y), x.detach(), w.detach(), mean, rstd)
+    )
+
+
+def test_double_backward_raises_clearly():
+    x, w, b = make((1, 2, 3, 3), 2)
+    x.requires_grad_()
+    (g,) = torch.autograd.grad(din_ops.dynamic_instance_norm(x, w, b).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()

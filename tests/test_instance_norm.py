@@ -1,0 +1,121 @@
+"""din_ops.instance_norm against the float64 reference: values, gradients, layouts, numerics."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import din_ops
+from din_ops import reference
+
+from conftest import DEVICES, DTYPES, LAYOUTS, LOW_PRECISION, SHAPES, assert_close_to_reference, layout
+
+
+def torch_lowp(x):
+    """Plain PyTorch in x's own dtype: the low-precision error the kernels are held to."""
+    return F.instance_norm(x) if x.shape[2] * x.shape[3] > 1 else reference.instance_norm(x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_matches_reference(device, dtype, shape):
+    x = (torch.randn(*shape, dtype=torch.float64) * 2 + 0.5).to(device, dtype)
+    y = din_ops.instance_norm(x)
+    baseline = torch_lowp(x) if dtype in LOW_PRECISION else None
+    assert_close_to_reference(y, reference.instance_norm(x.double()), dtype, baseline)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layouts(device, name, dtype):
+    x = layout(torch.randn(3, 24, 7, 10, device=device).to(dtype), name)
+    y = din_ops.instance_norm(x)
+    if name == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert y.is_contiguous()
+    baseline = torch_lowp(x) if dtype in LOW_PRECISION else None
+    assert_close_to_reference(y, reference.instance_norm(x.double()), dtype, baseline)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 1, 1), (2, 16, 6, 4)])
+def test_gradcheck(device, name, shape):
+    x = layout(torch.randn(*shape, dtype=torch.float64, device=device), name).requires_grad_()
+    assert torch.autograd.gradcheck(din_ops.instance_norm, (x,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_matches_reference(device, dtype):
+    x = torch.randn(2, 12, 9, 11, dtype=torch.float64).to(device, dtype)
+    gy = torch.randn(2, 12, 9, 11, dtype=torch.float64).to(device, dtype)
+    x1 = x.clone().requires_grad_()
+    din_ops.instance_norm(x1).backward(gy)
+    x64 = x.double().requires_grad_()
+    reference.instance_norm(x64).backward(gy.double())
+    baseline = None
+    if dtype in LOW_PRECISION:
+        x2 = x.clone().requires_grad_()
+        F.instance_norm(x2).backward(gy)
+        baseline = x2.grad
+    assert_close_to_reference(x1.grad, x64.grad, dtype, baseline)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mean", [1e4, 1e6])
+def test_large_mean_keeps_its_variance(device, name, mean):
+    # float32 x = mean + unit noise: the output must match the exact instance norm of that same
+    # float32 input. F.instance_norm loses most digits at 1e6; shifted sums keep them.
+    x = layout((mean + torch.randn(2, 8, 32, 32, dtype=torch.float64)).float().to(device), name)
+    y = din_ops.instance_norm(x)
+    exact = reference.instance_norm(x.double())
+    assert (y.double() - exact).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (2, 3, 4, 5)])
+def test_constant_planes_are_zero_not_nan(device, dtype, shape):
+    x = torch.full(shape, 3.25, device=device, dtype=dtype, requires_grad=True)
+    y = din_ops.instance_norm(x)
+    assert torch.equal(y, torch.zeros_like(y))
+    y.backward(torch.randn_like(y))
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    x = torch.randn(0, 3, 4, 4, device=device, requires_grad=True)
+    y = din_ops.instance_norm(x)
+    assert y.shape == (0, 3, 4, 4)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_eps_is_used():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    for eps in (0.0, 1e-3, 10.0):
+        torch.testing.assert_close(din_ops.instance_norm(x, eps), reference.instance_norm(x, eps))
+
+
+def test_reference_backend_is_selectable():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(din_ops.instance_norm(x, backend="reference"), reference.instance_norm(x))
+
+
+@pytest.mark.parametrize("name", ["contiguous", "channels_last"])
+def test_opcheck(name):
+    x = layout(torch.randn(2, 5, 6, 7, dtype=torch.float64), name).requires_grad_()
+    torch.library.opcheck(torch.ops.din_ops.instance_norm, (x, 1e-5))
+    y, mean, rstd = torch.ops.din_ops.instance_norm(x.detach(), 1e-5)
+    torch.library.opcheck(torch.ops.din_ops.instance_norm_backward, (torch.randn_like(y), x.detach(), mean, rstd))
+
+
+def test_double_backward_raises_clearly():
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(din_ops.instance_norm(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
