@@ -40,15 +40,24 @@ def _has_kernel(dispatch_key: str) -> bool:
     )
 
 
-def available_backends() -> list[str]:
-    """The backends that work on this installation and machine, best first per device."""
+def _discover() -> tuple[str, ...]:
     found = []
     if _has_kernel("CUDA") and torch.cuda.is_available():
         found.append("cuda")
     if _has_kernel("CPU"):
         found.append("cpu")
     found.append("reference")
-    return found
+    return tuple(found)
+
+
+# Fixed for the life of the process; computed once so that torch.compile traces `resolve` as
+# plain constants.
+_AVAILABLE = _discover()
+
+
+def available_backends() -> list[str]:
+    """The backends that work on this installation and machine, compiled ones first."""
+    return list(_AVAILABLE)
 
 
 def _why_unavailable(backend: str) -> str:
@@ -88,6 +97,6 @@ def resolve(backend: Optional[str], device: torch.device) -> str:
             f"din_ops: no kernels for {device.type} tensors; pass backend='reference' to run the "
             "pure-PyTorch implementation there"
         )
-    if wanted not in available_backends():
+    if wanted not in _AVAILABLE:
         raise RuntimeError(f"din_ops: backend {wanted!r} is not available: {_why_unavailable(wanted)}")
     return wanted
