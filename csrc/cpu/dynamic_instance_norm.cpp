@@ -52,7 +52,7 @@ std::vector<char> fold_flags(const double* mean, const double* rstd, int64_t n0,
 // Pixels per tile, so that a (channels x L) tile holds about `budget` elements (a multiple of 16).
 // Products that write a P-sized output use ~128 KiB tiles (the output tile and the normalized tile
 // stay in L2); the weight-gradient product reduces over pixels and runs much faster on long tiles.
-constexpr int64_t kTileBudget = int64_t(1) << 15;
+constexpr int64_t kTileBudget = int64_t(1) << 17;
 constexpr int64_t kReduceTileBudget = int64_t(1) << 18;
 
 int64_t tile_pixels(int64_t C, int64_t Co, int64_t P, int64_t budget) {
@@ -148,21 +148,24 @@ void forward(const T* x, const T* w, const T* b, T* y, Layout l, int64_t N, int6
     const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, ng * C);
     const std::vector<char> fold = fold_flags<T>(mean, rstd, n0, n1, C);
     // The GEMM operands of each sample: W and b, or the folded W' and b'.
-    std::vector<acc> wg = weights_as_acc(w, n0, n1, Co, C), bg(ng * Co, acc(0));
-    for (int64_t g = 0; g < ng; ++g) {
-      const int64_t n = n0 + g;
-      for (int64_t o = 0; o < Co; ++o) {
-        acc* wrow = wg.data() + (g * Co + o) * C;
-        double bias = b != nullptr ? double(b[n * Co + o]) : 0.0;
-        if (fold[g]) {
+    std::vector<acc> wg(ng * Co * C), bg(ng * Co);
+    at::parallel_for(0, ng * Co, std::max<int64_t>(1, 4096 / C), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = n0 + r / Co;
+        const T* wrow = w + (n0 * Co + r) * C;
+        acc* out = wg.data() + r * C;
+        double bias = b != nullptr ? double(b[n0 * Co + r]) : 0.0;
+        if (fold[r / Co]) {
           for (int64_t c = 0; c < C; ++c) {
-            wrow[c] = static_cast<acc>(double(wrow[c]) * rstd[n * C + c]);
-            bias -= double(wrow[c]) * mean[n * C + c];
+            out[c] = static_cast<acc>(double(wrow[c]) * rstd[n * C + c]);
+            bias -= double(out[c]) * mean[n * C + c];
           }
+        } else {
+          for (int64_t c = 0; c < C; ++c) out[c] = static_cast<acc>(wrow[c]);
         }
-        bg[g * Co + o] = static_cast<acc>(bias);
+        bg[r] = static_cast<acc>(bias);
       }
-    }
+    });
     at::parallel_for(0, ng * tiles, 1, [&](int64_t t0, int64_t t1) {
       std::vector<acc> tile(C * L), conv = scratch<T>(C * L), obuf = scratch<T>(Co * L);
       for (int64_t t = t0; t < t1; ++t) {
@@ -199,7 +202,12 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
   for (int64_t n0 = 0; n0 < N; n0 += G) {
     const int64_t n1 = std::min(N, n0 + G), ng = n1 - n0;
     const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, ng * C);
-    const std::vector<acc> wacc = weights_as_acc(w, n0, n1, Co, C);
+    std::vector<acc> wconv;  // W of the group as acc_t (a view of weight itself for float/double)
+    const acc* wacc = reinterpret_cast<const acc*>(w) + n0 * Co * C;
+    if constexpr (!std::is_same_v<T, acc>) {
+      wconv = weights_as_acc(w, n0, n1, Co, C);
+      wacc = wconv.data();
+    }
     const std::vector<char> fold = fold_flags<T>(mean, rstd, n0, n1, C);
 
     const int64_t L1 = tile_pixels(C, Co, P, kReduceTileBudget), tiles1 = (P + L1 - 1) / L1;
@@ -252,44 +260,43 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
       }
     });
 
-    // Reduce the partials (in thread order) and form m1, m2 and W' = W * rstd per sample.
+    // Reduce the partials (in thread order), then m1, m2 and W' = W * rstd per sample.
+    std::vector<double> gwd(ng * Co * C), gbd(ng * Co);
     std::vector<acc> wscaled(ng * Co * C), m1(ng * C), m2(ng * C);
-    at::parallel_for(0, ng, 1, [&](int64_t g0, int64_t g1) {
-      std::vector<double> gwd(Co * C), gbd(Co);
-      for (int64_t g = g0; g < g1; ++g) {
-        const int64_t n = n0 + g;
-        std::fill(gwd.begin(), gwd.end(), 0.0);
-        std::fill(gbd.begin(), gbd.end(), 0.0);
+    at::parallel_for(0, ng * Co, std::max<int64_t>(1, 4096 / C), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t g = r / Co, n = n0 + g;
+        double* row = gwd.data() + r * C;
+        std::fill(row, row + C, 0.0);
+        gbd[r] = 0.0;
         for (int th = 0; th < threads; ++th) {
-          const acc* pw = part_w.data() + (th * ng + g) * Co * C;
-          const double* pb = part_b.data() + (th * ng + g) * Co;
-          for (int64_t i = 0; i < Co * C; ++i) gwd[i] += pw[i];
-          for (int64_t o = 0; o < Co; ++o) gbd[o] += pb[o];
+          const acc* pw = part_w.data() + (th * ng * Co + r) * C;
+          for (int64_t c = 0; c < C; ++c) row[c] += pw[c];
+          gbd[r] += part_b[th * ng * Co + r];
         }
         if (fold[g]) {  // gy @ xh^T = (gy @ x^T - gb mean^T) * rstd
-          for (int64_t o = 0; o < Co; ++o) {
-            for (int64_t c = 0; c < C; ++c) {
-              gwd[o * C + c] = (gwd[o * C + c] - gbd[o] * mean[n * C + c]) * rstd[n * C + c];
-            }
-          }
-        }
-        const acc* wn = wacc.data() + g * Co * C;
-        for (int64_t c = 0; c < C; ++c) {
-          double s1 = 0.0, s2 = 0.0;
-          for (int64_t o = 0; o < Co; ++o) {
-            s1 += double(wn[o * C + c]) * gbd[o];
-            s2 += double(wn[o * C + c]) * gwd[o * C + c];
-          }
-          m1[g * C + c] = static_cast<acc>(s1 / double(P));
-          m2[g * C + c] = static_cast<acc>(s2 / double(P));
-        }
-        for (int64_t o = 0; o < Co; ++o) {
           for (int64_t c = 0; c < C; ++c) {
-            wscaled[(g * Co + o) * C + c] = wn[o * C + c] * q.rstd[g * C + c];
-            gw[(n * Co + o) * C + c] = static_cast<T>(gwd[o * C + c]);
+            row[c] = (row[c] - gbd[r] * mean[n * C + c]) * rstd[n * C + c];
           }
-          gb[n * Co + o] = static_cast<T>(gbd[o]);
         }
+        for (int64_t c = 0; c < C; ++c) {
+          wscaled[r * C + c] = wacc[r * C + c] * q.rstd[g * C + c];
+          gw[(n0 * Co + r) * C + c] = static_cast<T>(row[c]);
+        }
+        gb[n0 * Co + r] = static_cast<T>(gbd[r]);
+      }
+    });
+    at::parallel_for(0, ng * C, std::max<int64_t>(1, 4096 / Co), [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t g = k / C, c = k % C;
+        double s1 = 0.0, s2 = 0.0;
+        for (int64_t o = 0; o < Co; ++o) {
+          const int64_t i = (g * Co + o) * C + c;
+          s1 += double(wacc[i]) * gbd[g * Co + o];
+          s2 += double(wacc[i]) * gwd[i];
+        }
+        m1[k] = static_cast<acc>(s1 / double(P));
+        m2[k] = static_cast<acc>(s2 / double(P));
       }
     });
 

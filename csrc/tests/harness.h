@@ -67,42 +67,42 @@ inline int run_all(int argc, char** argv) {
 
 }  // namespace din_ops::test
 
-#define DIN_TEST(name)                                                 \
-  static void name();                                                  \
+#define DIN_TEST(name)                                                   \
+  static void name();                                                    \
   static const ::din_ops::test::Registrar name##_registrar(#name, name); \
   static void name()
 
-#define DIN_CHECK(cond)                                          \
-  do {                                                           \
+#define DIN_CHECK(cond)                                            \
+  do {                                                             \
     if (!(cond)) ::din_ops::test::fail(__FILE__, __LINE__, #cond); \
   } while (0)
 
 // |actual - expected| <= atol + rtol * |expected|, for scalars.
-#define DIN_CHECK_NEAR(actual, expected, rtol, atol)                                        \
-  do {                                                                                      \
-    const double din_a_ = static_cast<double>(actual);                                      \
-    const double din_e_ = static_cast<double>(expected);                                    \
-    if (!::din_ops::test::near(din_a_, din_e_, (rtol), (atol))) {                           \
-      std::ostringstream din_s_;                                                            \
-      din_s_.precision(17);                                                                 \
+#define DIN_CHECK_NEAR(actual, expected, rtol, atol)                                         \
+  do {                                                                                       \
+    const double din_a_ = static_cast<double>(actual);                                       \
+    const double din_e_ = static_cast<double>(expected);                                     \
+    if (!::din_ops::test::near(din_a_, din_e_, (rtol), (atol))) {                            \
+      std::ostringstream din_s_;                                                             \
+      din_s_.precision(17);                                                                  \
       din_s_ << #actual << " = " << din_a_ << ", expected " << #expected << " = " << din_e_; \
-      ::din_ops::test::fail(__FILE__, __LINE__, din_s_.str());                              \
-    }                                                                                       \
+      ::din_ops::test::fail(__FILE__, __LINE__, din_s_.str());                               \
+    }                                                                                        \
   } while (0)
 
 // `expr` must throw exception_type (or a subclass of it).
-#define DIN_CHECK_THROWS(expr, exception_type)                                              \
-  do {                                                                                      \
-    bool din_thrown_ = false;                                                               \
-    try {                                                                                   \
-      (void)(expr);                                                                         \
-    } catch (const exception_type&) {                                                       \
-      din_thrown_ = true;                                                                   \
-    } catch (const std::exception& din_e_) {                                                \
-      ::din_ops::test::fail(__FILE__, __LINE__,                                             \
-                            std::string(#expr " threw the wrong type: ") + din_e_.what());  \
-      din_thrown_ = true;                                                                   \
-    }                                                                                       \
-    if (!din_thrown_)                                                                       \
-      ::din_ops::test::fail(__FILE__, __LINE__, #expr " did not throw " #exception_type);   \
+#define DIN_CHECK_THROWS(expr, exception_type)                                             \
+  do {                                                                                     \
+    bool din_thrown_ = false;                                                              \
+    try {                                                                                  \
+      (void)(expr);                                                                        \
+    } catch (const exception_type&) {                                                      \
+      din_thrown_ = true;                                                                  \
+    } catch (const std::exception& din_e_) {                                               \
+      ::din_ops::test::fail(__FILE__, __LINE__,                                            \
+                            std::string(#expr " threw the wrong type: ") + din_e_.what()); \
+      din_thrown_ = true;                                                                  \
+    }                                                                                      \
+    if (!din_thrown_)                                                                      \
+      ::din_ops::test::fail(__FILE__, __LINE__, #expr " did not throw " #exception_type);  \
   } while (0)

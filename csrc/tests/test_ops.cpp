@@ -1,0 +1,508 @@
+// Tests of the din_ops operators, called through the dispatcher as any LibTorch user would, against
+// float64 references written with ATen (explicit formulas, at::instance_norm, at::bmm, autograd).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "harness.h"
+
+namespace {
+
+using at::Tensor;
+using Triple = std::tuple<Tensor, Tensor, Tensor>;
+
+// ---------------------------------------------------------------------------------------------
+// The operators.
+
+c10::OperatorHandle find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+}
+
+Triple instance_norm(const Tensor& x, double eps) {
+  static const auto op =
+      find_op("din_ops::instance_norm").typed<Triple(const Tensor&, double)>();
+  return op.call(x, eps);
+}
+
+Tensor instance_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& mean,
+                              const Tensor& rstd) {
+  static const auto op =
+      find_op("din_ops::instance_norm_backward")
+          .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&)>();
+  return op.call(gy, x, mean, rstd);
+}
+
+Triple din_1x1(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b, double eps) {
+  static const auto op =
+      find_op("din_ops::dynamic_instance_norm_1x1")
+          .typed<Triple(const Tensor&, const Tensor&, const std::optional<Tensor>&, double)>();
+  return op.call(x, w, b, eps);
+}
+
+Triple din_1x1_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& mean,
+                        const Tensor& rstd) {
+  static const auto op =
+      find_op("din_ops::dynamic_instance_norm_1x1_backward")
+          .typed<Triple(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                        const Tensor&)>();
+  return op.call(gy, x, w, mean, rstd);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks.
+
+// max |actual - expected| <= tol * max(1, max |expected|), compared in float64; shapes must match
+// and `actual` must be finite.
+void check_tensor(const Tensor& actual, const Tensor& expected, double tol, const char* what,
+                  const char* file, int line) {
+  if (!actual.defined() || actual.sizes() != expected.sizes()) {
+    std::ostringstream s;
+    s << what << ": shape " << (actual.defined() ? actual.sizes() : at::IntArrayRef{})
+      << ", expected " << expected.sizes();
+    din_ops::test::fail(file, line, s.str());
+    return;
+  }
+  if (actual.numel() == 0) return;
+  const Tensor a = actual.to(at::kDouble), e = expected.to(at::kDouble);
+  if (!at::isfinite(a).all().item<bool>()) {
+    din_ops::test::fail(file, line, std::string(what) + ": result is not finite");
+    return;
+  }
+  const double err = (a - e).abs().max().item<double>();
+  const double scale = std::max(1.0, e.abs().max().item<double>());
+  if (!(err <= tol * scale)) {
+    std::ostringstream s;
+    s << what << ": max abs error " << err << " > " << tol << " * " << scale;
+    din_ops::test::fail(file, line, s.str());
+  }
+}
+
+#define CHECK_TENSOR(actual, expected, tol) \
+  check_tensor((actual), (expected), (tol), #actual, __FILE__, __LINE__)
+
+// Output tolerance (relative to the largest reference value) for results stored in `dtype`.
+double tol_for(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble:
+      return 1e-12;
+    case at::kFloat:
+      return 1e-5;
+    case at::kHalf:
+      return 2e-3;  // 11-bit significand
+    default:
+      return 1e-2;  // bfloat16: 8-bit significand
+  }
+}
+
+const std::vector<at::ScalarType> kDtypes = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
+
+bool is_channels_last(const Tensor& t) {
+  return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float64 references.
+
+Tensor plane(const Tensor& s) { return s.unsqueeze(-1).unsqueeze(-1); }  // (N, C) -> (N, C, 1, 1)
+
+struct NormRef {
+  Tensor y, mean, rstd;  // y = xh
+};
+
+NormRef ref_instance_norm(const Tensor& x, double eps) {
+  const Tensor xd = x.to(at::kDouble);
+  const Tensor mean = xd.mean({2, 3});
+  const Tensor var = (xd - plane(mean)).square().mean({2, 3});
+  const Tensor rstd = (var + eps).rsqrt();
+  return {(xd - plane(mean)) * plane(rstd), mean, rstd};
+}
+
+// gx = rstd * (g - mean(g) - xh * mean(g * xh)), per (n, c) plane.
+Tensor ref_instance_norm_backward(const Tensor& g, const Tensor& x, double eps) {
+  const NormRef r = ref_instance_norm(x, eps);
+  const Tensor gd = g.to(at::kDouble);
+  const Tensor mg = gd.mean({2, 3}, /*keepdim=*/true);
+  const Tensor mgxh = (gd * r.y).mean({2, 3}, /*keepdim=*/true);
+  return plane(r.rstd) * (gd - mg - r.y * mgxh);
+}
+
+// y[n] = W[n] @ xh[n] + b[n] on (C, H*W) matrices.
+Tensor ref_din(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b, double eps) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Co = w.size(1);
+  const Tensor xh = ref_instance_norm(x, eps).y.reshape({N, C, H * W});
+  Tensor y = at::bmm(w.to(at::kDouble), xh).reshape({N, Co, H, W});
+  if (b.has_value()) y = y + plane(b->to(at::kDouble));
+  return y;
+}
+
+// gb = sum_p gy, gW = gy @ xh^T, gx = IN backward of g = W^T gy.
+Triple ref_din_backward(const Tensor& gy, const Tensor& x, const Tensor& w, double eps) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Co = w.size(1);
+  const Tensor g = gy.to(at::kDouble).reshape({N, Co, H * W});
+  const Tensor wd = w.to(at::kDouble);
+  const Tensor xh = ref_instance_norm(x, eps).y.reshape({N, C, H * W});
+  const Tensor gb = g.sum(2);
+  const Tensor gw = at::bmm(g, xh.transpose(1, 2));
+  const Tensor gx = ref_instance_norm_backward(at::bmm(wd.transpose(1, 2), g).reshape({N, C, H, W}),
+                                               x, eps);
+  return {gx, gw, gb};
+}
+
+Tensor randn(at::IntArrayRef shape, at::ScalarType dtype, double mean = 0.0, double scale = 1.0) {
+  return (at::randn(shape, at::kDouble) * scale + mean).to(dtype);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration.
+
+DIN_TEST(schemas_are_registered_with_cpu_kernels) {
+  const std::vector<std::tuple<const char*, size_t, size_t>> ops = {
+      {"din_ops::instance_norm", 2, 3},
+      {"din_ops::instance_norm_backward", 4, 1},
+      {"din_ops::dynamic_instance_norm_1x1", 4, 3},
+      {"din_ops::dynamic_instance_norm_1x1_backward", 5, 3},
+  };
+  for (const auto& [name, args, returns] : ops) {
+    const auto op = find_op(name);
+    DIN_CHECK(op.schema().arguments().size() == args);
+    DIN_CHECK(op.schema().returns().size() == returns);
+    DIN_CHECK(op.hasKernelForDispatchKey(c10::DispatchKey::CPU));
+    DIN_CHECK(op.hasTag(at::Tag::pt2_compliant_tag));
+  }
+  DIN_CHECK_THROWS(find_op("din_ops::no_such_op"), c10::Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// instance_norm
+
+DIN_TEST(instance_norm_matches_reference) {
+  at::manual_seed(1);
+  const double eps = 1e-5;
+  for (const auto dtype : kDtypes) {
+    for (const bool channels_last : {false, true}) {
+      Tensor x = randn({3, 5, 7, 6}, dtype, 0.5, 2.0);
+      if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+      const auto [y, mean, rstd] = instance_norm(x, eps);
+      const NormRef ref = ref_instance_norm(x, eps);
+      DIN_CHECK(y.scalar_type() == dtype);
+      DIN_CHECK(mean.scalar_type() == at::kDouble && rstd.scalar_type() == at::kDouble);
+      DIN_CHECK(is_channels_last(y) == channels_last);
+      DIN_CHECK(y.is_contiguous() == !channels_last);
+      CHECK_TENSOR(y, ref.y, tol_for(dtype));
+      // Statistics are exact up to the float accumulation of the deviations.
+      const double stats_tol = dtype == at::kDouble ? 1e-12 : 1e-6;
+      CHECK_TENSOR(mean, ref.mean, stats_tol);
+      CHECK_TENSOR(rstd, ref.rstd, stats_tol);
+    }
+  }
+}
+
+DIN_TEST(instance_norm_agrees_with_aten) {
+  at::manual_seed(2);
+  const double eps = 1e-3;
+  const Tensor x = randn({2, 4, 9, 11}, at::kDouble, -1.0, 0.7);
+  const Tensor ref = at::instance_norm(x, {}, {}, {}, {}, /*use_input_stats=*/true,
+                                       /*momentum=*/0.1, eps, /*cudnn_enabled=*/false);
+  CHECK_TENSOR(std::get<0>(instance_norm(x, eps)), ref, 1e-12);
+  CHECK_TENSOR(std::get<0>(instance_norm(x.to(at::kFloat), eps)), ref, 1e-5);
+}
+
+DIN_TEST(instance_norm_large_mean_float32) {
+  // x = 1e6 + noise: a float32 mean or E[x^2] - E[x]^2 would lose most of the signal.
+  at::manual_seed(3);
+  for (const bool channels_last : {false, true}) {
+    Tensor x = randn({2, 3, 16, 16}, at::kFloat, 1e6, 1.0);
+    if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+    const auto [y, mean, rstd] = instance_norm(x, 1e-5);
+    const NormRef ref = ref_instance_norm(x, 1e-5);
+    CHECK_TENSOR(y, ref.y, 1e-5);
+    DIN_CHECK((mean - ref.mean).abs().max().item<double>() <= 1e-6);
+    CHECK_TENSOR(rstd, ref.rstd, 1e-9);
+  }
+}
+
+DIN_TEST(instance_norm_degenerate_planes) {
+  const double eps = 1e-5;
+  for (const auto dtype : kDtypes) {
+    // Constant planes: zero variance, y = 0, no NaN.
+    const Tensor c = (at::arange(6, at::kDouble) * 100.0 + 1e3).reshape({2, 3, 1, 1})
+                         .expand({2, 3, 4, 5}).to(dtype).contiguous();
+    const auto [yc, mc, rc] = instance_norm(c, eps);
+    DIN_CHECK(at::equal(yc, at::zeros_like(yc)));
+    DIN_CHECK(at::equal(mc, c.select(3, 0).select(2, 0).to(at::kDouble)));
+    DIN_CHECK(at::allclose(rc, at::full_like(rc, 1.0 / std::sqrt(eps))));
+    // One pixel per plane (H = W = 1), in both layouts.
+    for (const bool channels_last : {false, true}) {
+      Tensor x = randn({4, 6, 1, 1}, dtype);
+      if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+      const auto [y, mean, rstd] = instance_norm(x, eps);
+      DIN_CHECK(at::equal(y, at::zeros_like(y)));
+      CHECK_TENSOR(mean, x.reshape({4, 6}), 0.0);
+      DIN_CHECK(at::allclose(rstd, at::full_like(rstd, 1.0 / std::sqrt(eps))));
+    }
+  }
+}
+
+DIN_TEST(instance_norm_empty_batch_and_strided_input) {
+  const auto [y, mean, rstd] = instance_norm(at::empty({0, 3, 4, 4}), 1e-5);
+  DIN_CHECK(y.sizes() == at::IntArrayRef({0, 3, 4, 4}));
+  DIN_CHECK(mean.sizes() == at::IntArrayRef({0, 3}) && rstd.sizes() == at::IntArrayRef({0, 3}));
+
+  // Neither NCHW nor NHWC: handled through a copy, output contiguous.
+  at::manual_seed(4);
+  const Tensor x = randn({2, 3, 8, 5}, at::kFloat).transpose(2, 3);
+  DIN_CHECK(!x.is_contiguous() && !x.is_contiguous(at::MemoryFormat::ChannelsLast));
+  const Tensor ys = std::get<0>(instance_norm(x, 1e-5));
+  DIN_CHECK(ys.is_contiguous());
+  CHECK_TENSOR(ys, ref_instance_norm(x, 1e-5).y, 1e-5);
+}
+
+DIN_TEST(instance_norm_backward_matches_reference) {
+  at::manual_seed(5);
+  const double eps = 1e-5;
+  for (const auto dtype : kDtypes) {
+    for (const bool channels_last : {false, true}) {
+      Tensor x = randn({3, 4, 6, 7}, dtype, 3.0, 1.5);
+      Tensor gy = randn({3, 4, 6, 7}, dtype);
+      if (channels_last) {
+        x = x.contiguous(at::MemoryFormat::ChannelsLast);
+        gy = gy.contiguous(at::MemoryFormat::ChannelsLast);
+      }
+      const auto [y, mean, rstd] = instance_norm(x, eps);
+      const Tensor gx = instance_norm_backward(gy, x, mean, rstd);
+      DIN_CHECK(gx.scalar_type() == dtype);
+      DIN_CHECK(is_channels_last(gx) == channels_last);
+      CHECK_TENSOR(gx, ref_instance_norm_backward(gy, x, eps), tol_for(dtype));
+    }
+  }
+  // grad_y in the other layout than x.
+  const Tensor x = randn({2, 3, 5, 5}, at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor gy = randn({2, 3, 5, 5}, at::kFloat);
+  const auto [y, mean, rstd] = instance_norm(x, eps);
+  CHECK_TENSOR(instance_norm_backward(gy, x, mean, rstd), ref_instance_norm_backward(gy, x, eps),
+               1e-5);
+}
+
+DIN_TEST(instance_norm_backward_matches_autograd) {
+  at::manual_seed(6);
+  const double eps = 0.1;  // large enough that eps matters in the gradient
+  const Tensor x = randn({2, 3, 5, 4}, at::kDouble, 1.0, 0.5);
+  const Tensor gy = randn({2, 3, 5, 4}, at::kDouble);
+
+  const Tensor xr = x.clone().set_requires_grad(true);
+  const Tensor mean = xr.mean({2, 3}, /*keepdim=*/true);
+  const Tensor var = (xr - mean).square().mean({2, 3}, /*keepdim=*/true);
+  const Tensor y = (xr - mean) * (var + eps).rsqrt();
+  const Tensor expected = torch::autograd::grad({y}, {xr}, {gy})[0];
+
+  const auto [yo, m, r] = instance_norm(x, eps);
+  CHECK_TENSOR(instance_norm_backward(gy, x, m, r), expected, 1e-12);
+}
+
+DIN_TEST(instance_norm_is_independent_of_thread_count) {
+  // Large enough that at::parallel_for splits the work in both layouts.
+  at::manual_seed(7);
+  const int threads = at::get_num_threads();
+  for (const bool channels_last : {false, true}) {
+    Tensor x = randn({2, 8, 64, 64}, at::kFloat, 10.0, 3.0);
+    Tensor gy = randn({2, 8, 64, 64}, at::kFloat);
+    if (channels_last) {
+      x = x.contiguous(at::MemoryFormat::ChannelsLast);
+      gy = gy.contiguous(at::MemoryFormat::ChannelsLast);
+    }
+    std::vector<Tensor> results[2];
+    for (int i = 0; i < 2; ++i) {
+      at::set_num_threads(i == 0 ? 1 : 4);
+      const auto [y, mean, rstd] = instance_norm(x, 1e-5);
+      results[i] = {y, mean, rstd, instance_norm_backward(gy, x, mean, rstd)};
+    }
+    for (size_t k = 0; k < results[0].size(); ++k) {
+      DIN_CHECK(at::equal(results[0][k], results[1][k]));
+    }
+  }
+  at::set_num_threads(threads);
+}
+
+// ---------------------------------------------------------------------------------------------
+// dynamic_instance_norm_1x1
+
+DIN_TEST(din_1x1_matches_reference) {
+  at::manual_seed(8);
+  const double eps = 1e-5;
+  const int64_t N = 3, C = 6, Co = 5, H = 7, W = 9;
+  for (const auto dtype : kDtypes) {
+    for (const bool channels_last : {false, true}) {
+      for (const bool with_bias : {true, false}) {
+        Tensor x = randn({N, C, H, W}, dtype, -0.5, 2.0);
+        if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+        const Tensor w = randn({N, Co, C}, dtype, 0.0, 1.0 / std::sqrt(double(C)));
+        const std::optional<Tensor> b =
+            with_bias ? std::optional<Tensor>(randn({N, Co}, dtype)) : std::nullopt;
+        const auto [y, mean, rstd] = din_1x1(x, w, b, eps);
+        const NormRef ref = ref_instance_norm(x, eps);
+        DIN_CHECK(y.scalar_type() == dtype);
+        DIN_CHECK(is_channels_last(y) == channels_last);
+        DIN_CHECK(y.is_contiguous() == !channels_last);
+        CHECK_TENSOR(y, ref_din(x, w, b, eps), tol_for(dtype));
+        const double stats_tol = dtype == at::kDouble ? 1e-12 : 1e-6;
+        CHECK_TENSOR(mean, ref.mean, stats_tol);
+        CHECK_TENSOR(rstd, ref.rstd, stats_tol);
+      }
+    }
+  }
+}
+
+DIN_TEST(din_1x1_large_mean_and_shapes) {
+  at::manual_seed(9);
+  const double eps = 1e-5;
+  // Means of 1e4 and 1e6 (|mean| * rstd far above any folding limit), a 1x1 image, Co = 1, C = 1,
+  // and a larger problem that spans several pixel tiles.
+  struct Shape {
+    int64_t N, C, Co, H, W;
+    double mean;
+  };
+  for (const Shape s : {Shape{2, 4, 3, 8, 8, 1e4}, Shape{2, 4, 3, 8, 8, 1e6},
+                        Shape{3, 5, 2, 1, 1, 0.0}, Shape{2, 1, 4, 6, 6, 2.0},
+                        Shape{2, 7, 1, 5, 6, -3.0}, Shape{2, 24, 40, 45, 50, 0.5}}) {
+    for (const bool channels_last : {false, true}) {
+      Tensor x = randn({s.N, s.C, s.H, s.W}, at::kFloat, s.mean, 1.0);
+      if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+      const Tensor w = randn({s.N, s.Co, s.C}, at::kFloat, 0.0, 1.0 / std::sqrt(double(s.C)));
+      const Tensor b = randn({s.N, s.Co}, at::kFloat);
+      const auto [y, mean, rstd] = din_1x1(x, w, b, eps);
+      CHECK_TENSOR(y, ref_din(x, w, b, eps), 1e-5);
+    }
+  }
+  // H = W = 1: xh = 0, so y = bias.
+  const Tensor x = randn({2, 3, 1, 1}, at::kFloat);
+  const Tensor b = randn({2, 4}, at::kFloat);
+  const Tensor y = std::get<0>(din_1x1(x, randn({2, 4, 3}, at::kFloat), b, 1e-5));
+  CHECK_TENSOR(y, b.reshape({2, 4, 1, 1}), 1e-6);
+}
+
+DIN_TEST(din_1x1_empty_batch) {
+  const auto [y, mean, rstd] =
+      din_1x1(at::empty({0, 3, 4, 4}), at::empty({0, 5, 3}), at::empty({0, 5}), 1e-5);
+  DIN_CHECK(y.sizes() == at::IntArrayRef({0, 5, 4, 4}));
+  DIN_CHECK(mean.sizes() == at::IntArrayRef({0, 3}));
+  const auto [gx, gw, gb] =
+      din_1x1_backward(at::empty({0, 5, 4, 4}), at::empty({0, 3, 4, 4}), at::empty({0, 5, 3}),
+                       mean, rstd);
+  DIN_CHECK(gx.sizes() == at::IntArrayRef({0, 3, 4, 4}));
+  DIN_CHECK(gw.sizes() == at::IntArrayRef({0, 5, 3}) && gb.sizes() == at::IntArrayRef({0, 5}));
+}
+
+DIN_TEST(din_1x1_backward_matches_reference) {
+  at::manual_seed(10);
+  const double eps = 1e-5;
+  struct Shape {
+    int64_t N, C, Co, H, W;
+    double mean;
+  };
+  for (const Shape s : {Shape{3, 6, 5, 7, 9, -0.5}, Shape{2, 4, 8, 5, 5, 1e4},
+                        Shape{2, 24, 40, 45, 50, 0.5}}) {
+    for (const auto dtype : kDtypes) {
+      if (s.mean == 1e4 && (dtype == at::kHalf || dtype == at::kBFloat16)) continue;
+      for (const bool channels_last : {false, true}) {
+        Tensor x = randn({s.N, s.C, s.H, s.W}, dtype, s.mean, 2.0);
+        Tensor gy = randn({s.N, s.Co, s.H, s.W}, dtype);
+        if (channels_last) {
+          x = x.contiguous(at::MemoryFormat::ChannelsLast);
+          gy = gy.contiguous(at::MemoryFormat::ChannelsLast);
+        }
+        const Tensor w = randn({s.N, s.Co, s.C}, dtype, 0.0, 1.0 / std::sqrt(double(s.C)));
+        const auto [y, mean, rstd] = din_1x1(x, w, std::nullopt, eps);
+        const auto [gx, gw, gb] = din_1x1_backward(gy, x, w, mean, rstd);
+        const auto [rgx, rgw, rgb] = ref_din_backward(gy, x, w, eps);
+        DIN_CHECK(gx.scalar_type() == dtype && gw.scalar_type() == dtype &&
+                  gb.scalar_type() == dtype);
+        DIN_CHECK(is_channels_last(gx) == channels_last);
+        // For double data a large mean costs |mean| * rstd ulps in xh, in the reference as well.
+        const double tol =
+            dtype == at::kDouble ? 1e-12 * (1.0 + std::abs(s.mean)) : tol_for(dtype);
+        CHECK_TENSOR(gx, rgx, tol);
+        CHECK_TENSOR(gw, rgw, tol);
+        CHECK_TENSOR(gb, rgb, tol);
+      }
+    }
+  }
+}
+
+DIN_TEST(din_1x1_backward_matches_autograd) {
+  at::manual_seed(11);
+  const double eps = 0.05;
+  const int64_t N = 2, C = 3, Co = 4, H = 5, W = 6;
+  const Tensor x = randn({N, C, H, W}, at::kDouble, 0.3, 1.2);
+  const Tensor w = randn({N, Co, C}, at::kDouble);
+  const Tensor b = randn({N, Co}, at::kDouble);
+  const Tensor gy = randn({N, Co, H, W}, at::kDouble);
+
+  const Tensor xr = x.clone().set_requires_grad(true);
+  const Tensor wr = w.clone().set_requires_grad(true);
+  const Tensor br = b.clone().set_requires_grad(true);
+  const Tensor mean = xr.mean({2, 3}, /*keepdim=*/true);
+  const Tensor var = (xr - mean).square().mean({2, 3}, /*keepdim=*/true);
+  const Tensor xh = ((xr - mean) * (var + eps).rsqrt()).reshape({N, C, H * W});
+  const Tensor y = (at::bmm(wr, xh) + br.unsqueeze(-1)).reshape({N, Co, H, W});
+  const auto grads = torch::autograd::grad({y}, {xr, wr, br}, {gy});
+
+  const auto [yo, m, r] = din_1x1(x, w, b, eps);
+  CHECK_TENSOR(yo, y.detach(), 1e-12);
+  const auto [gx, gw, gb] = din_1x1_backward(gy, x, w, m, r);
+  CHECK_TENSOR(gx, grads[0], 1e-12);
+  CHECK_TENSOR(gw, grads[1], 1e-12);
+  CHECK_TENSOR(gb, grads[2], 1e-12);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks
+
+DIN_TEST(bad_arguments_throw) {
+  const Tensor x = at::randn({2, 3, 4, 4});
+  const Tensor w = at::randn({2, 5, 3});
+  const Tensor b = at::randn({2, 5});
+  const auto [y, mean, rstd] = instance_norm(x, 1e-5);
+  const Tensor gy = at::randn({2, 5, 4, 4});
+
+  // instance_norm
+  DIN_CHECK_THROWS(instance_norm(at::randn({2, 3, 4}), 1e-5), c10::ValueError);
+  DIN_CHECK_THROWS(instance_norm(at::randn({2, 0, 4, 4}), 1e-5), c10::ValueError);
+  DIN_CHECK_THROWS(instance_norm(at::ones({2, 3, 4, 4}, at::kInt), 1e-5), c10::TypeError);
+  DIN_CHECK_THROWS(instance_norm_backward(at::randn({2, 3, 4, 5}), x, mean, rstd), c10::ValueError);
+  DIN_CHECK_THROWS(instance_norm_backward(x.to(at::kDouble), x, mean, rstd), c10::TypeError);
+  DIN_CHECK_THROWS(instance_norm_backward(x, x, mean.to(at::kFloat), rstd), c10::TypeError);
+  DIN_CHECK_THROWS(instance_norm_backward(x, x, mean, rstd.reshape({3, 2})), c10::ValueError);
+
+  // dynamic_instance_norm_1x1
+  DIN_CHECK_THROWS(din_1x1(at::randn({2, 3, 16}), w, b, 1e-5), c10::ValueError);
+  DIN_CHECK_THROWS(din_1x1(x, at::randn({3, 5, 3}), b, 1e-5), c10::ValueError);  // N
+  DIN_CHECK_THROWS(din_1x1(x, at::randn({2, 5, 4}), b, 1e-5), c10::ValueError);  // C
+  DIN_CHECK_THROWS(din_1x1(x, at::randn({2, 5}), b, 1e-5), c10::ValueError);
+  DIN_CHECK_THROWS(din_1x1(x, w, at::randn({2, 4}), 1e-5), c10::ValueError);
+  DIN_CHECK_THROWS(din_1x1(x, w, at::randn({3, 5}), 1e-5), c10::ValueError);
+  DIN_CHECK_THROWS(din_1x1(x, w.to(at::kDouble), b, 1e-5), c10::TypeError);
+  DIN_CHECK_THROWS(din_1x1(x, w, b.to(at::kHalf), 1e-5), c10::TypeError);
+  DIN_CHECK_THROWS(din_1x1_backward(gy, x, at::randn({3, 5, 3}), mean, rstd), c10::ValueError);
+  // grad_y with C instead of Co channels.
+  DIN_CHECK_THROWS(din_1x1_backward(at::randn({2, 3, 4, 4}), x, w, mean, rstd), c10::ValueError);
+  DIN_CHECK_THROWS(din_1x1_backward(gy, x, w, mean.to(at::kFloat), rstd), c10::TypeError);
+  DIN_CHECK_THROWS(din_1x1_backward(gy, x, w, mean, rstd.narrow(0, 0, 1)), c10::ValueError);
+
+  // Valid calls with the same tensors still work.
+  DIN_CHECK(std::get<0>(din_1x1(x, w, b, 1e-5)).sizes() == at::IntArrayRef({2, 5, 4, 4}));
+  DIN_CHECK(std::get<0>(din_1x1_backward(gy, x, w, mean, rstd)).sizes() == x.sizes());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return din_ops::test::run_all(argc, argv); }
