@@ -8,7 +8,7 @@ import os
 import din_ops
 
 from . import bench_dynamic_instance_norm, bench_instance_norm
-from .common import machine
+from .common import machine, steady_allocations
 
 
 def main(argv=None) -> None:
@@ -16,6 +16,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, a few seconds")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    steady_allocations()
     print(f"din_ops {din_ops.__version__}; backends: {', '.join(din_ops.available_backends())}")
     print(machine())
     results = bench_dynamic_instance_norm.run(args.quick) + bench_instance_norm.run(args.quick)

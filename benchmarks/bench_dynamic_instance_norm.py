@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import din_ops
 
-from .common import Table, forward_backward, mib, ms, ratio, saved_bytes, timeit
+from .common import Table, compare, forward_backward, mib, ms, ratio, saved_bytes
 
 SHAPES = [(8, 64, 128, 128), (8, 128, 64, 64), (4, 256, 32, 32)]
 QUICK_SHAPES = [(2, 16, 16, 16)]
@@ -29,27 +29,30 @@ def torch_way(x, w, b):
 def run(quick: bool = False, dtype: torch.dtype = torch.float32) -> list[dict]:
     results = []
     print(f"\ndynamic_instance_norm 1x1, {dtype}, Co = C: time in ms (median), ratio = torch / din_ops")
-    t = Table(["N,C,H,W", "pass", "din_ops", "torch", "bmm", "vs torch", "vs bmm", "saved MiB", "torch MiB"])
-    t.header()
+    table = Table(["N,C,H,W", "pass", "din_ops", "torch", "bmm", "vs torch", "vs bmm", "saved MiB", "torch MiB"])
+    table.header()
     for n, c, h, w in QUICK_SHAPES if quick else SHAPES:
         torch.manual_seed(0)
         x = torch.randn(n, c, h, w, dtype=dtype)
         wt = torch.randn(n, c, c, dtype=dtype) / c**0.5
         b = torch.randn(n, c, dtype=dtype)
         xv = x.view(n, c, h * w)
-        ours = lambda: din_ops.dynamic_instance_norm(x, wt, b)
-        t_ours, _ = timeit(ours)
-        t_torch, _ = timeit(lambda: torch_way(x, wt, b))
-        t_bmm, _ = timeit(lambda: torch.bmm(wt, xv))
+        t = compare({
+            "ours": lambda: din_ops.dynamic_instance_norm(x, wt, b),
+            "torch": lambda: torch_way(x, wt, b),
+            "bmm": lambda: torch.bmm(wt, xv),
+        })
+        t_ours, t_torch, t_bmm = t["ours"][0], t["torch"][0], t["bmm"][0]
         shape = f"{n},{c},{h},{w}"
-        t.row([shape, "fwd", ms(t_ours), ms(t_torch), ms(t_bmm), ratio(t_torch, t_ours), ratio(t_ours, t_bmm), "", ""])
-        f_ours = forward_backward(din_ops.dynamic_instance_norm, [x, wt, b])
-        f_torch = forward_backward(torch_way, [x, wt, b])
-        tb_ours, _ = timeit(f_ours)
-        tb_torch, _ = timeit(f_torch)
+        table.row([shape, "fwd", ms(t_ours), ms(t_torch), ms(t_bmm), ratio(t_torch, t_ours), ratio(t_ours, t_bmm), "", ""])
+        tb = compare({
+            "ours": forward_backward(din_ops.dynamic_instance_norm, [x, wt, b]),
+            "torch": forward_backward(torch_way, [x, wt, b]),
+        })
+        tb_ours, tb_torch = tb["ours"][0], tb["torch"][0]
         s_ours = saved_bytes(din_ops.dynamic_instance_norm, [x, wt, b])
         s_torch = saved_bytes(torch_way, [x, wt, b])
-        t.row([shape, "fwd+bwd", ms(tb_ours), ms(tb_torch), "", ratio(tb_torch, tb_ours), "", mib(s_ours), mib(s_torch)])
+        table.row([shape, "fwd+bwd", ms(tb_ours), ms(tb_torch), "", ratio(tb_torch, tb_ours), "", mib(s_ours), mib(s_torch)])
         results.append(dict(op="dynamic_instance_norm", shape=[n, c, h, w], dtype=str(dtype),
                             fwd_ms=t_ours * 1e3, fwd_torch_ms=t_torch * 1e3, bmm_ms=t_bmm * 1e3,
                             fwdbwd_ms=tb_ours * 1e3, fwdbwd_torch_ms=tb_torch * 1e3,

@@ -1,6 +1,7 @@
 """Timing, memory accounting and table printing shared by the benchmark modules."""
 from __future__ import annotations
 
+import ctypes
 import datetime
 import platform
 import statistics
@@ -9,6 +10,21 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+
+
+def steady_allocations() -> bool:
+    """Keep freed memory in the process (glibc): no mmap per large tensor, no trimming.
+
+    Otherwise every tensor of 32 MiB or more is a fresh mmap, and each call pays thousands of page
+    faults whose cost swings with what else the machine does. With this, every provider reuses its
+    buffers, as in a steady training loop. Returns False where it does not apply.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+    except (OSError, AttributeError):
+        return False
 
 
 def machine() -> str:
@@ -27,19 +43,33 @@ def machine() -> str:
 
 def timeit(fn: Callable[[], object], *, min_time: float = 0.3, min_reps: int = 5) -> tuple[float, float]:
     """Median and interquartile spread of fn's wall time in seconds (after two warm-up calls)."""
-    fn()
-    fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
+    return compare({"fn": fn}, min_time=min_time, min_reps=min_reps)["fn"]
+
+
+def compare(fns: dict[str, Callable[[], object]], *, min_time: float = 0.3,
+            min_reps: int = 7) -> dict[str, tuple[float, float]]:
+    """Median and interquartile spread of each function's wall time, in seconds.
+
+    The functions run in turn, round after round, so that a slow patch of the machine (other tenants,
+    frequency changes) hits all of them alike: the ratios between them are what to trust.
+    """
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 200:
-            break
-    times.sort()
-    q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
-    return statistics.median(times), q3 - q1
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_reps or (time.perf_counter() - start < min_time * len(fns) and rounds < 200):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        out[name] = (statistics.median(ts), ts[(3 * len(ts)) // 4] - ts[len(ts) // 4])
+    return out
 
 
 def forward_backward(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> Callable[[], None]:

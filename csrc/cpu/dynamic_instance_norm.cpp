@@ -49,14 +49,17 @@ std::vector<char> fold_flags(const double* mean, const double* rstd, int64_t n0,
   return fold;
 }
 
-// Pixels per tile, so that a (channels x L) tile holds about `budget` elements (a multiple of 16).
-// Products that write a P-sized output use ~128 KiB tiles (the output tile and the normalized tile
-// stay in L2); the weight-gradient product reduces over pixels and runs much faster on long tiles.
-constexpr int64_t kTileBudget = int64_t(1) << 17;
-constexpr int64_t kReduceTileBudget = int64_t(1) << 18;
+// Pixels per tile. Products that write a P-sized output (forward, grad_x) use tiles whose input and
+// output parts together are ~128 KiB (they stay in L2 between the GEMM and its epilogue), but at
+// least 256 pixels wide so the GEMM stays efficient for wide channels. The weight-gradient product
+// reduces over pixels and runs faster on long tiles (~1 MiB).
+int64_t tile_pixels(int64_t C, int64_t Co, int64_t P) {
+  const int64_t L = std::max<int64_t>(256, (int64_t(1) << 15) / (C + Co) / 16 * 16);
+  return std::min(L, P);
+}
 
-int64_t tile_pixels(int64_t C, int64_t Co, int64_t P, int64_t budget) {
-  const int64_t L = std::max<int64_t>(16, budget / std::max(C, Co) / 16 * 16);
+int64_t reduce_tile_pixels(int64_t C, int64_t Co, int64_t P) {
+  const int64_t L = std::max<int64_t>(256, (int64_t(1) << 18) / std::max(C, Co) / 16 * 16);
   return std::min(L, P);
 }
 
@@ -91,13 +94,32 @@ Mat<acc_t<T>> normalized_tile(const T* xn, Layout l, int64_t C, int64_t P, int64
   return {tile, C, L, 1, C};
 }
 
-// Fills an output tile (rows x L, layout orientation) with a per-row value.
+// Adds a per-row value to a tile (rows x L, layout orientation): the bias epilogue. It runs after
+// the GEMM, while the tile is still in L2, rather than as a fill before it: a fill would be the
+// first touch of the output and stall on memory that the GEMM otherwise overlaps with compute.
 template <typename acc>
-void fill_rows(Mat<acc> o, const acc* value) {
+void add_rows(Mat<acc> o, const acc* value) {
   if (o.cs == 1) {
-    for (int64_t r = 0; r < o.rows; ++r) fill(o.data + r * o.rs, o.cols, value[r]);
+    for (int64_t r = 0; r < o.rows; ++r) add_scalar(o.data + r * o.rs, o.cols, value[r]);
   } else {
-    for (int64_t p = 0; p < o.cols; ++p) std::copy(value, value + o.rows, o.data + p * o.cs);
+    for (int64_t p = 0; p < o.cols; ++p) add_to(o.data + p * o.cs, value, o.rows);
+  }
+}
+
+// A (rows x L) tile of a P-pixel sample as acc_t: a view when T is acc_t, else converted into buf.
+template <typename T>
+Mat<const acc_t<T>> input_tile(const T* p, int64_t rows, int64_t P, int64_t L, Layout l,
+                               acc_t<T>* buf) {
+  using acc = acc_t<T>;
+  if constexpr (std::is_same_v<T, acc>) {
+    return l == Layout::NCHW ? Mat<const acc>{p, rows, L, P, 1} : Mat<const acc>{p, rows, L, 1, rows};
+  } else {
+    if (l == Layout::NCHW) {
+      for (int64_t r = 0; r < rows; ++r) convert(p + r * P, L, buf + r * L);
+      return {buf, rows, L, L, 1};
+    }
+    convert(p, L * rows, buf);
+    return {buf, rows, L, 1, rows};
   }
 }
 
@@ -140,7 +162,7 @@ template <typename T>
 void forward(const T* x, const T* w, const T* b, T* y, Layout l, int64_t N, int64_t C, int64_t Co,
              int64_t P, double eps, double* mean, double* rstd) {
   using acc = acc_t<T>;
-  const int64_t L = tile_pixels(C, Co, P, kTileBudget), tiles = (P + L - 1) / L;
+  const int64_t L = tile_pixels(C, Co, P), tiles = (P + L - 1) / L;
   const int64_t G = group_samples(N, C, Co, P);
   for (int64_t n0 = 0; n0 < N; n0 += G) {
     const int64_t n1 = std::min(N, n0 + G), ng = n1 - n0;
@@ -171,10 +193,8 @@ void forward(const T* x, const T* w, const T* b, T* y, Layout l, int64_t N, int6
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t g = t / tiles, n = n0 + g, p0 = (t % tiles) * L, len = std::min(L, P - p0);
         Mat<const acc> xt;
-        if (fold[g]) {  // only for T == acc
-          const acc* xp = reinterpret_cast<const acc*>(at_pixel(x + n * C * P, C, p0, l));
-          xt = l == Layout::NCHW ? Mat<const acc>{xp, C, len, P, 1}
-                                 : Mat<const acc>{xp, C, len, 1, C};
+        if (fold[g]) {  // only for T == acc: a view of x
+          xt = input_tile(at_pixel(x + n * C * P, C, p0, l), C, P, len, l, conv.data());
         } else {
           auto m = normalized_tile(x + n * C * P, l, C, P, p0, len, q, g * C, tile.data(),
                                    conv.data());
@@ -182,10 +202,8 @@ void forward(const T* x, const T* w, const T* b, T* y, Layout l, int64_t N, int6
         }
         T* yp = at_pixel(y + n * Co * P, Co, p0, l);
         auto yt = out_tile(yp, Co, P, len, l, obuf.data());
-        const bool add_bias = b != nullptr || fold[g];
-        if (add_bias) fill_rows(yt, bg.data() + g * Co);
-        gemm(Mat<const acc>{wg.data() + g * Co * C, Co, C, C, 1}, xt, add_bias ? acc(1) : acc(0),
-             yt);
+        gemm(Mat<const acc>{wg.data() + g * Co * C, Co, C, C, 1}, xt, acc(0), yt);
+        if (b != nullptr || fold[g]) add_rows(yt, bg.data() + g * Co);
         if constexpr (!std::is_same_v<T, acc>) store_tile(yt, yp, P, l);
       }
     });
@@ -196,7 +214,7 @@ template <typename T>
 void backward(const T* gy, const T* x, const T* w, const double* mean, const double* rstd, T* gx,
               T* gw, T* gb, Layout l, int64_t N, int64_t C, int64_t Co, int64_t P) {
   using acc = acc_t<T>;
-  const int64_t L = tile_pixels(C, Co, P, kTileBudget), tiles = (P + L - 1) / L;
+  const int64_t L = tile_pixels(C, Co, P), tiles = (P + L - 1) / L;
   const int64_t G = group_samples(N, C, Co, P);
   const int threads = at::get_num_threads();
   for (int64_t n0 = 0; n0 < N; n0 += G) {
@@ -210,7 +228,7 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
     }
     const std::vector<char> fold = fold_flags<T>(mean, rstd, n0, n1, C);
 
-    const int64_t L1 = tile_pixels(C, Co, P, kReduceTileBudget), tiles1 = (P + L1 - 1) / L1;
+    const int64_t L1 = reduce_tile_pixels(C, Co, P), tiles1 = (P + L1 - 1) / L1;
     // Pass 1: per-thread partial gW = gy @ xh^T (by GEMM on normalized tiles) and gb = sum_p gy.
     // Each thread owns a fixed, contiguous range of tasks, so for a given thread count the
     // summation order, and the result, is fixed.
@@ -224,29 +242,13 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
         const int64_t g = t / tiles1, n = n0 + g, p0 = (t % tiles1) * L1, len = std::min(L1, P - p0);
         Mat<const acc> xt;
         if (fold[g]) {  // gy @ x^T; the mean is subtracted after the reduction
-          const acc* xp = reinterpret_cast<const acc*>(at_pixel(x + n * C * P, C, p0, l));
-          xt = l == Layout::NCHW ? Mat<const acc>{xp, C, len, P, 1}
-                                 : Mat<const acc>{xp, C, len, 1, C};
+          xt = input_tile(at_pixel(x + n * C * P, C, p0, l), C, P, len, l, conv.data());
         } else {
           auto m = normalized_tile(x + n * C * P, l, C, P, p0, len, q, g * C, tile.data(),
                                    conv.data());
           xt = {m.data, m.rows, m.cols, m.rs, m.cs};
         }
-        // gy tile as acc (converted when T is half/bfloat16).
-        const T* gp = at_pixel(gy + n * Co * P, Co, p0, l);
-        Mat<const acc> gt;
-        if constexpr (std::is_same_v<T, acc>) {
-          gt = l == Layout::NCHW ? Mat<const acc>{gp, Co, len, P, 1}
-                                 : Mat<const acc>{gp, Co, len, 1, Co};
-        } else {
-          if (l == Layout::NCHW) {
-            for (int64_t o = 0; o < Co; ++o) convert(gp + o * P, len, gbuf.data() + o * len);
-            gt = {gbuf.data(), Co, len, len, 1};
-          } else {
-            convert(gp, len * Co, gbuf.data());
-            gt = {gbuf.data(), Co, len, 1, Co};
-          }
-        }
+        const auto gt = input_tile(at_pixel(gy + n * Co * P, Co, p0, l), Co, P, len, l, gbuf.data());
         acc* pw = part_w.data() + (tid * ng + g) * Co * C;
         double* pb = part_b.data() + (tid * ng + g) * Co;
         gemm(gt, Mat<const acc>{xt.data, len, C, xt.cs, xt.rs}, acc(1), Mat<acc>{pw, Co, C, C, 1});
@@ -260,9 +262,9 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
       }
     });
 
-    // Reduce the partials (in thread order), then m1, m2 and W' = W * rstd per sample.
+    // Reduce the partials (in thread order), then m1 and m2 per sample.
     std::vector<double> gwd(ng * Co * C), gbd(ng * Co);
-    std::vector<acc> wscaled(ng * Co * C), m1(ng * C), m2(ng * C);
+    std::vector<acc> m1(ng * C), m2(ng * C);
     at::parallel_for(0, ng * Co, std::max<int64_t>(1, 4096 / C), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t g = r / Co, n = n0 + g;
@@ -280,7 +282,6 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
           }
         }
         for (int64_t c = 0; c < C; ++c) {
-          wscaled[r * C + c] = wacc[r * C + c] * q.rstd[g * C + c];
           gw[(n0 * Co + r) * C + c] = static_cast<T>(row[c]);
         }
         gb[n0 * Co + r] = static_cast<T>(gbd[r]);
@@ -300,42 +301,31 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
       }
     });
 
-    // Pass 2: gx = W'^T gy - rstd * (m1 + xh * m2): fill the epilogue from x, then add the GEMM.
+    // Pass 2: gx = rstd * (W^T gy - m1 - xh * m2): the GEMM writes W^T gy into the tile, then the
+    // instance-norm backward is applied in place while the tile is in L2.
     at::parallel_for(0, ng * tiles, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<acc> conv = scratch<T>(std::max(C, Co) * L), obuf = scratch<T>(C * L);
+      std::vector<acc> conv = scratch<T>(C * L), obuf = scratch<T>(C * L);
       std::vector<acc> gbuf = scratch<T>(Co * L);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t g = t / tiles, n = n0 + g, p0 = (t % tiles) * L, len = std::min(L, P - p0);
         const T* xp = at_pixel(x + n * C * P, C, p0, l);
         T* gxp = at_pixel(gx + n * C * P, C, p0, l);
         auto ot = out_tile(gxp, C, P, len, l, obuf.data());
+        const auto gt = input_tile(at_pixel(gy + n * Co * P, Co, p0, l), Co, P, len, l, gbuf.data());
+        gemm(Mat<const acc>{wacc + g * Co * C, C, Co, 1, C}, gt, acc(0), ot);
         const acc* hi = q.hi.data() + g * C;
         const acc* lo = q.lo.data() + g * C;
         const acc* rs = q.rstd.data() + g * C;
         if (l == Layout::NCHW) {
           for (int64_t c = 0; c < C; ++c) {
-            normalize_backward(nullptr, load(xp + c * P, len, conv.data()), len, hi[c], lo[c],
-                               rs[c], m1[g * C + c], m2[g * C + c], ot.data + c * ot.rs);
+            acc* row = ot.data + c * ot.rs;
+            normalize_backward(row, load(xp + c * P, len, conv.data()), len, hi[c], lo[c], rs[c],
+                               m1[g * C + c], m2[g * C + c], row);
           }
         } else {
-          normalize_backward_rows(nullptr, load(xp, len * C, conv.data()), len, C, hi, lo, rs,
+          normalize_backward_rows(ot.data, load(xp, len * C, conv.data()), len, C, hi, lo, rs,
                                   m1.data() + g * C, m2.data() + g * C, ot.data);
         }
-        const T* gp = at_pixel(gy + n * Co * P, Co, p0, l);
-        Mat<const acc> gt;
-        if constexpr (std::is_same_v<T, acc>) {
-          gt = l == Layout::NCHW ? Mat<const acc>{gp, Co, len, P, 1}
-                                 : Mat<const acc>{gp, Co, len, 1, Co};
-        } else {
-          if (l == Layout::NCHW) {
-            for (int64_t o = 0; o < Co; ++o) convert(gp + o * P, len, gbuf.data() + o * len);
-            gt = {gbuf.data(), Co, len, len, 1};
-          } else {
-            convert(gp, len * Co, gbuf.data());
-            gt = {gbuf.data(), Co, len, 1, Co};
-          }
-        }
-        gemm(Mat<const acc>{wscaled.data() + g * Co * C, C, Co, 1, C}, gt, acc(1), ot);
         if constexpr (!std::is_same_v<T, acc>) store_tile(ot, gxp, P, l);
       }
     });

@@ -261,8 +261,12 @@ DIN_CLONES void normalize_backward_rows(const double* g, const double* x, int64_
                                         const double* mg, const double* mgxh, double* out) {
   normalize_backward_rows_impl(g, x, rows, C, hi, lo, r, mg, mgxh, out);
 }
-DIN_CLONES void fill(float* dst, int64_t n, float value) { std::fill(dst, dst + n, value); }
-DIN_CLONES void fill(double* dst, int64_t n, double value) { std::fill(dst, dst + n, value); }
+DIN_CLONES void add_scalar(float* dst, int64_t n, float value) {
+  for (int64_t i = 0; i < n; ++i) dst[i] += value;
+}
+DIN_CLONES void add_scalar(double* dst, int64_t n, double value) {
+  for (int64_t i = 0; i < n; ++i) dst[i] += value;
+}
 DIN_CLONES double sum(const float* x, int64_t n) { return sum_impl(x, n); }
 DIN_CLONES double sum(const double* x, int64_t n) { return sum_impl(x, n); }
 DIN_CLONES void add_to(float* dst, const float* src, int64_t n) {

@@ -47,8 +47,8 @@ void normalize_rows(const float* x, int64_t rows, int64_t C, const float* hi, co
 void normalize_rows(const double* x, int64_t rows, int64_t C, const double* hi, const double* lo,
                     const double* rstd, double* out);
 
-// Instance-norm backward: out = r * (g - mg - xh * mgxh), xh = ((x - hi) - lo) * r. `g` may be null,
-// meaning zero (the DIN kernels add W^T gy afterwards with a GEMM).
+// Instance-norm backward: out = r * (g - mg - xh * mgxh), xh = ((x - hi) - lo) * r. `out` may be `g`
+// (in place); `g` may be null, meaning zero.
 void normalize_backward(const float* g, const float* x, int64_t n, float hi, float lo, float r,
                         float mg, float mgxh, float* out);
 void normalize_backward(const double* g, const double* x, int64_t n, double hi, double lo, double r,
@@ -60,9 +60,9 @@ void normalize_backward_rows(const double* g, const double* x, int64_t rows, int
                              const double* hi, const double* lo, const double* r, const double* mg,
                              const double* mgxh, double* out);
 
-// dst[i] = value (a bias row).
-void fill(float* dst, int64_t n, float value);
-void fill(double* dst, int64_t n, double value);
+// dst[i] += value (a bias row).
+void add_scalar(float* dst, int64_t n, float value);
+void add_scalar(double* dst, int64_t n, double value);
 // sum of n values, accumulated in double.
 double sum(const float* x, int64_t n);
 double sum(const double* x, int64_t n);
