@@ -20,7 +20,7 @@ QUICK_SHAPES = [(2, 16, 16, 16)]
 
 def run(quick: bool = False, dtype: torch.dtype = torch.float32) -> list[dict]:
     results = []
-    print(f"\ninstance_norm, {dtype}: time in ms (median), ratio = torch / din_ops")
+    print(f"\ninstance_norm, {dtype}: time in ms (median); vs torch = torch / din_ops, vs copy = din_ops / copy")
     table = Table(["N,C,H,W", "pass", "din_ops", "torch", "copy", "vs torch", "vs copy", "saved MiB", "torch MiB"])
     table.header()
     for shape in QUICK_SHAPES if quick else SHAPES:

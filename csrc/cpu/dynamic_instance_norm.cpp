@@ -264,7 +264,8 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
 
     // Reduce the partials (in thread order), then m1 and m2 per sample.
     std::vector<double> gwd(ng * Co * C), gbd(ng * Co);
-    std::vector<acc> m1(ng * C), m2(ng * C);
+    // W^T per sample, contiguous: the grad_x GEMM is then a plain NN product for the BLAS.
+    std::vector<acc> m1(ng * C), m2(ng * C), wt(ng * C * Co);
     at::parallel_for(0, ng * Co, std::max<int64_t>(1, 4096 / C), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t g = r / Co, n = n0 + g;
@@ -287,17 +288,29 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
         gb[n0 * Co + r] = static_cast<T>(gbd[r]);
       }
     });
-    at::parallel_for(0, ng * C, std::max<int64_t>(1, 4096 / Co), [&](int64_t k0, int64_t k1) {
+    // m1 = W^T gb / P and m2 = sum_o W * gW / P, in blocks of channels so the rows of W and gW are
+    // read contiguously; W^T is written on the way.
+    constexpr int64_t kCb = 64;
+    const int64_t cblocks = (C + kCb - 1) / kCb;
+    at::parallel_for(0, ng * cblocks, 1, [&](int64_t k0, int64_t k1) {
+      double s1[kCb], s2[kCb];
       for (int64_t k = k0; k < k1; ++k) {
-        const int64_t g = k / C, c = k % C;
-        double s1 = 0.0, s2 = 0.0;
+        const int64_t g = k / cblocks, c0 = (k % cblocks) * kCb, cn = std::min(kCb, C - c0);
+        std::fill(s1, s1 + cn, 0.0);
+        std::fill(s2, s2 + cn, 0.0);
         for (int64_t o = 0; o < Co; ++o) {
-          const int64_t i = (g * Co + o) * C + c;
-          s1 += double(wacc[i]) * gbd[g * Co + o];
-          s2 += double(wacc[i]) * gwd[i];
+          const int64_t row = (g * Co + o) * C + c0;
+          const double gbo = gbd[g * Co + o];
+          for (int64_t j = 0; j < cn; ++j) {
+            s1[j] += double(wacc[row + j]) * gbo;
+            s2[j] += double(wacc[row + j]) * gwd[row + j];
+            wt[(g * C + c0 + j) * Co + o] = wacc[row + j];
+          }
         }
-        m1[k] = static_cast<acc>(s1 / double(P));
-        m2[k] = static_cast<acc>(s2 / double(P));
+        for (int64_t j = 0; j < cn; ++j) {
+          m1[g * C + c0 + j] = static_cast<acc>(s1[j] / double(P));
+          m2[g * C + c0 + j] = static_cast<acc>(s2[j] / double(P));
+        }
       }
     });
 
@@ -312,7 +325,7 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
         T* gxp = at_pixel(gx + n * C * P, C, p0, l);
         auto ot = out_tile(gxp, C, P, len, l, obuf.data());
         const auto gt = input_tile(at_pixel(gy + n * Co * P, Co, p0, l), Co, P, len, l, gbuf.data());
-        gemm(Mat<const acc>{wacc + g * Co * C, C, Co, 1, C}, gt, acc(0), ot);
+        gemm(Mat<const acc>{wt.data() + g * C * Co, C, Co, Co, 1}, gt, acc(0), ot);
         const acc* hi = q.hi.data() + g * C;
         const acc* lo = q.lo.data() + g * C;
         const acc* rs = q.rstd.data() + g * C;
