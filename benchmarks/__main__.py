@@ -7,7 +7,8 @@ import os
 
 import din_ops
 
-from . import bench_dynamic_instance_norm, bench_instance_norm
+from . import bench_dynamic_conv, bench_dynamic_instance_norm, bench_instance_norm
+from . import bench_spatially_adaptive
 from .common import machine, steady_allocations
 
 
@@ -20,6 +21,8 @@ def main(argv=None) -> None:
     print(f"din_ops {din_ops.__version__}; backends: {', '.join(din_ops.available_backends())}")
     print(machine())
     results = bench_dynamic_instance_norm.run(args.quick) + bench_instance_norm.run(args.quick)
+    results += bench_dynamic_conv.run(args.quick)
+    results += bench_spatially_adaptive.run(args.quick)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

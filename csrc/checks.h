@@ -63,4 +63,14 @@ inline void check_grad(const at::Tensor& grad, const at::Tensor& x, int64_t chan
                     x.size(2), ", ", x.size(3), "), got ", grad.sizes());
 }
 
+// gamma / beta of spatially_adaptive_instance_norm: (N, C, H, W) like x, or (N, C, 1, 1).
+inline void check_modulation(const at::Tensor& x, const at::Tensor& t, const char* name) {
+  check_same_dtype_device(t, name, x);
+  const bool per_plane = t.dim() == 4 && t.size(0) == x.size(0) && t.size(1) == x.size(1) &&
+                         t.size(2) == 1 && t.size(3) == 1;
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes() || per_plane, "din_ops: expected ", name,
+                    " of shape (N, C, H, W) = ", x.sizes(), " or (N, C, 1, 1) = [", x.size(0),
+                    ", ", x.size(1), ", 1, 1], got ", t.sizes());
+}
+
 }  // namespace din_ops

@@ -24,6 +24,32 @@ TORCH_LIBRARY(din_ops, m) {
       "dynamic_instance_norm_1x1_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor mean,"
       " Tensor rstd) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
       tags);
+  // k x k grouped/depthwise per-sample convolution, with (normalize=True: dynamic_instance_norm) or
+  // without (dynamic_conv2d) instance normalization of x first. weight (N, Co, C / groups, kh, kw);
+  // padding is (top, bottom, left, right); without normalization mean = 0 and rstd = 1.
+  m.def(
+      "dynamic_conv(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[4] padding,"
+      " int[2] dilation, int groups, bool normalize, float eps)"
+      " -> (Tensor y, Tensor mean, Tensor rstd)",
+      tags);
+  m.def(
+      "dynamic_conv_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor mean, Tensor rstd,"
+      " int[2] stride, int[4] padding, int[2] dilation, int groups, bool normalize)"
+      " -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
+      tags);
+  // y = gamma * instance_norm(x) + beta. gamma and beta are each (N, C, H, W) or (N, C, 1, 1); beta
+  // may be None (zero). Backward: grad_gamma has gamma's shape; grad_beta is the per-plane sum of
+  // grad_y, (N, C, 1, 1), when beta_defined and an empty (0,) tensor otherwise (the gradient of a
+  // full-size beta is grad_y itself, which autograd passes on without a copy).
+  m.def(
+      "spatially_adaptive_instance_norm(Tensor x, Tensor gamma, Tensor? beta, float eps)"
+      " -> (Tensor y, Tensor mean, Tensor rstd)",
+      tags);
+  m.def(
+      "spatially_adaptive_instance_norm_backward(Tensor grad_y, Tensor x, Tensor gamma,"
+      " Tensor mean, Tensor rstd, bool beta_defined)"
+      " -> (Tensor grad_x, Tensor grad_gamma, Tensor grad_beta)",
+      tags);
 }
 
 // `import din_ops._C` loads this library (and with it the registrations above). The module has no

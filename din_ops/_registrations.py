@@ -91,7 +91,84 @@ if backends.extension_loaded():
         "din_ops::dynamic_instance_norm_1x1", _din_1x1_backward, setup_context=_din_1x1_setup
     )
 
-    for _name in ("instance_norm_backward", "dynamic_instance_norm_1x1_backward"):
+    @torch.library.register_fake("din_ops::dynamic_conv")
+    def _dynamic_conv_fake(x, weight, bias, stride, padding, dilation, groups, normalize, eps):
+        n, _, h, w = x.shape
+        kh, kw = weight.shape[3], weight.shape[4]
+        ho = (h + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        wo = (w + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        y = x.new_empty((n, weight.shape[1], ho, wo)).contiguous(memory_format=_out_format(x))
+        return (y, *_stats_like(x))
+
+    @torch.library.register_fake("din_ops::dynamic_conv_backward")
+    def _dynamic_conv_backward_fake(grad_y, x, weight, mean, rstd, stride, padding, dilation, groups, normalize):
+        return (
+            torch.empty_like(x, memory_format=_out_format(x)),
+            weight.new_empty(weight.shape),
+            weight.new_empty((weight.shape[0], weight.shape[1])),
+        )
+
+    def _dynamic_conv_setup(ctx, inputs, output):
+        x, weight, bias, stride, padding, dilation, groups, normalize, _eps = inputs
+        _y, mean, rstd = output
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.conv = (stride, padding, dilation, groups, normalize)
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(mean, rstd)
+
+    def _dynamic_conv_backward(ctx, grad_y, _grad_mean, _grad_rstd):
+        x, weight, mean, rstd = ctx.saved_tensors
+        gx, gw, gb = _ops.dynamic_conv_backward(grad_y, x, weight, mean, rstd, *ctx.conv)
+        return gx, gw, gb if ctx.has_bias else None, None, None, None, None, None, None
+
+    torch.library.register_autograd(
+        "din_ops::dynamic_conv", _dynamic_conv_backward, setup_context=_dynamic_conv_setup
+    )
+
+    def _sain_full(t: Tensor, x: Tensor) -> bool:
+        """Whether gamma/beta `t` is full size (N, C, H, W) rather than per plane (N, C, 1, 1)."""
+        return t.shape[2] == x.shape[2] and t.shape[3] == x.shape[3]
+
+    @torch.library.register_fake("din_ops::spatially_adaptive_instance_norm")
+    def _sain_fake(x: Tensor, gamma: Tensor, beta, eps: float):
+        return (torch.empty_like(x, memory_format=_out_format(x)), *_stats_like(x))
+
+    @torch.library.register_fake("din_ops::spatially_adaptive_instance_norm_backward")
+    def _sain_backward_fake(grad_y, x, gamma, mean, rstd, beta_defined: bool):
+        # grad_gamma has gamma's shape (a full-size one in x's output layout); grad_beta is the
+        # per-plane sum (N, C, 1, 1) when beta_defined, else an empty (0,) tensor.
+        n, c = x.shape[0], x.shape[1]
+        if _sain_full(gamma, x):
+            grad_gamma = torch.empty_like(x, memory_format=_out_format(x))
+        else:
+            grad_gamma = x.new_empty((n, c, 1, 1))
+        grad_beta = x.new_empty((n, c, 1, 1)) if beta_defined else x.new_empty((0,))
+        return torch.empty_like(x, memory_format=_out_format(x)), grad_gamma, grad_beta
+
+    def _sain_setup(ctx, inputs, output):
+        x, gamma, beta, _eps = inputs
+        _y, mean, rstd = output
+        ctx.save_for_backward(x, gamma, mean, rstd)
+        ctx.beta_form = None if beta is None else ("full" if _sain_full(beta, x) else "plane")
+        ctx.mark_non_differentiable(mean, rstd)
+
+    def _sain_backward(ctx, grad_y, _grad_mean, _grad_rstd):
+        x, gamma, mean, rstd = ctx.saved_tensors
+        gx, ggamma, gbeta = _ops.spatially_adaptive_instance_norm_backward(
+            grad_y, x, gamma, mean, rstd, ctx.beta_form is not None
+        )
+        if ctx.beta_form == "full":
+            gbeta = grad_y  # dy/dbeta is the identity: pass grad_y on, no copy
+        elif ctx.beta_form is None:
+            gbeta = None
+        return gx, ggamma, gbeta, None
+
+    torch.library.register_autograd(
+        "din_ops::spatially_adaptive_instance_norm", _sain_backward, setup_context=_sain_setup
+    )
+
+    for _name in ("instance_norm_backward", "dynamic_instance_norm_1x1_backward", "dynamic_conv_backward",
+                  "spatially_adaptive_instance_norm_backward"):
         torch.library.register_autograd(
             f"din_ops::{_name}", _no_double_backward(_name), setup_context=lambda ctx, inputs, output: None
         )

@@ -1,7 +1,7 @@
 """The public din_ops functions: argument checks, backend choice, and the call into the operators."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -70,19 +70,65 @@ def instance_norm(x: Tensor, eps: float = 1e-5, *, backend: Optional[str] = None
     return torch.ops.din_ops.instance_norm(x, float(eps))[0]
 
 
-def _weight_1x1(x: Tensor, weight: Tensor) -> Tensor:
-    """weight as (N, Co, C), accepting (N, Co, C) or (N, Co, C, 1, 1)."""
+def _pair(value, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise ValueError(f"din_ops: expected {name} to be a positive int or a pair of them, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _padding(padding, kernel: tuple[int, int], stride: tuple[int, int],
+             dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+    """padding as (top, bottom, left, right), with "same" and "valid" as in F.conv2d."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding != "same":
+            raise ValueError(f"din_ops: expected padding to be 'same', 'valid' or ints, got {padding!r}")
+        if stride != (1, 1):
+            raise ValueError(f"din_ops: padding='same' needs stride 1 (as in F.conv2d), got stride {stride}")
+        total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        # F.conv2d puts the odd extra pixel of an even kernel at the bottom/right.
+        return (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
+    pair = (padding, padding) if isinstance(padding, int) and not isinstance(padding, bool) else tuple(padding)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair):
+        raise ValueError(f"din_ops: expected padding to be an int >= 0, a pair of them, 'same' or 'valid', got {padding!r}")
+    return (pair[0], pair[0], pair[1], pair[1])
+
+
+def _check_weight_bias(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> Tensor:
+    """Validates weight and bias; returns weight as (N, Co, C // groups, kh, kw)."""
     _check_like_x(weight, "weight", x)
     n, c = x.shape[0], x.shape[1]
-    ok = weight.dim() in (3, 5) and weight.shape[0] == n and weight.shape[2] == c
-    if ok and weight.dim() == 5:
-        ok = weight.shape[3] == 1 and weight.shape[4] == 1
-    if not ok:
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0 or c % groups:
+        raise ValueError(f"din_ops: expected groups to be a positive int dividing C = {c}, got {groups!r}")
+    w = weight[..., None, None] if weight.dim() == 3 else weight
+    if w.dim() != 5 or w.shape[0] != n or w.shape[2] != c // groups or w.shape[1] % groups:
         raise ValueError(
-            f"din_ops: expected weight of shape (N, Co, C) or (N, Co, C, 1, 1) with N = {n} and "
-            f"C = {c} (from x), got {_shape(weight)}"
+            f"din_ops: expected weight of shape (N, Co, C // groups, kh, kw) or (N, Co, C // groups) "
+            f"with N = {n} and C // groups = {c // groups} (from x and groups = {groups}) and Co "
+            f"divisible by groups, got {_shape(weight)}"
         )
-    return weight if weight.dim() == 3 else weight.flatten(2)
+    if bias is not None:
+        _check_like_x(bias, "bias", x)
+        if _shape(bias) != (n, w.shape[1]):
+            raise ValueError(f"din_ops: expected bias of shape (N, Co) = ({n}, {w.shape[1]}), got {_shape(bias)}")
+    return w
+
+
+def _conv_args(x: Tensor, w: Tensor, stride, padding, dilation):
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    kernel = (w.shape[3], w.shape[4])
+    pad = _padding(padding, kernel, stride, dilation)
+    for dim, (size, p0, p1, k, d) in enumerate(
+        [(x.shape[2], pad[0], pad[1], kernel[0], dilation[0]), (x.shape[3], pad[2], pad[3], kernel[1], dilation[1])]
+    ):
+        if size + p0 + p1 < d * (k - 1) + 1:
+            raise ValueError(
+                f"din_ops: the kernel {kernel} with dilation {dilation} is larger than the padded input "
+                f"({x.shape[2] + pad[0] + pad[1]}, {x.shape[3] + pad[2] + pad[3]})"
+            )
+    return list(stride), list(pad), list(dilation)
 
 
 def dynamic_instance_norm(
@@ -90,30 +136,38 @@ def dynamic_instance_norm(
     weight: Tensor,
     bias: Optional[Tensor] = None,
     *,
+    stride: Union[int, tuple[int, int]] = 1,
+    padding: Union[int, tuple[int, int], str] = 0,
+    dilation: Union[int, tuple[int, int]] = 1,
+    groups: int = 1,
     eps: float = 1e-5,
     backend: Optional[str] = None,
 ) -> Tensor:
     """Dynamic Instance Normalization (Jing et al., AAAI 2020).
 
-    Instance-normalizes the content features ``x`` and applies a per-sample 1x1 convolution whose
-    weight and bias were predicted from a style image::
+    Instance-normalizes the content features ``x`` and applies a per-sample convolution whose weight
+    and bias were predicted from a style image::
 
-        y[n] = weight[n] @ IN(x)[n] + bias[n]
+        y[n] = conv2d(IN(x)[n], weight[n], bias[n], stride, padding, dilation, groups)
 
-    The kernels fold the normalization into the convolution: the statistics take one pass over x,
-    the rest is one GEMM per sample on cache-resident normalized tiles with the bias added in place;
-    backward saves only x and the (N, C) statistics.
+    with exactly the semantics of ``torch.nn.functional.conv2d`` applied sample by sample (zero
+    padding of the *normalized* input). The paper's default is a 1x1 kernel (weight (N, Co, C)):
+    the kernels then fold the normalization into one GEMM per sample, and backward saves only x and
+    the (N, C) statistics. k x k, grouped and depthwise (groups == C == Co) kernels normalize x on
+    load and never write the normalized tensor.
 
     Args:
         x: content features (N, C, H, W), float32/float64/float16/bfloat16, contiguous or
-            channels_last (other strides are copied once).
-        weight: (N, Co, C) or (N, Co, C, 1, 1), same dtype and device as x.
+            channels_last (other strides are copied once; the k x k kernels compute in NCHW, so a
+            channels_last x costs a conversion there).
+        weight: (N, Co, C // groups, kh, kw), or (N, Co, C) for a 1x1 kernel; dtype and device of x.
         bias: (N, Co) or None.
+        stride, padding, dilation, groups: as in ``F.conv2d`` (padding may be "same" or "valid").
         eps: added to the variance of each (n, c) plane, >= 0.
         backend: None (the compiled kernels for x's device), "cpu", "cuda" or "reference".
 
     Returns:
-        (N, Co, H, W), channels_last when x is.
+        (N, Co, Ho, Wo), channels_last when x is.
 
     Example::
 
@@ -123,15 +177,93 @@ def dynamic_instance_norm(
     """
     _check_x(x)
     _check_eps(eps)
-    w = _weight_1x1(x, weight)
-    if bias is not None:
-        _check_like_x(bias, "bias", x)
-        if _shape(bias) != (x.shape[0], w.shape[1]):
-            raise ValueError(
-                f"din_ops: expected bias of shape (N, Co) = ({x.shape[0]}, {w.shape[1]}), "
-                f"got {_shape(bias)}"
-            )
+    w = _check_weight_bias(x, weight, bias, groups)
+    stride_, pad, dilation_ = _conv_args(x, w, stride, padding, dilation)
     chosen = backends.resolve(backend, x.device)
     if chosen == "reference":
-        return reference.dynamic_instance_norm(x, w, bias, eps=eps)
-    return torch.ops.din_ops.dynamic_instance_norm_1x1(x, w, bias, float(eps))[0]
+        return reference.dynamic_instance_norm(
+            x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups, eps=eps
+        )
+    if w.shape[3:] == (1, 1) and stride_ == [1, 1] and pad == [0, 0, 0, 0] and groups == 1:
+        return torch.ops.din_ops.dynamic_instance_norm_1x1(x, w.flatten(2), bias, float(eps))[0]
+    return torch.ops.din_ops.dynamic_conv(x, w, bias, stride_, pad, dilation_, groups, True, float(eps))[0]
+
+
+def dynamic_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    *,
+    stride: Union[int, tuple[int, int]] = 1,
+    padding: Union[int, tuple[int, int], str] = 0,
+    dilation: Union[int, tuple[int, int]] = 1,
+    groups: int = 1,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """A different convolution for every sample, without normalization:
+    ``y[n] = conv2d(x[n], weight[n], bias[n], stride, padding, dilation, groups)``.
+
+    Same arguments, layouts and dtypes as :func:`dynamic_instance_norm` (without ``eps``).
+    """
+    _check_x(x)
+    w = _check_weight_bias(x, weight, bias, groups)
+    stride_, pad, dilation_ = _conv_args(x, w, stride, padding, dilation)
+    chosen = backends.resolve(backend, x.device)
+    if chosen == "reference":
+        return reference.dynamic_conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return torch.ops.din_ops.dynamic_conv(x, w, bias, stride_, pad, dilation_, groups, False, 0.0)[0]
+
+def _check_modulation(t: Tensor, name: str, x: Tensor) -> None:
+    """gamma/beta of spatially_adaptive_instance_norm: (N, C, H, W) like x, or (N, C, 1, 1)."""
+    _check_like_x(t, name, x)
+    n, c, h, w = x.shape
+    if _shape(t) not in ((n, c, h, w), (n, c, 1, 1)):
+        raise ValueError(
+            f"din_ops: expected {name} of shape (N, C, H, W) = ({n}, {c}, {h}, {w}) or "
+            f"(N, C, 1, 1) = ({n}, {c}, 1, 1), got {_shape(t)}"
+        )
+
+
+def spatially_adaptive_instance_norm(
+    x: Tensor,
+    gamma: Tensor,
+    beta: Optional[Tensor] = None,
+    *,
+    eps: float = 1e-5,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Spatially adaptive instance normalization (SPADE-style; AdaIN for per-channel gamma/beta)::
+
+        y = gamma * IN(x) + beta,    IN(x) = (x - mean) / sqrt(var + eps) per (n, c) plane
+
+    One fused pass: per plane the statistics, then the modulation while the plane is in cache, so
+    x, gamma and beta are read from memory once and y written once. Backward saves x, gamma and the
+    (N, C) statistics, never IN(x).
+
+    Args:
+        x: (N, C, H, W) float32/float64/float16/bfloat16, contiguous or channels_last (other strides
+            are copied once). Statistics are accumulated in float32 (float64 for float64) with a
+            shifted sum, so a large mean does not cost precision.
+        gamma: (N, C, H, W), or (N, C, 1, 1) for one scale per plane; same dtype and device as x.
+            A full-size gamma in another layout than x is copied once into x's layout.
+        beta: like gamma (either form, independently of gamma), or None for zero.
+        eps: added to the variance of each (n, c) plane, >= 0.
+        backend: None (the compiled kernels for x's device), "cpu", "cuda" or "reference".
+
+    Returns:
+        A tensor like x (channels_last when x is).
+
+    Example::
+
+        gamma, beta = spade_head(segmentation_map)        # (N, C, H, W) each
+        features = din_ops.spatially_adaptive_instance_norm(features, gamma, beta)
+    """
+    _check_x(x)
+    _check_eps(eps)
+    _check_modulation(gamma, "gamma", x)
+    if beta is not None:
+        _check_modulation(beta, "beta", x)
+    chosen = backends.resolve(backend, x.device)
+    if chosen == "reference":
+        return reference.spatially_adaptive_instance_norm(x, gamma, beta, eps)
+    return torch.ops.din_ops.spatially_adaptive_instance_norm(x, gamma, beta, float(eps))[0]

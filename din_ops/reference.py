@@ -7,11 +7,13 @@ the ground truth the tests compare with.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+_Size = Union[int, tuple[int, int]]
 
 
 def instance_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -25,27 +27,62 @@ def instance_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
     return (x - mean) / torch.sqrt(var + eps)
 
 
-def dynamic_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """A different 1x1 convolution for every sample: ``y[n] = weight[n] @ x[n] + bias[n]``.
+def dynamic_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    *,
+    stride: _Size = 1,
+    padding: Union[_Size, str] = 0,
+    dilation: _Size = 1,
+    groups: int = 1,
+) -> Tensor:
+    """A different convolution for every sample: ``y[n] = conv2d(x[n], weight[n], bias[n], ...)``.
 
-    ``weight`` is (N, Co, C) or (N, Co, C, 1, 1), ``bias`` (N, Co) or None. Written as one grouped
-    ``conv2d`` with the batch folded into the groups, the way PyTorch users write it today.
+    ``weight`` is (N, Co, C // groups, kh, kw) (or (N, Co, C) for 1x1), ``bias`` (N, Co) or None;
+    stride, padding (ints, pairs, "same" or "valid"), dilation and groups as in ``F.conv2d``. Written
+    as one ``conv2d`` with the batch folded into the groups, the way PyTorch users write it today.
     """
     n, c, h, w = x.shape
-    weight = weight.reshape(n, -1, c)
+    if weight.dim() == 3:
+        weight = weight[..., None, None]
     co = weight.shape[1]
     y = F.conv2d(
         x.reshape(1, n * c, h, w),
-        weight.reshape(n * co, c, 1, 1),
+        weight.reshape(n * co, *weight.shape[2:]),
         None if bias is None else bias.reshape(n * co),
-        groups=n,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=n * groups,
     )
-    return y.reshape(n, co, h, w)
+    return y.reshape(n, co, *y.shape[2:])
 
 
 def dynamic_instance_norm(
-    x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, eps: float = 1e-5
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    *,
+    stride: _Size = 1,
+    padding: Union[_Size, str] = 0,
+    dilation: _Size = 1,
+    groups: int = 1,
+    eps: float = 1e-5,
 ) -> Tensor:
     """Dynamic instance normalization (Jing et al., AAAI 2020): instance norm, then a per-sample
     dynamic convolution whose weight and bias were predicted from a style image."""
-    return dynamic_conv2d(instance_norm(x, eps), weight, bias)
+    return dynamic_conv2d(
+        instance_norm(x, eps), weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups
+    )
+
+def spatially_adaptive_instance_norm(
+    x: Tensor, gamma: Tensor, beta: Optional[Tensor] = None, eps: float = 1e-5
+) -> Tensor:
+    """Spatially adaptive instance normalization: ``gamma * instance_norm(x) + beta``.
+
+    ``gamma`` and ``beta`` are (N, C, H, W) or (N, C, 1, 1) (broadcast over the plane); ``beta=None``
+    means zero.
+    """
+    y = gamma * instance_norm(x, eps)
+    return y if beta is None else y + beta

@@ -91,6 +91,12 @@ struct NormParams {
   }
 };
 
+// Grain for at::parallel_for over tasks of `work` multiply-adds each: small problems run inline on
+// the calling thread, since waking the other threads would cost more than the work itself.
+inline int64_t grain_for(int64_t work) {
+  return std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(work, 1));
+}
+
 // Instance statistics of samples [n0, n1) of x (laid out as `layout`), written to mean/rstd at
 // [n0 * C, n1 * C). Deterministic: the summation order does not depend on the thread count.
 template <typename T>

@@ -188,7 +188,7 @@ void forward(const T* x, const T* w, const T* b, T* y, Layout l, int64_t N, int6
         bg[r] = static_cast<acc>(bias);
       }
     });
-    at::parallel_for(0, ng * tiles, 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, ng * tiles, grain_for(Co * C * L), [&](int64_t t0, int64_t t1) {
       std::vector<acc> tile(C * L), conv = scratch<T>(C * L), obuf = scratch<T>(Co * L);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t g = t / tiles, n = n0 + g, p0 = (t % tiles) * L, len = std::min(L, P - p0);
@@ -234,7 +234,7 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
     // summation order, and the result, is fixed.
     std::vector<acc> part_w(threads * ng * Co * C, acc(0));
     std::vector<double> part_b(threads * ng * Co, 0.0);
-    at::parallel_for(0, ng * tiles1, 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, ng * tiles1, grain_for(Co * C * L1), [&](int64_t t0, int64_t t1) {
       const int tid = at::get_thread_num();
       std::vector<acc> tile(C * L1), conv = scratch<T>(std::max(C, Co) * L1);
       std::vector<acc> gbuf = scratch<T>(Co * L1), colsum(l == Layout::NHWC ? Co : 0);
@@ -292,7 +292,7 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
     // read contiguously; W^T is written on the way.
     constexpr int64_t kCb = 64;
     const int64_t cblocks = (C + kCb - 1) / kCb;
-    at::parallel_for(0, ng * cblocks, 1, [&](int64_t k0, int64_t k1) {
+    at::parallel_for(0, ng * cblocks, grain_for(Co * kCb), [&](int64_t k0, int64_t k1) {
       double s1[kCb], s2[kCb];
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t g = k / cblocks, c0 = (k % cblocks) * kCb, cn = std::min(kCb, C - c0);
@@ -316,7 +316,7 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
 
     // Pass 2: gx = rstd * (W^T gy - m1 - xh * m2): the GEMM writes W^T gy into the tile, then the
     // instance-norm backward is applied in place while the tile is in L2.
-    at::parallel_for(0, ng * tiles, 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, ng * tiles, grain_for(Co * C * L), [&](int64_t t0, int64_t t1) {
       std::vector<acc> conv = scratch<T>(C * L), obuf = scratch<T>(C * L);
       std::vector<acc> gbuf = scratch<T>(Co * L);
       for (int64_t t = t0; t < t1; ++t) {

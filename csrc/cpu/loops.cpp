@@ -275,6 +275,103 @@ DIN_CLONES void add_to(float* dst, const float* src, int64_t n) {
 DIN_CLONES void add_to(double* dst, const double* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
 }
+template <typename T>
+DIN_INLINE void scatter_axpy_impl(T* y, int64_t ys, const T* x, int64_t n, T a) {
+  if (ys == 1) {
+    for (int64_t k = 0; k < n; ++k) y[k] += a * x[k];
+  } else {
+    for (int64_t k = 0; k < n; ++k) y[k * ys] += a * x[k];
+  }
+}
+
+DIN_CLONES void scatter_axpy(float* y, int64_t ys, const float* x, int64_t n, float a) {
+  scatter_axpy_impl(y, ys, x, n, a);
+}
+DIN_CLONES void scatter_axpy(double* y, int64_t ys, const double* x, int64_t n, double a) {
+  scatter_axpy_impl(y, ys, x, n, a);
+}
+template <typename T>
+DIN_INLINE void depthwise_plane_impl(const T* pad, int64_t Wp, const T* w, int64_t kh, int64_t kw,
+                                     int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho,
+                                     int64_t Wo, T bias, T* out) {
+  for (int64_t oh = 0; oh < Ho; ++oh) {
+    T* o = out + oh * Wo;
+    for (int64_t ow = 0; ow < Wo; ++ow) o[ow] = bias;
+    for (int64_t i = 0; i < kh; ++i) {
+      const T* row = pad + (oh * sh + i * dh) * Wp;
+      for (int64_t j = 0; j < kw; ++j) {
+        const T a = w[i * kw + j];
+        const T* src = row + j * dw;
+        if (sw == 1) {
+          for (int64_t ow = 0; ow < Wo; ++ow) o[ow] += a * src[ow];
+        } else {
+          for (int64_t ow = 0; ow < Wo; ++ow) o[ow] += a * src[ow * sw];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+DIN_INLINE void depthwise_plane_backward_impl(const T* pad, int64_t Wp, const T* w, int64_t kh,
+                                              int64_t kw, int64_t sh, int64_t sw, int64_t dh,
+                                              int64_t dw, int64_t Ho, int64_t Wo, const T* g,
+                                              double* gw, T* gpad) {
+  for (int64_t oh = 0; oh < Ho; ++oh) {
+    const T* gr = g + oh * Wo;
+    for (int64_t i = 0; i < kh; ++i) {
+      const int64_t off = (oh * sh + i * dh) * Wp;
+      for (int64_t j = 0; j < kw; ++j) {
+        const T a = w[i * kw + j];
+        const T* src = pad + off + j * dw;
+        T* dst = gpad + off + j * dw;
+        // The dot product in independent lanes (vectorizes without reassociation), flushed to
+        // double once per output row.
+        constexpr int L = kLanes<T>;
+        T d[L] = {};
+        int64_t ow = 0;
+        if (sw == 1) {
+          for (; ow + L <= Wo; ow += L) {
+            for (int k = 0; k < L; ++k) {
+              d[k] += gr[ow + k] * src[ow + k];
+              dst[ow + k] += a * gr[ow + k];
+            }
+          }
+        }
+        for (; ow < Wo; ++ow) {
+          d[0] += gr[ow] * src[ow * sw];
+          dst[ow * sw] += a * gr[ow];
+        }
+        double total = 0.0;
+        for (int k = 0; k < L; ++k) total += d[k];
+        gw[i * kw + j] += total;
+      }
+    }
+  }
+}
+
+DIN_CLONES void depthwise_plane(const float* pad, int64_t Wp, const float* w, int64_t kh,
+                                int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                                int64_t Ho, int64_t Wo, float bias, float* out) {
+  depthwise_plane_impl(pad, Wp, w, kh, kw, sh, sw, dh, dw, Ho, Wo, bias, out);
+}
+DIN_CLONES void depthwise_plane(const double* pad, int64_t Wp, const double* w, int64_t kh,
+                                int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                                int64_t Ho, int64_t Wo, double bias, double* out) {
+  depthwise_plane_impl(pad, Wp, w, kh, kw, sh, sw, dh, dw, Ho, Wo, bias, out);
+}
+DIN_CLONES void depthwise_plane_backward(const float* pad, int64_t Wp, const float* w, int64_t kh,
+                                         int64_t kw, int64_t sh, int64_t sw, int64_t dh,
+                                         int64_t dw, int64_t Ho, int64_t Wo, const float* g,
+                                         double* gw, float* gpad) {
+  depthwise_plane_backward_impl(pad, Wp, w, kh, kw, sh, sw, dh, dw, Ho, Wo, g, gw, gpad);
+}
+DIN_CLONES void depthwise_plane_backward(const double* pad, int64_t Wp, const double* w,
+                                         int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                         int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
+                                         const double* g, double* gw, double* gpad) {
+  depthwise_plane_backward_impl(pad, Wp, w, kh, kw, sh, sw, dh, dw, Ho, Wo, g, gw, gpad);
+}
 DIN_CLONES void convert(const c10::BFloat16* src, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
@@ -286,6 +383,290 @@ DIN_CLONES void convert(const float* src, int64_t n, c10::BFloat16* dst) {
 }
 DIN_CLONES void convert(const float* src, int64_t n, c10::Half* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<c10::Half>(src[i]);
+}
+
+// Spatially adaptive instance norm loops.
+namespace {
+
+template <typename T>
+DIN_INLINE void normalize_affine_impl(const T* x, int64_t n, T hi, T lo, T r, const T* gamma,
+                                      const T* beta, T b, T* out) {
+  if (beta != nullptr) {
+    for (int64_t i = 0; i < n; ++i) out[i] = ((x[i] - hi) - lo) * r * gamma[i] + beta[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = ((x[i] - hi) - lo) * r * gamma[i] + b;
+  }
+}
+
+template <typename T>
+DIN_INLINE void normalize_scale_shift_impl(const T* x, int64_t n, T hi, T lo, T s, const T* beta,
+                                           T b, T* out) {
+  if (beta != nullptr) {
+    for (int64_t i = 0; i < n; ++i) out[i] = ((x[i] - hi) - lo) * s + beta[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = ((x[i] - hi) - lo) * s + b;
+  }
+}
+
+template <typename T>
+DIN_INLINE void normalize_affine_rows_impl(const T* x, int64_t rows, int64_t C, const T* hi,
+                                           const T* lo, const T* r, const T* gamma, const T* beta,
+                                           const T* b, T* out) {
+  for (int64_t p = 0; p < rows; ++p) {
+    const T* xr = x + p * C;
+    const T* gr = gamma + p * C;
+    T* o = out + p * C;
+    if (beta != nullptr) {
+      const T* br = beta + p * C;
+      for (int64_t c = 0; c < C; ++c) o[c] = ((xr[c] - hi[c]) - lo[c]) * r[c] * gr[c] + br[c];
+    } else {
+      for (int64_t c = 0; c < C; ++c) o[c] = ((xr[c] - hi[c]) - lo[c]) * r[c] * gr[c] + b[c];
+    }
+  }
+}
+
+template <typename T>
+DIN_INLINE void normalize_scale_shift_rows_impl(const T* x, int64_t rows, int64_t C, const T* hi,
+                                                const T* lo, const T* s, const T* beta,
+                                                const T* b, T* out) {
+  for (int64_t p = 0; p < rows; ++p) {
+    const T* xr = x + p * C;
+    T* o = out + p * C;
+    if (beta != nullptr) {
+      const T* br = beta + p * C;
+      for (int64_t c = 0; c < C; ++c) o[c] = ((xr[c] - hi[c]) - lo[c]) * s[c] + br[c];
+    } else {
+      for (int64_t c = 0; c < C; ++c) o[c] = ((xr[c] - hi[c]) - lo[c]) * s[c] + b[c];
+    }
+  }
+}
+
+template <typename T>
+DIN_INLINE void affine_grad_sums_impl(const T* gy, const T* x, const T* gamma, int64_t n, T hi,
+                                      T lo, T r, double* sg, double* sgxh, double* sgy) {
+  constexpr int L = kLanes<T>;
+  double t1 = 0.0, t2 = 0.0, t3 = 0.0;
+  for (int64_t b = 0; b < n; b += kFlush * L) {
+    const int64_t e = std::min(n, b + kFlush * L);
+    T a1[L] = {}, a2[L] = {}, a3[L] = {};
+    int64_t i = b;
+    for (; i + L <= e; i += L) {
+      for (int j = 0; j < L; ++j) {
+        const T xh = ((x[i + j] - hi) - lo) * r;
+        const T g = gy[i + j] * gamma[i + j];
+        a1[j] += g;
+        a2[j] += g * xh;
+        a3[j] += gy[i + j];
+      }
+    }
+    for (; i < e; ++i) {
+      const T xh = ((x[i] - hi) - lo) * r;
+      const T g = gy[i] * gamma[i];
+      a1[0] += g;
+      a2[0] += g * xh;
+      a3[0] += gy[i];
+    }
+    for (int j = 0; j < L; ++j) {
+      t1 += a1[j];
+      t2 += a2[j];
+      t3 += a3[j];
+    }
+  }
+  *sg += t1;
+  *sgxh += t2;
+  *sgy += t3;
+}
+
+template <typename T>
+DIN_INLINE void affine_grad_sums_rows_impl(const T* gy, const T* x, const T* gamma, int64_t rows,
+                                           int64_t C, const T* hi, const T* lo, const T* r,
+                                           double* sg, double* sgxh, double* sgy) {
+  for (int64_t c0 = 0; c0 < C; c0 += kCh) {
+    const int64_t cn = std::min(kCh, C - c0);
+    for (int64_t r0 = 0; r0 < rows; r0 += kFlush) {
+      const int64_t re = std::min(rows, r0 + kFlush);
+      T a1[kCh] = {}, a2[kCh] = {}, a3[kCh] = {};
+      for (int64_t p = r0; p < re; ++p) {
+        const T* xr = x + p * C + c0;
+        const T* gr = gy + p * C + c0;
+        const T* wr = gamma + p * C + c0;
+        for (int64_t j = 0; j < cn; ++j) {
+          const T xh = ((xr[j] - hi[c0 + j]) - lo[c0 + j]) * r[c0 + j];
+          const T g = gr[j] * wr[j];
+          a1[j] += g;
+          a2[j] += g * xh;
+          a3[j] += gr[j];
+        }
+      }
+      for (int64_t j = 0; j < cn; ++j) {
+        sg[c0 + j] += a1[j];
+        sgxh[c0 + j] += a2[j];
+        sgy[c0 + j] += a3[j];
+      }
+    }
+  }
+}
+
+template <typename T>
+DIN_INLINE void normalize_affine_backward_impl(const T* gy, const T* x, const T* gamma, int64_t n,
+                                               T hi, T lo, T r, T mg, T mgxh, T* gx, T* ggamma) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T xh = ((x[i] - hi) - lo) * r;
+    const T g = gy[i];
+    gx[i] = r * (g * gamma[i] - mg - xh * mgxh);
+    ggamma[i] = g * xh;
+  }
+}
+
+template <typename T>
+DIN_INLINE void normalize_affine_backward_rows_impl(const T* gy, const T* x, const T* gamma,
+                                                    int64_t rows, int64_t C, const T* hi,
+                                                    const T* lo, const T* r, const T* mg,
+                                                    const T* mgxh, T* __restrict__ gx,
+                                                    T* __restrict__ ggamma) {
+  // The outputs are declared restrict: with two of them against eight inputs the compiler would
+  // otherwise need more run-time alias checks than it is willing to emit, and not vectorize.
+  for (int64_t p = 0; p < rows; ++p) {
+    const T* xr = x + p * C;
+    const T* gr = gy + p * C;
+    const T* wr = gamma + p * C;
+    T* o = gx + p * C;
+    T* og = ggamma + p * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const T xh = ((xr[c] - hi[c]) - lo[c]) * r[c];
+      o[c] = r[c] * (gr[c] * wr[c] - mg[c] - xh * mgxh[c]);
+      og[c] = gr[c] * xh;
+    }
+  }
+}
+
+template <typename T>
+DIN_INLINE void normalize_backward_scaled_impl(const T* gy, const T* x, int64_t n, T hi, T lo, T r,
+                                               T gam, T mg, T mgxh, T* gx) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T xh = ((x[i] - hi) - lo) * r;
+    gx[i] = r * (gam * gy[i] - mg - xh * mgxh);
+  }
+}
+
+template <typename T>
+DIN_INLINE void normalize_backward_scaled_rows_impl(const T* gy, const T* x, int64_t rows,
+                                                    int64_t C, const T* hi, const T* lo,
+                                                    const T* r, const T* gam, const T* mg,
+                                                    const T* mgxh, T* gx) {
+  for (int64_t p = 0; p < rows; ++p) {
+    const T* xr = x + p * C;
+    const T* gr = gy + p * C;
+    T* o = gx + p * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const T xh = ((xr[c] - hi[c]) - lo[c]) * r[c];
+      o[c] = r[c] * (gam[c] * gr[c] - mg[c] - xh * mgxh[c]);
+    }
+  }
+}
+
+}  // namespace
+
+DIN_CLONES void normalize_affine(const float* x, int64_t n, float hi, float lo, float r,
+                                 const float* gamma, const float* beta, float b, float* out) {
+  normalize_affine_impl(x, n, hi, lo, r, gamma, beta, b, out);
+}
+DIN_CLONES void normalize_affine(const double* x, int64_t n, double hi, double lo, double r,
+                                 const double* gamma, const double* beta, double b, double* out) {
+  normalize_affine_impl(x, n, hi, lo, r, gamma, beta, b, out);
+}
+DIN_CLONES void normalize_scale_shift(const float* x, int64_t n, float hi, float lo, float s,
+                                      const float* beta, float b, float* out) {
+  normalize_scale_shift_impl(x, n, hi, lo, s, beta, b, out);
+}
+DIN_CLONES void normalize_scale_shift(const double* x, int64_t n, double hi, double lo, double s,
+                                      const double* beta, double b, double* out) {
+  normalize_scale_shift_impl(x, n, hi, lo, s, beta, b, out);
+}
+DIN_CLONES void normalize_affine_rows(const float* x, int64_t rows, int64_t C, const float* hi,
+                                      const float* lo, const float* r, const float* gamma,
+                                      const float* beta, const float* b, float* out) {
+  normalize_affine_rows_impl(x, rows, C, hi, lo, r, gamma, beta, b, out);
+}
+DIN_CLONES void normalize_affine_rows(const double* x, int64_t rows, int64_t C, const double* hi,
+                                      const double* lo, const double* r, const double* gamma,
+                                      const double* beta, const double* b, double* out) {
+  normalize_affine_rows_impl(x, rows, C, hi, lo, r, gamma, beta, b, out);
+}
+DIN_CLONES void normalize_scale_shift_rows(const float* x, int64_t rows, int64_t C,
+                                           const float* hi, const float* lo, const float* s,
+                                           const float* beta, const float* b, float* out) {
+  normalize_scale_shift_rows_impl(x, rows, C, hi, lo, s, beta, b, out);
+}
+DIN_CLONES void normalize_scale_shift_rows(const double* x, int64_t rows, int64_t C,
+                                           const double* hi, const double* lo, const double* s,
+                                           const double* beta, const double* b, double* out) {
+  normalize_scale_shift_rows_impl(x, rows, C, hi, lo, s, beta, b, out);
+}
+DIN_CLONES void affine_grad_sums(const float* gy, const float* x, const float* gamma, int64_t n,
+                                 float hi, float lo, float r, double* sg, double* sgxh,
+                                 double* sgy) {
+  affine_grad_sums_impl(gy, x, gamma, n, hi, lo, r, sg, sgxh, sgy);
+}
+DIN_CLONES void affine_grad_sums(const double* gy, const double* x, const double* gamma, int64_t n,
+                                 double hi, double lo, double r, double* sg, double* sgxh,
+                                 double* sgy) {
+  affine_grad_sums_impl(gy, x, gamma, n, hi, lo, r, sg, sgxh, sgy);
+}
+DIN_CLONES void affine_grad_sums_rows(const float* gy, const float* x, const float* gamma,
+                                      int64_t rows, int64_t C, const float* hi, const float* lo,
+                                      const float* r, double* sg, double* sgxh, double* sgy) {
+  affine_grad_sums_rows_impl(gy, x, gamma, rows, C, hi, lo, r, sg, sgxh, sgy);
+}
+DIN_CLONES void affine_grad_sums_rows(const double* gy, const double* x, const double* gamma,
+                                      int64_t rows, int64_t C, const double* hi, const double* lo,
+                                      const double* r, double* sg, double* sgxh, double* sgy) {
+  affine_grad_sums_rows_impl(gy, x, gamma, rows, C, hi, lo, r, sg, sgxh, sgy);
+}
+DIN_CLONES void normalize_affine_backward(const float* gy, const float* x, const float* gamma,
+                                          int64_t n, float hi, float lo, float r, float mg,
+                                          float mgxh, float* gx, float* ggamma) {
+  normalize_affine_backward_impl(gy, x, gamma, n, hi, lo, r, mg, mgxh, gx, ggamma);
+}
+DIN_CLONES void normalize_affine_backward(const double* gy, const double* x, const double* gamma,
+                                          int64_t n, double hi, double lo, double r, double mg,
+                                          double mgxh, double* gx, double* ggamma) {
+  normalize_affine_backward_impl(gy, x, gamma, n, hi, lo, r, mg, mgxh, gx, ggamma);
+}
+DIN_CLONES void normalize_affine_backward_rows(const float* gy, const float* x, const float* gamma,
+                                               int64_t rows, int64_t C, const float* hi,
+                                               const float* lo, const float* r, const float* mg,
+                                               const float* mgxh, float* gx, float* ggamma) {
+  normalize_affine_backward_rows_impl(gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma);
+}
+DIN_CLONES void normalize_affine_backward_rows(const double* gy, const double* x,
+                                               const double* gamma, int64_t rows, int64_t C,
+                                               const double* hi, const double* lo, const double* r,
+                                               const double* mg, const double* mgxh, double* gx,
+                                               double* ggamma) {
+  normalize_affine_backward_rows_impl(gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma);
+}
+DIN_CLONES void normalize_backward_scaled(const float* gy, const float* x, int64_t n, float hi,
+                                          float lo, float r, float gam, float mg, float mgxh,
+                                          float* gx) {
+  normalize_backward_scaled_impl(gy, x, n, hi, lo, r, gam, mg, mgxh, gx);
+}
+DIN_CLONES void normalize_backward_scaled(const double* gy, const double* x, int64_t n, double hi,
+                                          double lo, double r, double gam, double mg, double mgxh,
+                                          double* gx) {
+  normalize_backward_scaled_impl(gy, x, n, hi, lo, r, gam, mg, mgxh, gx);
+}
+DIN_CLONES void normalize_backward_scaled_rows(const float* gy, const float* x, int64_t rows,
+                                               int64_t C, const float* hi, const float* lo,
+                                               const float* r, const float* gam, const float* mg,
+                                               const float* mgxh, float* gx) {
+  normalize_backward_scaled_rows_impl(gy, x, rows, C, hi, lo, r, gam, mg, mgxh, gx);
+}
+DIN_CLONES void normalize_backward_scaled_rows(const double* gy, const double* x, int64_t rows,
+                                               int64_t C, const double* hi, const double* lo,
+                                               const double* r, const double* gam,
+                                               const double* mg, const double* mgxh, double* gx) {
+  normalize_backward_scaled_rows_impl(gy, x, rows, C, hi, lo, r, gam, mg, mgxh, gx);
 }
 
 }  // namespace din_ops::cpu

@@ -70,10 +70,98 @@ double sum(const double* x, int64_t n);
 void add_to(float* dst, const float* src, int64_t n);
 void add_to(double* dst, const double* src, int64_t n);
 
+// y[k * ys] += a * x[k]: a transposed convolution tap, scattering a gradient row onto an input row.
+void scatter_axpy(float* y, int64_t ys, const float* x, int64_t n, float a);
+void scatter_axpy(double* y, int64_t ys, const double* x, int64_t n, double a);
+
+// Depthwise convolution of one zero-padded plane (row stride Wp) with a kh x kw kernel:
+// out[oh, ow] = bias + sum_ij w[i, j] * pad[oh * sh + i * dh, ow * sw + j * dw], for Ho x Wo outputs.
+void depthwise_plane(const float* pad, int64_t Wp, const float* w, int64_t kh, int64_t kw,
+                     int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
+                     float bias, float* out);
+void depthwise_plane(const double* pad, int64_t Wp, const double* w, int64_t kh, int64_t kw,
+                     int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
+                     double bias, double* out);
+// Its backward for gradient g (Ho x Wo): gw[i, j] += sum g * (shifted pad) (in double), and
+// gpad[...] += w[i, j] * g (the transposed taps; gpad must start zeroed).
+void depthwise_plane_backward(const float* pad, int64_t Wp, const float* w, int64_t kh,
+                              int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                              int64_t Ho, int64_t Wo, const float* g, double* gw, float* gpad);
+void depthwise_plane_backward(const double* pad, int64_t Wp, const double* w, int64_t kh,
+                              int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                              int64_t Ho, int64_t Wo, const double* g, double* gw, double* gpad);
+
 // Conversions between storage and accumulation types.
 void convert(const c10::BFloat16* src, int64_t n, float* dst);
 void convert(const c10::Half* src, int64_t n, float* dst);
 void convert(const float* src, int64_t n, c10::BFloat16* dst);
 void convert(const float* src, int64_t n, c10::Half* dst);
+
+// Spatially adaptive instance norm (xh = ((x - hi) - lo) * r as above). `beta` may be null, meaning
+// the constant `b` (per channel in the _rows forms) is added instead.
+// out = xh * gamma[i] + beta[i]: a full-size gamma.
+void normalize_affine(const float* x, int64_t n, float hi, float lo, float r, const float* gamma,
+                      const float* beta, float b, float* out);
+void normalize_affine(const double* x, int64_t n, double hi, double lo, double r,
+                      const double* gamma, const double* beta, double b, double* out);
+// out = ((x - hi) - lo) * s + beta[i]: a per-plane gamma folded into s = rstd * gamma.
+void normalize_scale_shift(const float* x, int64_t n, float hi, float lo, float s,
+                           const float* beta, float b, float* out);
+void normalize_scale_shift(const double* x, int64_t n, double hi, double lo, double s,
+                           const double* beta, double b, double* out);
+// Channels-last forms: hi, lo, r, s, b per channel; x, gamma, beta and out rows of stride C.
+void normalize_affine_rows(const float* x, int64_t rows, int64_t C, const float* hi,
+                           const float* lo, const float* r, const float* gamma, const float* beta,
+                           const float* b, float* out);
+void normalize_affine_rows(const double* x, int64_t rows, int64_t C, const double* hi,
+                           const double* lo, const double* r, const double* gamma,
+                           const double* beta, const double* b, double* out);
+void normalize_scale_shift_rows(const float* x, int64_t rows, int64_t C, const float* hi,
+                                const float* lo, const float* s, const float* beta,
+                                const float* b, float* out);
+void normalize_scale_shift_rows(const double* x, int64_t rows, int64_t C, const double* hi,
+                                const double* lo, const double* s, const double* beta,
+                                const double* b, double* out);
+// Backward sums for a full-size gamma: sg += sum(gy * gamma), sgxh += sum(gy * gamma * xh),
+// sgy += sum(gy).
+void affine_grad_sums(const float* gy, const float* x, const float* gamma, int64_t n, float hi,
+                      float lo, float r, double* sg, double* sgxh, double* sgy);
+void affine_grad_sums(const double* gy, const double* x, const double* gamma, int64_t n, double hi,
+                      double lo, double r, double* sg, double* sgxh, double* sgy);
+void affine_grad_sums_rows(const float* gy, const float* x, const float* gamma, int64_t rows,
+                           int64_t C, const float* hi, const float* lo, const float* r, double* sg,
+                           double* sgxh, double* sgy);
+void affine_grad_sums_rows(const double* gy, const double* x, const double* gamma, int64_t rows,
+                           int64_t C, const double* hi, const double* lo, const double* r,
+                           double* sg, double* sgxh, double* sgy);
+// gx = r * (gy * gamma - mg - xh * mgxh) and ggamma = gy * xh for a full-size gamma (gx and
+// ggamma must not overlap each other or the inputs).
+void normalize_affine_backward(const float* gy, const float* x, const float* gamma, int64_t n,
+                               float hi, float lo, float r, float mg, float mgxh, float* gx,
+                               float* ggamma);
+void normalize_affine_backward(const double* gy, const double* x, const double* gamma, int64_t n,
+                               double hi, double lo, double r, double mg, double mgxh, double* gx,
+                               double* ggamma);
+void normalize_affine_backward_rows(const float* gy, const float* x, const float* gamma,
+                                    int64_t rows, int64_t C, const float* hi, const float* lo,
+                                    const float* r, const float* mg, const float* mgxh, float* gx,
+                                    float* ggamma);
+void normalize_affine_backward_rows(const double* gy, const double* x, const double* gamma,
+                                    int64_t rows, int64_t C, const double* hi, const double* lo,
+                                    const double* r, const double* mg, const double* mgxh,
+                                    double* gx, double* ggamma);
+// gx = r * (gam * gy - mg - xh * mgxh) for a per-plane gamma `gam` (per channel in the _rows form).
+void normalize_backward_scaled(const float* gy, const float* x, int64_t n, float hi, float lo,
+                               float r, float gam, float mg, float mgxh, float* gx);
+void normalize_backward_scaled(const double* gy, const double* x, int64_t n, double hi, double lo,
+                               double r, double gam, double mg, double mgxh, double* gx);
+void normalize_backward_scaled_rows(const float* gy, const float* x, int64_t rows, int64_t C,
+                                    const float* hi, const float* lo, const float* r,
+                                    const float* gam, const float* mg, const float* mgxh,
+                                    float* gx);
+void normalize_backward_scaled_rows(const double* gy, const double* x, int64_t rows, int64_t C,
+                                    const double* hi, const double* lo, const double* r,
+                                    const double* gam, const double* mg, const double* mgxh,
+                                    double* gx);
 
 }  // namespace din_ops::cpu

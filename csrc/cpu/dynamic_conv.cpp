@@ -1,0 +1,449 @@
+// Per-sample k x k (grouped, depthwise, strided, dilated) dynamic convolution on the CPU, with the
+// instance normalization applied on load (dynamic_instance_norm) or not (dynamic_conv2d).
+//
+//   forward : y[n] = conv2d(xh[n], W[n], b[n], stride, padding, dilation, groups)
+//             xh = (x - mean) * rstd, and zero outside the input (padding pads xh, not x)
+//   backward: gb[n, o]   = sum_p gy[n, o, p]
+//             gW[n]      = correlation of gy[n] with xh[n]  (the usual conv2d weight gradient)
+//             g          = conv_transpose2d(gy[n], W[n])     (gradient with respect to xh)
+//             gx         = rstd * (g - mean_p(g) - xh * mean_p(g * xh))  (identity when not normalizing)
+//
+// The mean cannot be folded into the weights here: zero padding of xh is padding x with the mean.
+// So the kernels read x and normalize in registers, per tile:
+// - depthwise (one input and one output channel per group): one task per (n, c) plane builds the
+//   zero-padded normalized plane in a cache-resident buffer, then accumulates the kh * kw taps as
+//   vectorized row updates; backward works on the same plane buffer (taps as dot products and
+//   transposed row updates), then applies the instance-norm backward while the plane is in cache.
+// - everything else: im2col of normalized tiles of output rows, one GEMM per tile with W[n, group]
+//   (forward), and per (n, group) task the weight-gradient GEMM, the W^T GEMM and col2im into the
+//   gradient planes (backward). Each (n, group) is owned by one task, so nothing races and results
+//   are deterministic for a fixed thread count.
+// Inputs are computed in NCHW; channels_last inputs are converted once on entry and the output
+// converted back (documented cost).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "blas.h"
+#include "common.h"
+
+namespace din_ops::cpu {
+namespace {
+
+struct Geometry {
+  int64_t N, C, H, W, Co, groups, Cg, Cog, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo;
+  int64_t K() const { return Cg * kh * kw; }
+  int64_t P() const { return H * W; }
+  int64_t Q() const { return Ho * Wo; }
+  bool depthwise() const { return Cg == 1 && Cog == 1; }
+};
+
+// padding = (top, bottom, left, right).
+Geometry geometry(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
+                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  Geometry s{};
+  s.N = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3);
+  s.Co = w.size(1), s.groups = groups, s.Cg = s.C / groups, s.Cog = s.Co / groups;
+  s.kh = w.size(3), s.kw = w.size(4);
+  s.sh = stride[0], s.sw = stride[1], s.pt = padding[0], s.pl = padding[2];
+  s.dh = dilation[0], s.dw = dilation[1];
+  s.Ho = (s.H + padding[0] + padding[1] - s.dh * (s.kh - 1) - 1) / s.sh + 1;
+  s.Wo = (s.W + padding[2] + padding[3] - s.dw * (s.kw - 1) - 1) / s.sw + 1;
+  return s;
+}
+
+void check_conv_args(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                     int64_t groups) {
+  check_input(x);
+  check_same_dtype_device(w, "weight", x);
+  TORCH_CHECK_VALUE(stride.size() == 2 && dilation.size() == 2 && padding.size() == 4,
+                    "din_ops: expected stride and dilation of 2 values and padding of 4 "
+                    "(top, bottom, left, right)");
+  TORCH_CHECK_VALUE(stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0,
+                    "din_ops: expected positive stride and dilation, got ", stride, " and ",
+                    dilation);
+  for (auto p : padding) TORCH_CHECK_VALUE(p >= 0, "din_ops: expected padding >= 0, got ", padding);
+  TORCH_CHECK_VALUE(groups > 0 && x.size(1) % groups == 0,
+                    "din_ops: expected groups to divide C = ", x.size(1), ", got groups = ", groups);
+  TORCH_CHECK_VALUE(w.dim() == 5 && w.size(0) == x.size(0) && w.size(2) == x.size(1) / groups &&
+                        w.size(1) % groups == 0 && w.size(3) > 0 && w.size(4) > 0,
+                    "din_ops: expected weight of shape (N, Co, C / groups, kh, kw) with N = ",
+                    x.size(0), ", C / groups = ", x.size(1) / groups,
+                    " and Co divisible by groups, got ", w.sizes());
+  if (b.has_value() && b->defined()) {
+    check_same_dtype_device(*b, "bias", x);
+    TORCH_CHECK_VALUE(b->dim() == 2 && b->size(0) == x.size(0) && b->size(1) == w.size(1),
+                      "din_ops: expected bias of shape (N, Co) = (", x.size(0), ", ", w.size(1),
+                      "), got ", b->sizes());
+  }
+  const Geometry s = geometry(x, w, stride, padding, dilation, groups);
+  TORCH_CHECK_VALUE(s.Ho > 0 && s.Wo > 0, "din_ops: the kernel (", s.kh, ", ", s.kw,
+                    ") with dilation ", dilation, " is larger than the padded input (",
+                    s.H + padding[0] + padding[1], ", ", s.W + padding[2] + padding[3], ")");
+}
+
+// Rows [r0, r1) of the zero-padded, normalized plane of one channel, into `pad` (width Wp, row r of
+// the padded plane at pad + (r - r0) * Wp). Padded row r is input row r - pt.
+template <typename T>
+void padded_rows(const T* xc, const Geometry& s, int64_t Wp, int64_t r0, int64_t r1, acc_t<T> hi,
+                 acc_t<T> lo, acc_t<T> r, acc_t<T>* pad, acc_t<T>* conv) {
+  using acc = acc_t<T>;
+  const int64_t c0 = std::min(s.pl, Wp), c1 = std::min(s.pl + s.W, Wp);
+  for (int64_t row = r0; row < r1; ++row) {
+    acc* dst = pad + (row - r0) * Wp;
+    const int64_t ih = row - s.pt;
+    if (ih < 0 || ih >= s.H || c1 <= c0) {
+      std::fill(dst, dst + Wp, acc(0));
+      continue;
+    }
+    std::fill(dst, dst + c0, acc(0));
+    normalize(load(xc + ih * s.W, c1 - c0, conv), c1 - c0, hi, lo, r, dst + c0);
+    std::fill(dst + c1, dst + Wp, acc(0));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Depthwise: one task per (n, c) plane.
+
+template <typename T>
+void depthwise_forward(const T* x, const T* w, const T* b, T* y, const Geometry& s,
+                       const NormParams<acc_t<T>>& q) {
+  using acc = acc_t<T>;
+  const int64_t Hp = (s.Ho - 1) * s.sh + (s.kh - 1) * s.dh + 1;
+  const int64_t Wp = (s.Wo - 1) * s.sw + (s.kw - 1) * s.dw + 1;
+  at::parallel_for(0, s.N * s.C, grain_for(Hp * Wp * s.kh * s.kw), [&](int64_t p0, int64_t p1) {
+    std::vector<acc> pad(Hp * Wp), conv = scratch<T>(s.W), out = scratch<T>(s.Q()), wv(s.kh * s.kw);
+    for (int64_t plane = p0; plane < p1; ++plane) {
+      padded_rows(x + plane * s.P(), s, Wp, 0, Hp, q.hi[plane], q.lo[plane], q.rstd[plane],
+                  pad.data(), conv.data());
+      for (int64_t i = 0; i < s.kh * s.kw; ++i) wv[i] = static_cast<acc>(w[plane * s.kh * s.kw + i]);
+      const acc bias = b != nullptr ? static_cast<acc>(b[plane]) : acc(0);
+      T* yp = y + plane * s.Q();
+      acc* o = out_ptr(yp, out.data());
+      depthwise_plane(pad.data(), Wp, wv.data(), s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.Ho, s.Wo,
+                      bias, o);
+      store<T>(o, s.Q(), yp);
+    }
+  });
+}
+
+template <typename T>
+void depthwise_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb,
+                        const Geometry& s, const NormParams<acc_t<T>>& q, bool normalized) {
+  using acc = acc_t<T>;
+  const int64_t Hp = (s.Ho - 1) * s.sh + (s.kh - 1) * s.dh + 1;
+  const int64_t Wp = (s.Wo - 1) * s.sw + (s.kw - 1) * s.dw + 1;
+  at::parallel_for(0, s.N * s.C, grain_for(2 * Hp * Wp * s.kh * s.kw), [&](int64_t p0, int64_t p1) {
+    std::vector<acc> pad(Hp * Wp), gpad(Hp * Wp), g(s.Q()), wv(s.kh * s.kw);
+    std::vector<acc> conv = scratch<T>(std::max(s.W, s.Q())), out = scratch<T>(s.W);
+    std::vector<double> gwd(s.kh * s.kw);
+    for (int64_t plane = p0; plane < p1; ++plane) {
+      const acc hi = q.hi[plane], lo = q.lo[plane], r = q.rstd[plane];
+      padded_rows(x + plane * s.P(), s, Wp, 0, Hp, hi, lo, r, pad.data(), conv.data());
+      for (int64_t i = 0; i < s.kh * s.kw; ++i) wv[i] = static_cast<acc>(w[plane * s.kh * s.kw + i]);
+      const acc* gp = load(gy + plane * s.Q(), s.Q(), g.data());
+      gb[plane] = static_cast<T>(sum(gp, s.Q()));
+      // Weight gradient: each tap is a dot product of gy with a shifted view of the padded plane.
+      std::fill(gwd.begin(), gwd.end(), 0.0);
+      std::fill(gpad.begin(), gpad.end(), acc(0));
+      depthwise_plane_backward(pad.data(), Wp, wv.data(), s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.Ho,
+                               s.Wo, gp, gwd.data(), gpad.data());
+      for (int64_t i = 0; i < s.kh * s.kw; ++i) gw[plane * s.kh * s.kw + i] = static_cast<T>(gwd[i]);
+      // gpad now holds the gradient with respect to the padded xh; its interior is g(xh).
+      const T* xp = x + plane * s.P();
+      T* gxp = gx + plane * s.P();
+      const int64_t rows = std::min(s.H, Hp - s.pt), cols = std::min(s.W, Wp - s.pl);
+      acc mg = 0, mgxh = 0;
+      if (normalized) {
+        double sg = 0.0, sgxh = 0.0;
+        for (int64_t ih = 0; ih < rows; ++ih) {
+          grad_sums(gpad.data() + (ih + s.pt) * Wp + s.pl, load(xp + ih * s.W, cols, conv.data()),
+                    cols, hi, lo, r, &sg, &sgxh);
+        }
+        mg = static_cast<acc>(sg / double(s.P()));
+        mgxh = static_cast<acc>(sgxh / double(s.P()));
+      }
+      for (int64_t ih = 0; ih < s.H; ++ih) {
+        acc* o = out_ptr(gxp + ih * s.W, out.data());
+        // Input pixels no output window reaches (rows/columns past the last tap) get g = 0.
+        std::fill(o, o + s.W, acc(0));
+        if (ih < rows) std::copy_n(gpad.data() + (ih + s.pt) * Wp + s.pl, cols, o);
+        if (normalized) {
+          normalize_backward(o, load(xp + ih * s.W, s.W, conv.data()), s.W, hi, lo, r, mg, mgxh, o);
+        }
+        store<T>(o, s.W, gxp + ih * s.W);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// General grouped / dense convolution: im2col of normalized tiles and GEMMs.
+
+// Output rows per tile: the column tile (K x rows * Wo) stays around 256 KiB.
+int64_t tile_rows(const Geometry& s) {
+  const int64_t per_row = std::max<int64_t>(1, s.K() * s.Wo);
+  return std::max<int64_t>(1, std::min(s.Ho, (int64_t(1) << 16) / per_row));
+}
+
+// Columns for output rows [r0, r1) of group g of one sample: cols[k, (oh - r0) * Wo + ow] with
+// k = (ci * kh + i) * kw + j holds xh[ci, oh * sh - pt + i * dh, ow * sw - pl + j * dw] (0 outside).
+template <typename T>
+void im2col(const T* xs, const Geometry& s, int64_t g, int64_t r0, int64_t r1,
+            const NormParams<acc_t<T>>& q, int64_t qbase, acc_t<T>* cols, acc_t<T>* conv) {
+  using acc = acc_t<T>;
+  const int64_t L = (r1 - r0) * s.Wo;
+  for (int64_t ci = 0; ci < s.Cg; ++ci) {
+    const int64_t c = g * s.Cg + ci;
+    const acc hi = q.hi[qbase + c], lo = q.lo[qbase + c], rs = q.rstd[qbase + c];
+    const T* xc = xs + c * s.P();
+    for (int64_t i = 0; i < s.kh; ++i) {
+      for (int64_t j = 0; j < s.kw; ++j) {
+        acc* dst = cols + ((ci * s.kh + i) * s.kw + j) * L;
+        // Output columns whose input column ow * sw - pl + j * dw lies inside [0, W).
+        const int64_t off = j * s.dw - s.pl;
+        const int64_t lo_ow = off >= 0 ? 0 : (-off + s.sw - 1) / s.sw;
+        const int64_t hi_ow = std::min(s.Wo, s.W - 1 - off >= 0 ? (s.W - 1 - off) / s.sw + 1 : 0);
+        for (int64_t oh = r0; oh < r1; ++oh) {
+          acc* d = dst + (oh - r0) * s.Wo;
+          const int64_t ih = oh * s.sh - s.pt + i * s.dh;
+          if (ih < 0 || ih >= s.H || hi_ow <= lo_ow) {
+            std::fill(d, d + s.Wo, acc(0));
+            continue;
+          }
+          std::fill(d, d + lo_ow, acc(0));
+          std::fill(d + hi_ow, d + s.Wo, acc(0));
+          const int64_t n = hi_ow - lo_ow, first = lo_ow * s.sw + off;
+          if (s.sw == 1) {
+            normalize(load(xc + ih * s.W + first, n, conv), n, hi, lo, rs, d + lo_ow);
+          } else {
+            for (int64_t k = 0; k < n; ++k) {
+              const acc v = static_cast<acc>(xc[ih * s.W + first + k * s.sw]);
+              d[lo_ow + k] = math::normalize(v, hi, lo, rs);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Adds the columns of a tile back onto the gradient planes of group g (the transpose of im2col).
+template <typename acc>
+void col2im(const acc* cols, const Geometry& s, int64_t r0, int64_t r1, acc* gplanes) {
+  const int64_t L = (r1 - r0) * s.Wo;
+  for (int64_t ci = 0; ci < s.Cg; ++ci) {
+    acc* gc = gplanes + ci * s.P();
+    for (int64_t i = 0; i < s.kh; ++i) {
+      for (int64_t j = 0; j < s.kw; ++j) {
+        const acc* src = cols + ((ci * s.kh + i) * s.kw + j) * L;
+        const int64_t off = j * s.dw - s.pl;
+        const int64_t lo_ow = off >= 0 ? 0 : (-off + s.sw - 1) / s.sw;
+        const int64_t hi_ow = std::min(s.Wo, s.W - 1 - off >= 0 ? (s.W - 1 - off) / s.sw + 1 : 0);
+        if (hi_ow <= lo_ow) continue;
+        for (int64_t oh = r0; oh < r1; ++oh) {
+          const int64_t ih = oh * s.sh - s.pt + i * s.dh;
+          if (ih < 0 || ih >= s.H) continue;
+          scatter_axpy(gc + ih * s.W + lo_ow * s.sw + off, s.sw, src + (oh - r0) * s.Wo + lo_ow,
+                       hi_ow - lo_ow, acc(1));
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void grouped_forward(const T* x, const T* w, const T* b, T* y, const Geometry& s,
+                     const NormParams<acc_t<T>>& q) {
+  using acc = acc_t<T>;
+  const int64_t R = tile_rows(s), tiles = (s.Ho + R - 1) / R, K = s.K();
+  at::parallel_for(0, s.N * s.groups * tiles, grain_for(s.Cog * K * R * s.Wo), [&](int64_t t0, int64_t t1) {
+    std::vector<acc> cols(K * R * s.Wo), conv = scratch<T>(s.W), wbuf(s.Cog * K), bbuf(s.Cog);
+    std::vector<acc> obuf = scratch<T>(s.Cog * R * s.Wo);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t ng = t / tiles, n = ng / s.groups, g = ng % s.groups;
+      const int64_t r0 = (t % tiles) * R, r1 = std::min(s.Ho, r0 + R), L = (r1 - r0) * s.Wo;
+      im2col(x + n * s.C * s.P(), s, g, r0, r1, q, n * s.C, cols.data(), conv.data());
+      const T* wg = w + (n * s.Co + g * s.Cog) * K;
+      for (int64_t i = 0; i < s.Cog * K; ++i) wbuf[i] = static_cast<acc>(wg[i]);
+      T* yp = y + (n * s.Co + g * s.Cog) * s.Q() + r0 * s.Wo;
+      Mat<acc> yt;
+      if constexpr (std::is_same_v<T, acc>) {
+        yt = {yp, s.Cog, L, s.Q(), 1};
+      } else {
+        yt = {obuf.data(), s.Cog, L, L, 1};
+      }
+      gemm(Mat<const acc>{wbuf.data(), s.Cog, K, K, 1}, Mat<const acc>{cols.data(), K, L, L, 1},
+           acc(0), yt);
+      for (int64_t o = 0; o < s.Cog; ++o) {
+        if (b != nullptr) add_scalar(yt.data + o * yt.rs, L, static_cast<acc>(b[n * s.Co + g * s.Cog + o]));
+        store<T>(yt.data + o * yt.rs, L, yp + o * s.Q());
+      }
+    }
+  });
+}
+
+template <typename T>
+void grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, const Geometry& s,
+                      const NormParams<acc_t<T>>& q, bool normalized) {
+  using acc = acc_t<T>;
+  const int64_t R = tile_rows(s), K = s.K();
+  // One task per (n, group): it owns that group's weight gradient and input-gradient planes.
+  at::parallel_for(0, s.N * s.groups, grain_for(s.Cog * K * s.Q()), [&](int64_t t0, int64_t t1) {
+    std::vector<acc> cols(K * R * s.Wo), conv = scratch<T>(std::max({s.W, s.Cog * R * s.Wo, kBlock}));
+    std::vector<acc> wbuf(s.Cog * K), gwacc(s.Cog * K), gcols(K * R * s.Wo);
+    std::vector<acc> gplanes(s.Cg * s.P()), out = scratch<T>(kBlock);
+    std::vector<double> gbd(s.Cog);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / s.groups, g = t % s.groups;
+      const T* wg = w + (n * s.Co + g * s.Cog) * K;
+      for (int64_t i = 0; i < s.Cog * K; ++i) wbuf[i] = static_cast<acc>(wg[i]);
+      std::fill(gwacc.begin(), gwacc.end(), acc(0));
+      std::fill(gplanes.begin(), gplanes.end(), acc(0));
+      std::fill(gbd.begin(), gbd.end(), 0.0);
+      for (int64_t r0 = 0; r0 < s.Ho; r0 += R) {
+        const int64_t r1 = std::min(s.Ho, r0 + R), L = (r1 - r0) * s.Wo;
+        im2col(x + n * s.C * s.P(), s, g, r0, r1, q, n * s.C, cols.data(), conv.data());
+        // gy tile (Cog x L) as acc.
+        const T* gp = gy + (n * s.Co + g * s.Cog) * s.Q() + r0 * s.Wo;
+        Mat<const acc> gt;
+        if constexpr (std::is_same_v<T, acc>) {
+          gt = {gp, s.Cog, L, s.Q(), 1};
+        } else {
+          for (int64_t o = 0; o < s.Cog; ++o) convert(gp + o * s.Q(), L, conv.data() + o * L);
+          gt = {conv.data(), s.Cog, L, L, 1};
+        }
+        for (int64_t o = 0; o < s.Cog; ++o) gbd[o] += sum(gt.data + o * gt.rs, L);
+        // gW += gy_tile @ cols^T ; gcols = W^T @ gy_tile.
+        gemm(gt, Mat<const acc>{cols.data(), L, K, 1, L}, acc(1),
+             Mat<acc>{gwacc.data(), s.Cog, K, K, 1});
+        gemm(Mat<const acc>{wbuf.data(), K, s.Cog, 1, K}, gt, acc(0),
+             Mat<acc>{gcols.data(), K, L, L, 1});
+        col2im(gcols.data(), s, r0, r1, gplanes.data());
+      }
+      for (int64_t o = 0; o < s.Cog; ++o) gb[n * s.Co + g * s.Cog + o] = static_cast<T>(gbd[o]);
+      T* gwp = gw + (n * s.Co + g * s.Cog) * K;
+      for (int64_t i = 0; i < s.Cog * K; ++i) gwp[i] = static_cast<T>(gwacc[i]);
+      // gplanes holds g = dL/dxh for the group's input channels: apply the instance-norm backward.
+      for (int64_t ci = 0; ci < s.Cg; ++ci) {
+        const int64_t c = g * s.Cg + ci, qi = n * s.C + c;
+        const T* xp = x + (n * s.C + c) * s.P();
+        T* gxp = gx + (n * s.C + c) * s.P();
+        acc* gpl = gplanes.data() + ci * s.P();
+        acc mg = 0, mgxh = 0;
+        if (normalized) {
+          double sg = 0.0, sgxh = 0.0;
+          for (int64_t i = 0; i < s.P(); i += kBlock) {
+            const int64_t len = std::min(kBlock, s.P() - i);
+            grad_sums(gpl + i, load(xp + i, len, conv.data()), len, q.hi[qi], q.lo[qi], q.rstd[qi],
+                      &sg, &sgxh);
+          }
+          mg = static_cast<acc>(sg / double(s.P()));
+          mgxh = static_cast<acc>(sgxh / double(s.P()));
+        }
+        for (int64_t i = 0; i < s.P(); i += kBlock) {
+          const int64_t len = std::min(kBlock, s.P() - i);
+          acc* o = out_ptr(gxp + i, out.data());
+          if (normalized) {
+            normalize_backward(gpl + i, load(xp + i, len, conv.data()), len, q.hi[qi], q.lo[qi],
+                               q.rstd[qi], mg, mgxh, o);
+          } else {
+            std::copy_n(gpl + i, len, o);
+          }
+          store<T>(o, len, gxp + i);
+        }
+      }
+    }
+  });
+}
+
+// Statistics (or mean 0, rstd 1 when not normalizing) for every (n, c).
+template <typename T>
+void statistics(const T* x, const Geometry& s, bool normalize, double eps, double* mean,
+                double* rstd) {
+  if (normalize) {
+    instance_stats(x, Layout::NCHW, 0, s.N, s.C, s.P(), eps, mean, rstd);
+  } else {
+    std::fill(mean, mean + s.N * s.C, 0.0);
+    std::fill(rstd, rstd + s.N * s.C, 1.0);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cpu(
+    const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    bool normalize, double eps) {
+  check_conv_args(x_in, weight, bias, stride, padding, dilation, groups);
+  const Layout l = layout_of(x_in);
+  const at::Tensor x = x_in.contiguous();  // computed in NCHW (a copy for channels_last)
+  const at::Tensor w = weight.contiguous();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  const Geometry s = geometry(x, w, stride, padding, dilation, groups);
+  auto y = at::empty({s.N, s.Co, s.Ho, s.Wo}, x.options());
+  auto mean = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
+  auto rstd = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
+  if (s.N > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dynamic_conv", [&] {
+      using acc = acc_t<scalar_t>;
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      statistics(xp, s, normalize, eps, mean.mutable_data_ptr<double>(),
+                 rstd.mutable_data_ptr<double>());
+      const NormParams<acc> q(mean.const_data_ptr<double>(), rstd.const_data_ptr<double>(),
+                              s.N * s.C);
+      const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
+      if (s.depthwise()) {
+        depthwise_forward(xp, w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s, q);
+      } else {
+        grouped_forward(xp, w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s, q);
+      }
+    });
+  }
+  return {y.contiguous(memory_format(l)), mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& weight,
+    const at::Tensor& mean, const at::Tensor& rstd, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool normalize) {
+  check_conv_args(x_in, weight, c10::nullopt, stride, padding, dilation, groups);
+  check_stats(x_in, mean, rstd);
+  const Layout l = layout_of(x_in);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor w = weight.contiguous();
+  const Geometry s = geometry(x, w, stride, padding, dilation, groups);
+  check_same_dtype_device(grad_y, "grad_y", x);
+  TORCH_CHECK_VALUE(grad_y.dim() == 4 && grad_y.size(0) == s.N && grad_y.size(1) == s.Co &&
+                        grad_y.size(2) == s.Ho && grad_y.size(3) == s.Wo,
+                    "din_ops: expected grad_y of shape (", s.N, ", ", s.Co, ", ", s.Ho, ", ", s.Wo,
+                    "), got ", grad_y.sizes());
+  const at::Tensor gy = grad_y.contiguous();
+  const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
+  auto gx = at::empty_like(x, x.options().memory_format(at::MemoryFormat::Contiguous));
+  auto gw = at::empty(w.sizes(), x.options());
+  auto gb = at::empty({s.N, s.Co}, x.options());
+  if (s.N > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, x.scalar_type(), "dynamic_conv_backward", [&] {
+          using acc = acc_t<scalar_t>;
+          const NormParams<acc> q(m.const_data_ptr<double>(), r.const_data_ptr<double>(), s.N * s.C);
+          const auto kernel = s.depthwise() ? depthwise_backward<scalar_t> : grouped_backward<scalar_t>;
+          kernel(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                 w.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
+                 gw.mutable_data_ptr<scalar_t>(), gb.mutable_data_ptr<scalar_t>(), s, q, normalize);
+        });
+  }
+  return {gx.contiguous(memory_format(l)), gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(din_ops, CPU, m) {
+  m.impl("dynamic_conv", &dynamic_conv_cpu);
+  m.impl("dynamic_conv_backward", &dynamic_conv_backward_cpu);
+}
+
+}  // namespace din_ops::cpu

@@ -1,0 +1,387 @@
+// Spatially adaptive instance normalization on the CPU (SPADE-style modulation of IN; AdaIN when
+// gamma and beta are per channel).
+//
+//   forward : mean, rstd per (n, c) plane;  xh = (x - mean) * rstd;  y = gamma * xh + beta
+//   backward: g      = gy * gamma
+//             gx     = rstd * (g - mean_p(g) - xh * mean_p(g * xh))
+//             ggamma = gy * xh           (summed over the plane when gamma is (N, C, 1, 1))
+//             gbeta  = sum_p gy          (per plane, (N, C, 1, 1); see the convention below)
+//
+// gamma and beta are each either full size, (N, C, H, W), or per plane, (N, C, 1, 1); beta may be
+// absent (zero). With a per-plane gamma the sums reduce to those of plain instance norm:
+// mean_p(g) = gamma * mean_p(gy), mean_p(g * xh) = gamma * mean_p(gy * xh), ggamma = sum_p gy * xh.
+//
+// grad_beta convention: the backward op returns the per-plane sums of gy, shape (N, C, 1, 1), when
+// beta_defined, and an empty (0,) tensor otherwise. The gradient of a full-size beta is gy itself;
+// autograd passes grad_y on for it (din_ops/_registrations.py) instead of the op writing a copy.
+//
+// NCHW: one task per plane: the shifted-sum statistics, then one fused elementwise pass while the
+// plane of x is still in L1/L2, so x, gamma and beta are read from memory once and y written once.
+// Backward likewise: the sums over gy, x, gamma, then gx (and a full-size ggamma) from cache.
+// NHWC: per sample, the statistics in fixed row chunks (vectorized over channels), then the
+// elementwise pass over the same chunks. A full-size gamma/beta is brought to x's layout first, so
+// a channels_last x with contiguous gamma/beta costs one copy of them (and vice versa).
+// Statistics and xh are computed in float for float/half/bfloat16 (half and bfloat16 converted in
+// blocks), in double for double, with the mean split as hi + lo (din_ops/math.h). The reduction
+// order is fixed by plane and chunk, so results do not depend on the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "common.h"
+
+namespace din_ops::cpu {
+namespace {
+
+// A gamma or beta operand as the kernels read it: full size in x's layout, or one value per plane
+// (N * C contiguous values). `data` is null for an absent beta.
+template <typename T>
+struct Modulation {
+  const T* data = nullptr;
+  bool full = false;
+};
+
+// The plane's moments from shifted sums over its P values (the pattern of instance_norm.cpp).
+template <typename T>
+math::Moments plane_moments(const T* xp, int64_t P, double eps, acc_t<T>* buf) {
+  using acc = acc_t<T>;
+  const acc shift = static_cast<acc>(xp[0]);
+  double s1 = 0.0, s2 = 0.0;
+  for (int64_t i = 0; i < P; i += kBlock) {
+    const int64_t len = std::min(kBlock, P - i);
+    shifted_sums(load(xp + i, len, buf), len, shift, &s1, &s2);
+  }
+  return math::moments_from_shifted_sums(shift, s1, s2, double(P), eps);
+}
+
+// NormParams for a single plane, without its heap-allocated vectors (this runs once per plane).
+template <typename acc>
+struct PlaneParams {
+  acc hi, lo, rstd;
+
+  PlaneParams(double mean, double rs) : rstd(static_cast<acc>(rs)) {
+    if constexpr (std::is_same_v<acc, double>) {
+      hi = mean;
+      lo = 0.0;
+    } else {
+      const auto s = math::split_mean(mean);
+      hi = s.hi;
+      lo = s.lo;
+    }
+  }
+};
+
+template <typename T>
+void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int64_t planes,
+                  int64_t P, double eps, double* mean, double* rstd) {
+  using acc = acc_t<T>;
+  const int64_t grain = std::max<int64_t>(1, 32768 / P);
+  at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
+    auto in = scratch<T>(kBlock), gbuf = scratch<T>(kBlock), bbuf = scratch<T>(kBlock),
+         out = scratch<T>(kBlock);
+    for (int64_t plane = b; plane < e; ++plane) {
+      const int64_t base = plane * P;
+      const auto m = plane_moments(x + base, P, eps, in.data());
+      mean[plane] = m.mean;
+      rstd[plane] = m.rstd;
+      const PlaneParams<acc> q(m.mean, m.rstd);
+      // Per-plane gamma folds into the scale: ((x - hi) - lo) * (rstd * gamma).
+      const acc s = gamma.full ? acc(0) : static_cast<acc>(m.rstd * double(gamma.data[plane]));
+      const bool b_plane = beta.data != nullptr && !beta.full;
+      const acc b0 = b_plane ? static_cast<acc>(beta.data[plane]) : acc(0);
+      for (int64_t i = 0; i < P; i += kBlock) {
+        const int64_t len = std::min(kBlock, P - i);
+        const acc* xin = load(x + base + i, len, in.data());
+        const acc* bb = beta.full ? load(beta.data + base + i, len, bbuf.data()) : nullptr;
+        acc* o = out_ptr(y + base + i, out.data());
+        if (gamma.full) {
+          normalize_affine(xin, len, q.hi, q.lo, q.rstd,
+                           load(gamma.data + base + i, len, gbuf.data()), bb, b0, o);
+        } else {
+          normalize_scale_shift(xin, len, q.hi, q.lo, s, bb, b0, o);
+        }
+        store<T>(o, len, y + base + i);
+      }
+    }
+  });
+}
+
+template <typename T>
+void forward_nhwc(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int64_t N, int64_t C,
+                  int64_t P, double eps, double* mean, double* rstd) {
+  using acc = acc_t<T>;
+  const int64_t rows = std::max<int64_t>(1, kBlock * 16 / C);
+  const int64_t chunks = (P + rows - 1) / rows;
+  for (int64_t n = 0; n < N; ++n) {
+    // Statistics of this sample, then its elementwise pass while the sample may still be cached.
+    instance_stats(x, Layout::NHWC, n, n + 1, C, P, eps, mean, rstd);
+    const NormParams<acc> q(mean + n * C, rstd + n * C, C);
+    std::vector<acc> s(C, acc(0)), b0(C, acc(0));
+    for (int64_t c = 0; c < C; ++c) {
+      if (!gamma.full) s[c] = static_cast<acc>(rstd[n * C + c] * double(gamma.data[n * C + c]));
+      if (beta.data != nullptr && !beta.full) b0[c] = static_cast<acc>(beta.data[n * C + c]);
+    }
+    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+      auto in = scratch<T>(rows * C), gbuf = scratch<T>(rows * C), bbuf = scratch<T>(rows * C),
+           out = scratch<T>(rows * C);
+      for (int64_t k = b; k < e; ++k) {
+        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
+        const int64_t off = (n * P + r0) * C;
+        const acc* xin = load(x + off, len * C, in.data());
+        const acc* bb = beta.full ? load(beta.data + off, len * C, bbuf.data()) : nullptr;
+        acc* o = out_ptr(y + off, out.data());
+        if (gamma.full) {
+          normalize_affine_rows(xin, len, C, q.hi.data(), q.lo.data(), q.rstd.data(),
+                                load(gamma.data + off, len * C, gbuf.data()), bb, b0.data(), o);
+        } else {
+          normalize_scale_shift_rows(xin, len, C, q.hi.data(), q.lo.data(), s.data(), bb,
+                                     b0.data(), o);
+        }
+        store<T>(o, len * C, y + off);
+      }
+    });
+  }
+}
+
+// Backward outputs: gx like x; ggamma full size (like x) or one value per plane; gbeta one value
+// per plane, or null when beta is absent.
+template <typename T>
+struct Grads {
+  T* gx;
+  T* ggamma;
+  T* gbeta;
+};
+
+template <typename T>
+void backward_nchw(const T* gy, const T* x, Modulation<T> gamma, const double* mean,
+                   const double* rstd, Grads<T> out, int64_t planes, int64_t P) {
+  using acc = acc_t<T>;
+  const int64_t grain = std::max<int64_t>(1, 16384 / P);
+  at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
+    auto gbuf = scratch<T>(kBlock), xbuf = scratch<T>(kBlock), wbuf = scratch<T>(kBlock),
+         obuf = scratch<T>(kBlock), pbuf = scratch<T>(kBlock);
+    for (int64_t plane = b; plane < e; ++plane) {
+      const int64_t base = plane * P;
+      const PlaneParams<acc> q(mean[plane], rstd[plane]);
+      const acc hi = q.hi, lo = q.lo, r = q.rstd;
+      if (gamma.full) {
+        // sg = sum(gy * gamma), sgxh = sum(gy * gamma * xh), sgy = sum(gy)
+        double sg = 0.0, sgxh = 0.0, sgy = 0.0;
+        for (int64_t i = 0; i < P; i += kBlock) {
+          const int64_t len = std::min(kBlock, P - i);
+          affine_grad_sums(load(gy + base + i, len, gbuf.data()),
+                           load(x + base + i, len, xbuf.data()),
+                           load(gamma.data + base + i, len, wbuf.data()), len, hi, lo, r, &sg,
+                           &sgxh, &sgy);
+        }
+        const acc mg = static_cast<acc>(sg / double(P)), mgxh = static_cast<acc>(sgxh / double(P));
+        for (int64_t i = 0; i < P; i += kBlock) {
+          const int64_t len = std::min(kBlock, P - i);
+          acc* ogx = out_ptr(out.gx + base + i, obuf.data());
+          acc* ogg = out_ptr(out.ggamma + base + i, pbuf.data());
+          normalize_affine_backward(load(gy + base + i, len, gbuf.data()),
+                                    load(x + base + i, len, xbuf.data()),
+                                    load(gamma.data + base + i, len, wbuf.data()), len, hi, lo, r,
+                                    mg, mgxh, ogx, ogg);
+          store<T>(ogx, len, out.gx + base + i);
+          store<T>(ogg, len, out.ggamma + base + i);
+        }
+        if (out.gbeta != nullptr) out.gbeta[plane] = static_cast<T>(static_cast<acc>(sgy));
+      } else {
+        // sgy = sum(gy), sgyxh = sum(gy * xh); the gamma-weighted means follow from them.
+        double sgy = 0.0, sgyxh = 0.0;
+        for (int64_t i = 0; i < P; i += kBlock) {
+          const int64_t len = std::min(kBlock, P - i);
+          grad_sums(load(gy + base + i, len, gbuf.data()), load(x + base + i, len, xbuf.data()),
+                    len, hi, lo, r, &sgy, &sgyxh);
+        }
+        const double g = double(gamma.data[plane]);
+        const acc mg = static_cast<acc>(g * sgy / double(P));
+        const acc mgxh = static_cast<acc>(g * sgyxh / double(P));
+        for (int64_t i = 0; i < P; i += kBlock) {
+          const int64_t len = std::min(kBlock, P - i);
+          acc* ogx = out_ptr(out.gx + base + i, obuf.data());
+          normalize_backward_scaled(load(gy + base + i, len, gbuf.data()),
+                                    load(x + base + i, len, xbuf.data()), len, hi, lo, r,
+                                    static_cast<acc>(g), mg, mgxh, ogx);
+          store<T>(ogx, len, out.gx + base + i);
+        }
+        out.ggamma[plane] = static_cast<T>(static_cast<acc>(sgyxh));
+        if (out.gbeta != nullptr) out.gbeta[plane] = static_cast<T>(static_cast<acc>(sgy));
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_nhwc(const T* gy, const T* x, Modulation<T> gamma, const double* mean,
+                   const double* rstd, Grads<T> out, int64_t N, int64_t C, int64_t P) {
+  using acc = acc_t<T>;
+  const int64_t rows = std::max<int64_t>(1, kBlock * 16 / C);
+  const int64_t chunks = (P + rows - 1) / rows;
+  // Per chunk and channel: three partial sums (full gamma: sum(g), sum(g * xh), sum(gy); per-plane
+  // gamma: sum(gy), sum(gy * xh), unused), added in chunk order.
+  std::vector<double> part(3 * chunks * C);
+  for (int64_t n = 0; n < N; ++n) {
+    const NormParams<acc> q(mean + n * C, rstd + n * C, C);
+    const int64_t sample = n * P * C;
+    std::fill(part.begin(), part.end(), 0.0);
+    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+      auto gbuf = scratch<T>(rows * C), xbuf = scratch<T>(rows * C), wbuf = scratch<T>(rows * C);
+      for (int64_t k = b; k < e; ++k) {
+        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
+        const int64_t off = sample + r0 * C;
+        double* pk = &part[3 * k * C];
+        const acc* g = load(gy + off, len * C, gbuf.data());
+        const acc* xv = load(x + off, len * C, xbuf.data());
+        if (gamma.full) {
+          affine_grad_sums_rows(g, xv, load(gamma.data + off, len * C, wbuf.data()), len, C,
+                                q.hi.data(), q.lo.data(), q.rstd.data(), pk, pk + C, pk + 2 * C);
+        } else {
+          grad_sums_rows(g, xv, len, C, q.hi.data(), q.lo.data(), q.rstd.data(), pk, pk + C);
+        }
+      }
+    });
+    std::vector<acc> mg(C), mgxh(C), gam(C);
+    for (int64_t c = 0; c < C; ++c) {
+      double s[3] = {0.0, 0.0, 0.0};
+      for (int64_t k = 0; k < chunks; ++k) {
+        for (int j = 0; j < 3; ++j) s[j] += part[(3 * k + j) * C + c];
+      }
+      const int64_t plane = n * C + c;
+      if (gamma.full) {
+        mg[c] = static_cast<acc>(s[0] / double(P));
+        mgxh[c] = static_cast<acc>(s[1] / double(P));
+        if (out.gbeta != nullptr) out.gbeta[plane] = static_cast<T>(static_cast<acc>(s[2]));
+      } else {
+        const double g = double(gamma.data[plane]);
+        gam[c] = static_cast<acc>(g);
+        mg[c] = static_cast<acc>(g * s[0] / double(P));
+        mgxh[c] = static_cast<acc>(g * s[1] / double(P));
+        out.ggamma[plane] = static_cast<T>(static_cast<acc>(s[1]));
+        if (out.gbeta != nullptr) out.gbeta[plane] = static_cast<T>(static_cast<acc>(s[0]));
+      }
+    }
+    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+      auto gbuf = scratch<T>(rows * C), xbuf = scratch<T>(rows * C), wbuf = scratch<T>(rows * C),
+           obuf = scratch<T>(rows * C), pbuf = scratch<T>(rows * C);
+      for (int64_t k = b; k < e; ++k) {
+        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
+        const int64_t off = sample + r0 * C;
+        const acc* g = load(gy + off, len * C, gbuf.data());
+        const acc* xv = load(x + off, len * C, xbuf.data());
+        acc* ogx = out_ptr(out.gx + off, obuf.data());
+        if (gamma.full) {
+          acc* ogg = out_ptr(out.ggamma + off, pbuf.data());
+          normalize_affine_backward_rows(g, xv, load(gamma.data + off, len * C, wbuf.data()), len,
+                                         C, q.hi.data(), q.lo.data(), q.rstd.data(), mg.data(),
+                                         mgxh.data(), ogx, ogg);
+          store<T>(ogg, len * C, out.ggamma + off);
+        } else {
+          normalize_backward_scaled_rows(g, xv, len, C, q.hi.data(), q.lo.data(), q.rstd.data(),
+                                         gam.data(), mg.data(), mgxh.data(), ogx);
+        }
+        store<T>(ogx, len * C, out.gx + off);
+      }
+    });
+  }
+}
+
+bool is_full(const at::Tensor& t, const at::Tensor& x) {
+  return t.size(2) == x.size(2) && t.size(3) == x.size(3);
+}
+
+// gamma or beta prepared for the kernels: full size in layout l, or (N * C) contiguous values.
+at::Tensor prepare(const at::Tensor& t, const at::Tensor& x, Layout l) {
+  return is_full(t, x) ? in_layout(t, l) : t.reshape({x.size(0) * x.size(1)}).contiguous();
+}
+
+template <typename T>
+Modulation<T> modulation(const at::Tensor& prepared) {
+  if (!prepared.defined()) return {};
+  return {prepared.const_data_ptr<T>(), prepared.dim() == 4};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_cpu(
+    const at::Tensor& x_in, const at::Tensor& gamma_in, const c10::optional<at::Tensor>& beta_in,
+    double eps) {
+  check_input(x_in);
+  const bool has_beta = beta_in.has_value() && beta_in->defined();
+  check_modulation(x_in, gamma_in, "gamma");
+  if (has_beta) check_modulation(x_in, *beta_in, "beta");
+  const Layout l = layout_of(x_in);
+  const at::Tensor x = in_layout(x_in, l);
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  auto y = at::empty_like(x, x.options().memory_format(memory_format(l)));
+  auto mean = at::empty({N, C}, x.options().dtype(at::kDouble));
+  auto rstd = at::empty({N, C}, x.options().dtype(at::kDouble));
+  if (x.numel() == 0) return {y, mean, rstd};
+  const at::Tensor gamma = prepare(gamma_in, x, l);
+  const at::Tensor beta = has_beta ? prepare(*beta_in, x, l) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "spatially_adaptive_instance_norm", [&] {
+        const auto g = modulation<scalar_t>(gamma), b = modulation<scalar_t>(beta);
+        if (l == Layout::NCHW) {
+          forward_nchw(x.const_data_ptr<scalar_t>(), g, b, y.mutable_data_ptr<scalar_t>(), N * C,
+                       P, eps, mean.mutable_data_ptr<double>(), rstd.mutable_data_ptr<double>());
+        } else {
+          forward_nhwc(x.const_data_ptr<scalar_t>(), g, b, y.mutable_data_ptr<scalar_t>(), N, C,
+                       P, eps, mean.mutable_data_ptr<double>(), rstd.mutable_data_ptr<double>());
+        }
+      });
+  return {y, mean, rstd};
+}
+
+// grad_gamma has gamma's shape: full size in x's output layout, or (N, C, 1, 1) contiguous.
+// grad_beta is (N, C, 1, 1), the per-plane sums of grad_y, when beta_defined; else shape (0,).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& gamma_in,
+    const at::Tensor& mean, const at::Tensor& rstd, bool beta_defined) {
+  check_input(x_in);
+  check_modulation(x_in, gamma_in, "gamma");
+  check_grad(grad_y, x_in, x_in.size(1));
+  check_stats(x_in, mean, rstd);
+  const Layout l = layout_of(x_in);
+  const at::Tensor x = in_layout(x_in, l);
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  const bool full = is_full(gamma_in, x);
+  const auto out_opts = x.options().memory_format(memory_format(l));
+  auto gx = at::empty_like(x, out_opts);
+  auto ggamma = full ? at::empty_like(x, out_opts) : at::empty({N, C, 1, 1}, x.options());
+  auto gbeta = beta_defined ? at::empty({N, C, 1, 1}, x.options()) : at::empty({0}, x.options());
+  if (x.numel() == 0) return {gx, ggamma, gbeta};
+  const at::Tensor gy = in_layout(grad_y, l);
+  const at::Tensor gamma = prepare(gamma_in, x, l);
+  const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "spatially_adaptive_instance_norm_backward", [&] {
+        const auto g = modulation<scalar_t>(gamma);
+        const Grads<scalar_t> out{gx.mutable_data_ptr<scalar_t>(),
+                                  ggamma.mutable_data_ptr<scalar_t>(),
+                                  beta_defined ? gbeta.mutable_data_ptr<scalar_t>() : nullptr};
+        if (l == Layout::NCHW) {
+          backward_nchw(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), g,
+                        m.const_data_ptr<double>(), r.const_data_ptr<double>(), out, N * C, P);
+        } else {
+          backward_nhwc(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), g,
+                        m.const_data_ptr<double>(), r.const_data_ptr<double>(), out, N, C, P);
+        }
+      });
+  // One pixel per plane: x - mean is identically 0, so y = beta and gx is exactly 0. The general
+  // formula gives 0 only up to rounding there (gy * gamma - mean(gy * gamma) may be contracted into
+  // an FMA that keeps the product's rounding error, then scaled by rstd = 1 / sqrt(eps)).
+  if (P == 1) gx.zero_();
+  return {gx, ggamma, gbeta};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(din_ops, CPU, m) {
+  m.impl("spatially_adaptive_instance_norm", &spatially_adaptive_instance_norm_cpu);
+  m.impl("spatially_adaptive_instance_norm_backward",
+         &spatially_adaptive_instance_norm_backward_cpu);
+}
+
+}  // namespace din_ops::cpu

@@ -1,0 +1,280 @@
+"""din_ops.spatially_adaptive_instance_norm (y = gamma * IN(x) + beta) against the float64 reference:
+values, gradients, both gamma/beta forms, layouts, numerics, errors, opcheck and torch.compile."""
+import pytest
+import torch
+
+import din_ops
+from din_ops import reference
+
+from conftest import DEVICES, DTYPES, LAYOUTS, LOW_PRECISION, SHAPES, assert_close_to_reference, layout
+
+sain = din_ops.spatially_adaptive_instance_norm
+
+# (gamma form, beta form): "full" is (N, C, H, W), "plane" is (N, C, 1, 1), None is no beta.
+FORMS = [("full", "full"), ("plane", "plane"), ("full", None), ("plane", None), ("full", "plane"), ("plane", "full")]
+
+
+def modulation(x, form, scale=1.0, offset=0.0):
+    """A random gamma or beta for x in the given form (float64 values rounded to x's dtype)."""
+    if form is None:
+        return None
+    n, c, h, w = x.shape
+    shape = (n, c, h, w) if form == "full" else (n, c, 1, 1)
+    return (torch.randn(shape, dtype=torch.float64) * scale + offset).to(x.device, x.dtype)
+
+
+def inputs(shape, dtype, device, forms):
+    x = (torch.randn(*shape, dtype=torch.float64) * 2 + 0.5).to(device, dtype)
+    return x, modulation(x, forms[0], offset=1.0), modulation(x, forms[1])
+
+
+def as64(t):
+    return None if t is None else t.double()
+
+
+def reference64(x, gamma, beta, eps=1e-5):
+    return reference.spatially_adaptive_instance_norm(x.double(), gamma.double(), as64(beta), eps)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("forms", FORMS[:4], ids=str)
+def test_forward_matches_reference(device, dtype, shape, forms):
+    x, gamma, beta = inputs(shape, dtype, device, forms)
+    y = sain(x, gamma, beta)
+    baseline = reference.spatially_adaptive_instance_norm(x, gamma, beta) if dtype in LOW_PRECISION else None
+    assert_close_to_reference(y, reference64(x, gamma, beta), dtype, baseline)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("forms", FORMS, ids=str)
+def test_mixed_forms(device, forms):
+    x, gamma, beta = inputs((2, 6, 5, 9), torch.float32, device, forms)
+    assert_close_to_reference(sain(x, gamma, beta), reference64(x, gamma, beta), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("forms", [("full", "full"), ("plane", "plane")], ids=str)
+def test_layouts(device, name, dtype, forms):
+    x, gamma, beta = inputs((3, 24, 7, 10), dtype, device, forms)
+    x = layout(x, name)
+    if forms[0] == "full":
+        gamma, beta = layout(gamma, name), layout(beta, name)
+    y = sain(x, gamma, beta)
+    if name == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert y.is_contiguous()
+    baseline = reference.spatially_adaptive_instance_norm(x, gamma, beta) if dtype in LOW_PRECISION else None
+    assert_close_to_reference(y, reference64(x, gamma, beta), dtype, baseline)
+
+
+@pytest.mark.parametrize("x_name,g_name", [("channels_last", "contiguous"), ("contiguous", "channels_last")])
+def test_gamma_in_another_layout_than_x(x_name, g_name):
+    x, gamma, beta = inputs((2, 8, 6, 5), torch.float32, "cpu", ("full", "full"))
+    x, gamma, beta = layout(x, x_name), layout(gamma, g_name), layout(beta, "strided")
+    assert_close_to_reference(sain(x, gamma, beta), reference64(x, gamma, beta), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 1, 1), (2, 16, 4, 3)])
+@pytest.mark.parametrize("forms", FORMS[:3], ids=str)
+def test_gradcheck(device, name, shape, forms):
+    x, gamma, beta = inputs(shape, torch.float64, device, forms)
+    x = layout(x, name).requires_grad_()
+    if forms[0] == "full":
+        gamma = layout(gamma, name)
+    gamma.requires_grad_()
+    if beta is None:
+        assert torch.autograd.gradcheck(lambda x, g: sain(x, g), (x, gamma))
+    else:
+        beta.requires_grad_()
+        assert torch.autograd.gradcheck(sain, (x, gamma, beta))
+
+
+def grads(fn, x, gamma, beta, gy):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, gamma, beta) if t is not None]
+    fn(*leaves).backward(gy)
+    return [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("forms", FORMS[:4], ids=str)
+def test_backward_matches_reference(device, dtype, name, forms):
+    x, gamma, beta = inputs((2, 12, 9, 11), dtype, device, forms)
+    x = layout(x, name)
+    gy = layout(torch.randn(x.shape, dtype=torch.float64).to(device, dtype), name)
+    ours = grads(sain, x, gamma, beta, gy)
+    expected = grads(reference.spatially_adaptive_instance_norm, as64(x), as64(gamma), as64(beta), gy.double())
+    baselines = [None] * len(ours)
+    if dtype in LOW_PRECISION:
+        baselines = grads(reference.spatially_adaptive_instance_norm, x, gamma, beta, gy)
+    for got, want, base in zip(ours, expected, baselines):
+        assert_close_to_reference(got, want, dtype, base)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("forms", FORMS[:4], ids=str)
+def test_single_pixel_gives_beta(device, dtype, forms):
+    # H * W == 1: the variance is 0, IN(x) = 0 exactly, so y = beta (0 without beta) and nothing is NaN.
+    x, gamma, beta = inputs((3, 5, 1, 1), dtype, device, forms)
+    x, gamma = x.requires_grad_(), gamma.requires_grad_()
+    y = sain(x, gamma, beta)
+    assert torch.equal(y, torch.zeros_like(y) if beta is None else beta)
+    y.backward(torch.randn_like(y))
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert torch.equal(gamma.grad, torch.zeros_like(gamma))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mean", [1e4, 1e6])
+@pytest.mark.parametrize("forms", [("full", "full"), ("plane", "plane")], ids=str)
+def test_large_mean_keeps_its_variance(device, name, mean, forms):
+    # float32 x = mean + unit noise, gamma in [0.5, 1.5]: the output must match the exact result for
+    # those same float32 inputs (shifted sums and the split mean keep the digits).
+    x = layout((mean + torch.randn(2, 8, 32, 32, dtype=torch.float64)).float().to(device), name)
+    gamma = modulation(x, forms[0], scale=0.0, offset=0.5)
+    gamma += torch.rand_like(gamma)
+    beta = modulation(x, forms[1])
+    y = sain(x, gamma, beta)
+    assert (y.double() - reference64(x, gamma, beta)).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("forms", [("full", "full"), ("plane", "plane")], ids=str)
+def test_same_result_for_any_thread_count(name, forms):
+    x, gamma, beta = inputs((2, 64, 40, 40), torch.float32, "cpu", forms)
+    x = layout(x, name)
+    gy = torch.randn_like(x)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            results.append([sain(x, gamma, beta)] + grads(sain, x, gamma, beta, gy))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("forms", FORMS[:3], ids=str)
+def test_empty_batch(device, forms):
+    x, gamma, beta = inputs((0, 3, 4, 4), torch.float32, device, forms)
+    leaves = [t.requires_grad_() for t in (x, gamma, beta) if t is not None]
+    y = sain(x, gamma, beta)
+    assert y.shape == (0, 3, 4, 4)
+    y.sum().backward()
+    for t in leaves:
+        assert t.grad.shape == t.shape
+
+
+def test_eps_and_reference_backend():
+    x, gamma, beta = inputs((2, 3, 4, 4), torch.float64, "cpu", ("full", "plane"))
+    for eps in (0.0, 1e-3, 10.0):
+        torch.testing.assert_close(sain(x, gamma, beta, eps=eps), reference64(x, gamma, beta, eps))
+    torch.testing.assert_close(sain(x, gamma, beta, backend="reference"), reference64(x, gamma, beta))
+
+
+# Errors ------------------------------------------------------------------------------------------
+
+SHAPE_MSG = r"expected {} of shape \(N, C, H, W\) = \(2, 3, 5, 7\) or \(N, C, 1, 1\) = \(2, 3, 1, 1\), got {}"
+
+
+@pytest.mark.parametrize("bad", [(2, 3, 5, 1), (2, 3, 1, 7), (2, 3), (2, 4, 1, 1), (1, 3, 5, 7), (2, 3, 5, 7, 1)])
+def test_bad_gamma_and_beta_shapes(bad):
+    x = torch.randn(2, 3, 5, 7)
+    shown = str(bad).replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(ValueError, match=SHAPE_MSG.format("gamma", shown)):
+        sain(x, torch.randn(bad))
+    with pytest.raises(ValueError, match=SHAPE_MSG.format("beta", shown)):
+        sain(x, torch.randn(2, 3, 1, 1), torch.randn(bad))
+
+
+def test_bad_dtypes_and_devices():
+    x = torch.randn(2, 3, 5, 7)
+    with pytest.raises(TypeError, match=r"expected gamma to have the dtype of x \(torch.float32\), got torch.float64"):
+        sain(x, torch.randn(2, 3, 5, 7, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"expected beta to have the dtype of x \(torch.float32\), got torch.float16"):
+        sain(x, torch.randn(2, 3, 1, 1), torch.randn(2, 3, 1, 1, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"expected gamma on the device of x \(cpu\), got meta"):
+        sain(x, torch.randn(2, 3, 5, 7, device="meta"))
+    with pytest.raises(TypeError, match="expected gamma to be a torch.Tensor, got float"):
+        sain(x, 2.0)
+    with pytest.raises(TypeError, match="expected x to be float32, float64, float16 or bfloat16"):
+        sain(x.int(), torch.ones(2, 3, 5, 7, dtype=torch.int32))
+    with pytest.raises(ValueError, match="expected eps >= 0"):
+        sain(x, torch.randn(2, 3, 1, 1), eps=-1.0)
+
+
+def test_direct_operator_calls_are_checked_too():
+    op = torch.ops.din_ops.spatially_adaptive_instance_norm
+    x = torch.randn(2, 3, 5, 7)
+    expected = r"expected gamma of shape \(N, C, H, W\) = \[2, 3, 5, 7\] or \(N, C, 1, 1\)"
+    with pytest.raises(ValueError, match=expected):
+        op(x, torch.randn(2, 3, 5, 1), None, 1e-5)
+    with pytest.raises(ValueError, match=r"expected beta of shape"):
+        op(x, torch.randn(2, 3, 1, 1), torch.randn(3, 1, 1), 1e-5)
+    with pytest.raises(TypeError, match="expected gamma to have the dtype of x"):
+        op(x, torch.randn(2, 3, 1, 1, dtype=torch.float64), None, 1e-5)
+    y, mean, rstd = op(x, torch.randn(2, 3, 1, 1), None, 1e-5)
+    with pytest.raises(ValueError, match=r"expected grad_y of shape"):
+        torch.ops.din_ops.spatially_adaptive_instance_norm_backward(y[:1], x, torch.randn(2, 3, 1, 1), mean, rstd, False)
+
+
+# Operator registration, torch.compile, double backward -------------------------------------------
+
+@pytest.mark.parametrize("name", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("forms", FORMS[:3], ids=str)
+def test_opcheck(name, forms):
+    x, gamma, beta = inputs((2, 5, 6, 7), torch.float64, "cpu", forms)
+    x = layout(x, name)
+    args = [t.requires_grad_() for t in (x, gamma, beta) if t is not None]
+    if beta is None:
+        args.append(None)
+    torch.library.opcheck(torch.ops.din_ops.spatially_adaptive_instance_norm, (*args, 1e-5))
+    y, mean, rstd = torch.ops.din_ops.spatially_adaptive_instance_norm(x.detach(), gamma.detach(), as64(beta), 1e-5)
+    for beta_defined in (True, False):
+        torch.library.opcheck(
+            torch.ops.din_ops.spatially_adaptive_instance_norm_backward,
+            (torch.randn_like(y), x.detach(), gamma.detach(), mean, rstd, beta_defined),
+        )
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("forms", FORMS[:3], ids=str)
+def test_compiles_with_backward(memory_format, forms):
+    torch._dynamo.reset()
+
+    def layer(x, gamma, beta):
+        return torch.relu(sain(x, gamma, beta)) * 2
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x, gamma, beta = inputs((2, 6, 5, 7), torch.float64, "cpu", forms)
+    x = x.contiguous(memory_format=memory_format)
+    leaves = [t.requires_grad_() for t in (x, gamma, beta) if t is not None]
+    y = compiled(x, gamma, beta)
+    expected = torch.relu(reference.spatially_adaptive_instance_norm(x, gamma, beta)) * 2
+    torch.testing.assert_close(y, expected)
+    got = torch.autograd.grad(y.square().sum(), leaves)
+    want = torch.autograd.grad(expected.square().sum(), leaves)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e)
+    torch._dynamo.reset()
+
+
+def test_double_backward_raises_clearly():
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    gamma = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(sain(x, gamma).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
