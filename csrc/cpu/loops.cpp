@@ -317,35 +317,38 @@ DIN_INLINE void depthwise_plane_backward_impl(const T* pad, int64_t Wp, const T*
                                               int64_t kw, int64_t sh, int64_t sw, int64_t dh,
                                               int64_t dw, int64_t Ho, int64_t Wo, const T* g,
                                               double* gw, T* gpad) {
-  for (int64_t oh = 0; oh < Ho; ++oh) {
-    const T* gr = g + oh * Wo;
-    for (int64_t i = 0; i < kh; ++i) {
-      const int64_t off = (oh * sh + i * dh) * Wp;
-      for (int64_t j = 0; j < kw; ++j) {
-        const T a = w[i * kw + j];
-        const T* src = pad + off + j * dw;
-        T* dst = gpad + off + j * dw;
-        // The dot product in independent lanes (vectorizes without reassociation), flushed to
-        // double once per output row.
-        constexpr int L = kLanes<T>;
+  // Tap by tap over the whole (cache-resident) plane: the weight-gradient dot product accumulates
+  // in independent lanes (vectorizes without reassociation), flushed to double every kRows rows.
+  constexpr int L = kLanes<T>;
+  constexpr int64_t kRows = 16;
+  for (int64_t i = 0; i < kh; ++i) {
+    for (int64_t j = 0; j < kw; ++j) {
+      const T a = w[i * kw + j];
+      double total = 0.0;
+      for (int64_t r0 = 0; r0 < Ho; r0 += kRows) {
         T d[L] = {};
-        int64_t ow = 0;
-        if (sw == 1) {
-          for (; ow + L <= Wo; ow += L) {
-            for (int k = 0; k < L; ++k) {
-              d[k] += gr[ow + k] * src[ow + k];
-              dst[ow + k] += a * gr[ow + k];
+        for (int64_t oh = r0; oh < std::min(Ho, r0 + kRows); ++oh) {
+          const T* gr = g + oh * Wo;
+          const int64_t off = (oh * sh + i * dh) * Wp + j * dw;
+          const T* src = pad + off;
+          T* dst = gpad + off;
+          int64_t ow = 0;
+          if (sw == 1) {
+            for (; ow + L <= Wo; ow += L) {
+              for (int k = 0; k < L; ++k) {
+                d[k] += gr[ow + k] * src[ow + k];
+                dst[ow + k] += a * gr[ow + k];
+              }
             }
           }
+          for (; ow < Wo; ++ow) {
+            d[ow % L] += gr[ow] * src[ow * sw];
+            dst[ow * sw] += a * gr[ow];
+          }
         }
-        for (; ow < Wo; ++ow) {
-          d[0] += gr[ow] * src[ow * sw];
-          dst[ow * sw] += a * gr[ow];
-        }
-        double total = 0.0;
         for (int k = 0; k < L; ++k) total += d[k];
-        gw[i * kw + j] += total;
       }
+      gw[i * kw + j] += total;
     }
   }
 }
