@@ -140,6 +140,11 @@ void depthwise_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb
     std::vector<acc> pad(Hp * Wp), gpad(Hp * Wp), g(s.Q()), wv(s.kh * s.kw);
     std::vector<acc> conv = scratch<T>(std::max(s.W, s.Q())), out = scratch<T>(s.W);
     std::vector<double> gwd(s.kh * s.kw);
+    // gy zero-padded by the kernel extent on every side (its border stays zero), and the flipped
+    // kernel, for the stride-1 input gradient.
+    const bool unit_stride = s.sh == 1 && s.sw == 1;
+    const int64_t eh = (s.kh - 1) * s.dh, ew = (s.kw - 1) * s.dw, Wg = s.Wo + 2 * ew;
+    std::vector<acc> gpadded(unit_stride ? (s.Ho + 2 * eh) * Wg : 0, acc(0)), wflip(s.kh * s.kw);
     for (int64_t plane = p0; plane < p1; ++plane) {
       const acc hi = q.hi[plane], lo = q.lo[plane], r = q.rstd[plane];
       padded_rows(x + plane * s.P(), s, Wp, 0, Hp, hi, lo, r, pad.data(), conv.data());
@@ -148,9 +153,22 @@ void depthwise_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb
       gb[plane] = static_cast<T>(sum(gp, s.Q()));
       // Weight gradient: each tap is a dot product of gy with a shifted view of the padded plane.
       std::fill(gwd.begin(), gwd.end(), 0.0);
-      std::fill(gpad.begin(), gpad.end(), acc(0));
-      depthwise_plane_backward(pad.data(), Wp, wv.data(), s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.Ho,
-                               s.Wo, gp, gwd.data(), gpad.data());
+      for (int64_t i = 0; i < s.kh * s.kw; ++i) wflip[i] = wv[s.kh * s.kw - 1 - i];
+      if (unit_stride) {
+        // Stride 1: the input gradient is a correlation of the zero-padded gy with the flipped
+        // kernel, computed like the forward (register-blocked, each output stored once).
+        depthwise_weight_grad(pad.data(), Wp, s.kh, s.kw, 1, 1, s.dh, s.dw, s.Ho, s.Wo, gp,
+                              gwd.data());
+        for (int64_t r = 0; r < s.Ho; ++r) {
+          std::copy_n(gp + r * s.Wo, s.Wo, gpadded.data() + (r + eh) * Wg + ew);
+        }
+        depthwise_plane(gpadded.data(), Wg, wflip.data(), s.kh, s.kw, 1, 1, s.dh, s.dw, Hp, Wp,
+                        acc(0), gpad.data());
+      } else {
+        std::fill(gpad.begin(), gpad.end(), acc(0));
+        depthwise_plane_backward(pad.data(), Wp, wv.data(), s.kh, s.kw, s.sh, s.sw, s.dh, s.dw,
+                                 s.Ho, s.Wo, gp, gwd.data(), gpad.data());
+      }
       for (int64_t i = 0; i < s.kh * s.kw; ++i) gw[plane * s.kh * s.kw + i] = static_cast<T>(gwd[i]);
       // gpad now holds the gradient with respect to the padded xh; its interior is g(xh).
       const T* xp = x + plane * s.P();

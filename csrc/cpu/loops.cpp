@@ -294,20 +294,64 @@ template <typename T>
 DIN_INLINE void depthwise_plane_impl(const T* pad, int64_t Wp, const T* w, int64_t kh, int64_t kw,
                                      int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho,
                                      int64_t Wo, T bias, T* out) {
+  constexpr int L = kLanes<T>;
   for (int64_t oh = 0; oh < Ho; ++oh) {
     T* o = out + oh * Wo;
-    for (int64_t ow = 0; ow < Wo; ++ow) o[ow] = bias;
-    for (int64_t i = 0; i < kh; ++i) {
-      const T* row = pad + (oh * sh + i * dh) * Wp;
-      for (int64_t j = 0; j < kw; ++j) {
-        const T a = w[i * kw + j];
-        const T* src = row + j * dw;
-        if (sw == 1) {
-          for (int64_t ow = 0; ow < Wo; ++ow) o[ow] += a * src[ow];
-        } else {
-          for (int64_t ow = 0; ow < Wo; ++ow) o[ow] += a * src[ow * sw];
+    int64_t ow0 = 0;
+    if (sw == 1) {
+      // L outputs at a time stay in registers across all taps; each is stored once.
+      for (; ow0 + L <= Wo; ow0 += L) {
+        T acc[L];
+        for (int k = 0; k < L; ++k) acc[k] = bias;
+        for (int64_t i = 0; i < kh; ++i) {
+          const T* row = pad + (oh * sh + i * dh) * Wp + ow0;
+          for (int64_t j = 0; j < kw; ++j) {
+            const T a = w[i * kw + j];
+            const T* src = row + j * dw;
+            for (int k = 0; k < L; ++k) acc[k] += a * src[k];
+          }
         }
+        for (int k = 0; k < L; ++k) o[ow0 + k] = acc[k];
       }
+    }
+    for (int64_t ow = ow0; ow < Wo; ++ow) {
+      T v = bias;
+      for (int64_t i = 0; i < kh; ++i) {
+        const T* row = pad + (oh * sh + i * dh) * Wp + ow * sw;
+        for (int64_t j = 0; j < kw; ++j) v += w[i * kw + j] * row[j * dw];
+      }
+      o[ow] = v;
+    }
+  }
+}
+
+// gw[i, j] += sum_{oh, ow} g[oh, ow] * pad[oh * sh + i * dh, ow * sw + j * dw], in lanes flushed to
+// double every kRows rows.
+template <typename T>
+DIN_INLINE void depthwise_weight_grad_impl(const T* pad, int64_t Wp, int64_t kh, int64_t kw,
+                                           int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                                           int64_t Ho, int64_t Wo, const T* g, double* gw) {
+  constexpr int L = kLanes<T>;
+  constexpr int64_t kRows = 16;
+  for (int64_t i = 0; i < kh; ++i) {
+    for (int64_t j = 0; j < kw; ++j) {
+      double total = 0.0;
+      for (int64_t r0 = 0; r0 < Ho; r0 += kRows) {
+        T d[L] = {};
+        for (int64_t oh = r0; oh < std::min(Ho, r0 + kRows); ++oh) {
+          const T* gr = g + oh * Wo;
+          const T* src = pad + (oh * sh + i * dh) * Wp + j * dw;
+          int64_t ow = 0;
+          if (sw == 1) {
+            for (; ow + L <= Wo; ow += L) {
+              for (int k = 0; k < L; ++k) d[k] += gr[ow + k] * src[ow + k];
+            }
+          }
+          for (; ow < Wo; ++ow) d[ow % L] += gr[ow] * src[ow * sw];
+        }
+        for (int k = 0; k < L; ++k) total += d[k];
+      }
+      gw[i * kw + j] += total;
     }
   }
 }
@@ -362,6 +406,16 @@ DIN_CLONES void depthwise_plane(const double* pad, int64_t Wp, const double* w, 
                                 int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
                                 int64_t Ho, int64_t Wo, double bias, double* out) {
   depthwise_plane_impl(pad, Wp, w, kh, kw, sh, sw, dh, dw, Ho, Wo, bias, out);
+}
+DIN_CLONES void depthwise_weight_grad(const float* pad, int64_t Wp, int64_t kh, int64_t kw,
+                                      int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho,
+                                      int64_t Wo, const float* g, double* gw) {
+  depthwise_weight_grad_impl(pad, Wp, kh, kw, sh, sw, dh, dw, Ho, Wo, g, gw);
+}
+DIN_CLONES void depthwise_weight_grad(const double* pad, int64_t Wp, int64_t kh, int64_t kw,
+                                      int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho,
+                                      int64_t Wo, const double* g, double* gw) {
+  depthwise_weight_grad_impl(pad, Wp, kh, kw, sh, sw, dh, dw, Ho, Wo, g, gw);
 }
 DIN_CLONES void depthwise_plane_backward(const float* pad, int64_t Wp, const float* w, int64_t kh,
                                          int64_t kw, int64_t sh, int64_t sw, int64_t dh,

@@ -82,6 +82,13 @@ void depthwise_plane(const float* pad, int64_t Wp, const float* w, int64_t kh, i
 void depthwise_plane(const double* pad, int64_t Wp, const double* w, int64_t kh, int64_t kw,
                      int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
                      double bias, double* out);
+// The weight gradient alone: gw[i, j] += sum g * (the plane shifted by tap (i, j)), in double.
+void depthwise_weight_grad(const float* pad, int64_t Wp, int64_t kh, int64_t kw, int64_t sh,
+                           int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
+                           const float* g, double* gw);
+void depthwise_weight_grad(const double* pad, int64_t Wp, int64_t kh, int64_t kw, int64_t sh,
+                           int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
+                           const double* g, double* gw);
 // Its backward for gradient g (Ho x Wo): gw[i, j] += sum g * (shifted pad) (in double), and
 // gpad[...] += w[i, j] * g (the transposed taps; gpad must start zeroed).
 void depthwise_plane_backward(const float* pad, int64_t Wp, const float* w, int64_t kh,
