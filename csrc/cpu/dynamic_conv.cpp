@@ -138,7 +138,7 @@ void depthwise_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb
   const int64_t Wp = (s.Wo - 1) * s.sw + (s.kw - 1) * s.dw + 1;
   at::parallel_for(0, s.N * s.C, grain_for(2 * Hp * Wp * s.kh * s.kw), [&](int64_t p0, int64_t p1) {
     std::vector<acc> pad(Hp * Wp), gpad(Hp * Wp), g(s.Q()), wv(s.kh * s.kw);
-    std::vector<acc> conv = scratch<T>(std::max(s.W, s.Q())), out = scratch<T>(s.W);
+    std::vector<acc> conv = scratch<T>(std::max({s.W, s.Q(), s.P()})), out = scratch<T>(s.P());
     std::vector<double> gwd(s.kh * s.kw);
     // gy zero-padded by the kernel extent on every side (its border stays zero), and the flipped
     // kernel, for the stride-1 input gradient.
@@ -174,26 +174,23 @@ void depthwise_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb
       const T* xp = x + plane * s.P();
       T* gxp = gx + plane * s.P();
       const int64_t rows = std::min(s.H, Hp - s.pt), cols = std::min(s.W, Wp - s.pl);
-      acc mg = 0, mgxh = 0;
-      if (normalized) {
-        double sg = 0.0, sgxh = 0.0;
-        for (int64_t ih = 0; ih < rows; ++ih) {
-          grad_sums(gpad.data() + (ih + s.pt) * Wp + s.pl, load(xp + ih * s.W, cols, conv.data()),
-                    cols, hi, lo, r, &sg, &sgxh);
-        }
-        mg = static_cast<acc>(sg / double(s.P()));
-        mgxh = static_cast<acc>(sgxh / double(s.P()));
-      }
+      // The interior as one contiguous plane (in gx itself for float/double); input pixels that no
+      // output window reaches (past the last tap) get g = 0.
+      acc* o = out_ptr(gxp, out.data());
       for (int64_t ih = 0; ih < s.H; ++ih) {
-        acc* o = out_ptr(gxp + ih * s.W, out.data());
-        // Input pixels no output window reaches (rows/columns past the last tap) get g = 0.
-        std::fill(o, o + s.W, acc(0));
-        if (ih < rows) std::copy_n(gpad.data() + (ih + s.pt) * Wp + s.pl, cols, o);
-        if (normalized) {
-          normalize_backward(o, load(xp + ih * s.W, s.W, conv.data()), s.W, hi, lo, r, mg, mgxh, o);
-        }
-        store<T>(o, s.W, gxp + ih * s.W);
+        acc* orow = o + ih * s.W;
+        const int64_t n = ih < rows ? std::max<int64_t>(cols, 0) : 0;
+        std::copy_n(gpad.data() + (ih + s.pt) * Wp + s.pl, n, orow);
+        std::fill(orow + n, orow + s.W, acc(0));
       }
+      if (normalized) {
+        const acc* xv = load(xp, s.P(), conv.data());
+        double sg = 0.0, sgxh = 0.0;
+        grad_sums(o, xv, s.P(), hi, lo, r, &sg, &sgxh);
+        normalize_backward(o, xv, s.P(), hi, lo, r, static_cast<acc>(sg / double(s.P())),
+                           static_cast<acc>(sgxh / double(s.P())), o);
+      }
+      store<T>(o, s.P(), gxp);
     }
   });
 }
