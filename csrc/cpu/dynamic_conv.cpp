@@ -198,47 +198,41 @@ void depthwise_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb
 // ---------------------------------------------------------------------------------------------
 // General grouped / dense convolution: im2col of normalized tiles and GEMMs.
 
-// Output rows per tile: the column tile (K x rows * Wo) stays around 256 KiB.
+// Output rows per tile: the column tile (K x rows * Wo) stays around 1 MiB (in L2).
 int64_t tile_rows(const Geometry& s) {
   const int64_t per_row = std::max<int64_t>(1, s.K() * s.Wo);
-  return std::max<int64_t>(1, std::min(s.Ho, (int64_t(1) << 16) / per_row));
+  return std::max<int64_t>(1, std::min(s.Ho, (int64_t(1) << 18) / per_row));
 }
 
 // Columns for output rows [r0, r1) of group g of one sample: cols[k, (oh - r0) * Wo + ow] with
 // k = (ci * kh + i) * kw + j holds xh[ci, oh * sh - pt + i * dh, ow * sw - pl + j * dw] (0 outside).
+// Each channel's input rows are normalized once into a zero-padded strip (`strip`, sized by
+// strip_size), from which the kh * kw column rows are plain copies.
+int64_t strip_rows(const Geometry& s, int64_t R) { return (R - 1) * s.sh + (s.kh - 1) * s.dh + 1; }
+int64_t strip_width(const Geometry& s) { return (s.Wo - 1) * s.sw + (s.kw - 1) * s.dw + 1; }
+
 template <typename T>
 void im2col(const T* xs, const Geometry& s, int64_t g, int64_t r0, int64_t r1,
-            const NormParams<acc_t<T>>& q, int64_t qbase, acc_t<T>* cols, acc_t<T>* conv) {
+            const NormParams<acc_t<T>>& q, int64_t qbase, acc_t<T>* cols, acc_t<T>* strip,
+            acc_t<T>* conv) {
   using acc = acc_t<T>;
-  const int64_t L = (r1 - r0) * s.Wo;
+  const int64_t L = (r1 - r0) * s.Wo, Wp = strip_width(s);
+  const int64_t rows = strip_rows(s, r1 - r0);
   for (int64_t ci = 0; ci < s.Cg; ++ci) {
     const int64_t c = g * s.Cg + ci;
-    const acc hi = q.hi[qbase + c], lo = q.lo[qbase + c], rs = q.rstd[qbase + c];
-    const T* xc = xs + c * s.P();
+    // Padded rows r0 * sh .. r0 * sh + rows of this channel.
+    padded_rows(xs + c * s.P(), s, Wp, r0 * s.sh, r0 * s.sh + rows, q.hi[qbase + c],
+                q.lo[qbase + c], q.rstd[qbase + c], strip, conv);
     for (int64_t i = 0; i < s.kh; ++i) {
       for (int64_t j = 0; j < s.kw; ++j) {
         acc* dst = cols + ((ci * s.kh + i) * s.kw + j) * L;
-        // Output columns whose input column ow * sw - pl + j * dw lies inside [0, W).
-        const int64_t off = j * s.dw - s.pl;
-        const int64_t lo_ow = off >= 0 ? 0 : (-off + s.sw - 1) / s.sw;
-        const int64_t hi_ow = std::min(s.Wo, s.W - 1 - off >= 0 ? (s.W - 1 - off) / s.sw + 1 : 0);
         for (int64_t oh = r0; oh < r1; ++oh) {
+          const acc* src = strip + ((oh - r0) * s.sh + i * s.dh) * Wp + j * s.dw;
           acc* d = dst + (oh - r0) * s.Wo;
-          const int64_t ih = oh * s.sh - s.pt + i * s.dh;
-          if (ih < 0 || ih >= s.H || hi_ow <= lo_ow) {
-            std::fill(d, d + s.Wo, acc(0));
-            continue;
-          }
-          std::fill(d, d + lo_ow, acc(0));
-          std::fill(d + hi_ow, d + s.Wo, acc(0));
-          const int64_t n = hi_ow - lo_ow, first = lo_ow * s.sw + off;
           if (s.sw == 1) {
-            normalize(load(xc + ih * s.W + first, n, conv), n, hi, lo, rs, d + lo_ow);
+            std::copy_n(src, s.Wo, d);
           } else {
-            for (int64_t k = 0; k < n; ++k) {
-              const acc v = static_cast<acc>(xc[ih * s.W + first + k * s.sw]);
-              d[lo_ow + k] = math::normalize(v, hi, lo, rs);
-            }
+            for (int64_t ow = 0; ow < s.Wo; ++ow) d[ow] = src[ow * s.sw];
           }
         }
       }
@@ -276,12 +270,13 @@ void grouped_forward(const T* x, const T* w, const T* b, T* y, const Geometry& s
   using acc = acc_t<T>;
   const int64_t R = tile_rows(s), tiles = (s.Ho + R - 1) / R, K = s.K();
   at::parallel_for(0, s.N * s.groups * tiles, grain_for(s.Cog * K * R * s.Wo), [&](int64_t t0, int64_t t1) {
-    std::vector<acc> cols(K * R * s.Wo), conv = scratch<T>(s.W), wbuf(s.Cog * K), bbuf(s.Cog);
+    std::vector<acc> cols(K * R * s.Wo), conv = scratch<T>(s.W), wbuf(s.Cog * K);
+    std::vector<acc> strip(strip_rows(s, R) * strip_width(s));
     std::vector<acc> obuf = scratch<T>(s.Cog * R * s.Wo);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t ng = t / tiles, n = ng / s.groups, g = ng % s.groups;
       const int64_t r0 = (t % tiles) * R, r1 = std::min(s.Ho, r0 + R), L = (r1 - r0) * s.Wo;
-      im2col(x + n * s.C * s.P(), s, g, r0, r1, q, n * s.C, cols.data(), conv.data());
+      im2col(x + n * s.C * s.P(), s, g, r0, r1, q, n * s.C, cols.data(), strip.data(), conv.data());
       const T* wg = w + (n * s.Co + g * s.Cog) * K;
       for (int64_t i = 0; i < s.Cog * K; ++i) wbuf[i] = static_cast<acc>(wg[i]);
       T* yp = y + (n * s.Co + g * s.Cog) * s.Q() + r0 * s.Wo;
@@ -309,6 +304,7 @@ void grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, 
   // One task per (n, group): it owns that group's weight gradient and input-gradient planes.
   at::parallel_for(0, s.N * s.groups, grain_for(s.Cog * K * s.Q()), [&](int64_t t0, int64_t t1) {
     std::vector<acc> cols(K * R * s.Wo), conv = scratch<T>(std::max({s.W, s.Cog * R * s.Wo, kBlock}));
+    std::vector<acc> strip(strip_rows(s, R) * strip_width(s));
     std::vector<acc> wbuf(s.Cog * K), gwacc(s.Cog * K), gcols(K * R * s.Wo);
     std::vector<acc> gplanes(s.Cg * s.P()), out = scratch<T>(kBlock);
     std::vector<double> gbd(s.Cog);
@@ -321,7 +317,7 @@ void grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, 
       std::fill(gbd.begin(), gbd.end(), 0.0);
       for (int64_t r0 = 0; r0 < s.Ho; r0 += R) {
         const int64_t r1 = std::min(s.Ho, r0 + R), L = (r1 - r0) * s.Wo;
-        im2col(x + n * s.C * s.P(), s, g, r0, r1, q, n * s.C, cols.data(), conv.data());
+        im2col(x + n * s.C * s.P(), s, g, r0, r1, q, n * s.C, cols.data(), strip.data(), conv.data());
         // gy tile (Cog x L) as acc.
         const T* gp = gy + (n * s.Co + g * s.Cog) * s.Q() + r0 * s.Wo;
         Mat<const acc> gt;
