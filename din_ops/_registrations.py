@@ -3,6 +3,7 @@
 The fake kernels let torch.compile and torch.export trace the ops without running them; they must
 give outputs of exactly the shapes, dtypes and strides that the real kernels return.
 """
+
 from __future__ import annotations
 
 import torch
@@ -101,7 +102,9 @@ if backends.extension_loaded():
         return (y, *_stats_like(x))
 
     @torch.library.register_fake("din_ops::dynamic_conv_backward")
-    def _dynamic_conv_backward_fake(grad_y, x, weight, mean, rstd, stride, padding, dilation, groups, normalize):
+    def _dynamic_conv_backward_fake(
+        grad_y, x, weight, mean, rstd, stride, padding, dilation, groups, normalize
+    ):
         return (
             torch.empty_like(x, memory_format=_out_format(x)),
             weight.new_empty(weight.shape),
@@ -167,8 +170,12 @@ if backends.extension_loaded():
         "din_ops::spatially_adaptive_instance_norm", _sain_backward, setup_context=_sain_setup
     )
 
-    for _name in ("instance_norm_backward", "dynamic_instance_norm_1x1_backward", "dynamic_conv_backward",
-                  "spatially_adaptive_instance_norm_backward"):
+    for _name in (
+        "instance_norm_backward",
+        "dynamic_instance_norm_1x1_backward",
+        "dynamic_conv_backward",
+        "spatially_adaptive_instance_norm_backward",
+    ):
         torch.library.register_autograd(
             f"din_ops::{_name}", _no_double_backward(_name), setup_context=lambda ctx, inputs, output: None
         )

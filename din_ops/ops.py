@@ -1,4 +1,5 @@
 """The public din_ops functions: argument checks, backend choice, and the call into the operators."""
+
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -19,9 +20,7 @@ def _check_x(x: Tensor) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"din_ops: expected x to be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"din_ops: expected x to be float32, float64, float16 or bfloat16, got {x.dtype}"
-        )
+        raise TypeError(f"din_ops: expected x to be float32, float64, float16 or bfloat16, got {x.dtype}")
     if x.dim() != 4:
         raise ValueError(f"din_ops: expected x of shape (N, C, H, W), got {_shape(x)}")
     if x.shape[1] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
@@ -77,8 +76,9 @@ def _pair(value, name: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-def _padding(padding, kernel: tuple[int, int], stride: tuple[int, int],
-             dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+def _padding(
+    padding, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """padding as (top, bottom, left, right), with "same" and "valid" as in F.conv2d."""
     if isinstance(padding, str):
         if padding == "valid":
@@ -90,9 +90,13 @@ def _padding(padding, kernel: tuple[int, int], stride: tuple[int, int],
         total = [d * (k - 1) for d, k in zip(dilation, kernel)]
         # F.conv2d puts the odd extra pixel of an even kernel at the bottom/right.
         return (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
-    pair = (padding, padding) if isinstance(padding, int) and not isinstance(padding, bool) else tuple(padding)
+    pair = (
+        (padding, padding) if isinstance(padding, int) and not isinstance(padding, bool) else tuple(padding)
+    )
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair):
-        raise ValueError(f"din_ops: expected padding to be an int >= 0, a pair of them, 'same' or 'valid', got {padding!r}")
+        raise ValueError(
+            f"din_ops: expected padding to be an int >= 0, a pair of them, 'same' or 'valid', got {padding!r}"
+        )
     return (pair[0], pair[0], pair[1], pair[1])
 
 
@@ -112,7 +116,9 @@ def _check_weight_bias(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups
     if bias is not None:
         _check_like_x(bias, "bias", x)
         if _shape(bias) != (n, w.shape[1]):
-            raise ValueError(f"din_ops: expected bias of shape (N, Co) = ({n}, {w.shape[1]}), got {_shape(bias)}")
+            raise ValueError(
+                f"din_ops: expected bias of shape (N, Co) = ({n}, {w.shape[1]}), got {_shape(bias)}"
+            )
     return w
 
 
@@ -121,7 +127,10 @@ def _conv_args(x: Tensor, w: Tensor, stride, padding, dilation):
     kernel = (w.shape[3], w.shape[4])
     pad = _padding(padding, kernel, stride, dilation)
     for dim, (size, p0, p1, k, d) in enumerate(
-        [(x.shape[2], pad[0], pad[1], kernel[0], dilation[0]), (x.shape[3], pad[2], pad[3], kernel[1], dilation[1])]
+        [
+            (x.shape[2], pad[0], pad[1], kernel[0], dilation[0]),
+            (x.shape[3], pad[2], pad[3], kernel[1], dilation[1]),
+        ]
     ):
         if size + p0 + p1 < d * (k - 1) + 1:
             raise ValueError(
@@ -210,8 +219,11 @@ def dynamic_conv2d(
     stride_, pad, dilation_ = _conv_args(x, w, stride, padding, dilation)
     chosen = backends.resolve(backend, x.device)
     if chosen == "reference":
-        return reference.dynamic_conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
+        return reference.dynamic_conv2d(
+            x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups
+        )
     return torch.ops.din_ops.dynamic_conv(x, w, bias, stride_, pad, dilation_, groups, False, 0.0)[0]
+
 
 def _check_modulation(t: Tensor, name: str, x: Tensor) -> None:
     """gamma/beta of spatially_adaptive_instance_norm: (N, C, H, W) like x, or (N, C, 1, 1)."""
