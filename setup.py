@@ -16,7 +16,7 @@ def cxx_flags():
     # -g0: setuptools adds -g, which doubles the compile time of ATen-heavy files.
     # -fopenmp: at::parallel_for is only parallel with OpenMP. No -march: the loops that matter are
     # compiled for several x86-64 levels and chosen at run time (csrc/cpu/loops.cpp).
-    return ["-O3", "-g0", "-std=c++17", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    return ["-O3", "-g0", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
 
 
 def extension():
