@@ -51,6 +51,10 @@ void gemm_impl(Fn* blas, Mat<const T> A, Mat<const T> B, T beta, Mat<T> C) {
   const int64_t M = C.rows, N = C.cols, K = A.cols;
   if (M == 0 || N == 0) return;
   if (blas == nullptr || K == 0) {  // K == 0: BLAS may not accept it
+    if (blas == nullptr) {
+      TORCH_WARN_ONCE("din_ops: libtorch exports no Fortran BLAS (sgemm_/dgemm_) here; the CPU "
+                      "kernels fall back to at::mm per tile, which is correct but slower");
+    }
     auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
     auto c = at::from_blob(C.data, {M, N}, {C.rs, C.cs}, opts);
     // As in BLAS, beta == 0 means C is not read (it may hold garbage).

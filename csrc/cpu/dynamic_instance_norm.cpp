@@ -71,12 +71,6 @@ int64_t group_samples(int64_t N, int64_t C, int64_t Co, int64_t P) {
   return std::max<int64_t>(1, std::min({N, by_bytes, by_partials}));
 }
 
-// Matrix views of one sample. x[n] is (C x P): NCHW rows are channels, NHWC columns are channels.
-template <typename T>
-Mat<T> sample(T* base, int64_t rows, int64_t P, Layout l) {
-  return l == Layout::NCHW ? Mat<T>{base, rows, P, P, 1} : Mat<T>{base, rows, P, 1, rows};
-}
-
 // Writes xh for pixels [p0, p0 + L) of a sample into `tile` (C x L, same orientation as the layout).
 template <typename T>
 Mat<acc_t<T>> normalized_tile(const T* xn, Layout l, int64_t C, int64_t P, int64_t p0, int64_t L,
