@@ -145,6 +145,8 @@ void depthwise_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb
     const bool unit_stride = s.sh == 1 && s.sw == 1;
     const int64_t eh = (s.kh - 1) * s.dh, ew = (s.kw - 1) * s.dw, Wg = s.Wo + 2 * ew;
     std::vector<acc> gpadded(unit_stride ? (s.Ho + 2 * eh) * Wg : 0, acc(0)), wflip(s.kh * s.kw);
+    // Every input pixel is reached by some output window: the correlation can write gx directly.
+    const bool direct = unit_stride && Hp - s.pt >= s.H && Wp - s.pl >= s.W;
     for (int64_t plane = p0; plane < p1; ++plane) {
       const acc hi = q.hi[plane], lo = q.lo[plane], r = q.rstd[plane];
       padded_rows(x + plane * s.P(), s, Wp, 0, Hp, hi, lo, r, pad.data(), conv.data());
@@ -162,8 +164,13 @@ void depthwise_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb
         for (int64_t r = 0; r < s.Ho; ++r) {
           std::copy_n(gp + r * s.Wo, s.Wo, gpadded.data() + (r + eh) * Wg + ew);
         }
-        depthwise_plane(gpadded.data(), Wg, wflip.data(), s.kh, s.kw, 1, 1, s.dh, s.dw, Hp, Wp,
-                        acc(0), gpad.data());
+        if (direct) {  // only the H x W interior, straight into the gradient plane
+          depthwise_plane(gpadded.data() + s.pt * Wg + s.pl, Wg, wflip.data(), s.kh, s.kw, 1, 1,
+                          s.dh, s.dw, s.H, s.W, acc(0), out_ptr(gx + plane * s.P(), out.data()));
+        } else {
+          depthwise_plane(gpadded.data(), Wg, wflip.data(), s.kh, s.kw, 1, 1, s.dh, s.dw, Hp, Wp,
+                          acc(0), gpad.data());
+        }
       } else {
         std::fill(gpad.begin(), gpad.end(), acc(0));
         depthwise_plane_backward(pad.data(), Wp, wv.data(), s.kh, s.kw, s.sh, s.sw, s.dh, s.dw,
@@ -177,7 +184,7 @@ void depthwise_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb
       // The interior as one contiguous plane (in gx itself for float/double); input pixels that no
       // output window reaches (past the last tap) get g = 0.
       acc* o = out_ptr(gxp, out.data());
-      for (int64_t ih = 0; ih < s.H; ++ih) {
+      for (int64_t ih = 0; !direct && ih < s.H; ++ih) {
         acc* orow = o + ih * s.W;
         const int64_t n = ih < rows ? std::max<int64_t>(cols, 0) : 0;
         std::copy_n(gpad.data() + (ih + s.pt) * Wp + s.pl, n, orow);

@@ -187,11 +187,19 @@ DIN_INLINE void normalize_backward_rows_impl(const T* g, const T* x, int64_t row
 
 template <typename T>
 DIN_INLINE double sum_impl(const T* x, int64_t n) {
-  double s1 = 0.0, s2 = 0.0;
-  // shifted_sums with a zero shift also returns the sum of squares; the sum alone is cheap enough
-  // not to deserve a loop of its own.
-  shifted_sums_impl<T>(x, n, T(0), &s1, &s2);
-  return s1;
+  constexpr int L = kLanes<T>;
+  double total = 0.0;
+  for (int64_t b = 0; b < n; b += kFlush * L) {
+    const int64_t e = std::min(n, b + kFlush * L);
+    T a[L] = {};
+    int64_t i = b;
+    for (; i + L <= e; i += L) {
+      for (int j = 0; j < L; ++j) a[j] += x[i + j];
+    }
+    for (; i < e; ++i) a[0] += x[i];
+    for (int j = 0; j < L; ++j) total += a[j];
+  }
+  return total;
 }
 
 }  // namespace
