@@ -13,6 +13,7 @@ CONFIGS = {
     "depthwise3x3": (8, 8, (3, 3), 1, 1, 1, 8),
     "depthwise3x3_stride2": (8, 8, (3, 3), 2, 1, 1, 8),
     "depthwise5x5_dilation2_same": (6, 6, (5, 5), 1, "same", 2, 6),
+    "depthwise3x3_dilation2": (6, 6, (3, 3), 1, 2, (2, 1), 6),
     "depthwise7x7_valid": (4, 4, (7, 7), 1, "valid", 1, 4),
     "depthwise_multiplier2": (4, 8, (3, 3), 1, 1, 1, 4),
     "grouped3x3_g2": (8, 6, (3, 3), 1, 1, 1, 2),

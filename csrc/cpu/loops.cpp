@@ -335,10 +335,50 @@ DIN_INLINE void depthwise_plane_impl(const T* pad, int64_t Wp, const T* w, int64
 
 // gw[i, j] += sum_{oh, ow} g[oh, ow] * pad[oh * sh + i * dh, ow * sw + j * dw], in lanes flushed to
 // double every kRows rows.
+// The same for a KH x KW kernel known at compile time and unit column stride: all taps in one pass
+// over g, their lane accumulators in registers.
+template <typename T, int KH, int KW>
+DIN_INLINE void depthwise_weight_grad_fixed(const T* pad, int64_t Wp, int64_t sh, int64_t dh,
+                                            int64_t dw, int64_t Ho, int64_t Wo, const T* g,
+                                            double* gw) {
+  constexpr int L = 64 / sizeof(T);  // one vector register per tap
+  constexpr int64_t kRows = 16;
+  for (int64_t r0 = 0; r0 < Ho; r0 += kRows) {
+    T d[KH * KW][L] = {};
+    for (int64_t oh = r0; oh < std::min(Ho, r0 + kRows); ++oh) {
+      const T* gr = g + oh * Wo;
+      const T* base = pad + oh * sh * Wp;
+      int64_t ow = 0;
+      for (; ow + L <= Wo; ow += L) {
+        for (int i = 0; i < KH; ++i) {
+          for (int j = 0; j < KW; ++j) {
+            const T* src = base + i * dh * Wp + j * dw + ow;
+            for (int k = 0; k < L; ++k) d[i * KW + j][k] += gr[ow + k] * src[k];
+          }
+        }
+      }
+      for (; ow < Wo; ++ow) {
+        for (int i = 0; i < KH; ++i) {
+          for (int j = 0; j < KW; ++j) d[i * KW + j][0] += gr[ow] * base[i * dh * Wp + j * dw + ow];
+        }
+      }
+    }
+    for (int t = 0; t < KH * KW; ++t) {
+      double total = 0.0;
+      for (int k = 0; k < L; ++k) total += d[t][k];
+      gw[t] += total;
+    }
+  }
+}
+
 template <typename T>
 DIN_INLINE void depthwise_weight_grad_impl(const T* pad, int64_t Wp, int64_t kh, int64_t kw,
                                            int64_t sh, int64_t sw, int64_t dh, int64_t dw,
                                            int64_t Ho, int64_t Wo, const T* g, double* gw) {
+  if (kh == 3 && kw == 3 && sw == 1) {
+    depthwise_weight_grad_fixed<T, 3, 3>(pad, Wp, sh, dh, dw, Ho, Wo, g, gw);
+    return;
+  }
   constexpr int L = kLanes<T>;
   constexpr int64_t kRows = 16;
   for (int64_t i = 0; i < kh; ++i) {
