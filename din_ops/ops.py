@@ -140,6 +140,15 @@ def _conv_args(x: Tensor, w: Tensor, stride, padding, dilation):
     return list(stride), list(pad), list(dilation)
 
 
+def _prepare_conv(x, weight, bias, stride, padding, dilation, groups, backend):
+    """Checks of the conv-style entry points; returns the 5-D weight, the operator's stride,
+    padding (top, bottom, left, right) and dilation lists, and the chosen backend."""
+    _check_x(x)
+    w = _check_weight_bias(x, weight, bias, groups)
+    stride_, pad, dilation_ = _conv_args(x, w, stride, padding, dilation)
+    return w, stride_, pad, dilation_, backends.resolve(backend, x.device)
+
+
 def dynamic_instance_norm(
     x: Tensor,
     weight: Tensor,
@@ -184,11 +193,10 @@ def dynamic_instance_norm(
         w, b = weight_net(style), bias_net(style)         # (N, C, C), (N, C)
         features = din_ops.dynamic_instance_norm(content, w, b)
     """
-    _check_x(x)
     _check_eps(eps)
-    w = _check_weight_bias(x, weight, bias, groups)
-    stride_, pad, dilation_ = _conv_args(x, w, stride, padding, dilation)
-    chosen = backends.resolve(backend, x.device)
+    w, stride_, pad, dilation_, chosen = _prepare_conv(
+        x, weight, bias, stride, padding, dilation, groups, backend
+    )
     if chosen == "reference":
         return reference.dynamic_instance_norm(
             x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups, eps=eps
@@ -214,10 +222,9 @@ def dynamic_conv2d(
 
     Same arguments, layouts and dtypes as :func:`dynamic_instance_norm` (without ``eps``).
     """
-    _check_x(x)
-    w = _check_weight_bias(x, weight, bias, groups)
-    stride_, pad, dilation_ = _conv_args(x, w, stride, padding, dilation)
-    chosen = backends.resolve(backend, x.device)
+    w, stride_, pad, dilation_, chosen = _prepare_conv(
+        x, weight, bias, stride, padding, dilation, groups, backend
+    )
     if chosen == "reference":
         return reference.dynamic_conv2d(
             x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups

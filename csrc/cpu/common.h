@@ -91,6 +91,12 @@ struct NormParams {
   }
 };
 
+// The per-(n, c) statistics outputs of the forward ops: mean and rstd, (N, C) float64.
+inline std::tuple<at::Tensor, at::Tensor> empty_stats(const at::Tensor& x) {
+  const auto opts = x.options().dtype(at::kDouble);
+  return {at::empty({x.size(0), x.size(1)}, opts), at::empty({x.size(0), x.size(1)}, opts)};
+}
+
 // Grain for at::parallel_for over tasks of `work` multiply-adds each: small problems run inline on
 // the calling thread, since waking the other threads would cost more than the work itself.
 inline int64_t grain_for(int64_t work) {
