@@ -20,6 +20,8 @@
 //   are deterministic for a fixed thread count.
 // Inputs are computed in NCHW; channels_last inputs are converted once on entry and the output
 // converted back (documented cost).
+#include <optional>
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -303,25 +305,66 @@ void grouped_forward(const T* x, const T* w, const T* b, T* y, const Geometry& s
   });
 }
 
+// The input gradient of a stride-1 convolution is itself a stride-1 convolution: of grad_y, with
+// the kernel flipped and its in/out channels swapped, padded by (k - 1) * d - p on each side:
+//   g[ci, h, w] = sum_{co, i, j} W[co, ci, kh-1-i, kw-1-j] * gy[co, h - pt' + i * dh, w - pl' + j * dw]
+// with pt' = (kh - 1) * dh - pt (zero where the row is outside grad_y). When those paddings are all
+// >= 0 the backward computes g with the forward's im2col + GEMM (K = Cog * kh * kw, rows written
+// straight into the gradient planes) instead of a thin W^T GEMM (K = Cog) and a col2im scatter.
+std::optional<Geometry> transposed_geometry(const Geometry& s) {
+  if (s.sh != 1 || s.sw != 1) return std::nullopt;
+  Geometry t = s;
+  t.C = s.Co, t.H = s.Ho, t.W = s.Wo, t.Co = s.C, t.Cg = s.Cog, t.Cog = s.Cg;
+  t.pt = (s.kh - 1) * s.dh - s.pt, t.pl = (s.kw - 1) * s.dw - s.pl;
+  t.Ho = s.H, t.Wo = s.W;
+  const int64_t pb = s.H + s.pt - s.Ho, pr = s.W + s.pl - s.Wo;  // bottom / right of grad_y
+  if (t.pt < 0 || t.pl < 0 || pb < 0 || pr < 0) return std::nullopt;
+  return t;
+}
+
 template <typename T>
 void grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, const Geometry& s,
                       const NormParams<acc_t<T>>& q, bool normalized) {
   using acc = acc_t<T>;
   const int64_t R = tile_rows(s), K = s.K();
+  const std::optional<Geometry> tg = transposed_geometry(s);
+  const int64_t Rt = tg ? tile_rows(*tg) : 0, Kt = tg ? tg->K() : 0;
+  const std::vector<double> zeros(s.Co, 0.0), ones(s.Co, 1.0);
+  const NormParams<acc> identity(zeros.data(), ones.data(), s.Co);  // grad_y is not normalized
   // One task per (n, group): it owns that group's weight gradient and input-gradient planes.
   at::parallel_for(0, s.N * s.groups, grain_for(s.Cog * K * s.Q()), [&](int64_t t0, int64_t t1) {
-    std::vector<acc> cols(K * R * s.Wo), conv = scratch<T>(std::max({s.W, s.Cog * R * s.Wo, kBlock}));
-    std::vector<acc> strip(strip_rows(s, R) * strip_width(s));
-    std::vector<acc> wbuf(s.Cog * K), gwacc(s.Cog * K), gcols(K * R * s.Wo);
+    const int64_t ncols = std::max(K * R * s.Wo, Kt * Rt * s.W);
+    std::vector<acc> cols(ncols), conv = scratch<T>(std::max({s.W, s.Wo, s.Cog * R * s.Wo, kBlock}));
+    std::vector<acc> strip(std::max(strip_rows(s, R) * strip_width(s),
+                                    tg ? strip_rows(*tg, Rt) * strip_width(*tg) : 0));
+    std::vector<acc> wbuf(s.Cog * K), gwacc(s.Cog * K), gcols(tg ? 0 : K * R * s.Wo);
     std::vector<acc> gplanes(s.Cg * s.P()), out = scratch<T>(kBlock);
     std::vector<double> gbd(s.Cog);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / s.groups, g = t % s.groups;
       const T* wg = w + (n * s.Co + g * s.Cog) * K;
-      for (int64_t i = 0; i < s.Cog * K; ++i) wbuf[i] = static_cast<acc>(wg[i]);
+      if (tg) {
+        // wbuf[ci, (co * kh + i') * kw + j'] = W[co, ci, kh-1-i', kw-1-j'] (Cg x Kt).
+        const int64_t taps = s.kh * s.kw;
+        for (int64_t co = 0; co < s.Cog; ++co)
+          for (int64_t ci = 0; ci < s.Cg; ++ci)
+            for (int64_t k = 0; k < taps; ++k)
+              wbuf[ci * Kt + co * taps + (taps - 1 - k)] = static_cast<acc>(wg[(co * s.Cg + ci) * taps + k]);
+      } else {
+        for (int64_t i = 0; i < s.Cog * K; ++i) wbuf[i] = static_cast<acc>(wg[i]);
+        std::fill(gplanes.begin(), gplanes.end(), acc(0));
+      }
       std::fill(gwacc.begin(), gwacc.end(), acc(0));
-      std::fill(gplanes.begin(), gplanes.end(), acc(0));
       std::fill(gbd.begin(), gbd.end(), 0.0);
+      if (tg) {
+        for (int64_t r0 = 0; r0 < s.H; r0 += Rt) {
+          const int64_t r1 = std::min(s.H, r0 + Rt), L = (r1 - r0) * s.W;
+          im2col(gy + n * s.Co * s.Q(), *tg, g, r0, r1, identity, 0, cols.data(), strip.data(),
+                 conv.data());
+          gemm(Mat<const acc>{wbuf.data(), s.Cg, Kt, Kt, 1}, Mat<const acc>{cols.data(), Kt, L, L, 1},
+               acc(0), Mat<acc>{gplanes.data() + r0 * s.W, s.Cg, L, s.P(), 1});
+        }
+      }
       for (int64_t r0 = 0; r0 < s.Ho; r0 += R) {
         const int64_t r1 = std::min(s.Ho, r0 + R), L = (r1 - r0) * s.Wo;
         im2col(x + n * s.C * s.P(), s, g, r0, r1, q, n * s.C, cols.data(), strip.data(), conv.data());
@@ -338,9 +381,11 @@ void grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, 
         // gW += gy_tile @ cols^T ; gcols = W^T @ gy_tile.
         gemm(gt, Mat<const acc>{cols.data(), L, K, 1, L}, acc(1),
              Mat<acc>{gwacc.data(), s.Cog, K, K, 1});
-        gemm(Mat<const acc>{wbuf.data(), K, s.Cog, 1, K}, gt, acc(0),
-             Mat<acc>{gcols.data(), K, L, L, 1});
-        col2im(gcols.data(), s, r0, r1, gplanes.data());
+        if (!tg) {
+          gemm(Mat<const acc>{wbuf.data(), K, s.Cog, 1, K}, gt, acc(0),
+               Mat<acc>{gcols.data(), K, L, L, 1});
+          col2im(gcols.data(), s, r0, r1, gplanes.data());
+        }
       }
       for (int64_t o = 0; o < s.Cog; ++o) gb[n * s.Co + g * s.Cog + o] = static_cast<T>(gbd[o]);
       T* gwp = gw + (n * s.Co + g * s.Cog) * K;
