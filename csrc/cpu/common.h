@@ -72,21 +72,29 @@ std::vector<acc_t<T>> scratch(int64_t n) {
 // Per-channel normalization parameters in the accumulation type: the mean split as hi + lo (see
 // din_ops/math.h) and rstd. For double data lo is 0.
 template <typename acc>
+struct PlaneNorm {
+  acc hi, lo, rstd;
+};
+
+template <typename acc>
+PlaneNorm<acc> plane_norm(double mean, double rstd) {
+  if constexpr (std::is_same_v<acc, double>) {
+    return {mean, 0.0, rstd};
+  } else {
+    const auto s = math::split_mean(mean);
+    return {s.hi, s.lo, static_cast<acc>(rstd)};
+  }
+}
+
+template <typename acc>
 struct NormParams {
   std::vector<acc> hi, lo, rstd;
 
   NormParams(const double* mean, const double* rs, int64_t count)
       : hi(count), lo(count), rstd(count) {
     for (int64_t i = 0; i < count; ++i) {
-      if constexpr (std::is_same_v<acc, double>) {
-        hi[i] = mean[i];
-        lo[i] = 0.0;
-      } else {
-        const auto s = math::split_mean(mean[i]);
-        hi[i] = s.hi;
-        lo[i] = s.lo;
-      }
-      rstd[i] = static_cast<acc>(rs[i]);
+      const PlaneNorm<acc> p = plane_norm<acc>(mean[i], rs[i]);
+      hi[i] = p.hi, lo[i] = p.lo, rstd[i] = p.rstd;
     }
   }
 };
@@ -103,6 +111,21 @@ inline int64_t grain_for(int64_t work) {
   return std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(work, 1));
 }
 
+// Mean and rstd of one contiguous plane of P values (`buf`: scratch<T>(kBlock)).
+template <typename T>
+void plane_stats(const T* xp, int64_t P, double eps, double* mean, double* rstd, acc_t<T>* buf) {
+  using acc = acc_t<T>;
+  const acc shift = static_cast<acc>(xp[0]);
+  double s1 = 0.0, s2 = 0.0;
+  for (int64_t i = 0; i < P; i += kBlock) {
+    const int64_t len = std::min(kBlock, P - i);
+    shifted_sums(load(xp + i, len, buf), len, shift, &s1, &s2);
+  }
+  const auto m = math::moments_from_shifted_sums(shift, s1, s2, double(P), eps);
+  *mean = m.mean;
+  *rstd = m.rstd;
+}
+
 // Instance statistics of samples [n0, n1) of x (laid out as `layout`), written to mean/rstd at
 // [n0 * C, n1 * C). Deterministic: the summation order does not depend on the thread count.
 template <typename T>
@@ -114,16 +137,7 @@ void instance_stats(const T* x, Layout layout, int64_t n0, int64_t n1, int64_t C
     at::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
       auto buf = scratch<T>(kBlock);
       for (int64_t plane = b; plane < e; ++plane) {
-        const T* xp = x + plane * P;
-        const acc shift = static_cast<acc>(xp[0]);
-        double s1 = 0.0, s2 = 0.0;
-        for (int64_t i = 0; i < P; i += kBlock) {
-          const int64_t len = std::min(kBlock, P - i);
-          shifted_sums(load(xp + i, len, buf.data()), len, shift, &s1, &s2);
-        }
-        const auto m = math::moments_from_shifted_sums(shift, s1, s2, double(P), eps);
-        mean[plane] = m.mean;
-        rstd[plane] = m.rstd;
+        plane_stats(x + plane * P, P, eps, mean + plane, rstd + plane, buf.data());
       }
     });
     return;

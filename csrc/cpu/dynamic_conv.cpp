@@ -110,17 +110,25 @@ void padded_rows(const T* xc, const Geometry& s, int64_t Wp, int64_t r0, int64_t
 // ---------------------------------------------------------------------------------------------
 // Depthwise: one task per (n, c) plane.
 
+// The statistics of each plane are computed in its task, just before the plane is normalized, so
+// x is read from memory once (the second read hits the cache).
 template <typename T>
-void depthwise_forward(const T* x, const T* w, const T* b, T* y, const Geometry& s,
-                       const NormParams<acc_t<T>>& q) {
+void depthwise_forward(const T* x, const T* w, const T* b, T* y, const Geometry& s, bool normalize,
+                       double eps, double* mean, double* rstd) {
   using acc = acc_t<T>;
   const int64_t Hp = (s.Ho - 1) * s.sh + (s.kh - 1) * s.dh + 1;
   const int64_t Wp = (s.Wo - 1) * s.sw + (s.kw - 1) * s.dw + 1;
   at::parallel_for(0, s.N * s.C, grain_for(Hp * Wp * s.kh * s.kw), [&](int64_t p0, int64_t p1) {
-    std::vector<acc> pad(Hp * Wp), conv = scratch<T>(s.W), out = scratch<T>(s.Q()), wv(s.kh * s.kw);
+    std::vector<acc> pad(Hp * Wp), conv = scratch<T>(std::max(s.W, kBlock)), out = scratch<T>(s.Q());
+    std::vector<acc> wv(s.kh * s.kw);
     for (int64_t plane = p0; plane < p1; ++plane) {
-      padded_rows(x + plane * s.P(), s, Wp, 0, Hp, q.hi[plane], q.lo[plane], q.rstd[plane],
-                  pad.data(), conv.data());
+      if (normalize) {
+        plane_stats(x + plane * s.P(), s.P(), eps, mean + plane, rstd + plane, conv.data());
+      } else {
+        mean[plane] = 0.0, rstd[plane] = 1.0;
+      }
+      const PlaneNorm<acc> q = plane_norm<acc>(mean[plane], rstd[plane]);
+      padded_rows(x + plane * s.P(), s, Wp, 0, Hp, q.hi, q.lo, q.rstd, pad.data(), conv.data());
       for (int64_t i = 0; i < s.kh * s.kw; ++i) wv[i] = static_cast<acc>(w[plane * s.kh * s.kw + i]);
       const acc bias = b != nullptr ? static_cast<acc>(b[plane]) : acc(0);
       T* yp = y + plane * s.Q();
@@ -452,14 +460,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cpu(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dynamic_conv", [&] {
       using acc = acc_t<scalar_t>;
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      statistics(xp, s, normalize, eps, mean.mutable_data_ptr<double>(),
-                 rstd.mutable_data_ptr<double>());
-      const NormParams<acc> q(mean.const_data_ptr<double>(), rstd.const_data_ptr<double>(),
-                              s.N * s.C);
       const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
       if (s.depthwise()) {
-        depthwise_forward(xp, w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s, q);
+        depthwise_forward(xp, w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s,
+                          normalize, eps, mean.mutable_data_ptr<double>(),
+                          rstd.mutable_data_ptr<double>());
       } else {
+        statistics(xp, s, normalize, eps, mean.mutable_data_ptr<double>(),
+                   rstd.mutable_data_ptr<double>());
+        const NormParams<acc> q(mean.const_data_ptr<double>(), rstd.const_data_ptr<double>(),
+                                s.N * s.C);
         grouped_forward(xp, w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s, q);
       }
     });
