@@ -133,8 +133,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_cuda(
                "dynamic_instance_norm_1x1 (statistics)");
   const at::Tensor xh3 = xh.view({N, C, P});
   const bool has_bias = bias.has_value() && bias->defined();
-  // y[n] = W[n] @ xh[n] (+ b[n] as the GEMM's beta = 1 input, broadcast over the pixels).
-  at::Tensor y3 = has_bias ? at::baddbmm(bias->unsqueeze(2), weight, xh3) : at::bmm(weight, xh3);
+  // y[n] = W[n] @ xh[n] (+ b[n] as the GEMM's beta = 1 input, a stride-0 view over the pixels).
+  at::Tensor y3 = has_bias ? at::baddbmm(bias->unsqueeze(2).expand({N, Co, P}), weight, xh3)
+                           : at::bmm(weight, xh3);
   return {in_layout_of(y3.view({N, Co, H, W}), cl), mean, rstd};
 }
 
