@@ -21,10 +21,15 @@ def cxx_flags():
 
 
 def extension():
+    # The CPU sources: csrc/**/*.cpp without the C++ tests and the CUDA glue (paths relative to the
+    # repository, so the name of the folder it sits in does not matter).
     sources = sorted(
-        os.path.relpath(p, ROOT)
-        for p in glob.glob(os.path.join(ROOT, "csrc", "**", "*.cpp"), recursive=True)
-        if os.sep + "tests" + os.sep not in p and os.sep + "cuda" + os.sep not in p
+        rel
+        for rel in (
+            os.path.relpath(p, ROOT)
+            for p in glob.glob(os.path.join(ROOT, "csrc", "**", "*.cpp"), recursive=True)
+        )
+        if rel.split(os.sep)[1] not in ("tests", "cuda")
     )
     if want_cuda():
         return cuda_extension(sources)

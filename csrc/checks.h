@@ -117,8 +117,9 @@ inline void check_conv_args(const at::Tensor& x, const at::Tensor& w,
 inline void check_stats_device(const at::Tensor& x, const at::Tensor& mean,
                                const at::Tensor& rstd) {
   for (const auto* t : {&mean, &rstd}) {
-    TORCH_CHECK_VALUE(t->device() == x.device(), "din_ops: expected the statistics on the device of x (",
-                      x.device(), "), got ", t->device());
+    TORCH_CHECK_VALUE(t->device() == x.device(),
+                      "din_ops: expected the statistics on the device of x (", x.device(),
+                      "), got ", t->device());
   }
 }
 

@@ -332,7 +332,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_
   auto ggamma = full ? at::empty_like(x, at::MemoryFormat::Contiguous)
                      : at::empty({N, C, 1, 1}, x.options());
   auto gbeta = beta_defined ? at::empty({N, C, 1, 1}, x.options()) : at::empty({0}, x.options());
-  if (x.numel() == 0) return {in_layout_of(gx, cl), full ? in_layout_of(ggamma, cl) : ggamma, gbeta};
+  if (x.numel() == 0) {
+    return {in_layout_of(gx, cl), full ? in_layout_of(ggamma, cl) : ggamma, gbeta};
+  }
   const at::Tensor gy = grad_y.contiguous();
   const at::Tensor gamma = prepare(gamma_in, x);
   const at::Tensor m = mean.contiguous(), r = rstd.contiguous();

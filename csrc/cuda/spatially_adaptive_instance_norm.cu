@@ -35,8 +35,9 @@ __global__ void __launch_bounds__(kPlaneThreads)
   const bool beta_plane = beta != nullptr && !beta_full;
   const acc b0 = beta_plane ? to_acc(beta[plane]) : acc(0);
   // A per-plane gamma folds into the scale s = rstd * gamma (computed in double).
-  const acc s = gamma_full ? acc(0)
-                           : math::plane_scale<acc>(m.rstd, static_cast<double>(to_acc(gamma[plane])));
+  const acc s = gamma_full
+                    ? acc(0)
+                    : math::plane_scale<acc>(m.rstd, static_cast<double>(to_acc(gamma[plane])));
   const T* gp = gamma_full ? gamma + base : nullptr;
   const T* bp = beta_full ? beta + base : nullptr;
   T* yp = y + base;
@@ -48,8 +49,9 @@ __global__ void __launch_bounds__(kPlaneThreads)
     for (int j = 0; j < VEC; ++j) {
       const acc b = bp != nullptr ? to_acc(bv.v[j]) : b0;
       const acc xj = to_acc(xv.v[j]);
-      const acc r = gp != nullptr ? math::normalize_affine(xj, q.hi, q.lo, q.rstd, to_acc(gv.v[j]), b)
-                                  : math::normalize_scale_shift(xj, q.hi, q.lo, s, b);
+      const acc r = gp != nullptr
+                        ? math::normalize_affine(xj, q.hi, q.lo, q.rstd, to_acc(gv.v[j]), b)
+                        : math::normalize_scale_shift(xj, q.hi, q.lo, s, b);
       out.v[j] = from_acc<T>(r);
     }
     store_vec<T, VEC>(yp, i, out);
