@@ -16,7 +16,8 @@ namespace {
 constexpr int kForwardCache = 8;
 constexpr int kBackwardCache = 4;
 
-// beta: 0 = absent, 1 = per plane, 2 = full size.
+// gamma: full size (gamma_full) or one value per plane; beta: null, full size (beta_full) or one
+// value per plane.
 template <typename T, int VEC, int CACHE>
 __global__ void __launch_bounds__(kPlaneThreads)
     forward_kernel(const T* __restrict__ x, const T* __restrict__ gamma, bool gamma_full,
