@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: install test test-python test-cpp bench clean
+.PHONY: install test test-python test-cpp test-cuda-compile bench gpu clean
 
 # torch is installed only where none is (pinned: an unpinned torch would pull a multi-GB CUDA
 # build); an existing torch >= 2.11, e.g. a CUDA build on a GPU machine, is kept.
@@ -13,7 +13,7 @@ install:
 	$(PYTHON) -m pip install --quiet numpy pytest hypothesis expecttest
 	$(PYTHON) -m pip install --no-build-isolation --quiet -e .
 
-test: install test-python test-cpp
+test: install test-python test-cpp test-cuda-compile
 
 test-python:
 	$(PYTHON) -m pytest tests -q
@@ -23,6 +23,17 @@ test-cpp:
 	  -DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build $(CMAKE_BUILD) -j2
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+# Compile-only check of the CUDA kernels (nvcc -c for sm_80 and sm_90, and the host glue against the
+# torch CUDA headers); runs without a GPU, skips with a message when nvcc is absent.
+test-cuda-compile:
+	PYTHON=$(PYTHON) .ci/cuda_compile_check.sh
+
+# On a GPU machine (CUDA build of torch + nvcc): build the CUDA extension, run the whole test suite
+# (the cuda cases included) and the GPU benchmarks; results go to benchmarks/results/ with the
+# device name, torch/CUDA versions and date.
+gpu:
+	PYTHON=$(PYTHON) .ci/gpu_run.sh
 
 bench: install
 	$(PYTHON) -m benchmarks

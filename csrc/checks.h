@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include "din_ops/math.h"
+
 namespace din_ops {
 
 inline void check_float_tensor(const at::Tensor& t, const char* name) {
@@ -71,6 +73,54 @@ inline void check_modulation(const at::Tensor& x, const at::Tensor& t, const cha
   TORCH_CHECK_VALUE(t.sizes() == x.sizes() || per_plane, "din_ops: expected ", name,
                     " of shape (N, C, H, W) = ", x.sizes(), " or (N, C, 1, 1) = [", x.size(0),
                     ", ", x.size(1), ", 1, 1], got ", t.sizes());
+}
+
+// Arguments of dynamic_conv / dynamic_conv_backward (every backend): weight (N, Co, C / groups,
+// kh, kw), bias (N, Co) or undefined, stride and dilation of 2 values, padding (top, bottom, left,
+// right), and a kernel that fits the padded input.
+inline void check_conv_args(const at::Tensor& x, const at::Tensor& w,
+                            const c10::optional<at::Tensor>& b, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  check_input(x);
+  check_same_dtype_device(w, "weight", x);
+  TORCH_CHECK_VALUE(stride.size() == 2 && dilation.size() == 2 && padding.size() == 4,
+                    "din_ops: expected stride and dilation of 2 values and padding of 4 "
+                    "(top, bottom, left, right)");
+  TORCH_CHECK_VALUE(stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0,
+                    "din_ops: expected positive stride and dilation, got ", stride, " and ",
+                    dilation);
+  for (auto p : padding) TORCH_CHECK_VALUE(p >= 0, "din_ops: expected padding >= 0, got ", padding);
+  TORCH_CHECK_VALUE(groups > 0 && x.size(1) % groups == 0,
+                    "din_ops: expected groups to divide C = ", x.size(1), ", got groups = ", groups);
+  TORCH_CHECK_VALUE(w.dim() == 5 && w.size(0) == x.size(0) && w.size(2) == x.size(1) / groups &&
+                        w.size(1) % groups == 0 && w.size(3) > 0 && w.size(4) > 0,
+                    "din_ops: expected weight of shape (N, Co, C / groups, kh, kw) with N = ",
+                    x.size(0), ", C / groups = ", x.size(1) / groups,
+                    " and Co divisible by groups, got ", w.sizes());
+  if (b.has_value() && b->defined()) {
+    check_same_dtype_device(*b, "bias", x);
+    TORCH_CHECK_VALUE(b->dim() == 2 && b->size(0) == x.size(0) && b->size(1) == w.size(1),
+                      "din_ops: expected bias of shape (N, Co) = (", x.size(0), ", ", w.size(1),
+                      "), got ", b->sizes());
+  }
+  const int64_t Ho = math::conv_out_size(x.size(2), padding[0], padding[1], w.size(3), stride[0],
+                                         dilation[0]);
+  const int64_t Wo = math::conv_out_size(x.size(3), padding[2], padding[3], w.size(4), stride[1],
+                                         dilation[1]);
+  TORCH_CHECK_VALUE(Ho > 0 && Wo > 0, "din_ops: the kernel (", w.size(3), ", ", w.size(4),
+                    ") with dilation ", dilation, " is larger than the padded input (",
+                    x.size(2) + padding[0] + padding[1], ", ", x.size(3) + padding[2] + padding[3],
+                    ")");
+}
+
+// The statistics handed to a backward op live on the device of x.
+inline void check_stats_device(const at::Tensor& x, const at::Tensor& mean,
+                               const at::Tensor& rstd) {
+  for (const auto* t : {&mean, &rstd}) {
+    TORCH_CHECK_VALUE(t->device() == x.device(),
+                      "din_ops: expected the statistics on the device of x (", x.device(),
+                      "), got ", t->device());
+  }
 }
 
 }  // namespace din_ops

@@ -5,6 +5,8 @@ import torch
 import din_ops
 from din_ops import reference
 
+from conftest import DEVICES
+
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
@@ -13,15 +15,17 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_dynamic_instance_norm_compiles(memory_format):
+def test_dynamic_instance_norm_compiles(memory_format, device):
     def layer(x, w, b):
         return torch.relu(din_ops.dynamic_instance_norm(x, w, b)) * 2
 
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    x = torch.randn(2, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
-    w = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, device=device)
+    x = x.contiguous(memory_format=memory_format).requires_grad_()
+    w = torch.randn(2, 4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(2, 4, dtype=torch.float64, device=device, requires_grad=True)
     y = compiled(x, w, b)
     expected = torch.relu(reference.dynamic_instance_norm(x, w, b)) * 2
     torch.testing.assert_close(y, expected)
@@ -31,9 +35,10 @@ def test_dynamic_instance_norm_compiles(memory_format):
         torch.testing.assert_close(g, e)
 
 
-def test_instance_norm_compiles_with_inductor():
+@pytest.mark.parametrize("device", DEVICES)
+def test_instance_norm_compiles_with_inductor(device):
     compiled = torch.compile(lambda x: din_ops.instance_norm(x) + 1, fullgraph=True)
-    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    x = torch.randn(2, 3, 8, 8, device=device, requires_grad=True)
     y = compiled(x)
     torch.testing.assert_close(y, reference.instance_norm(x) + 1, atol=1e-5, rtol=1e-5)
     (g,) = torch.autograd.grad(y.square().sum(), x)
@@ -42,9 +47,10 @@ def test_instance_norm_compiles_with_inductor():
     torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 
 
-def test_dynamic_shapes():
+@pytest.mark.parametrize("device", DEVICES)
+def test_dynamic_shapes(device):
     compiled = torch.compile(din_ops.dynamic_instance_norm, fullgraph=True, dynamic=True, backend="aot_eager")
     for n, c, h in [(2, 3, 5), (3, 4, 7)]:
-        x = torch.randn(n, c, h, h + 1, dtype=torch.float64)
-        w = torch.randn(n, c + 1, c, dtype=torch.float64)
+        x = torch.randn(n, c, h, h + 1, dtype=torch.float64, device=device)
+        w = torch.randn(n, c + 1, c, dtype=torch.float64, device=device)
         torch.testing.assert_close(compiled(x, w), reference.dynamic_instance_norm(x, w))

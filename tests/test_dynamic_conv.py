@@ -155,8 +155,9 @@ def test_one_by_one_kernel_matches_the_fused_1x1_op(device):
     torch.testing.assert_close(y1, y2)
 
 
-def test_empty_batch():
-    x, w, b = make("depthwise3x3", n=0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    x, w, b = make("depthwise3x3", n=0, device=device)
     y = din_ops.dynamic_instance_norm(x.requires_grad_(), w, b, **conv_kwargs("depthwise3x3"))
     assert y.shape == (0, 8, 9, 11)
     y.sum().backward()
@@ -165,8 +166,9 @@ def test_empty_batch():
 
 @pytest.mark.parametrize("name", ["depthwise3x3_stride2", "grouped3x3_g2", "even2x2_same"])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_opcheck(name, normalize):
-    x, w, b = make(name, 5, 6)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(name, normalize, device):
+    x, w, b = make(name, 5, 6, device=device)
     kw = conv_kwargs(name)
     from din_ops.ops import _conv_args
 
@@ -180,9 +182,10 @@ def test_opcheck(name, normalize):
     )
 
 
-def test_compile():
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile(device):
     torch._dynamo.reset()
-    x, w, b = make("depthwise3x3_stride2", 6, 7)
+    x, w, b = make("depthwise3x3_stride2", 6, 7, device=device)
     kw = conv_kwargs("depthwise3x3_stride2")
     compiled = torch.compile(lambda x, w, b: din_ops.dynamic_instance_norm(x, w, b, **kw).relu(), fullgraph=True, backend="aot_eager")
     x.requires_grad_()

@@ -143,10 +143,11 @@ def test_reference_backend_is_selectable():
     torch.testing.assert_close(din_ops.dynamic_instance_norm(x, w, b, backend="reference"), expected(x, w, b))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_opcheck(name, bias):
-    x, w, b = make((2, 5, 6, 7), 3, bias=bias)
+def test_opcheck(device, name, bias):
+    x, w, b = make((2, 5, 6, 7), 3, device=device, bias=bias)
     x = layout(x, name)
     torch.library.opcheck(torch.ops.din_ops.dynamic_instance_norm_1x1, (x.requires_grad_(), w.requires_grad_(), b, 1e-5))
     y, mean, rstd = torch.ops.din_ops.dynamic_instance_norm_1x1(x.detach(), w.detach(), b, 1e-5)

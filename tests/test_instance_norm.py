@@ -106,9 +106,10 @@ def test_reference_backend_is_selectable():
     torch.testing.assert_close(din_ops.instance_norm(x, backend="reference"), reference.instance_norm(x))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["contiguous", "channels_last"])
-def test_opcheck(name):
-    x = layout(torch.randn(2, 5, 6, 7, dtype=torch.float64), name).requires_grad_()
+def test_opcheck(device, name):
+    x = layout(torch.randn(2, 5, 6, 7, dtype=torch.float64, device=device), name).requires_grad_()
     torch.library.opcheck(torch.ops.din_ops.instance_norm, (x, 1e-5))
     y, mean, rstd = torch.ops.din_ops.instance_norm(x.detach(), 1e-5)
     torch.library.opcheck(torch.ops.din_ops.instance_norm_backward, (torch.randn_like(y), x.detach(), mean, rstd))

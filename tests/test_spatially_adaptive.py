@@ -72,9 +72,10 @@ def test_layouts(device, name, dtype, forms):
     assert_close_to_reference(y, reference64(x, gamma, beta), dtype, baseline)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("x_name,g_name", [("channels_last", "contiguous"), ("contiguous", "channels_last")])
-def test_gamma_in_another_layout_than_x(x_name, g_name):
-    x, gamma, beta = inputs((2, 8, 6, 5), torch.float32, "cpu", ("full", "full"))
+def test_gamma_in_another_layout_than_x(device, x_name, g_name):
+    x, gamma, beta = inputs((2, 8, 6, 5), torch.float32, device, ("full", "full"))
     x, gamma, beta = layout(x, x_name), layout(gamma, g_name), layout(beta, "strided")
     assert_close_to_reference(sain(x, gamma, beta), reference64(x, gamma, beta), torch.float32)
 
@@ -235,8 +236,9 @@ def test_direct_operator_calls_are_checked_too():
 
 @pytest.mark.parametrize("name", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("forms", FORMS[:3], ids=str)
-def test_opcheck(name, forms):
-    x, gamma, beta = inputs((2, 5, 6, 7), torch.float64, "cpu", forms)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(name, forms, device):
+    x, gamma, beta = inputs((2, 5, 6, 7), torch.float64, device, forms)
     x = layout(x, name)
     args = [t.requires_grad_() for t in (x, gamma, beta) if t is not None]
     if beta is None:
@@ -252,14 +254,15 @@ def test_opcheck(name, forms):
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("forms", FORMS[:3], ids=str)
-def test_compiles_with_backward(memory_format, forms):
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiles_with_backward(memory_format, forms, device):
     torch._dynamo.reset()
 
     def layer(x, gamma, beta):
         return torch.relu(sain(x, gamma, beta)) * 2
 
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    x, gamma, beta = inputs((2, 6, 5, 7), torch.float64, "cpu", forms)
+    x, gamma, beta = inputs((2, 6, 5, 7), torch.float64, device, forms)
     x = x.contiguous(memory_format=memory_format)
     leaves = [t.requires_grad_() for t in (x, gamma, beta) if t is not None]
     y = compiled(x, gamma, beta)

@@ -56,37 +56,6 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stri
   return s;
 }
 
-void check_conv_args(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
-                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                     int64_t groups) {
-  check_input(x);
-  check_same_dtype_device(w, "weight", x);
-  TORCH_CHECK_VALUE(stride.size() == 2 && dilation.size() == 2 && padding.size() == 4,
-                    "din_ops: expected stride and dilation of 2 values and padding of 4 "
-                    "(top, bottom, left, right)");
-  TORCH_CHECK_VALUE(stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0,
-                    "din_ops: expected positive stride and dilation, got ", stride, " and ",
-                    dilation);
-  for (auto p : padding) TORCH_CHECK_VALUE(p >= 0, "din_ops: expected padding >= 0, got ", padding);
-  TORCH_CHECK_VALUE(groups > 0 && x.size(1) % groups == 0,
-                    "din_ops: expected groups to divide C = ", x.size(1), ", got groups = ", groups);
-  TORCH_CHECK_VALUE(w.dim() == 5 && w.size(0) == x.size(0) && w.size(2) == x.size(1) / groups &&
-                        w.size(1) % groups == 0 && w.size(3) > 0 && w.size(4) > 0,
-                    "din_ops: expected weight of shape (N, Co, C / groups, kh, kw) with N = ",
-                    x.size(0), ", C / groups = ", x.size(1) / groups,
-                    " and Co divisible by groups, got ", w.sizes());
-  if (b.has_value() && b->defined()) {
-    check_same_dtype_device(*b, "bias", x);
-    TORCH_CHECK_VALUE(b->dim() == 2 && b->size(0) == x.size(0) && b->size(1) == w.size(1),
-                      "din_ops: expected bias of shape (N, Co) = (", x.size(0), ", ", w.size(1),
-                      "), got ", b->sizes());
-  }
-  const Geometry s = geometry(x, w, stride, padding, dilation, groups);
-  TORCH_CHECK_VALUE(s.Ho > 0 && s.Wo > 0, "din_ops: the kernel (", s.kh, ", ", s.kw,
-                    ") with dilation ", dilation, " is larger than the padded input (",
-                    s.H + padding[0] + padding[1], ", ", s.W + padding[2] + padding[3], ")");
-}
-
 // Rows [r0, r1) of the zero-padded, normalized plane of one channel, into `pad` (width Wp, row r of
 // the padded plane at pad + (r - r0) * Wp). Padded row r is input row r - pt.
 template <typename T>

@@ -1,7 +1,10 @@
 #include "loops.h"
 
+#include "din_ops/math.h"
+
 #include <algorithm>
 
+// The per-element formulas are those of din_ops/math.h, the functions the CUDA kernels run too.
 // Each exported loop is compiled for AVX-512 (x86-64-v4), AVX2+FMA (x86-64-v3) and the baseline, and
 // the dynamic loader picks one for the CPU it runs on.
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
@@ -88,13 +91,13 @@ DIN_INLINE void grad_sums_impl(const T* g, const T* x, int64_t n, T hi, T lo, T 
     int64_t i = b;
     for (; i + L <= e; i += L) {
       for (int j = 0; j < L; ++j) {
-        const T xh = ((x[i + j] - hi) - lo) * r;
+        const T xh = math::normalize(x[i + j], hi, lo, r);
         a1[j] += g[i + j];
         a2[j] += g[i + j] * xh;
       }
     }
     for (; i < e; ++i) {
-      const T xh = ((x[i] - hi) - lo) * r;
+      const T xh = math::normalize(x[i], hi, lo, r);
       a1[0] += g[i];
       a2[0] += g[i] * xh;
     }
@@ -119,7 +122,7 @@ DIN_INLINE void grad_sums_rows_impl(const T* g, const T* x, int64_t rows, int64_
         const T* xr = x + p * C + c0;
         const T* gr = g + p * C + c0;
         for (int64_t j = 0; j < cn; ++j) {
-          const T xh = ((xr[j] - hi[c0 + j]) - lo[c0 + j]) * r[c0 + j];
+          const T xh = math::normalize(xr[j], hi[c0 + j], lo[c0 + j], r[c0 + j]);
           a1[j] += gr[j];
           a2[j] += gr[j] * xh;
         }
@@ -134,7 +137,7 @@ DIN_INLINE void grad_sums_rows_impl(const T* g, const T* x, int64_t rows, int64_
 
 template <typename T>
 DIN_INLINE void normalize_impl(const T* x, int64_t n, T hi, T lo, T r, T* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = ((x[i] - hi) - lo) * r;
+  for (int64_t i = 0; i < n; ++i) out[i] = math::normalize(x[i], hi, lo, r);
 }
 
 template <typename T>
@@ -143,7 +146,7 @@ DIN_INLINE void normalize_rows_impl(const T* x, int64_t rows, int64_t C, const T
   for (int64_t p = 0; p < rows; ++p) {
     const T* xr = x + p * C;
     T* o = out + p * C;
-    for (int64_t c = 0; c < C; ++c) o[c] = ((xr[c] - hi[c]) - lo[c]) * rstd[c];
+    for (int64_t c = 0; c < C; ++c) o[c] = math::normalize(xr[c], hi[c], lo[c], rstd[c]);
   }
 }
 
@@ -152,12 +155,12 @@ DIN_INLINE void normalize_backward_impl(const T* g, const T* x, int64_t n, T hi,
                                         T mgxh, T* out) {
   if (g != nullptr) {
     for (int64_t i = 0; i < n; ++i) {
-      const T xh = ((x[i] - hi) - lo) * r;
-      out[i] = r * (g[i] - mg - xh * mgxh);
+      const T xh = math::normalize(x[i], hi, lo, r);
+      out[i] = math::normalize_backward(g[i], xh, r, mg, mgxh);
     }
   } else {
     for (int64_t i = 0; i < n; ++i) {
-      const T xh = ((x[i] - hi) - lo) * r;
+      const T xh = math::normalize(x[i], hi, lo, r);
       out[i] = -r * (mg + xh * mgxh);
     }
   }
@@ -173,12 +176,12 @@ DIN_INLINE void normalize_backward_rows_impl(const T* g, const T* x, int64_t row
     if (g != nullptr) {
       const T* gr = g + p * C;
       for (int64_t c = 0; c < C; ++c) {
-        const T xh = ((xr[c] - hi[c]) - lo[c]) * r[c];
-        o[c] = r[c] * (gr[c] - mg[c] - xh * mgxh[c]);
+        const T xh = math::normalize(xr[c], hi[c], lo[c], r[c]);
+        o[c] = math::normalize_backward(gr[c], xh, r[c], mg[c], mgxh[c]);
       }
     } else {
       for (int64_t c = 0; c < C; ++c) {
-        const T xh = ((xr[c] - hi[c]) - lo[c]) * r[c];
+        const T xh = math::normalize(xr[c], hi[c], lo[c], r[c]);
         o[c] = -r[c] * (mg[c] + xh * mgxh[c]);
       }
     }
@@ -497,9 +500,11 @@ template <typename T>
 DIN_INLINE void normalize_affine_impl(const T* x, int64_t n, T hi, T lo, T r, const T* gamma,
                                       const T* beta, T b, T* out) {
   if (beta != nullptr) {
-    for (int64_t i = 0; i < n; ++i) out[i] = ((x[i] - hi) - lo) * r * gamma[i] + beta[i];
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = math::normalize_affine(x[i], hi, lo, r, gamma[i], beta[i]);
+    }
   } else {
-    for (int64_t i = 0; i < n; ++i) out[i] = ((x[i] - hi) - lo) * r * gamma[i] + b;
+    for (int64_t i = 0; i < n; ++i) out[i] = math::normalize_affine(x[i], hi, lo, r, gamma[i], b);
   }
 }
 
@@ -507,9 +512,9 @@ template <typename T>
 DIN_INLINE void normalize_scale_shift_impl(const T* x, int64_t n, T hi, T lo, T s, const T* beta,
                                            T b, T* out) {
   if (beta != nullptr) {
-    for (int64_t i = 0; i < n; ++i) out[i] = ((x[i] - hi) - lo) * s + beta[i];
+    for (int64_t i = 0; i < n; ++i) out[i] = math::normalize_scale_shift(x[i], hi, lo, s, beta[i]);
   } else {
-    for (int64_t i = 0; i < n; ++i) out[i] = ((x[i] - hi) - lo) * s + b;
+    for (int64_t i = 0; i < n; ++i) out[i] = math::normalize_scale_shift(x[i], hi, lo, s, b);
   }
 }
 
@@ -523,9 +528,13 @@ DIN_INLINE void normalize_affine_rows_impl(const T* x, int64_t rows, int64_t C, 
     T* o = out + p * C;
     if (beta != nullptr) {
       const T* br = beta + p * C;
-      for (int64_t c = 0; c < C; ++c) o[c] = ((xr[c] - hi[c]) - lo[c]) * r[c] * gr[c] + br[c];
+      for (int64_t c = 0; c < C; ++c) {
+        o[c] = math::normalize_affine(xr[c], hi[c], lo[c], r[c], gr[c], br[c]);
+      }
     } else {
-      for (int64_t c = 0; c < C; ++c) o[c] = ((xr[c] - hi[c]) - lo[c]) * r[c] * gr[c] + b[c];
+      for (int64_t c = 0; c < C; ++c) {
+        o[c] = math::normalize_affine(xr[c], hi[c], lo[c], r[c], gr[c], b[c]);
+      }
     }
   }
 }
@@ -539,9 +548,13 @@ DIN_INLINE void normalize_scale_shift_rows_impl(const T* x, int64_t rows, int64_
     T* o = out + p * C;
     if (beta != nullptr) {
       const T* br = beta + p * C;
-      for (int64_t c = 0; c < C; ++c) o[c] = ((xr[c] - hi[c]) - lo[c]) * s[c] + br[c];
+      for (int64_t c = 0; c < C; ++c) {
+        o[c] = math::normalize_scale_shift(xr[c], hi[c], lo[c], s[c], br[c]);
+      }
     } else {
-      for (int64_t c = 0; c < C; ++c) o[c] = ((xr[c] - hi[c]) - lo[c]) * s[c] + b[c];
+      for (int64_t c = 0; c < C; ++c) {
+        o[c] = math::normalize_scale_shift(xr[c], hi[c], lo[c], s[c], b[c]);
+      }
     }
   }
 }
@@ -557,7 +570,7 @@ DIN_INLINE void affine_grad_sums_impl(const T* gy, const T* x, const T* gamma, i
     int64_t i = b;
     for (; i + L <= e; i += L) {
       for (int j = 0; j < L; ++j) {
-        const T xh = ((x[i + j] - hi) - lo) * r;
+        const T xh = math::normalize(x[i + j], hi, lo, r);
         const T g = gy[i + j] * gamma[i + j];
         a1[j] += g;
         a2[j] += g * xh;
@@ -565,7 +578,7 @@ DIN_INLINE void affine_grad_sums_impl(const T* gy, const T* x, const T* gamma, i
       }
     }
     for (; i < e; ++i) {
-      const T xh = ((x[i] - hi) - lo) * r;
+      const T xh = math::normalize(x[i], hi, lo, r);
       const T g = gy[i] * gamma[i];
       a1[0] += g;
       a2[0] += g * xh;
@@ -596,7 +609,7 @@ DIN_INLINE void affine_grad_sums_rows_impl(const T* gy, const T* x, const T* gam
         const T* gr = gy + p * C + c0;
         const T* wr = gamma + p * C + c0;
         for (int64_t j = 0; j < cn; ++j) {
-          const T xh = ((xr[j] - hi[c0 + j]) - lo[c0 + j]) * r[c0 + j];
+          const T xh = math::normalize(xr[j], hi[c0 + j], lo[c0 + j], r[c0 + j]);
           const T g = gr[j] * wr[j];
           a1[j] += g;
           a2[j] += g * xh;
@@ -616,9 +629,9 @@ template <typename T>
 DIN_INLINE void normalize_affine_backward_impl(const T* gy, const T* x, const T* gamma, int64_t n,
                                                T hi, T lo, T r, T mg, T mgxh, T* gx, T* ggamma) {
   for (int64_t i = 0; i < n; ++i) {
-    const T xh = ((x[i] - hi) - lo) * r;
+    const T xh = math::normalize(x[i], hi, lo, r);
     const T g = gy[i];
-    gx[i] = r * (g * gamma[i] - mg - xh * mgxh);
+    gx[i] = math::normalize_backward_scaled(g, gamma[i], xh, r, mg, mgxh);
     ggamma[i] = g * xh;
   }
 }
@@ -638,8 +651,8 @@ DIN_INLINE void normalize_affine_backward_rows_impl(const T* gy, const T* x, con
     T* o = gx + p * C;
     T* og = ggamma + p * C;
     for (int64_t c = 0; c < C; ++c) {
-      const T xh = ((xr[c] - hi[c]) - lo[c]) * r[c];
-      o[c] = r[c] * (gr[c] * wr[c] - mg[c] - xh * mgxh[c]);
+      const T xh = math::normalize(xr[c], hi[c], lo[c], r[c]);
+      o[c] = math::normalize_backward_scaled(gr[c], wr[c], xh, r[c], mg[c], mgxh[c]);
       og[c] = gr[c] * xh;
     }
   }
@@ -649,8 +662,8 @@ template <typename T>
 DIN_INLINE void normalize_backward_scaled_impl(const T* gy, const T* x, int64_t n, T hi, T lo, T r,
                                                T gam, T mg, T mgxh, T* gx) {
   for (int64_t i = 0; i < n; ++i) {
-    const T xh = ((x[i] - hi) - lo) * r;
-    gx[i] = r * (gam * gy[i] - mg - xh * mgxh);
+    const T xh = math::normalize(x[i], hi, lo, r);
+    gx[i] = math::normalize_backward_scaled(gy[i], gam, xh, r, mg, mgxh);
   }
 }
 
@@ -664,8 +677,8 @@ DIN_INLINE void normalize_backward_scaled_rows_impl(const T* gy, const T* x, int
     const T* gr = gy + p * C;
     T* o = gx + p * C;
     for (int64_t c = 0; c < C; ++c) {
-      const T xh = ((xr[c] - hi[c]) - lo[c]) * r[c];
-      o[c] = r[c] * (gam[c] * gr[c] - mg[c] - xh * mgxh[c]);
+      const T xh = math::normalize(xr[c], hi[c], lo[c], r[c]);
+      o[c] = math::normalize_backward_scaled(gr[c], gam[c], xh, r[c], mg[c], mgxh[c]);
     }
   }
 }

@@ -220,6 +220,140 @@ DIN_TEST(normalize_backward_matches_finite_differences) {
   }
 }
 
+// ---- Functions used by the CUDA kernels (csrc/cuda/) ------------------------------------------
+
+DIN_TEST(norm_coeffs_split_the_mean_for_float_only) {
+  using din_ops::math::norm_coeffs;
+  const double mean = 1e6 + 0.0312345, rstd = 0.75;
+  const auto f = norm_coeffs<float>(mean, rstd);
+  const auto s = split_mean(mean);
+  DIN_CHECK(f.hi == s.hi);
+  DIN_CHECK(f.lo == s.lo);
+  DIN_CHECK(f.rstd == 0.75f);
+  const auto d = norm_coeffs<double>(mean, rstd);
+  DIN_CHECK(d.hi == mean);
+  DIN_CHECK(d.lo == 0.0);
+  DIN_CHECK(d.rstd == rstd);
+}
+
+DIN_TEST(spatially_adaptive_forward_forms_agree) {
+  using din_ops::math::normalize_affine;
+  using din_ops::math::normalize_scale_shift;
+  using din_ops::math::plane_scale;
+  std::mt19937_64 gen(23);
+  std::normal_distribution<double> dist(0.0, 1.0);
+  const double mean = 3.0 + 1.0 / 3.0, rstd = 1.7;
+  const auto q = din_ops::math::norm_coeffs<float>(mean, rstd);
+  for (int i = 0; i < 1000; ++i) {
+    const double x = mean + 2.0 * dist(gen), gamma = dist(gen), beta = dist(gen);
+    const double want = (x - mean) * rstd * gamma + beta;
+    const float full = normalize_affine<float>(static_cast<float>(x), q.hi, q.lo, q.rstd,
+                                               static_cast<float>(gamma), static_cast<float>(beta));
+    const float folded = normalize_scale_shift<float>(
+        static_cast<float>(x), q.hi, q.lo, plane_scale<float>(rstd, static_cast<float>(gamma)),
+        static_cast<float>(beta));
+    DIN_CHECK_NEAR(full, want, 1e-6, 1e-5);
+    DIN_CHECK_NEAR(folded, want, 1e-6, 1e-5);
+    // Double: exactly the formula's operation order.
+    DIN_CHECK(normalize_affine<double>(x, mean, 0.0, rstd, gamma, beta) ==
+              ((x - mean) * rstd) * gamma + beta);
+  }
+}
+
+// L(x) = sum_i gy_i * gamma_i * xh_i(x): the spatially adaptive loss through gamma.
+double scaled_loss(const std::vector<double>& x, const std::vector<double>& gy,
+                   const std::vector<double>& gamma, double eps) {
+  const Reference st = two_pass(x, eps);
+  double l = 0.0;
+  for (std::size_t i = 0; i < x.size(); ++i) l += gy[i] * gamma[i] * (x[i] - st.mean) * st.rstd;
+  return l;
+}
+
+DIN_TEST(normalize_backward_scaled_matches_finite_differences) {
+  using din_ops::math::normalize_backward_scaled;
+  std::mt19937_64 gen(29);
+  std::normal_distribution<double> dist(0.0, 1.0);
+  for (const int P : {2, 5, 36}) {
+    const double eps = 1e-5;
+    std::vector<double> x(P), gy(P), gamma(P), xh(P);
+    for (auto& v : x) v = -1.0 + 2.0 * dist(gen);
+    for (auto& v : gy) v = dist(gen);
+    for (auto& v : gamma) v = 1.0 + 0.5 * dist(gen);
+    const Reference st = two_pass(x, eps);
+    double mg = 0.0, mgxh = 0.0;
+    for (int i = 0; i < P; ++i) {
+      xh[i] = (x[i] - st.mean) * st.rstd;
+      mg += gy[i] * gamma[i] / P;
+      mgxh += gy[i] * gamma[i] * xh[i] / P;
+    }
+    for (int j = 0; j < P; ++j) {
+      const double gx = normalize_backward_scaled<double>(gy[j], gamma[j], xh[j], st.rstd, mg, mgxh);
+      const double h = 1e-5;
+      auto xp = x, xm = x;
+      xp[j] += h;
+      xm[j] -= h;
+      const double fd = (scaled_loss(xp, gy, gamma, eps) - scaled_loss(xm, gy, gamma, eps)) / (2 * h);
+      DIN_CHECK_NEAR(gx, fd, 1e-6, 1e-7);
+      // gamma = 1 is the plain instance-norm backward.
+      DIN_CHECK(normalize_backward_scaled<double>(gy[j], 1.0, xh[j], st.rstd, mg, mgxh) ==
+                normalize_backward<double>(gy[j], xh[j], st.rstd, mg, mgxh));
+    }
+  }
+}
+
+DIN_TEST(conv_out_size_matches_the_formula) {
+  using din_ops::math::conv_out_size;
+  DIN_CHECK(conv_out_size(9, 1, 1, 3, 1, 1) == 9);
+  DIN_CHECK(conv_out_size(9, 1, 1, 3, 2, 1) == 5);
+  DIN_CHECK(conv_out_size(9, 0, 0, 3, 1, 2) == 5);
+  DIN_CHECK(conv_out_size(2, 0, 0, 3, 1, 1) == 0);
+  // A negative span is "does not fit" for every stride (integer division would round it to 0).
+  DIN_CHECK(conv_out_size(2, 0, 0, 4, 2, 1) == 0);
+  DIN_CHECK(conv_out_size(1, 0, 0, 1, 5, 1) == 1);
+}
+
+// 1-D convolution: the gather form (each input sums the outputs that read it, found with
+// transposed_tap) must equal the scatter form (each output adds its taps back to the inputs).
+DIN_TEST(transposed_tap_gathers_what_the_convolution_scatters) {
+  using din_ops::math::conv_out_size;
+  using din_ops::math::transposed_tap;
+  std::mt19937_64 gen(31);
+  std::normal_distribution<double> dist(0.0, 1.0);
+  int cases = 0;
+  for (int64_t in = 1; in <= 9; ++in) {
+    for (int64_t k = 1; k <= 4; ++k) {
+      for (int64_t stride = 1; stride <= 3; ++stride) {
+        for (int64_t dil = 1; dil <= 2; ++dil) {
+          for (int64_t pb = 0; pb <= 2; ++pb) {
+            for (int64_t pa = 0; pa <= 2; ++pa) {
+              const int64_t out = conv_out_size(in, pb, pa, k, stride, dil);
+              if (out <= 0) continue;
+              std::vector<double> w(k), gy(out), scatter(in, 0.0), gather(in, 0.0);
+              for (auto& v : w) v = dist(gen);
+              for (auto& v : gy) v = dist(gen);
+              for (int64_t o = 0; o < out; ++o) {
+                for (int64_t t = 0; t < k; ++t) {
+                  const int64_t i = o * stride - pb + t * dil;
+                  if (i >= 0 && i < in) scatter[i] += w[t] * gy[o];
+                }
+              }
+              for (int64_t i = 0; i < in; ++i) {
+                for (int64_t t = 0; t < k; ++t) {
+                  const int64_t o = transposed_tap(i, t, pb, stride, dil, out);
+                  if (o >= 0) gather[i] += w[t] * gy[o];
+                }
+              }
+              for (int64_t i = 0; i < in; ++i) DIN_CHECK_NEAR(gather[i], scatter[i], 1e-12, 1e-12);
+              ++cases;
+            }
+          }
+        }
+      }
+    }
+  }
+  DIN_CHECK(cases > 500);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) { return din_ops::test::run_all(argc, argv); }

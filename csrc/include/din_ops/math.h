@@ -63,3 +63,76 @@ DIN_HD acc_t normalize_backward(acc_t g, acc_t xh, acc_t rstd, acc_t mean_g, acc
 }
 
 }  // namespace din_ops::math
+
+// ---------------------------------------------------------------------------------------------
+// Additions used by the CUDA kernels (csrc/cuda/); tested on the CPU in csrc/tests/test_math.cpp.
+namespace din_ops::math {
+
+// The per-plane normalization coefficients in the accumulation type acc_t (float for float, half
+// and bfloat16 data, double for double): the mean split as hi + lo (lo = 0 for double) and rstd.
+template <typename acc_t>
+struct NormCoeffs {
+  acc_t hi;
+  acc_t lo;
+  acc_t rstd;
+};
+
+template <typename acc_t>
+DIN_HD NormCoeffs<acc_t> norm_coeffs(double mean, double rstd) {
+  if constexpr (sizeof(acc_t) == sizeof(double)) {
+    return {static_cast<acc_t>(mean), acc_t(0), static_cast<acc_t>(rstd)};
+  } else {
+    const SplitMean s = split_mean(mean);
+    return {s.hi, s.lo, static_cast<acc_t>(rstd)};
+  }
+}
+
+// Spatially adaptive forward with a full-size gamma: y = xh * gamma + beta, xh = normalize(x).
+// Same operation order as the CPU loop (csrc/cpu/loops.cpp, normalize_affine).
+template <typename acc_t>
+DIN_HD acc_t normalize_affine(acc_t x, acc_t mean_hi, acc_t mean_lo, acc_t rstd, acc_t gamma,
+                              acc_t beta) {
+  return normalize(x, mean_hi, mean_lo, rstd) * gamma + beta;
+}
+
+// A per-plane gamma folded into the scale: y = ((x - hi) - lo) * s + beta with s = rstd * gamma
+// computed in double (plane_scale).
+template <typename acc_t>
+DIN_HD acc_t normalize_scale_shift(acc_t x, acc_t mean_hi, acc_t mean_lo, acc_t s, acc_t beta) {
+  return ((x - mean_hi) - mean_lo) * s + beta;
+}
+
+template <typename acc_t>
+DIN_HD acc_t plane_scale(double rstd, double gamma) {
+  return static_cast<acc_t>(rstd * gamma);
+}
+
+// Instance-norm backward with the gradient scaled by gamma first (spatially adaptive backward):
+// gx = rstd * (gamma * gy - mean_g - xh * mean_gxh), where the means are those of gamma * gy.
+template <typename acc_t>
+DIN_HD acc_t normalize_backward_scaled(acc_t gy, acc_t gamma, acc_t xh, acc_t rstd, acc_t mean_g,
+                                       acc_t mean_gxh) {
+  return rstd * (gamma * gy - mean_g - xh * mean_gxh);
+}
+
+// Output size of a convolution along one axis; padding given per side. <= 0 when the (dilated)
+// kernel does not fit.
+DIN_HD int64_t conv_out_size(int64_t in, int64_t pad_before, int64_t pad_after, int64_t kernel,
+                             int64_t stride, int64_t dilation) {
+  const int64_t span = in + pad_before + pad_after - dilation * (kernel - 1) - 1;
+  return span < 0 ? 0 : span / stride + 1;
+}
+
+// The transposed tap of a convolution, used by the gather form of the input gradient: input
+// position `in` (0 <= in < size) is read by tap k of output position `out` iff
+// out * stride - pad + k * dilation == in. Returns that output position, or -1 when `in` is not
+// on the stride grid for this tap or the output is outside [0, out_size).
+DIN_HD int64_t transposed_tap(int64_t in, int64_t k, int64_t pad, int64_t stride, int64_t dilation,
+                              int64_t out_size) {
+  const int64_t t = in + pad - k * dilation;
+  if (t < 0 || t % stride != 0) return -1;
+  const int64_t out = t / stride;
+  return out < out_size ? out : -1;
+}
+
+}  // namespace din_ops::math
