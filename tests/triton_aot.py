@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                             options=dict(num_warps=config.num_warps, num_stages=config.num_stages),
                         )
                     except Exception as error:  # report every failure, then fail
-                        errors.append(f"{config.kwargs}: {type(error).__name__}: {str(error)[:400]}")
+                        errors.append(f"{config.kwargs}: {type(error).__name__}: {str(error)[-600:]}")
                 status = "ok" if not errors else "FAILED"
                 print(f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__} sm_{arch} {data}: {status} "
                       f"({len(configs)} configs, {time.perf_counter() - start:.1f} s)", flush=True)

@@ -152,6 +152,13 @@ def to_dot(v, like, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def dot_acc(a, b, acc, PRECISION: tl.constexpr):
+    """acc + a @ b. out_dtype is spelled out: triton 3.6 otherwise takes float32 even for a float64
+    accumulator (and rejects the float64 dot)."""
+    return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+
+
+@triton.jit
 def split_mean(mean64, ACC_F64: tl.constexpr):
     """The float64 mean as hi + lo in the accumulation type: ((x - hi) - lo) is then as accurate as
     x - mean in float64 (csrc/include/din_ops/math.h, split_mean)."""

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import (INTERPRET, acc_is_f64, addressable, configs, define_op, dot_precision,
+from ._common import (INTERPRET, acc_is_f64, addressable, configs, define_op, dot_acc, dot_precision,
                       dot_upcast, launch, out_format, register_no_double_backward, sm_count,
                       split_mean, strides, to_acc, to_dot)
 from .instance_norm import compute_stats
@@ -76,7 +76,7 @@ def _forward_kernel(X, W, B, MEAN, RSTD, Y, C, CO, P,
         v = to_acc(tl.load(x_base + c[:, None].to(tl.int64) * s_xc + p[None, :] * s_xp, mask=xm, other=0.0),
                    ACC_F64)
         xh = tl.where(xm, ((v - hi[:, None]) - lo[:, None]) * r[:, None], 0.0)
-        acc = tl.dot(to_dot(w, W, UPCAST), to_dot(xh, W, UPCAST), acc, input_precision=PRECISION)
+        acc = dot_acc(to_dot(w, W, UPCAST), to_dot(xh, W, UPCAST), acc, PRECISION)
     if HAS_BIAS:
         bias = to_acc(tl.load(B + n * s_bn + o.to(tl.int64) * s_bo, mask=o_mask, other=0.0), ACC_F64)
         acc += bias[:, None]
@@ -115,7 +115,7 @@ def _grad_weight_kernel(GY, X, MEAN, RSTD, GW_PART, GB_PART, C, CO, P, CHUNK,
         xm = p_mask[:, None] & c_mask[None, :]
         v = to_acc(tl.load(x_cols[None, :] + p[:, None] * s_xp, mask=xm, other=0.0), ACC_F64)
         xh_t = tl.where(xm, ((v - hi[None, :]) - lo[None, :]) * r[None, :], 0.0)
-        acc = tl.dot(to_dot(g, GY, UPCAST), to_dot(xh_t, GY, UPCAST), acc, input_precision=PRECISION)
+        acc = dot_acc(to_dot(g, GY, UPCAST), to_dot(xh_t, GY, UPCAST), acc, PRECISION)
         gb += tl.sum(to_acc(g, ACC_F64), axis=1)
     part = (split * tl.num_programs(2) + n) * CO
     tl.store(GW_PART + (part + o[:, None]) * C + c[None, :], acc, mask=o_mask[:, None] & c_mask[None, :])
@@ -147,7 +147,7 @@ def _grad_x_kernel(GY, X, W, GW, GB, MEAN, RSTD, GX, C, CO, P,
         w_t = tl.load(w_cols[:, None] + o[None, :].to(tl.int64) * s_wo, mask=wm, other=0.0)  # W^T tile
         g = tl.load(g_base + o[:, None].to(tl.int64) * s_gc + p[None, :] * s_gp,
                     mask=o_mask[:, None] & p_mask[None, :], other=0.0)
-        acc = tl.dot(to_dot(w_t, W, UPCAST), to_dot(g, W, UPCAST), acc, input_precision=PRECISION)
+        acc = dot_acc(to_dot(w_t, W, UPCAST), to_dot(g, W, UPCAST), acc, PRECISION)
         w_acc = to_acc(w_t, ACC_F64)
         gb = tl.load(GB + n * CO + o, mask=o_mask, other=0.0)
         gw_t = tl.load(GW + (n * CO + o[None, :]) * C + c[:, None], mask=wm, other=0.0)
