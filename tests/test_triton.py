@@ -451,3 +451,15 @@ def test_kernels_compile_for_hopper():
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all compiled" in run.stdout
+
+
+@needs_triton
+def test_benchmark_rows(capsys):
+    # The GPU benchmark's bookkeeping, driven on this machine's device with a stand-in timer.
+    from benchmarks import bench_triton
+
+    rows = bench_triton.measure(True, DEVICE, lambda fn: (fn(), 1.0)[1])
+    out = capsys.readouterr().out
+    assert {r["op"] for r in rows} == {"triton dynamic_instance_norm 1x1", "triton instance_norm"}
+    assert len(rows) == 8 and all(r["triton_ms"] == 1.0 and r["reference_ms"] == 1.0 for r in rows)
+    assert "of floor" in out and "100%" in out and "1.00x" in out
