@@ -7,6 +7,7 @@ other view whose (h, w) strides are "linear in p"; only other views are copied o
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 import torch
@@ -20,8 +21,13 @@ INTERPRET = interpreting()
 
 # fp32 tl.dot on a GPU: "tf32x3" (three TF32 tensor-core products per element, about float32
 # accuracy: relative error ~1e-6 for the sums here) is the default; "ieee" is exact fp32 FMA (slower),
-# "tf32" is faster and has ~1e-3 relative error. The interpreter always computes exact fp32.
-FP32_DOT_PRECISION = "tf32x3"
+# "tf32" is faster and has ~1e-3 relative error. DIN_OPS_TRITON_FP32_DOT overrides it at import.
+# The interpreter always computes exact fp32.
+FP32_DOT_PRECISION = os.environ.get("DIN_OPS_TRITON_FP32_DOT", "tf32x3")
+if FP32_DOT_PRECISION not in ("tf32x3", "ieee", "tf32"):
+    raise ImportError(
+        f"DIN_OPS_TRITON_FP32_DOT must be tf32x3, ieee or tf32, got {FP32_DOT_PRECISION!r}"
+    )
 
 
 def configs(gpu: list[triton.Config]) -> list[triton.Config]:
