@@ -463,3 +463,46 @@ def test_benchmark_rows(capsys):
     assert {r["op"] for r in rows} == {"triton dynamic_instance_norm 1x1", "triton instance_norm"}
     assert len(rows) == 8 and all(r["triton_ms"] == 1.0 and r["reference_ms"] == 1.0 for r in rows)
     assert "of floor" in out and "100%" in out and "1.00x" in out
+
+
+def _nan_fenced(t, gap=True):
+    """t's values in a view of a larger NaN-filled buffer: NaN before and after it, and (gap=True)
+    between its elements along W. A kernel reading anything but t's own elements produces NaN (the
+    interpreter does not trap out-of-bounds loads)."""
+    step = 2 if gap and t.dim() == 4 else 1
+    size = t.numel() * step + 64
+    buf = torch.full((size,), float("nan"), dtype=t.dtype, device=t.device)
+    if step == 1:
+        view = buf[32:32 + t.numel()].view(t.shape)
+    else:
+        n, c, h, w = t.shape
+        view = buf[32:32 + t.numel() * 2].view(n, c, h, 2 * w)[..., ::2]
+    view.copy_(t)
+    return view
+
+
+@needs_triton
+@pytest.mark.parametrize("gap", [False, True])
+def test_masks_never_read_past_the_tensors(gap):
+    # Every operator, forward and backward, on NaN-fenced inputs gives exactly its results on plain
+    # copies of them (the fenced views are addressed in place, not copied).
+    x, w, b = din_inputs((2, 21, 9, 11), 19)
+    gamma, beta = modulation(x, "full", offset=1.0), modulation(x, "plane")
+    gy, gy_in = _x((2, 19, 9, 11), mean=0.0), _x((2, 21, 9, 11), mean=0.0)
+    y, mean, rstd = ops.triton_instance_norm(x, 1e-5)
+    yd, md, rd = ops.triton_dynamic_instance_norm_1x1(x, w, b, 1e-5)
+    ys, ms, rs = ops.triton_spatially_adaptive_instance_norm(x, gamma, beta, 1e-5)
+    calls = [
+        (ops.triton_instance_norm, (x, 1e-5)),
+        (ops.triton_instance_norm_backward, (gy_in, x, mean, rstd)),
+        (ops.triton_dynamic_instance_norm_1x1, (x, w, b, 1e-5)),
+        (ops.triton_dynamic_instance_norm_1x1_backward, (gy, x, w, md, rd)),
+        (ops.triton_spatially_adaptive_instance_norm, (x, gamma, beta, 1e-5)),
+        (ops.triton_spatially_adaptive_instance_norm_backward, (gy_in, x, gamma, ms, rs, True)),
+    ]
+    for op, args in calls:
+        fenced = [_nan_fenced(a, gap) if isinstance(a, torch.Tensor) else a for a in args]
+        assert fenced[0].data_ptr() != args[0].data_ptr()
+        for ours, plain in zip(op(*fenced), op(*args)):
+            assert not ours.isnan().any(), op
+            assert torch.equal(ours, plain), op
