@@ -397,7 +397,11 @@ def test_triton_backend_is_reported_and_never_the_default():
     assert "triton" in din_ops.available_backends()
     assert din_ops.available_backends()[-1] == "reference"
     assert din_triton.why_unavailable() == ""
-    assert din_ops.backends.resolve(None, torch.device(DEVICE)) != "triton"
+    try:
+        default = din_ops.backends.resolve(None, torch.device(DEVICE))
+    except RuntimeError:  # a GPU machine whose din_ops build has no CUDA kernels
+        default = None
+    assert default != "triton"
     with pytest.raises(ValueError, match="backend 'triton' runs on CUDA tensors"):
         din_ops.instance_norm(torch.empty(1, 2, 3, 3, device="meta"), backend="triton")
 
