@@ -36,12 +36,6 @@ def configs(gpu: list[triton.Config]) -> list[triton.Config]:
     return gpu[:1] if INTERPRET else gpu
 
 
-def launch(kernel):
-    """``kernel`` as the operator bodies launch it: wrapped for torch.compile on a GPU, as is under
-    the interpreter (where the operators are plain custom ops)."""
-    return kernel if INTERPRET else torch.library.wrap_triton(kernel)
-
-
 def out_format(x: Tensor) -> torch.memory_format:
     """Memory format of an output like x: channels_last for a channels_last x that is not also plain
     contiguous, contiguous otherwise (the rule of the C++ kernels, csrc/cpu/common.h)."""
