@@ -291,7 +291,8 @@ def _opcheck_cases():
         (ops.triton_dynamic_instance_norm_1x1, (xc.clone().requires_grad_(), w.clone().requires_grad_(), b, 1e-5)),
         (ops.triton_dynamic_instance_norm_1x1, (x, w, None, 1e-5)),
         (ops.triton_dynamic_instance_norm_1x1_backward, (torch.randn_like(yd), xc, w, md, rd)),
-        (ops.triton_spatially_adaptive_instance_norm, (x.clone().requires_grad_(), gamma.clone().requires_grad_(), beta, 1e-5)),
+        (ops.triton_spatially_adaptive_instance_norm,
+         (x.clone().requires_grad_(), gamma.clone().requires_grad_(), beta, 1e-5)),
         (ops.triton_spatially_adaptive_instance_norm_backward, (torch.randn_like(ys), x, gamma, ms, rs, True)),
     ]
 
