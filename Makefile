@@ -2,6 +2,7 @@
 # everything and runs the whole test suite (Python and C++). Both work on a fresh machine.
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
+TRITON_PIN ?= triton==3.8.0
 CMAKE_BUILD ?= build/cmake
 
 .PHONY: install test test-python test-cpp test-cuda-compile bench gpu clean
@@ -11,6 +12,9 @@ CMAKE_BUILD ?= build/cmake
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_PIN)"
 	$(PYTHON) -m pip install --quiet numpy pytest hypothesis expecttest
+	@# triton (optional, backend="triton"; CI runs its kernels under the interpreter) only where none is:
+	@# GPU machines keep the triton their torch came with. --no-deps: pip must never resolve torch here.
+	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install --quiet --no-deps "$(TRITON_PIN)"
 	$(PYTHON) -m pip install --no-build-isolation --quiet -e .
 
 test: install test-python test-cpp test-cuda-compile

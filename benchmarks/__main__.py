@@ -10,6 +10,7 @@ import din_ops
 from . import bench_dynamic_conv, bench_dynamic_instance_norm, bench_instance_norm
 from . import bench_spatially_adaptive
 from . import bench_cuda
+from . import bench_triton
 from .common import machine, steady_allocations
 
 
@@ -25,6 +26,7 @@ def main(argv=None) -> None:
     results += bench_dynamic_conv.run(args.quick)
     results += bench_spatially_adaptive.run(args.quick)
     results += bench_cuda.run(args.quick)  # GPU rows; skipped (and says so) without a GPU
+    results += bench_triton.run(args.quick)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -4,6 +4,9 @@ Backends:
   "reference"  the pure-PyTorch formulas in :mod:`din_ops.reference` (any device, slow, exact).
   "cpu"        the C++ kernels in ``din_ops._C`` for CPU tensors.
   "cuda"       the CUDA kernels in ``din_ops._C`` for CUDA tensors (built only with a CUDA toolchain).
+  "triton"     the Triton kernels in :mod:`din_ops.triton` for CUDA tensors, and for CPU tensors under
+               the Triton interpreter (TRITON_INTERPRET=1 set before importing din_ops). Optional:
+               needs the ``triton`` package; only chosen when asked for by name.
 
 ``backend=None`` picks the compiled backend for the tensor's device and never falls back to the
 reference silently: if nothing is compiled for that device, the call raises and says how to get it.
@@ -15,13 +18,17 @@ from typing import Optional
 
 import torch
 
-ALL_BACKENDS = ("reference", "cpu", "cuda")
+ALL_BACKENDS = ("reference", "cpu", "cuda", "triton")
 
 _extension_error: Optional[BaseException] = None
 try:
     importlib.import_module("din_ops._C")
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
     _extension_error = error
+
+# After _C, whose namespace the Triton operators join. Imports triton itself only where the backend
+# can run (a GPU, or TRITON_INTERPRET=1), and never fails: din_ops.triton.why_unavailable() says why.
+from . import triton as _triton  # noqa: E402
 
 _BUILD_HINT = (
     "reinstall din_ops from its source folder with `pip install --no-build-isolation -e .` "
@@ -46,6 +53,8 @@ def _discover() -> tuple[str, ...]:
         found.append("cuda")
     if _has_kernel("CPU"):
         found.append("cpu")
+    if _triton.available():
+        found.append("triton")
     found.append("reference")
     return tuple(found)
 
@@ -61,6 +70,8 @@ def available_backends() -> list[str]:
 
 
 def _why_unavailable(backend: str) -> str:
+    if backend == "triton":
+        return _triton.why_unavailable()
     if not extension_loaded():
         return f"the compiled extension failed to load ({_extension_error}); {_BUILD_HINT}"
     if backend == "cuda":
@@ -87,6 +98,8 @@ def resolve(backend: Optional[str], device: torch.device) -> str:
         )
     if backend == "reference":
         return backend
+    if backend == "triton":
+        return _resolve_triton(device)
     wanted = backend if backend is not None else device.type
     if wanted != device.type:
         raise ValueError(
@@ -100,3 +113,14 @@ def resolve(backend: Optional[str], device: torch.device) -> str:
     if wanted not in _AVAILABLE:
         raise RuntimeError(f"din_ops: backend {wanted!r} is not available: {_why_unavailable(wanted)}")
     return wanted
+
+
+def _resolve_triton(device: torch.device) -> str:
+    if "triton" not in _AVAILABLE:
+        raise RuntimeError(f"din_ops: backend 'triton' is not available: {_why_unavailable('triton')}")
+    if not _triton.runs_on(device):
+        where = "CUDA tensors (and CPU tensors under TRITON_INTERPRET=1)"
+        if device.type == "cpu":
+            where = "CUDA tensors; CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1)"
+        raise ValueError(f"din_ops: backend 'triton' runs on {where}, but the inputs are on {device}")
+    return "triton"

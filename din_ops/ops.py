@@ -66,6 +66,8 @@ def instance_norm(x: Tensor, eps: float = 1e-5, *, backend: Optional[str] = None
     chosen = backends.resolve(backend, x.device)
     if chosen == "reference":
         return reference.instance_norm(x, eps)
+    if chosen == "triton":
+        return torch.ops.din_ops.triton_instance_norm(x, float(eps))[0]
     return torch.ops.din_ops.instance_norm(x, float(eps))[0]
 
 
@@ -201,6 +203,14 @@ def dynamic_instance_norm(
         return reference.dynamic_instance_norm(
             x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups, eps=eps
         )
+    if chosen == "triton":
+        if not (w.shape[3:] == (1, 1) and stride_ == [1, 1] and pad == [0, 0, 0, 0] and groups == 1):
+            raise ValueError(
+                "din_ops: backend 'triton' covers only the 1x1 dynamic instance norm (weight (N, Co, C) "
+                f"or (N, Co, C, 1, 1), stride 1, padding 0, groups 1), got weight {_shape(weight)}, stride "
+                f"{stride_}, padding {pad}, groups {groups}; use backend='cuda', 'cpu' or 'reference'"
+            )
+        return torch.ops.din_ops.triton_dynamic_instance_norm_1x1(x, w.flatten(2), bias, float(eps))[0]
     if w.shape[3:] == (1, 1) and stride_ == [1, 1] and pad == [0, 0, 0, 0] and groups == 1:
         return torch.ops.din_ops.dynamic_instance_norm_1x1(x, w.flatten(2), bias, float(eps))[0]
     return torch.ops.din_ops.dynamic_conv(x, w, bias, stride_, pad, dilation_, groups, True, float(eps))[0]
@@ -225,6 +235,12 @@ def dynamic_conv2d(
     w, stride_, pad, dilation_, chosen = _prepare_conv(
         x, weight, bias, stride, padding, dilation, groups, backend
     )
+    if chosen == "triton":
+        raise ValueError(
+            "din_ops: backend 'triton' has no dynamic_conv2d kernels (it covers instance_norm, the 1x1 "
+            "dynamic_instance_norm and spatially_adaptive_instance_norm); use backend='cuda', 'cpu' or "
+            "'reference'"
+        )
     if chosen == "reference":
         return reference.dynamic_conv2d(
             x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups
@@ -285,4 +301,6 @@ def spatially_adaptive_instance_norm(
     chosen = backends.resolve(backend, x.device)
     if chosen == "reference":
         return reference.spatially_adaptive_instance_norm(x, gamma, beta, eps)
+    if chosen == "triton":
+        return torch.ops.din_ops.triton_spatially_adaptive_instance_norm(x, gamma, beta, float(eps))[0]
     return torch.ops.din_ops.spatially_adaptive_instance_norm(x, gamma, beta, float(eps))[0]
