@@ -10,7 +10,7 @@ CMAKE_BUILD ?= build/cmake
 # build); an existing torch >= 2.11, e.g. a CUDA build on a GPU machine, is kept.
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_PIN)"
-	$(PYTHON) -m pip install --quiet numpy pytest hypothesis expecttest
+	$(PYTHON) -m pip install --quiet numpy pillow pytest hypothesis expecttest
 	$(PYTHON) -m pip install --no-build-isolation --quiet -e .
 
 test: install test-python test-cpp

@@ -45,7 +45,9 @@ def load_vgg19_state_dict(path: Union[str, os.PathLike]) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unpickling or format error
-        raise ValueError(f"din_ops: {path!r} is not a readable torch state dict ({error})") from error
+        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+        raise ValueError(f"din_ops: {path!r} is not a readable torch state dict "
+                         f"({type(error).__name__}: {first})") from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
