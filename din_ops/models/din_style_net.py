@@ -101,6 +101,51 @@ class _Up(nn.Module):
         return self.rest(x)
 
 
+class RowPackedConv2d(nn.Conv2d):
+    """A stride-1, odd k x k, "same"-padded convolution with few output channels, computed faster.
+
+    CPU convolution kernels (oneDNN) vectorize over output channels and pad them to the vector
+    width: a 9x9 convolution to 3 channels costs as much as one to 16. This module (the decoder's
+    last layer) splits the kernel's rows into ``g`` groups of ``r`` rows and stacks the groups as
+    output channels (``g * out_channels`` <= ``lanes``): one convolution with an r x k kernel,
+    then ``g`` shifted slices are summed. Same parameters and state dict as ``nn.Conv2d``, same
+    result up to rounding; about 2x faster for 32 -> 3 channels, 9x9, on a 2-core AVX-512 CPU.
+    It multiplies by the zero rows that complete the last group (9 rows as 5 groups of 2: 11% more
+    multiply-adds than the layer's nominal cost). Set ``packed = False`` for the plain convolution
+    (:func:`macs_breakdown` does, to count the architecture's cost).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, lanes: int = 16) -> None:
+        if kernel_size % 2 == 0:
+            raise ValueError(f"RowPackedConv2d: expected an odd kernel_size, got {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        k = kernel_size
+        groups = min(k, max(1, lanes // out_channels))
+        self.rows = -(-k // groups)
+        self.row_groups = -(-k // self.rows)
+        self.packed = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.row_groups == 1 or not self.packed:
+            return super().forward(x)
+        co, ci, k, _ = self.weight.shape
+        g, r = self.row_groups, self.rows
+        extra = g * r - k  # zero rows that complete the last group
+        w = F.pad(self.weight, (0, 0, 0, extra)).view(co, ci, g, r, k).permute(2, 0, 1, 3, 4)
+        w = w.reshape(g * co, ci, r, k)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            w = w.contiguous(memory_format=torch.channels_last)
+        # Output row j of z reads input rows j - (p + extra) + dy; group q's part of output row i
+        # is z row i + q * r + extra.
+        p = k // 2
+        z = F.conv2d(x, w, None, padding=(p + extra, p))
+        h = x.shape[2]
+        y = z[:, :co, extra:extra + h]
+        for q in range(1, g):
+            y = y + z[:, q * co:(q + 1) * co, q * r + extra:q * r + extra + h]
+        return y + self.bias.view(1, co, 1, 1)
+
+
 class MobileDecoder(nn.Module):
     """The decoder: ``forward(d3, s2, s1)`` with d3 the DIN3 output (c3, 1/4 resolution) and s2, s1
     the DIN2 and DIN1 outputs added at 1/2 and full resolution. Returns the image (N, 3, H, W)."""
@@ -111,7 +156,7 @@ class MobileDecoder(nn.Module):
         self.residual = nn.Sequential(_Residual(c3), _Residual(c3))
         self.up2 = _Up(c3, c2)
         self.up1 = _Up(c2, c1)
-        self.head = nn.Conv2d(c1, 3, outer_kernel, padding=outer_kernel // 2)
+        self.head = RowPackedConv2d(c1, 3, outer_kernel)
 
     def forward(self, d3: Tensor, s2: Tensor, s1: Tensor) -> Tensor:
         x = self.up2(self.residual(d3), s2.shape[2:]) + s2
@@ -253,6 +298,18 @@ def macs_breakdown(model: DINStyleNet, size: int = 512, style_size: int = 512) -
     Keys: "encoder", "decoder" (the paper's Table 1 columns), "param_nets" (weight and bias nets of
     all DIN layers), "din" (the DIN layers' dynamic convolutions), "style_encoder", and "total".
     """
+    # The nominal cost of each layer: row-packed convolutions counted as the plain ones they equal.
+    packed = [m for m in model.modules() if isinstance(m, RowPackedConv2d)]
+    for m in packed:
+        m.packed = False
+    try:
+        return _macs_breakdown(model, size, style_size)
+    finally:
+        for m in packed:
+            m.packed = True
+
+
+def _macs_breakdown(model: DINStyleNet, size: int, style_size: int) -> dict[str, int]:
     from torch.utils.flop_counter import FlopCounterMode
 
     def count(fn):
