@@ -166,3 +166,21 @@ def test_vgg_weights_file_errors(tmp_path):
     torch.save(state, tmp_path / "wrong.pth")
     with pytest.raises(ValueError, match=r"missing features.0.bias; features.19.weight has shape \(512, 128, 3, 3\)"):
         VGG19Encoder(tmp_path / "wrong.pth")
+
+
+@pytest.mark.parametrize("cin,cout,k", [(32, 3, 9), (4, 3, 3), (5, 1, 7), (8, 20, 5), (6, 2, 1)])
+@pytest.mark.parametrize("mem", ["contiguous", "channels_last"])
+def test_row_packed_conv_equals_conv2d(cin, cout, k, mem):
+    from din_ops.models.din_style_net import RowPackedConv2d
+
+    conv = RowPackedConv2d(cin, cout, k).double()
+    x = torch.randn(2, cin, 11, 7, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last) if mem == "channels_last" else x
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=k // 2)
+    y = conv(x)
+    assert y.shape == expected.shape and (y - expected).abs().max() < 1e-12
+    g = torch.randn_like(expected)
+    w_grad = torch.autograd.grad((conv(x) * g).sum(), conv.weight)[0]
+    conv.packed = False
+    assert conv.row_groups * conv.rows >= k
+    assert torch.allclose(w_grad, torch.autograd.grad((conv(x) * g).sum(), conv.weight)[0], atol=1e-10)
