@@ -65,7 +65,9 @@ class _Residual(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
+        h = self.body(x)
+        # In place where nothing records the graph (inference): one full-size tensor fewer.
+        return h.add_(x) if not torch.is_grad_enabled() else x + h
 
 
 class MobileEncoder(nn.Module):
@@ -143,7 +145,7 @@ class RowPackedConv2d(nn.Conv2d):
         y = z[:, :co, extra:extra + h]
         for q in range(1, g):
             y = y + z[:, q * co:(q + 1) * co, q * r + extra:q * r + extra + h]
-        return y + self.bias.view(1, co, 1, 1)
+        return y.add_(self.bias.view(1, co, 1, 1))  # y is the fresh sum of the slices
 
 
 class MobileDecoder(nn.Module):
@@ -159,8 +161,12 @@ class MobileDecoder(nn.Module):
         self.head = RowPackedConv2d(c1, 3, outer_kernel)
 
     def forward(self, d3: Tensor, s2: Tensor, s1: Tensor) -> Tensor:
-        x = self.up2(self.residual(d3), s2.shape[2:]) + s2
-        x = self.up1(x, s1.shape[2:]) + s1
+        if torch.is_grad_enabled():
+            x = self.up2(self.residual(d3), s2.shape[2:]) + s2
+            x = self.up1(x, s1.shape[2:]) + s1
+        else:  # inference: add the DIN outputs in place
+            x = self.up2(self.residual(d3), s2.shape[2:]).add_(s2)
+            x = self.up1(x, s1.shape[2:]).add_(s1)
         return self.head(x)
 
 
