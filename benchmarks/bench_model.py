@@ -70,7 +70,10 @@ def run(quick: bool = False) -> list[dict]:
             def full():
                 return model(content, style)
 
-            reps = dict(min_time=0.1, min_reps=3) if quick or size > 512 else dict(min_time=0.5, min_reps=5)
+            if quick:
+                reps = dict(min_time=0.01, min_reps=2)
+            else:
+                reps = dict(min_time=0.1, min_reps=3) if size > 512 else dict(min_time=0.5, min_reps=5)
             for path, fn, path_macs in (("content", content_path, content_macs), ("full", full, macs["total"])):
                 t = compare({"ours": on(None, fn), "ref": on("reference", fn)}, **reps)
                 t_ours, t_ref = t["ours"][0], t["ref"][0]
