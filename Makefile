@@ -11,7 +11,7 @@ CMAKE_BUILD ?= build/cmake
 # build); an existing torch >= 2.11, e.g. a CUDA build on a GPU machine, is kept.
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_PIN)"
-	$(PYTHON) -m pip install --quiet numpy pytest hypothesis expecttest
+	$(PYTHON) -m pip install --quiet numpy pillow pytest hypothesis expecttest
 	@# triton (optional, backend="triton"; CI runs its kernels under the interpreter) only where none is:
 	@# GPU machines keep the triton their torch came with. --no-deps: pip must never resolve torch here.
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install --quiet --no-deps "$(TRITON_PIN)"

@@ -11,6 +11,7 @@ from . import bench_dynamic_conv, bench_dynamic_instance_norm, bench_instance_no
 from . import bench_spatially_adaptive
 from . import bench_cuda
 from . import bench_triton
+from . import bench_model
 from .common import machine, steady_allocations
 
 
@@ -27,6 +28,7 @@ def main(argv=None) -> None:
     results += bench_spatially_adaptive.run(args.quick)
     results += bench_cuda.run(args.quick)  # GPU rows; skipped (and says so) without a GPU
     results += bench_triton.run(args.quick)
+    results += bench_model.run(args.quick)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -25,3 +25,9 @@ __all__ = [
     "spatially_adaptive_instance_norm",
     "__version__",
 ]
+
+# Modules and models on top of the operators, and flop formulas for torch.utils.flop_counter.
+from . import flops as _flops  # noqa: E402
+from . import nn, models  # noqa: E402,F401
+
+_flops.register()
