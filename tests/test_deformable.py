@@ -96,7 +96,7 @@ def test_forward_matches_reference(device, op, with_mask, name):
 @pytest.mark.parametrize("name", ["3x3_offset_groups2", "3x3_stride2", "3x3_dilation2", "5x3_nonsquare"])
 def test_gradcheck(device, op, name):
     ours, _ = OPS[op]
-    x, w, b, off, m = make(name, 5, 6, device=device)
+    x, w, b, off, m = make(name, 5, 6, n=1, device=device)
     kw = conv_kwargs(name)
     inputs = [t.requires_grad_() for t in (x, w, b, off, m)]
     assert torch.autograd.gradcheck(lambda x, w, b, o, m: ours(x, w, b, offset=o, mask=m, **kw), inputs)
@@ -104,7 +104,7 @@ def test_gradcheck(device, op, name):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck_without_mask_and_bias(device):
-    x, w, _b, off, _m = make("3x3", 5, 6, device=device, with_mask=False)
+    x, w, _b, off, _m = make("3x3", 5, 6, device=device, with_mask=False)  # N = 2 here
     inputs = [t.requires_grad_() for t in (x, w, off)]
     assert torch.autograd.gradcheck(
         lambda x, w, o: din_ops.dynamic_instance_norm(x, w, offset=o, padding=1), inputs
