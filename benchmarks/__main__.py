@@ -9,6 +9,7 @@ import din_ops
 
 from . import bench_dynamic_conv, bench_dynamic_instance_norm, bench_instance_norm
 from . import bench_spatially_adaptive
+from . import bench_deformable
 from .common import machine, steady_allocations
 
 
@@ -23,6 +24,7 @@ def main(argv=None) -> None:
     results = bench_dynamic_instance_norm.run(args.quick) + bench_instance_norm.run(args.quick)
     results += bench_dynamic_conv.run(args.quick)
     results += bench_spatially_adaptive.run(args.quick)
+    results += bench_deformable.run(args.quick)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
