@@ -444,3 +444,24 @@ def test_operator_checks_its_arguments():
         op(*args[:9], 3, *args[10:])
     with pytest.raises(TypeError, match="expected offset to have the dtype of x"):
         op(*args[:3], off.float(), *args[4:])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tile_of_one_pixel(device):
+    # 64 channels x 9 taps make tiles of 455 output pixels; 8 x 57 = 456 pixels leave a last tile of
+    # one pixel, a single-column GEMM output with a row stride.
+    torch.manual_seed(2)
+    x = torch.randn(1, 64, 8, 57, dtype=torch.float64, device=device)
+    w = torch.randn(1, 8, 64, 3, 3, dtype=torch.float64, device=device) / 24
+    b = torch.randn(1, 8, dtype=torch.float64, device=device)
+    off = fractional((1, 18, 8, 57)).to(device)
+    mine = [t.clone().requires_grad_() for t in (x, w, b, off)]
+    exact = [t.clone().requires_grad_() for t in (x, w, b, off)]
+    y = din_ops.dynamic_instance_norm(*mine[:3], offset=mine[3], padding=1)
+    expected = reference.deformable_instance_norm(*exact, padding=1)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    expected.backward(gy)
+    for a, e in zip(mine, exact):
+        torch.testing.assert_close(a.grad, e.grad, rtol=1e-10, atol=1e-10)
