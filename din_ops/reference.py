@@ -153,7 +153,7 @@ def deformable_conv2d(
         inside = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)
         index = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).long().reshape(n, g, 1, -1)
         values = torch.gather(xs, 3, index.expand(n, g, c // g, -1))
-        samples = samples + values * (corner_weight * inside).reshape(n, g, 1, -1)
+        samples.addcmul_(values, (corner_weight * inside).reshape(n, g, 1, -1))
     if mask is not None:
         samples = samples * mask.reshape(n, g, 1, -1)
 
