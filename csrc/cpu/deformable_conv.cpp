@@ -123,10 +123,12 @@ constexpr int64_t point_bytes() {
   return static_cast<int64_t>(sizeof(bl::Corners<acc>));
 }
 
-// Flattened output positions per tile: a column tile of C * kh * kw x L values is ~1 MiB (L2).
+// Flattened output positions per tile: a column tile of C * kh * kw x L values is ~1 MiB (L2), and
+// the corner table of its kh * kw x L points (64-96 bytes each) at most ~1.5 MiB.
 int64_t tile_len(const Geometry& s) {
-  const int64_t per = std::max<int64_t>(1, s.C * s.KK());
-  return std::max<int64_t>(1, std::min(s.Q(), std::max<int64_t>(16, (int64_t(1) << 18) / per)));
+  const int64_t by_cols = (int64_t(1) << 18) / std::max<int64_t>(1, s.C * s.KK());
+  const int64_t by_points = (int64_t(1) << 14) / s.KK();
+  return std::max<int64_t>(1, std::min(s.Q(), std::max<int64_t>(16, std::min(by_cols, by_points))));
 }
 
 int64_t tiles_of(const Geometry& s) {
