@@ -279,14 +279,15 @@ def test_large_mean_is_normalized_on_load(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_backward_is_bitwise_repeatable(device):
-    # Large enough for several tiles per sample, so the x-gradient scatter uses several chunks when
-    # two threads are available.
+@pytest.mark.parametrize("n", [1, 2], ids=["split_sample", "whole_samples"])
+def test_backward_is_bitwise_repeatable(device, n):
+    # Three tiles per sample: with two threads, one sample is split into two chunks whose x-gradient
+    # buffers are added in order; two samples go one to each chunk (csrc/cpu/deformable_conv.cpp).
     torch.manual_seed(1)
-    x = torch.randn(2, 64, 24, 40, device=device)
-    w = torch.randn(2, 32, 64, 3, 3, device=device) / 24
-    off = 2 * torch.randn(2, 18, 24, 40, device=device)
-    m = torch.rand(2, 9, 24, 40, device=device)
+    x = torch.randn(n, 64, 24, 40, device=device)
+    w = torch.randn(n, 32, 64, 3, 3, device=device) / 24
+    off = 2 * torch.randn(n, 18, 24, 40, device=device)
+    m = torch.rand(n, 9, 24, 40, device=device)
     grads = []
     for _ in range(2):
         leaves = [t.clone().requires_grad_() for t in (x, w, off, m)]

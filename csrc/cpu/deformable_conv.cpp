@@ -30,13 +30,16 @@
 // per-sample x-gradient and weight-gradient buffers): chunk_elems gives the exact size.
 //
 // Determinism of the x-gradient scatter: several output pixels sample the same input pixel, so the
-// x-gradient is a scatter. Backward processes one sample at a time; chunk k accumulates its tiles'
-// contributions into its own buffer (C * H * W), in tile order, and the T buffers are then added in
-// chunk order (per channel, in parallel over channels), followed by the instance-norm backward. The
-// weight-gradient partials are reduced the same way. The chunking depends only on the shape and
-// the thread count, so results are bitwise repeatable for a fixed thread count (they may differ in
-// the last bits between thread counts). The offset and mask gradients, and the forward output, are
-// owned by exactly one tile and need no reduction.
+// x-gradient is a scatter. It goes to per-chunk buffers (C * H * W of one sample), never to shared
+// memory, in one of two fixed schemes (backward_plan picks the one with the shorter critical path):
+// - whole samples: chunk k owns consecutive samples and does all tiles of each, in tile order, so
+//   nothing needs reducing (many or small samples);
+// - split samples: one sample at a time, its tiles cut into T chunks, each accumulating into its
+//   own buffer in tile order; the T buffers are then added in chunk order (per channel, in parallel
+//   over channels), followed by the instance-norm backward. Weight-gradient partials likewise.
+// The scheme and chunking depend only on the shape and the thread count, so results are bitwise
+// repeatable for a fixed thread count (they may differ in the last bits between thread counts).
+// The offset and mask gradients, and the forward output, are owned by exactly one tile.
 //
 // Accumulation: float (double for double data), with the statistics, the bias gradient and the
 // instance-norm backward sums in double like the other kernels. Inputs are computed in NCHW;
@@ -270,145 +273,221 @@ void forward(const T* x, const T* w, const T* b, const T* offset, const T* mask,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward: one sample at a time, its tiles split into T_ fixed chunks with private gx / gW buffers.
+// Backward. Two fixed schemes, chosen from the shape and the thread count (see the file comment):
+// - split: one sample at a time, its tiles split into T_ chunks with private gx / gW buffers that
+//   are then added in chunk order;
+// - whole: T_ chunks of consecutive samples, each sample done entirely by its chunk in tile order
+//   (no reduction). Used when it balances the work at least as well (many or small samples).
+
+// One chunk's slice of the workspace.
+template <typename acc>
+struct ChunkBuffers {
+  acc* cols;   // C * KK * L: the columns of a tile (recomputed)
+  acc* gcols;  // C * KK * L: W^T @ gy of a tile
+  acc* mv;     // KK * L: mask values of a tile and offset group
+  acc* goy;    // 3 * KK * L: goffset y, goffset x and gmask accumulators
+  acc* gxh;    // C * P: gradient with respect to xh of the current sample
+  acc* gwk;    // Co * K: weight gradient of the current sample
+  acc* wbuf;   // Co * K: converted weight (half/bfloat16 only)
+  acc* gyb;    // Co * L: converted gy tile (half/bfloat16 only)
+  bl::Corners<acc>* pts;  // KK * L points
+};
+
+template <typename T>
+ChunkBuffers<acc_t<T>> chunk_buffers(const Geometry& s, acc_t<T>* ws, uint8_t* pws, int64_t k) {
+  using acc = acc_t<T>;
+  const int64_t L = tile_len(s), KKL = s.KK() * L, colsz = s.C * KKL;
+  ChunkBuffers<acc> b{};
+  b.cols = ws + k * chunk_elems<T>(s, true);
+  b.gcols = b.cols + colsz;
+  b.mv = b.gcols + colsz;
+  b.goy = b.mv + KKL;
+  b.gxh = b.goy + 3 * KKL;
+  b.gwk = b.gxh + s.C * s.P();
+  b.wbuf = b.gwk + s.Co * s.K();
+  b.gyb = b.wbuf + s.Co * s.K();
+  b.pts = reinterpret_cast<bl::Corners<acc>*>(pws + k * KKL * point_bytes<acc>());
+  return b;
+}
+
+// Tiles [t0, t1) of sample n: adds their contributions to b.gxh and b.gwk (zeroed by the caller)
+// and writes their goffset and gmask.
+template <typename T>
+void backward_tiles(const T* gy, const T* x, const T* w, const T* offset, const T* mask,
+                    T* goffset, T* gmask, const Geometry& s, const NormParams<acc_t<T>>& q,
+                    int64_t n, int64_t t0, int64_t t1, const ChunkBuffers<acc_t<T>>& b) {
+  using acc = acc_t<T>;
+  constexpr bool conv = !std::is_same_v<T, acc>;
+  const int64_t L = tile_len(s), K = s.K(), KK = s.KK();
+  const acc* wn = weight_of(w, s, n, b.wbuf);
+  for (int64_t tile = t0; tile < t1; ++tile) {
+    const int64_t q0 = tile * L, Lt = std::min(L, s.Q() - q0), KKL = KK * Lt;
+    // gy tile (Co x Lt) as acc.
+    const T* gp = gy + n * s.Co * s.Q() + q0;
+    Mat<const acc> gt;
+    if constexpr (conv) {
+      for (int64_t o = 0; o < s.Co; ++o) convert(gp + o * s.Q(), Lt, b.gyb + o * Lt);
+      gt = {b.gyb, s.Co, Lt, Lt, 1};
+    } else {
+      gt = {gp, s.Co, Lt, s.Q(), 1};
+    }
+    // gcols = W^T @ gy, per convolution group.
+    for (int64_t grp = 0; grp < s.groups; ++grp) {
+      gemm(Mat<const acc>{wn + grp * s.Cog * K, K, s.Cog, 1, K},
+           Mat<const acc>{gt.data + grp * s.Cog * gt.rs, s.Cog, Lt, gt.rs, 1}, acc(0),
+           Mat<acc>{b.gcols + grp * K * Lt, K, Lt, Lt, 1});
+    }
+    acc *goy = b.goy, *gox = b.goy + KKL, *gmk = b.goy + 2 * KKL;
+    for (int64_t g = 0; g < s.G; ++g) {
+      sample_points(offset, mask, s, n, g, q0, Lt, false, b.pts, b.mv);
+      std::fill(goy, goy + 3 * KKL, acc(0));
+      for (int64_t cc = 0; cc < s.Cgo; ++cc) {
+        const int64_t c = g * s.Cgo + cc, qi = n * s.C + c;
+        const T* xc = x + qi * s.P();
+        const acc hi = q.hi[qi], lo = q.lo[qi], r = q.rstd[qi];
+        acc* col = b.cols + c * KKL;
+        const acc* gcol = b.gcols + c * KKL;
+        acc* gplane = b.gxh + c * s.P();
+        for (int64_t e = 0; e < KKL; ++e) {
+          const auto& p = b.pts[e];
+          acc v[4];
+          load_corners(xc, p, hi, lo, r, v);
+          const acc val = bl::combine(p.weight, v), m = b.mv[e], gc = gcol[e];
+          col[e] = m * val;
+          gmk[e] += gc * val;
+          const acc gv = gc * m;
+          goy[e] += gv * bl::combine(p.dy, v);
+          gox[e] += gv * bl::combine(p.dx, v);
+          for (int kc = 0; kc < 4; ++kc) gplane[p.index[kc]] += gv * p.weight[kc];
+        }
+      }
+      for (int64_t t = 0; t < KK; ++t) {
+        T* go = goffset + ((n * s.G + g) * KK + t) * 2 * s.Q() + q0;
+        for (int64_t l = 0; l < Lt; ++l) {
+          go[l] = static_cast<T>(goy[t * Lt + l]);
+          go[s.Q() + l] = static_cast<T>(gox[t * Lt + l]);
+        }
+        if (gmask != nullptr) {
+          T* gm = gmask + ((n * s.G + g) * KK + t) * s.Q() + q0;
+          for (int64_t l = 0; l < Lt; ++l) gm[l] = static_cast<T>(gmk[t * Lt + l]);
+        }
+      }
+    }
+    // gW += gy @ cols^T, per convolution group.
+    for (int64_t grp = 0; grp < s.groups; ++grp) {
+      gemm(Mat<const acc>{gt.data + grp * s.Cog * gt.rs, s.Cog, Lt, gt.rs, 1},
+           Mat<const acc>{b.cols + grp * K * Lt, Lt, K, 1, Lt}, acc(1),
+           Mat<acc>{b.gwk + grp * s.Cog * K, s.Cog, K, K, 1});
+    }
+  }
+}
+
+// Sample n's gradients from the partial sums of `parts` chunks (buffers of chunks k0 .. k0 + parts,
+// added in chunk order): gW, then per channel gx (with the instance-norm backward while the plane is
+// in cache, channels in parallel), and gb in double.
+template <typename T>
+void finish_sample(const T* gy, const T* x, T* gx, T* gw, T* gb, const Geometry& s,
+                   const NormParams<acc_t<T>>& q, bool normalized, int64_t n,
+                   const std::vector<ChunkBuffers<acc_t<T>>>& parts) {
+  using acc = acc_t<T>;
+  const int64_t K = s.K(), T_ = static_cast<int64_t>(parts.size());
+  acc* gw0 = parts[0].gwk;
+  for (int64_t k = 1; k < T_; ++k) add_to(gw0, parts[k].gwk, s.Co * K);
+  T* gwp = gw + n * s.Co * K;
+  for (int64_t i = 0; i < s.Co * K; ++i) gwp[i] = static_cast<T>(gw0[i]);
+  at::parallel_for(0, s.C, grain_for(s.P() * (T_ + 4)), [&](int64_t c0, int64_t c1) {
+    std::vector<acc> xbuf = scratch<T>(kBlock), obuf = scratch<T>(kBlock);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t qi = n * s.C + c;
+      acc* g = parts[0].gxh + c * s.P();
+      for (int64_t k = 1; k < T_; ++k) add_to(g, parts[k].gxh + c * s.P(), s.P());
+      const T* xp = x + qi * s.P();
+      T* gxp = gx + qi * s.P();
+      acc mg = 0, mgxh = 0;
+      if (normalized) {
+        double sg = 0.0, sgxh = 0.0;
+        for (int64_t i = 0; i < s.P(); i += kBlock) {
+          const int64_t len = std::min(kBlock, s.P() - i);
+          grad_sums(g + i, load(xp + i, len, xbuf.data()), len, q.hi[qi], q.lo[qi], q.rstd[qi],
+                    &sg, &sgxh);
+        }
+        mg = static_cast<acc>(sg / double(s.P()));
+        mgxh = static_cast<acc>(sgxh / double(s.P()));
+      }
+      for (int64_t i = 0; i < s.P(); i += kBlock) {
+        const int64_t len = std::min(kBlock, s.P() - i);
+        acc* o = out_ptr(gxp + i, obuf.data());
+        if (normalized) {
+          normalize_backward(g + i, load(xp + i, len, xbuf.data()), len, q.hi[qi], q.lo[qi],
+                             q.rstd[qi], mg, mgxh, o);
+        } else {
+          std::copy_n(g + i, len, o);
+        }
+        store<T>(o, len, gxp + i);
+      }
+    }
+  });
+  std::vector<acc> gbuf = scratch<T>(kBlock);
+  for (int64_t o = 0; o < s.Co; ++o) {
+    const T* gp = gy + (n * s.Co + o) * s.Q();
+    double total = 0.0;
+    for (int64_t i = 0; i < s.Q(); i += kBlock) {
+      const int64_t len = std::min(kBlock, s.Q() - i);
+      total += sum(load(gp + i, len, gbuf.data()), len);
+    }
+    gb[n * s.Co + o] = static_cast<T>(total);
+  }
+}
+
+// The backward scheme: whole samples per chunk, or each sample split into chunks of tiles, and the
+// chunk count. Whole samples win when their makespan ceil(N / T) * tiles is no longer.
+struct BackwardPlan {
+  bool whole;
+  int64_t chunks;
+};
+
+BackwardPlan backward_plan(const Geometry& s) {
+  const int64_t tiles = tiles_of(s), work = tile_work(s);
+  const int64_t split = chunks_for(tiles, work), whole = chunks_for(s.N, tiles * work);
+  const int64_t split_span = s.N * ((tiles + split - 1) / split);
+  const int64_t whole_span = ((s.N + whole - 1) / whole) * tiles;
+  return whole_span <= split_span ? BackwardPlan{true, whole} : BackwardPlan{false, split};
+}
 
 template <typename T>
 void backward(const T* gy, const T* x, const T* w, const T* offset, const T* mask, T* gx, T* gw,
               T* gb, T* goffset, T* gmask, const Geometry& s, const NormParams<acc_t<T>>& q,
-              bool normalized, acc_t<T>* ws, uint8_t* pws, int64_t T_) {
+              bool normalized, acc_t<T>* ws, uint8_t* pws, const BackwardPlan& plan) {
   using acc = acc_t<T>;
-  constexpr bool conv = !std::is_same_v<T, acc>;
-  const int64_t L = tile_len(s), tiles = tiles_of(s), K = s.K(), KK = s.KK();
-  const int64_t colsz = s.C * KK * L, per_chunk = chunk_elems<T>(s, true);
+  const int64_t tiles = tiles_of(s), T_ = plan.chunks;
+  auto zero = [&](const ChunkBuffers<acc>& b) {
+    std::fill(b.gxh, b.gxh + s.C * s.P(), acc(0));
+    std::fill(b.gwk, b.gwk + s.Co * s.K(), acc(0));
+  };
+  if (plan.whole) {
+    at::parallel_for(0, T_, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const std::vector<ChunkBuffers<acc>> mine{chunk_buffers<T>(s, ws, pws, k)};
+        for (int64_t n = k * s.N / T_; n < (k + 1) * s.N / T_; ++n) {
+          zero(mine[0]);
+          backward_tiles(gy, x, w, offset, mask, goffset, gmask, s, q, n, 0, tiles, mine[0]);
+          finish_sample(gy, x, gx, gw, gb, s, q, normalized, n, mine);
+        }
+      }
+    });
+    return;
+  }
+  std::vector<ChunkBuffers<acc>> parts;
+  for (int64_t k = 0; k < T_; ++k) parts.push_back(chunk_buffers<T>(s, ws, pws, k));
   for (int64_t n = 0; n < s.N; ++n) {
     at::parallel_for(0, T_, 1, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
-        acc* cols = ws + k * per_chunk;
-        acc* gcols = cols + colsz;
-        acc* mv = gcols + colsz;  // mask values, then goffset y / x and gmask accumulators
-        acc* goy = mv + KK * L;        // 3 * KK * L: goffset y, goffset x, gmask of a tile
-        acc* gxh = goy + 3 * KK * L;   // C * P: this chunk's gradient with respect to xh
-        acc* gwk = gxh + s.C * s.P();  // Co * K: this chunk's weight gradient
-        acc* wbuf = gwk + s.Co * K;    // conv only
-        acc* gyb = wbuf + s.Co * K;    // conv only
-        auto* pts = reinterpret_cast<bl::Corners<acc>*>(pws + k * KK * L * point_bytes<acc>());
-        std::fill(gxh, gxh + s.C * s.P(), acc(0));
-        std::fill(gwk, gwk + s.Co * K, acc(0));
-        const acc* wn = weight_of(w, s, n, wbuf);
-        for (int64_t tile = k * tiles / T_; tile < (k + 1) * tiles / T_; ++tile) {
-          const int64_t q0 = tile * L, Lt = std::min(L, s.Q() - q0), KKL = KK * Lt;
-          // gy tile (Co x Lt) as acc.
-          const T* gp = gy + n * s.Co * s.Q() + q0;
-          Mat<const acc> gt;
-          if constexpr (conv) {
-            for (int64_t o = 0; o < s.Co; ++o) convert(gp + o * s.Q(), Lt, gyb + o * Lt);
-            gt = {gyb, s.Co, Lt, Lt, 1};
-          } else {
-            gt = {gp, s.Co, Lt, s.Q(), 1};
-          }
-          // gcols = W^T @ gy, per convolution group.
-          for (int64_t grp = 0; grp < s.groups; ++grp) {
-            gemm(Mat<const acc>{wn + grp * s.Cog * K, K, s.Cog, 1, K},
-                 Mat<const acc>{gt.data + grp * s.Cog * gt.rs, s.Cog, Lt, gt.rs, 1}, acc(0),
-                 Mat<acc>{gcols + grp * K * Lt, K, Lt, Lt, 1});
-          }
-          for (int64_t g = 0; g < s.G; ++g) {
-            sample_points(offset, mask, s, n, g, q0, Lt, false, pts, mv);
-            std::fill(goy, goy + 3 * KKL, acc(0));  // goy, gox, gmk are consecutive per tile
-            acc* gox_t = goy + KKL;
-            acc* gmk_t = goy + 2 * KKL;
-            for (int64_t cc = 0; cc < s.Cgo; ++cc) {
-              const int64_t c = g * s.Cgo + cc, qi = n * s.C + c;
-              const T* xc = x + qi * s.P();
-              const acc hi = q.hi[qi], lo = q.lo[qi], r = q.rstd[qi];
-              acc* col = cols + c * KKL;
-              const acc* gcol = gcols + c * KKL;
-              acc* gplane = gxh + c * s.P();
-              for (int64_t e = 0; e < KKL; ++e) {
-                const auto& p = pts[e];
-                acc v[4];
-                load_corners(xc, p, hi, lo, r, v);
-                const acc val = bl::combine(p.weight, v), m = mv[e], gc = gcol[e];
-                col[e] = m * val;
-                gmk_t[e] += gc * val;
-                const acc gv = gc * m;
-                goy[e] += gv * bl::combine(p.dy, v);
-                gox_t[e] += gv * bl::combine(p.dx, v);
-                for (int kc = 0; kc < 4; ++kc) gplane[p.index[kc]] += gv * p.weight[kc];
-              }
-            }
-            for (int64_t t = 0; t < KK; ++t) {
-              T* go = goffset + ((n * s.G + g) * KK + t) * 2 * s.Q() + q0;
-              for (int64_t l = 0; l < Lt; ++l) {
-                go[l] = static_cast<T>(goy[t * Lt + l]);
-                go[s.Q() + l] = static_cast<T>(gox_t[t * Lt + l]);
-              }
-              if (gmask != nullptr) {
-                T* gm = gmask + ((n * s.G + g) * KK + t) * s.Q() + q0;
-                for (int64_t l = 0; l < Lt; ++l) gm[l] = static_cast<T>(gmk_t[t * Lt + l]);
-              }
-            }
-          }
-          // gW += gy @ cols^T, per convolution group.
-          for (int64_t grp = 0; grp < s.groups; ++grp) {
-            gemm(Mat<const acc>{gt.data + grp * s.Cog * gt.rs, s.Cog, Lt, gt.rs, 1},
-                 Mat<const acc>{cols + grp * K * Lt, Lt, K, 1, Lt}, acc(1),
-                 Mat<acc>{gwk + grp * s.Cog * K, s.Cog, K, K, 1});
-          }
-        }
+        zero(parts[k]);
+        backward_tiles(gy, x, w, offset, mask, goffset, gmask, s, q, n, k * tiles / T_,
+                       (k + 1) * tiles / T_, parts[k]);
       }
     });
-    // Reduce the chunks in chunk order: weight gradient, then x gradient per channel (with the
-    // instance-norm backward while the plane is in cache), bias gradient in double.
-    auto chunk = [&](int64_t k) { return ws + k * per_chunk + 2 * colsz + 4 * KK * L; };
-    {
-      acc* gw0 = chunk(0) + s.C * s.P();
-      for (int64_t k = 1; k < T_; ++k) add_to(gw0, chunk(k) + s.C * s.P(), s.Co * K);
-      T* gwp = gw + n * s.Co * K;
-      for (int64_t i = 0; i < s.Co * K; ++i) gwp[i] = static_cast<T>(gw0[i]);
-    }
-    at::parallel_for(0, s.C, grain_for(s.P() * (T_ + 4)), [&](int64_t c0, int64_t c1) {
-      std::vector<acc> xbuf = scratch<T>(kBlock), obuf = scratch<T>(kBlock);
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t qi = n * s.C + c;
-        acc* g = chunk(0) + c * s.P();
-        for (int64_t k = 1; k < T_; ++k) add_to(g, chunk(k) + c * s.P(), s.P());
-        const T* xp = x + qi * s.P();
-        T* gxp = gx + qi * s.P();
-        acc mg = 0, mgxh = 0;
-        if (normalized) {
-          double sg = 0.0, sgxh = 0.0;
-          for (int64_t i = 0; i < s.P(); i += kBlock) {
-            const int64_t len = std::min(kBlock, s.P() - i);
-            grad_sums(g + i, load(xp + i, len, xbuf.data()), len, q.hi[qi], q.lo[qi], q.rstd[qi],
-                      &sg, &sgxh);
-          }
-          mg = static_cast<acc>(sg / double(s.P()));
-          mgxh = static_cast<acc>(sgxh / double(s.P()));
-        }
-        for (int64_t i = 0; i < s.P(); i += kBlock) {
-          const int64_t len = std::min(kBlock, s.P() - i);
-          acc* o = out_ptr(gxp + i, obuf.data());
-          if (normalized) {
-            normalize_backward(g + i, load(xp + i, len, xbuf.data()), len, q.hi[qi], q.lo[qi],
-                               q.rstd[qi], mg, mgxh, o);
-          } else {
-            std::copy_n(g + i, len, o);
-          }
-          store<T>(o, len, gxp + i);
-        }
-      }
-    });
-    std::vector<acc> gbuf = scratch<T>(kBlock);
-    for (int64_t o = 0; o < s.Co; ++o) {
-      const T* gp = gy + (n * s.Co + o) * s.Q();
-      double total = 0.0;
-      for (int64_t i = 0; i < s.Q(); i += kBlock) {
-        const int64_t len = std::min(kBlock, s.Q() - i);
-        total += sum(load(gp + i, len, gbuf.data()), len);
-      }
-      gb[n * s.Co + o] = static_cast<T>(total);
-    }
+    finish_sample(gy, x, gx, gw, gb, s, q, normalized, n, parts);
   }
 }
 
@@ -505,7 +584,8 @@ Five deformable_conv_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x_
         at::kBFloat16, at::kHalf, x.scalar_type(), "deformable_conv_backward", [&] {
           using acc = acc_t<scalar_t>;
           const NormParams<acc> q(m.const_data_ptr<double>(), r.const_data_ptr<double>(), s.N * s.C);
-          const int64_t T_ = chunks_for(tiles_of(s), tile_work(s));
+          const BackwardPlan plan = backward_plan(s);
+          const int64_t T_ = plan.chunks;
           auto [ws, pws] = allocate_workspace(x, T_ * chunk_elems<scalar_t>(s, true),
                                               T_ * s.KK() * tile_len(s) * point_bytes<acc>());
           backward(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
@@ -514,7 +594,7 @@ Five deformable_conv_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x_
                    gw.mutable_data_ptr<scalar_t>(), gb.mutable_data_ptr<scalar_t>(),
                    goffset.mutable_data_ptr<scalar_t>(),
                    mask.defined() ? gmask.mutable_data_ptr<scalar_t>() : nullptr, s, q, normalize,
-                   ws.mutable_data_ptr<acc>(), pws.mutable_data_ptr<uint8_t>(), T_);
+                   ws.mutable_data_ptr<acc>(), pws.mutable_data_ptr<uint8_t>(), plan);
         });
   }
   return {gx.contiguous(memory_format(l)), gw, gb, goffset, gmask};
