@@ -89,8 +89,8 @@ def run(quick: bool = False, dtype: torch.dtype = torch.float32) -> list[dict]:
         shape = f"{n},{c},{h},{w}"
         providers = {"ours": ours, "ref": ref, "gs": grid_sample_way}
         reps = dict(min_time=0.0, min_reps=3)  # the reference takes seconds per call
-        t = compare({k: (lambda f=f: f(*inputs)) for k, f in providers.items()}, **reps)
-        mem = {k: peak_bytes(lambda f=f: f(*inputs)) for k, f in providers.items()}
+        t = compare({k: (lambda f=f, a=inputs: f(*a)) for k, f in providers.items()}, **reps)
+        mem = {k: peak_bytes(lambda f=f, a=inputs: f(*a)) for k, f in providers.items()}
         table.row([shape, "fwd", ms(t["ours"][0]), ms(t["ref"][0]), ratio(t["ref"][0], t["ours"][0]),
                    ms(t["gs"][0]), ratio(t["gs"][0], t["ours"][0]), mib(mem["ours"]), mib(mem["ref"]), mib(mem["gs"])])
         fb = compare({k: forward_backward(f, inputs) for k, f in providers.items()}, **reps)

@@ -63,7 +63,7 @@ def make(name, h=7, w=8, n=2, dtype=torch.float64, device="cpu", with_mask=True,
 def positions_to_offsets(name, py, px, n=2, h=7, w=8):
     """Offsets that put tap t of every output pixel exactly at (py[t], px[t]) (same for every pixel
     and offset group): offset = target position - regular grid position."""
-    c, co, k, stride, padding, dilation, groups, g = CONFIGS[name]
+    _c, _co, k, stride, padding, dilation, _groups, g = CONFIGS[name]
     ho, wo = out_size(name, h, w)
     s = (stride, stride) if isinstance(stride, int) else stride
     p = (padding, padding) if isinstance(padding, int) else padding
