@@ -12,6 +12,7 @@ from . import bench_spatially_adaptive
 from . import bench_cuda
 from . import bench_triton
 from . import bench_model
+from . import bench_deformable
 from .common import machine, steady_allocations
 
 
@@ -29,6 +30,7 @@ def main(argv=None) -> None:
     results += bench_cuda.run(args.quick)  # GPU rows; skipped (and says so) without a GPU
     results += bench_triton.run(args.quick)
     results += bench_model.run(args.quick)
+    results += bench_deformable.run(args.quick)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

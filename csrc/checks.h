@@ -124,3 +124,27 @@ inline void check_stats_device(const at::Tensor& x, const at::Tensor& mean,
 }
 
 }  // namespace din_ops
+
+namespace din_ops {
+
+// offset (N, 2 * G * kk, Ho, Wo) and mask (N, G * kk, Ho, Wo) or undefined, of the deformable
+// convolution (torchvision.ops.deform_conv2d layout; kk = kh * kw taps, G offset groups).
+inline void check_deformable_offset_mask(const at::Tensor& x, const at::Tensor& offset,
+                                         const c10::optional<at::Tensor>& mask, int64_t G,
+                                         int64_t kk, int64_t Ho, int64_t Wo) {
+  check_same_dtype_device(offset, "offset", x);
+  TORCH_CHECK_VALUE(offset.dim() == 4 && offset.size(0) == x.size(0) &&
+                        offset.size(1) == 2 * G * kk && offset.size(2) == Ho &&
+                        offset.size(3) == Wo,
+                    "din_ops: expected offset of shape (N, 2 * offset_groups * kh * kw, Ho, Wo) = (",
+                    x.size(0), ", ", 2 * G * kk, ", ", Ho, ", ", Wo, "), got ", offset.sizes());
+  if (mask.has_value() && mask->defined()) {
+    check_same_dtype_device(*mask, "mask", x);
+    TORCH_CHECK_VALUE(mask->dim() == 4 && mask->size(0) == x.size(0) && mask->size(1) == G * kk &&
+                          mask->size(2) == Ho && mask->size(3) == Wo,
+                      "din_ops: expected mask of shape (N, offset_groups * kh * kw, Ho, Wo) = (",
+                      x.size(0), ", ", G * kk, ", ", Ho, ", ", Wo, "), got ", mask->sizes());
+  }
+}
+
+}  // namespace din_ops

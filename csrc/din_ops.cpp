@@ -50,6 +50,23 @@ TORCH_LIBRARY(din_ops, m) {
       " Tensor mean, Tensor rstd, bool beta_defined)"
       " -> (Tensor grad_x, Tensor grad_gamma, Tensor grad_beta)",
       tags);
+  // Deformable per-sample convolution (DCNv1; DCNv2 with a modulation mask), normalize as in
+  // dynamic_conv. offset (N, 2 * offset_groups * kh * kw, Ho, Wo) holds (dy, dx) per tap and mask
+  // (N, offset_groups * kh * kw, Ho, Wo), as in torchvision.ops.deform_conv2d; bilinear sampling
+  // of the (normalized) input, zero outside it. Backward: grad_mask is an empty (0,) tensor when
+  // mask is None.
+  m.def(
+      "deformable_conv(Tensor x, Tensor weight, Tensor? bias, Tensor offset, Tensor? mask,"
+      " int[2] stride, int[4] padding, int[2] dilation, int groups, int offset_groups,"
+      " bool normalize, float eps) -> (Tensor y, Tensor mean, Tensor rstd)",
+      tags);
+  m.def(
+      "deformable_conv_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor offset,"
+      " Tensor? mask, Tensor mean, Tensor rstd, int[2] stride, int[4] padding, int[2] dilation,"
+      " int groups, int offset_groups, bool normalize)"
+      " -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_offset,"
+      " Tensor grad_mask)",
+      tags);
 }
 
 // `import din_ops._C` loads this library (and with it the registrations above). The module has no

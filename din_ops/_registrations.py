@@ -170,6 +170,54 @@ if backends.extension_loaded():
         "din_ops::spatially_adaptive_instance_norm", _sain_backward, setup_context=_sain_setup
     )
 
+    @torch.library.register_fake("din_ops::deformable_conv")
+    def _deformable_conv_fake(
+        x, weight, bias, offset, mask, stride, padding, dilation, groups, offset_groups, normalize, eps
+    ):
+        n = x.shape[0]
+        y = x.new_empty((n, weight.shape[1], offset.shape[2], offset.shape[3]))
+        return (y.contiguous(memory_format=_out_format(x)), *_stats_like(x))
+
+    @torch.library.register_fake("din_ops::deformable_conv_backward")
+    def _deformable_conv_backward_fake(
+        grad_y, x, weight, offset, mask, mean, rstd, stride, padding, dilation, groups, offset_groups,
+        normalize,
+    ):
+        return (
+            torch.empty_like(x, memory_format=_out_format(x)),
+            weight.new_empty(weight.shape),
+            weight.new_empty((weight.shape[0], weight.shape[1])),
+            offset.new_empty(offset.shape),
+            mask.new_empty(mask.shape) if mask is not None else x.new_empty((0,)),
+        )
+
+    def _deformable_conv_setup(ctx, inputs, output):
+        x, weight, bias, offset, mask, stride, padding, dilation, groups, offset_groups, normalize, _eps = inputs
+        _y, mean, rstd = output
+        ctx.save_for_backward(x, weight, offset, mask, mean, rstd)
+        ctx.conv = (stride, padding, dilation, groups, offset_groups, normalize)
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(mean, rstd)
+
+    def _deformable_conv_backward(ctx, grad_y, _grad_mean, _grad_rstd):
+        x, weight, offset, mask, mean, rstd = ctx.saved_tensors
+        gx, gw, gb, goffset, gmask = _ops.deformable_conv_backward(
+            grad_y, x, weight, offset, mask, mean, rstd, *ctx.conv
+        )
+        return (
+            gx, gw, gb if ctx.has_bias else None, goffset, gmask if mask is not None else None,
+            None, None, None, None, None, None, None,
+        )
+
+    torch.library.register_autograd(
+        "din_ops::deformable_conv", _deformable_conv_backward, setup_context=_deformable_conv_setup
+    )
+    torch.library.register_autograd(
+        "din_ops::deformable_conv_backward",
+        _no_double_backward("deformable_conv_backward"),
+        setup_context=lambda ctx, inputs, output: None,
+    )
+
     for _name in (
         "instance_norm_backward",
         "dynamic_instance_norm_1x1_backward",

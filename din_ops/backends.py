@@ -41,10 +41,13 @@ def extension_loaded() -> bool:
     return _extension_error is None
 
 
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether the compiled library registers a kernel of operator ``op`` for ``dispatch_key``."""
+    return extension_loaded() and torch._C._dispatch_has_kernel_for_dispatch_key(op, dispatch_key)
+
+
 def _has_kernel(dispatch_key: str) -> bool:
-    return extension_loaded() and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "din_ops::instance_norm", dispatch_key
-    )
+    return has_kernel("din_ops::instance_norm", dispatch_key)
 
 
 def _discover() -> tuple[str, ...]:

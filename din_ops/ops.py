@@ -162,6 +162,8 @@ def dynamic_instance_norm(
     groups: int = 1,
     eps: float = 1e-5,
     backend: Optional[str] = None,
+    offset: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
     """Dynamic Instance Normalization (Jing et al., AAAI 2020).
 
@@ -185,6 +187,13 @@ def dynamic_instance_norm(
         stride, padding, dilation, groups: as in ``F.conv2d`` (padding may be "same" or "valid").
         eps: added to the variance of each (n, c) plane, >= 0.
         backend: None (the compiled kernels for x's device), "cpu", "cuda" or "reference".
+        offset: None, or the sampling offsets of a deformable convolution (DCNv1), in the layout of
+            ``torchvision.ops.deform_conv2d``: (N, 2 * G * kh * kw, Ho, Wo), the (dy, dx) pair of
+            each tap, G offset groups dividing C. Each tap then samples the normalized input
+            bilinearly at its shifted position (zero outside the input); see
+            :func:`din_ops.reference.deformable_conv2d` for the exact definition.
+        mask: None, or the modulation of each sample (DCNv2), (N, G * kh * kw, Ho, Wo); needs
+            ``offset``.
 
     Returns:
         (N, Co, Ho, Wo), channels_last when x is.
@@ -199,6 +208,8 @@ def dynamic_instance_norm(
     w, stride_, pad, dilation_, chosen = _prepare_conv(
         x, weight, bias, stride, padding, dilation, groups, backend
     )
+    if offset is not None or mask is not None:
+        return _deformable(x, w, bias, offset, mask, stride_, pad, dilation_, groups, True, eps, chosen)
     if chosen == "reference":
         return reference.dynamic_instance_norm(
             x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups, eps=eps
@@ -226,11 +237,14 @@ def dynamic_conv2d(
     dilation: Union[int, tuple[int, int]] = 1,
     groups: int = 1,
     backend: Optional[str] = None,
+    offset: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
     """A different convolution for every sample, without normalization:
     ``y[n] = conv2d(x[n], weight[n], bias[n], stride, padding, dilation, groups)``.
 
-    Same arguments, layouts and dtypes as :func:`dynamic_instance_norm` (without ``eps``).
+    Same arguments, layouts and dtypes as :func:`dynamic_instance_norm` (without ``eps``); with
+    ``offset`` (and ``mask``) it is ``torchvision.ops.deform_conv2d`` with a per-sample weight.
     """
     w, stride_, pad, dilation_, chosen = _prepare_conv(
         x, weight, bias, stride, padding, dilation, groups, backend
@@ -241,6 +255,8 @@ def dynamic_conv2d(
             "dynamic_instance_norm and spatially_adaptive_instance_norm); use backend='cuda', 'cpu' or "
             "'reference'"
         )
+    if offset is not None or mask is not None:
+        return _deformable(x, w, bias, offset, mask, stride_, pad, dilation_, groups, False, 0.0, chosen)
     if chosen == "reference":
         return reference.dynamic_conv2d(
             x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups
@@ -304,3 +320,60 @@ def spatially_adaptive_instance_norm(
     if chosen == "triton":
         return torch.ops.din_ops.triton_spatially_adaptive_instance_norm(x, gamma, beta, float(eps))[0]
     return torch.ops.din_ops.spatially_adaptive_instance_norm(x, gamma, beta, float(eps))[0]
+
+
+def _check_offset_mask(x: Tensor, w: Tensor, offset: Optional[Tensor], mask: Optional[Tensor],
+                       stride: list[int], pad: list[int], dilation: list[int]) -> int:
+    """Validates the offset and mask of a deformable convolution; returns the offset group count."""
+    if offset is None:
+        raise ValueError("din_ops: mask needs offset (a modulation mask without offsets is not a "
+                         "deformable convolution); pass offset=torch.zeros(...) for fixed taps")
+    _check_like_x(offset, "offset", x)
+    n, c, h, wd = x.shape
+    kk = w.shape[3] * w.shape[4]
+    ho = (h + pad[0] + pad[1] - dilation[0] * (w.shape[3] - 1) - 1) // stride[0] + 1
+    wo = (wd + pad[2] + pad[3] - dilation[1] * (w.shape[4] - 1) - 1) // stride[1] + 1
+    channels = offset.shape[1] if offset.dim() == 4 else 0
+    g = channels // (2 * kk)
+    if (offset.dim() != 4 or offset.shape[0] != n or channels == 0 or channels % (2 * kk)
+            or c % g):
+        raise ValueError(
+            f"din_ops: expected offset of shape (N, 2 * G * kh * kw, Ho, Wo) with N = {n}, "
+            f"kh * kw = {kk} and G offset groups dividing C = {c}, got {_shape(offset)}"
+        )
+    if offset.shape[2:] != (ho, wo):
+        raise ValueError(
+            f"din_ops: expected offset of spatial size (Ho, Wo) = ({ho}, {wo}) (the output size), "
+            f"got {_shape(offset)}"
+        )
+    if mask is not None:
+        _check_like_x(mask, "mask", x)
+        if _shape(mask) != (n, g * kk, ho, wo):
+            raise ValueError(
+                f"din_ops: expected mask of shape (N, G * kh * kw, Ho, Wo) = ({n}, {g * kk}, {ho}, "
+                f"{wo}) (G = {g} offset groups from offset), got {_shape(mask)}"
+            )
+    return g
+
+
+def _deformable(x, w, bias, offset, mask, stride, pad, dilation, groups, normalize, eps, chosen):
+    """The deformable path of dynamic_instance_norm / dynamic_conv2d (arguments already checked,
+    except offset and mask)."""
+    g = _check_offset_mask(x, w, offset, mask, stride, pad, dilation)
+    if chosen == "triton":
+        raise ValueError(
+            "din_ops: backend 'triton' has no deformable kernels; use backend='cpu' or 'reference'"
+        )
+    if chosen == "cuda" and not backends.has_kernel("din_ops::deformable_conv", "CUDA"):
+        raise RuntimeError(
+            "din_ops: the deformable dynamic convolution has no CUDA kernel yet; pass "
+            "backend='reference' for CUDA tensors (or move the tensors to the CPU)"
+        )
+    if chosen == "reference":
+        kw = dict(stride=tuple(stride), padding=(pad[0], pad[2]), dilation=tuple(dilation), groups=groups)
+        if normalize:
+            return reference.deformable_instance_norm(x, w, bias, offset, mask, eps=eps, **kw)
+        return reference.deformable_conv2d(x, w, bias, offset, mask, **kw)
+    return torch.ops.din_ops.deformable_conv(
+        x, w, bias, offset, mask, stride, pad, dilation, groups, g, normalize, float(eps)
+    )[0]

@@ -86,3 +86,100 @@ def spatially_adaptive_instance_norm(
     """
     y = gamma * instance_norm(x, eps)
     return y if beta is None else y + beta
+
+
+def _pair_of(value: _Size) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def deformable_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    offset: Tensor,
+    mask: Optional[Tensor] = None,
+    *,
+    stride: _Size = 1,
+    padding: Union[_Size, str] = 0,
+    dilation: _Size = 1,
+    groups: int = 1,
+) -> Tensor:
+    """Deformable per-sample convolution (DCNv1; DCNv2 with ``mask``), from the definition.
+
+    Offsets and mask have the layout of ``torchvision.ops.deform_conv2d``: ``offset`` is
+    (N, 2 * G * kh * kw, Ho, Wo) with the (dy, dx) pair of tap t = i * kw + j of offset group g at
+    channels 2 * (g * kh * kw + t) and 2 * (g * kh * kw + t) + 1, ``mask`` is (N, G * kh * kw, Ho, Wo)
+    or None (ones); channel c of x belongs to offset group c // (C // G). Tap (i, j) of output pixel
+    (oh, ow) samples x at the fractional position
+
+        (oh * stride_h - pad_top + i * dilation_h + dy,  ow * stride_w - pad_left + j * dilation_w + dx)
+
+    by bilinear interpolation of the four surrounding pixels, each pixel outside the input counting
+    as zero; the sample is multiplied by the mask, and ``y[n] = weight[n] @ samples + bias[n]``
+    (per convolution group). With zero offsets and no mask this is :func:`dynamic_conv2d`.
+    Vectorized over the whole batch: it materializes the (N, C * kh * kw, Ho * Wo) samples.
+    """
+    n, c, h, w = x.shape
+    if weight.dim() == 3:
+        weight = weight[..., None, None]
+    co, kh, kw = weight.shape[1], weight.shape[3], weight.shape[4]
+    kk = kh * kw
+    (sh, sw), (dh, dw) = _pair_of(stride), _pair_of(dilation)
+    if isinstance(padding, str):  # as F.conv2d: "valid" is 0, "same" puts the odd pixel at the end
+        pt, pl = (0, 0) if padding == "valid" else ((dh * (kh - 1)) // 2, (dw * (kw - 1)) // 2)
+    else:
+        pt, pl = _pair_of(padding)
+    ho, wo = offset.shape[2], offset.shape[3]
+    g = offset.shape[1] // (2 * kk)
+
+    # Sampling positions, (N, G, kk, Ho, Wo): the regular grid plus the offsets.
+    dev, acc = x.device, offset.dtype
+    taps_y = (torch.arange(kh, device=dev) * dh).repeat_interleave(kw)  # tap t = i * kw + j
+    taps_x = (torch.arange(kw, device=dev) * dw).repeat(kh)
+    grid_y = (torch.arange(ho, device=dev) * sh - pt)[None, :, None] + taps_y[:, None, None]
+    grid_x = (torch.arange(wo, device=dev) * sw - pl)[None, None, :] + taps_x[:, None, None]
+    off = offset.reshape(n, g, kk, 2, ho, wo)
+    py = grid_y.to(acc) + off[:, :, :, 0]
+    px = grid_x.to(acc) + off[:, :, :, 1]
+
+    # Bilinear interpolation: the four corners, each weighted and dropped when outside the input.
+    y0, x0 = torch.floor(py), torch.floor(px)
+    ly, lx = py - y0, px - x0
+    xs = x.reshape(n, g, (c // g), h * w)
+    samples = torch.zeros(n, g, c // g, kk * ho * wo, dtype=x.dtype, device=dev)
+    for cy, cx, corner_weight in ((0, 0, (1 - ly) * (1 - lx)), (0, 1, (1 - ly) * lx),
+                                  (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
+        yy, xx = y0 + cy, x0 + cx
+        inside = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)
+        index = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).long().reshape(n, g, 1, -1)
+        values = torch.gather(xs, 3, index.expand(n, g, c // g, -1))
+        samples.addcmul_(values, (corner_weight * inside).reshape(n, g, 1, -1))
+    if mask is not None:
+        samples = samples * mask.reshape(n, g, 1, -1)
+
+    # The convolution is now a batched matrix product per convolution group.
+    cols = samples.reshape(n, groups, (c // groups) * kk, ho * wo)
+    y = weight.reshape(n, groups, co // groups, (c // groups) * kk) @ cols
+    y = y.reshape(n, co, ho, wo)
+    return y if bias is None else y + bias[:, :, None, None]
+
+
+def deformable_instance_norm(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    offset: Tensor,
+    mask: Optional[Tensor] = None,
+    *,
+    stride: _Size = 1,
+    padding: Union[_Size, str] = 0,
+    dilation: _Size = 1,
+    groups: int = 1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Deformable dynamic instance normalization: :func:`deformable_conv2d` of the instance-normalized
+    x (samples outside the input are zero in the normalized domain)."""
+    return deformable_conv2d(
+        instance_norm(x, eps), weight, bias, offset, mask,
+        stride=stride, padding=padding, dilation=dilation, groups=groups,
+    )

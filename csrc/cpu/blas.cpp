@@ -70,9 +70,11 @@ void gemm_impl(Fn* blas, Mat<const T> A, Mat<const T> B, T beta, Mat<T> C) {
   }
   // Column-major BLAS computes C = op(A) op(B) with C column-major. If C is row-major instead,
   // compute C^T = B^T A^T, whose storage is column-major.
-  const bool c_col_major = (C.rs == 1 && C.cs != 1) || C.cols == 1;
+  // A single column is column-major only when its elements are adjacent (rs == 1); one with a row
+  // stride (a column of a wider row-major matrix) is handled as the row C^T, with ldc = rs.
+  const bool c_col_major = C.rs == 1 && (C.cs != 1 || C.cols == 1);
   if (!c_col_major) {
-    TORCH_CHECK(C.cs == 1, "din_ops: gemm output needs a unit stride");
+    TORCH_CHECK(C.cs == 1 || C.cols == 1, "din_ops: gemm output needs a unit stride");
     Mat<const T> At = transposed(A), Bt = transposed(B);
     A = Bt;
     B = At;

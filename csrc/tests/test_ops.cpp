@@ -503,6 +503,39 @@ DIN_TEST(bad_arguments_throw) {
   DIN_CHECK(std::get<0>(din_1x1_backward(gy, x, w, mean, rstd)).sizes() == x.sizes());
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// deformable_conv (through the dispatcher; the full checks are in tests/test_deformable.py)
+
+using Five = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+Triple deformable_conv(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b,
+                       const Tensor& offset, const std::optional<Tensor>& mask, bool normalize) {
+  static const auto op =
+      find_op("din_ops::deformable_conv")
+          .typed<Triple(const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
+                        const std::optional<Tensor>&, c10::IntArrayRef, c10::IntArrayRef,
+                        c10::IntArrayRef, int64_t, int64_t, bool, double)>();
+  return op.call(x, w, b, offset, mask, {1, 1}, {1, 1, 1, 1}, {1, 1}, 1, 1, normalize, 1e-5);
+}
+
+DIN_TEST(deformable_conv_zero_offsets_is_conv2d_and_far_offsets_give_the_bias) {
+  at::manual_seed(7);
+  const Tensor x = randn({2, 3, 6, 5}, at::kDouble), w = randn({2, 4, 3, 3, 3}, at::kDouble);
+  const Tensor b = randn({2, 4}, at::kDouble), zero = at::zeros({2, 18, 6, 5}, at::kDouble);
+  const auto [y, mean, rstd] = deformable_conv(x, w, b, zero, std::nullopt, false);
+  for (int64_t n = 0; n < 2; ++n) {
+    CHECK_TENSOR(y[n], at::conv2d(x[n].unsqueeze(0), w[n], b[n], 1, 1)[0], 1e-12);
+  }
+  const Tensor mask = at::rand({2, 9, 6, 5}, at::kDouble);
+  const auto far = deformable_conv(x, w, b, at::full({2, 18, 6, 5}, 1e9, at::kDouble), mask, true);
+  CHECK_TENSOR(std::get<0>(far), b.view({2, 4, 1, 1}).expand({2, 4, 6, 5}), 0.0);
+  const auto op = find_op("din_ops::deformable_conv_backward");
+  DIN_CHECK(op.schema().returns().size() == 5 && op.hasKernelForDispatchKey(c10::DispatchKey::CPU));
+  DIN_CHECK_THROWS(deformable_conv(x, w, b, zero.narrow(1, 0, 16), std::nullopt, false),
+                   c10::ValueError);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) { return din_ops::test::run_all(argc, argv); }

@@ -1,0 +1,610 @@
+// Per-sample deformable convolution (DCNv1, and DCNv2 with a modulation mask) on the CPU, with the
+// instance normalization applied on load (deformable dynamic instance norm) or not. Offsets and mask
+// follow torchvision.ops.deform_conv2d: offset (N, 2 * G * kh * kw, Ho, Wo) holds the (dy, dx) pair
+// of tap t = i * kw + j of offset group g at channels 2 * (g * kh * kw + t) + {0, 1}; mask
+// (N, G * kh * kw, Ho, Wo). Channel c belongs to offset group c / (C / G).
+//
+//   forward : col[c, t, q] = m[g, t, q] * S(xh[c], p(t, q))      S: bilinear sample, 0 outside
+//             y[n]        = W[n] @ col + b[n]                    (per convolution group)
+//             p(t, q)     = (oh * sh - pt + i * dh + dy, ow * sw - pl + j * dw + dx)
+//   backward: gb          = sum_q gy
+//             gW[n]       = gy @ col^T
+//             gcol        = W[n]^T @ gy
+//             gm[g, t, q] = sum_{c in g} gcol[c, t, q] * S(xh[c], p)
+//             gp[g, t, q] = sum_{c in g} gcol[c, t, q] * m * dS(xh[c], p)/dp   (dy, dx)
+//             gxh[c]     += gcol * m * (corner weights), scattered onto the four corners of p
+//             gx          = rstd * (gxh - mean(gxh) - xh * mean(gxh * xh))   (identity unnormalized)
+//
+// Normalization folds into the sampler (design/MATH.md): every corner value is read from x and
+// normalized on load, ((x - mean_hi) - mean_lo) * rstd, so neither the normalized input nor the
+// sampled columns of the whole batch are ever written. The bilinear corner and weight arithmetic is
+// din_ops/bilinear.h, shared with the CUDA kernels.
+//
+// Work and workspace. Output pixels of one sample are cut into tiles of L flattened positions, with
+// L chosen so that a column tile (C * kh * kw x L) is about 1 MiB. A tile builds its columns offset
+// group by offset group (corners and weights of its kh * kw * L sample points once, then every
+// channel of the group gathers through them) and does one GEMM per convolution group (blas.h).
+// The work is split into T = min(threads, tiles, work / grain) fixed chunks of consecutive tiles, and
+// every chunk owns one slice of a single workspace tensor allocated up front, so the workspace is
+// bounded by T * (column tile + corner table), plus in backward T * (a second column tile and
+// per-sample x-gradient and weight-gradient buffers): chunk_elems gives the exact size.
+//
+// Determinism of the x-gradient scatter: several output pixels sample the same input pixel, so the
+// x-gradient is a scatter. It goes to per-chunk buffers (C * H * W of one sample), never to shared
+// memory, in one of two fixed schemes (backward_plan picks the one with the shorter critical path):
+// - whole samples: chunk k owns consecutive samples and does all tiles of each, in tile order, so
+//   nothing needs reducing (many or small samples);
+// - split samples: one sample at a time, its tiles cut into T chunks, each accumulating into its
+//   own buffer in tile order; the T buffers are then added in chunk order (per channel, in parallel
+//   over channels), followed by the instance-norm backward. Weight-gradient partials likewise.
+// The scheme and chunking depend only on the shape and the thread count, so results are bitwise
+// repeatable for a fixed thread count (they may differ in the last bits between thread counts).
+// The offset and mask gradients, and the forward output, are owned by exactly one tile.
+//
+// Accumulation: float (double for double data), with the statistics, the bias gradient and the
+// instance-norm backward sums in double like the other kernels. Inputs are computed in NCHW;
+// channels_last x is converted once on entry and the outputs converted back (documented cost).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "blas.h"
+#include "common.h"
+#include "din_ops/bilinear.h"
+
+namespace din_ops::cpu {
+namespace {
+
+namespace bl = din_ops::bilinear;
+
+struct Geometry {
+  int64_t N, C, H, W, Co, groups, Cg, Cog, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, G, Cgo;
+  int64_t KK() const { return kh * kw; }
+  int64_t K() const { return Cg * kh * kw; }  // GEMM depth of one convolution group
+  int64_t P() const { return H * W; }
+  int64_t Q() const { return Ho * Wo; }
+};
+
+Geometry geometry(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
+                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                  int64_t offset_groups) {
+  Geometry s{};
+  s.N = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3);
+  s.Co = w.size(1), s.groups = groups, s.Cg = s.C / groups, s.Cog = s.Co / groups;
+  s.kh = w.size(3), s.kw = w.size(4);
+  s.sh = stride[0], s.sw = stride[1], s.pt = padding[0], s.pl = padding[2];
+  s.dh = dilation[0], s.dw = dilation[1];
+  s.Ho = (s.H + padding[0] + padding[1] - s.dh * (s.kh - 1) - 1) / s.sh + 1;
+  s.Wo = (s.W + padding[2] + padding[3] - s.dw * (s.kw - 1) - 1) / s.sw + 1;
+  s.G = offset_groups, s.Cgo = s.C / offset_groups;
+  return s;
+}
+
+void check_args(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
+                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                int64_t groups, int64_t offset_groups) {
+  check_input(x);
+  check_same_dtype_device(w, "weight", x);
+  TORCH_CHECK_VALUE(stride.size() == 2 && dilation.size() == 2 && padding.size() == 4,
+                    "din_ops: expected stride and dilation of 2 values and padding of 4 "
+                    "(top, bottom, left, right)");
+  TORCH_CHECK_VALUE(stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0,
+                    "din_ops: expected positive stride and dilation, got ", stride, " and ",
+                    dilation);
+  for (auto p : padding) TORCH_CHECK_VALUE(p >= 0, "din_ops: expected padding >= 0, got ", padding);
+  TORCH_CHECK_VALUE(groups > 0 && x.size(1) % groups == 0,
+                    "din_ops: expected groups to divide C = ", x.size(1), ", got groups = ", groups);
+  TORCH_CHECK_VALUE(w.dim() == 5 && w.size(0) == x.size(0) && w.size(2) == x.size(1) / groups &&
+                        w.size(1) % groups == 0 && w.size(3) > 0 && w.size(4) > 0,
+                    "din_ops: expected weight of shape (N, Co, C / groups, kh, kw) with N = ",
+                    x.size(0), ", C / groups = ", x.size(1) / groups,
+                    " and Co divisible by groups, got ", w.sizes());
+  if (b.has_value() && b->defined()) {
+    check_same_dtype_device(*b, "bias", x);
+    TORCH_CHECK_VALUE(b->dim() == 2 && b->size(0) == x.size(0) && b->size(1) == w.size(1),
+                      "din_ops: expected bias of shape (N, Co) = (", x.size(0), ", ", w.size(1),
+                      "), got ", b->sizes());
+  }
+  TORCH_CHECK_VALUE(offset_groups > 0 && x.size(1) % offset_groups == 0,
+                    "din_ops: expected offset_groups to divide C = ", x.size(1),
+                    ", got offset_groups = ", offset_groups);
+  const Geometry s = geometry(x, w, stride, padding, dilation, groups, offset_groups);
+  TORCH_CHECK_VALUE(s.Ho > 0 && s.Wo > 0, "din_ops: the kernel (", s.kh, ", ", s.kw,
+                    ") with dilation ", dilation, " is larger than the padded input (",
+                    s.H + padding[0] + padding[1], ", ", s.W + padding[2] + padding[3], ")");
+  check_deformable_offset_mask(x, offset, mask, offset_groups, s.KK(), s.Ho, s.Wo);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tiles, chunks and the workspace.
+
+template <typename acc>
+constexpr int64_t point_bytes() {
+  return static_cast<int64_t>(sizeof(bl::Corners<acc>));
+}
+
+// Flattened output positions per tile: a column tile of C * kh * kw x L values is ~1 MiB (L2), and
+// the corner table of its kh * kw x L points (64-96 bytes each) at most ~1.5 MiB.
+int64_t tile_len(const Geometry& s) {
+  const int64_t by_cols = (int64_t(1) << 18) / std::max<int64_t>(1, s.C * s.KK());
+  const int64_t by_points = (int64_t(1) << 14) / s.KK();
+  return std::max<int64_t>(1, std::min(s.Q(), std::max<int64_t>(16, std::min(by_cols, by_points))));
+}
+
+int64_t tiles_of(const Geometry& s) {
+  const int64_t L = tile_len(s);
+  return (s.Q() + L - 1) / L;
+}
+
+// Number of fixed chunks the `tasks` tiles (of `work` multiply-adds each) are split into: one per
+// thread, fewer when there is little work. Depends only on the shape and the thread count.
+int64_t chunks_for(int64_t tasks, int64_t work) {
+  const int64_t by_work = std::max<int64_t>(1, (tasks * work) >> 17);
+  return std::max<int64_t>(1, std::min({int64_t(at::get_num_threads()), tasks, by_work}));
+}
+
+// Multiply-adds per tile (sampling counted as ~8 per value), for the chunk count.
+int64_t tile_work(const Geometry& s) { return tile_len(s) * s.C * s.KK() * (s.Cog + 8); }
+
+// Elements of the accumulation type per chunk (forward and backward), besides the point table.
+template <typename T>
+int64_t chunk_elems(const Geometry& s, bool backward) {
+  const bool conv = !std::is_same_v<T, acc_t<T>>;  // half/bfloat16 need conversion buffers
+  const int64_t L = tile_len(s), KKL = s.KK() * L, colsz = s.C * KKL;
+  int64_t e = colsz;                                     // columns
+  if (conv) e += s.Co * s.K() + s.Co * L;                // converted weight, output/gy tile
+  if (backward) e += colsz + 4 * KKL + s.C * s.P() + s.Co * s.K();  // gcols, mask/goffset/gmask, gx, gW
+  return e;
+}
+
+// The corner tables of the kh * kw x Lt sample points of offset group g for the output positions
+// [q0, q0 + Lt) of sample n (offsets and mask as acc). With `mask` given and `fold_mask`, the mask
+// is folded into the interpolation weights (forward); otherwise it is copied to `mvals`.
+template <typename T>
+void sample_points(const T* offset, const T* mask, const Geometry& s, int64_t n, int64_t g,
+                   int64_t q0, int64_t Lt, bool fold_mask, bl::Corners<acc_t<T>>* pts,
+                   acc_t<T>* mvals) {
+  using acc = acc_t<T>;
+  for (int64_t t = 0; t < s.KK(); ++t) {
+    const int64_t i = t / s.kw, j = t % s.kw;
+    const T* oy = offset + ((n * s.G + g) * s.KK() + t) * 2 * s.Q() + q0;
+    const T* ox = oy + s.Q();
+    const T* m = mask != nullptr ? mask + ((n * s.G + g) * s.KK() + t) * s.Q() + q0 : nullptr;
+    for (int64_t l = 0; l < Lt; ++l) {
+      const int64_t q = q0 + l, oh = q / s.Wo, ow = q % s.Wo;
+      const acc y = bl::position<acc>(oh, s.sh, s.pt, i, s.dh, static_cast<acc>(oy[l]));
+      const acc x = bl::position<acc>(ow, s.sw, s.pl, j, s.dw, static_cast<acc>(ox[l]));
+      auto& p = pts[t * Lt + l];
+      p = bl::corners<acc>(y, x, s.H, s.W);
+      const acc mv = m != nullptr ? static_cast<acc>(m[l]) : acc(1);
+      if (fold_mask) {
+        for (int k = 0; k < 4; ++k) p.weight[k] *= mv;
+      } else {
+        mvals[t * Lt + l] = mv;
+      }
+    }
+  }
+}
+
+// The four corner values of point p in the normalized plane (read from x, normalized on load).
+template <typename T, typename acc>
+inline void load_corners(const T* xc, const bl::Corners<acc>& p, acc hi, acc lo, acc r, acc v[4]) {
+  for (int k = 0; k < 4; ++k) v[k] = math::normalize(static_cast<acc>(xc[p.index[k]]), hi, lo, r);
+}
+
+// Columns of tile [q0, q0 + Lt) of sample n: cols[(c * KK + t) * Lt + l] (all C channels).
+template <typename T>
+void build_columns(const T* x, const T* offset, const T* mask, const Geometry& s,
+                   const NormParams<acc_t<T>>& q, int64_t n, int64_t q0, int64_t Lt,
+                   bl::Corners<acc_t<T>>* pts, acc_t<T>* cols) {
+  using acc = acc_t<T>;
+  const int64_t KKL = s.KK() * Lt;
+  for (int64_t g = 0; g < s.G; ++g) {
+    sample_points(offset, mask, s, n, g, q0, Lt, true, pts, static_cast<acc*>(nullptr));
+    for (int64_t cc = 0; cc < s.Cgo; ++cc) {
+      const int64_t c = g * s.Cgo + cc, qi = n * s.C + c;
+      const T* xc = x + qi * s.P();
+      const acc hi = q.hi[qi], lo = q.lo[qi], r = q.rstd[qi];
+      acc* col = cols + c * KKL;
+      for (int64_t e = 0; e < KKL; ++e) {
+        acc v[4];
+        load_corners(xc, pts[e], hi, lo, r, v);
+        col[e] = bl::combine(pts[e].weight, v);
+      }
+    }
+  }
+}
+
+// The (acc) weight of sample n, (Co x K) row-major: w itself for float/double, else converted.
+template <typename T>
+const acc_t<T>* weight_of(const T* w, const Geometry& s, int64_t n, acc_t<T>* buf) {
+  return load(w + n * s.Co * s.K(), s.Co * s.K(), buf);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward: tasks are (n, tile) pairs, each writing its own output columns.
+
+template <typename T>
+void forward(const T* x, const T* w, const T* b, const T* offset, const T* mask, T* y,
+             const Geometry& s, const NormParams<acc_t<T>>& q, acc_t<T>* ws, uint8_t* pws,
+             int64_t T_) {
+  using acc = acc_t<T>;
+  constexpr bool conv = !std::is_same_v<T, acc>;
+  const int64_t L = tile_len(s), tiles = tiles_of(s), tasks = s.N * tiles, K = s.K();
+  const int64_t per_chunk = chunk_elems<T>(s, false);
+  at::parallel_for(0, T_, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      acc* cols = ws + k * per_chunk;
+      acc* wbuf = cols + s.C * s.KK() * L;  // conv only
+      acc* obuf = wbuf + s.Co * K;          // conv only
+      auto* pts = reinterpret_cast<bl::Corners<acc>*>(pws + k * s.KK() * L * point_bytes<acc>());
+      int64_t loaded = -1;  // sample whose weight is in wbuf
+      const acc* wn = nullptr;
+      for (int64_t task = k * tasks / T_; task < (k + 1) * tasks / T_; ++task) {
+        const int64_t n = task / tiles, q0 = (task % tiles) * L, Lt = std::min(L, s.Q() - q0);
+        build_columns(x, offset, mask, s, q, n, q0, Lt, pts, cols);
+        if (n != loaded) {
+          wn = weight_of(w, s, n, wbuf);
+          loaded = n;
+        }
+        for (int64_t grp = 0; grp < s.groups; ++grp) {
+          T* yp = y + (n * s.Co + grp * s.Cog) * s.Q() + q0;
+          Mat<acc> yt;
+          if constexpr (conv) {
+            yt = {obuf, s.Cog, Lt, Lt, 1};
+          } else {
+            yt = {yp, s.Cog, Lt, s.Q(), 1};
+          }
+          gemm(Mat<const acc>{wn + grp * s.Cog * K, s.Cog, K, K, 1},
+               Mat<const acc>{cols + grp * K * Lt, K, Lt, Lt, 1}, acc(0), yt);
+          for (int64_t o = 0; o < s.Cog; ++o) {
+            if (b != nullptr) {
+              add_scalar(yt.data + o * yt.rs, Lt, static_cast<acc>(b[n * s.Co + grp * s.Cog + o]));
+            }
+            store<T>(yt.data + o * yt.rs, Lt, yp + o * s.Q());
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward. Two fixed schemes, chosen from the shape and the thread count (see the file comment):
+// - split: one sample at a time, its tiles split into T_ chunks with private gx / gW buffers that
+//   are then added in chunk order;
+// - whole: T_ chunks of consecutive samples, each sample done entirely by its chunk in tile order
+//   (no reduction). Used when it balances the work at least as well (many or small samples).
+
+// One chunk's slice of the workspace.
+template <typename acc>
+struct ChunkBuffers {
+  acc* cols;   // C * KK * L: the columns of a tile (recomputed)
+  acc* gcols;  // C * KK * L: W^T @ gy of a tile
+  acc* mv;     // KK * L: mask values of a tile and offset group
+  acc* goy;    // 3 * KK * L: goffset y, goffset x and gmask accumulators
+  acc* gxh;    // C * P: gradient with respect to xh of the current sample
+  acc* gwk;    // Co * K: weight gradient of the current sample
+  acc* wbuf;   // Co * K: converted weight (half/bfloat16 only)
+  acc* gyb;    // Co * L: converted gy tile (half/bfloat16 only)
+  bl::Corners<acc>* pts;  // KK * L points
+};
+
+template <typename T>
+ChunkBuffers<acc_t<T>> chunk_buffers(const Geometry& s, acc_t<T>* ws, uint8_t* pws, int64_t k) {
+  using acc = acc_t<T>;
+  const int64_t L = tile_len(s), KKL = s.KK() * L, colsz = s.C * KKL;
+  ChunkBuffers<acc> b{};
+  b.cols = ws + k * chunk_elems<T>(s, true);
+  b.gcols = b.cols + colsz;
+  b.mv = b.gcols + colsz;
+  b.goy = b.mv + KKL;
+  b.gxh = b.goy + 3 * KKL;
+  b.gwk = b.gxh + s.C * s.P();
+  b.wbuf = b.gwk + s.Co * s.K();
+  b.gyb = b.wbuf + s.Co * s.K();
+  b.pts = reinterpret_cast<bl::Corners<acc>*>(pws + k * KKL * point_bytes<acc>());
+  return b;
+}
+
+// Tiles [t0, t1) of sample n: adds their contributions to b.gxh and b.gwk (zeroed by the caller)
+// and writes their goffset and gmask.
+template <typename T>
+void backward_tiles(const T* gy, const T* x, const T* w, const T* offset, const T* mask,
+                    T* goffset, T* gmask, const Geometry& s, const NormParams<acc_t<T>>& q,
+                    int64_t n, int64_t t0, int64_t t1, const ChunkBuffers<acc_t<T>>& b) {
+  using acc = acc_t<T>;
+  constexpr bool conv = !std::is_same_v<T, acc>;
+  const int64_t L = tile_len(s), K = s.K(), KK = s.KK();
+  const acc* wn = weight_of(w, s, n, b.wbuf);
+  for (int64_t tile = t0; tile < t1; ++tile) {
+    const int64_t q0 = tile * L, Lt = std::min(L, s.Q() - q0), KKL = KK * Lt;
+    // gy tile (Co x Lt) as acc.
+    const T* gp = gy + n * s.Co * s.Q() + q0;
+    Mat<const acc> gt;
+    if constexpr (conv) {
+      for (int64_t o = 0; o < s.Co; ++o) convert(gp + o * s.Q(), Lt, b.gyb + o * Lt);
+      gt = {b.gyb, s.Co, Lt, Lt, 1};
+    } else {
+      gt = {gp, s.Co, Lt, s.Q(), 1};
+    }
+    // gcols = W^T @ gy, per convolution group.
+    for (int64_t grp = 0; grp < s.groups; ++grp) {
+      gemm(Mat<const acc>{wn + grp * s.Cog * K, K, s.Cog, 1, K},
+           Mat<const acc>{gt.data + grp * s.Cog * gt.rs, s.Cog, Lt, gt.rs, 1}, acc(0),
+           Mat<acc>{b.gcols + grp * K * Lt, K, Lt, Lt, 1});
+    }
+    acc *goy = b.goy, *gox = b.goy + KKL, *gmk = b.goy + 2 * KKL;
+    for (int64_t g = 0; g < s.G; ++g) {
+      sample_points(offset, mask, s, n, g, q0, Lt, false, b.pts, b.mv);
+      std::fill(goy, goy + 3 * KKL, acc(0));
+      for (int64_t cc = 0; cc < s.Cgo; ++cc) {
+        const int64_t c = g * s.Cgo + cc, qi = n * s.C + c;
+        const T* xc = x + qi * s.P();
+        const acc hi = q.hi[qi], lo = q.lo[qi], r = q.rstd[qi];
+        acc* col = b.cols + c * KKL;
+        const acc* gcol = b.gcols + c * KKL;
+        acc* gplane = b.gxh + c * s.P();
+        for (int64_t e = 0; e < KKL; ++e) {
+          const auto& p = b.pts[e];
+          acc v[4];
+          load_corners(xc, p, hi, lo, r, v);
+          const acc val = bl::combine(p.weight, v), m = b.mv[e], gc = gcol[e];
+          col[e] = m * val;
+          gmk[e] += gc * val;
+          const acc gv = gc * m;
+          goy[e] += gv * bl::combine(p.dy, v);
+          gox[e] += gv * bl::combine(p.dx, v);
+          for (int kc = 0; kc < 4; ++kc) gplane[p.index[kc]] += gv * p.weight[kc];
+        }
+      }
+      for (int64_t t = 0; t < KK; ++t) {
+        T* go = goffset + ((n * s.G + g) * KK + t) * 2 * s.Q() + q0;
+        for (int64_t l = 0; l < Lt; ++l) {
+          go[l] = static_cast<T>(goy[t * Lt + l]);
+          go[s.Q() + l] = static_cast<T>(gox[t * Lt + l]);
+        }
+        if (gmask != nullptr) {
+          T* gm = gmask + ((n * s.G + g) * KK + t) * s.Q() + q0;
+          for (int64_t l = 0; l < Lt; ++l) gm[l] = static_cast<T>(gmk[t * Lt + l]);
+        }
+      }
+    }
+    // gW += gy @ cols^T, per convolution group.
+    for (int64_t grp = 0; grp < s.groups; ++grp) {
+      gemm(Mat<const acc>{gt.data + grp * s.Cog * gt.rs, s.Cog, Lt, gt.rs, 1},
+           Mat<const acc>{b.cols + grp * K * Lt, Lt, K, 1, Lt}, acc(1),
+           Mat<acc>{b.gwk + grp * s.Cog * K, s.Cog, K, K, 1});
+    }
+  }
+}
+
+// Sample n's gradients from the partial sums of `parts` chunks (buffers of chunks k0 .. k0 + parts,
+// added in chunk order): gW, then per channel gx (with the instance-norm backward while the plane is
+// in cache, channels in parallel), and gb in double.
+template <typename T>
+void finish_sample(const T* gy, const T* x, T* gx, T* gw, T* gb, const Geometry& s,
+                   const NormParams<acc_t<T>>& q, bool normalized, int64_t n,
+                   const std::vector<ChunkBuffers<acc_t<T>>>& parts) {
+  using acc = acc_t<T>;
+  const int64_t K = s.K(), T_ = static_cast<int64_t>(parts.size());
+  acc* gw0 = parts[0].gwk;
+  for (int64_t k = 1; k < T_; ++k) add_to(gw0, parts[k].gwk, s.Co * K);
+  T* gwp = gw + n * s.Co * K;
+  for (int64_t i = 0; i < s.Co * K; ++i) gwp[i] = static_cast<T>(gw0[i]);
+  at::parallel_for(0, s.C, grain_for(s.P() * (T_ + 4)), [&](int64_t c0, int64_t c1) {
+    std::vector<acc> xbuf = scratch<T>(kBlock), obuf = scratch<T>(kBlock);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t qi = n * s.C + c;
+      acc* g = parts[0].gxh + c * s.P();
+      for (int64_t k = 1; k < T_; ++k) add_to(g, parts[k].gxh + c * s.P(), s.P());
+      const T* xp = x + qi * s.P();
+      T* gxp = gx + qi * s.P();
+      acc mg = 0, mgxh = 0;
+      if (normalized) {
+        double sg = 0.0, sgxh = 0.0;
+        for (int64_t i = 0; i < s.P(); i += kBlock) {
+          const int64_t len = std::min(kBlock, s.P() - i);
+          grad_sums(g + i, load(xp + i, len, xbuf.data()), len, q.hi[qi], q.lo[qi], q.rstd[qi],
+                    &sg, &sgxh);
+        }
+        mg = static_cast<acc>(sg / double(s.P()));
+        mgxh = static_cast<acc>(sgxh / double(s.P()));
+      }
+      for (int64_t i = 0; i < s.P(); i += kBlock) {
+        const int64_t len = std::min(kBlock, s.P() - i);
+        acc* o = out_ptr(gxp + i, obuf.data());
+        if (normalized) {
+          normalize_backward(g + i, load(xp + i, len, xbuf.data()), len, q.hi[qi], q.lo[qi],
+                             q.rstd[qi], mg, mgxh, o);
+        } else {
+          std::copy_n(g + i, len, o);
+        }
+        store<T>(o, len, gxp + i);
+      }
+    }
+  });
+  std::vector<acc> gbuf = scratch<T>(kBlock);
+  for (int64_t o = 0; o < s.Co; ++o) {
+    const T* gp = gy + (n * s.Co + o) * s.Q();
+    double total = 0.0;
+    for (int64_t i = 0; i < s.Q(); i += kBlock) {
+      const int64_t len = std::min(kBlock, s.Q() - i);
+      total += sum(load(gp + i, len, gbuf.data()), len);
+    }
+    gb[n * s.Co + o] = static_cast<T>(total);
+  }
+}
+
+// The backward scheme: whole samples per chunk, or each sample split into chunks of tiles, and the
+// chunk count. Whole samples win when their makespan ceil(N / T) * tiles is no longer.
+struct BackwardPlan {
+  bool whole;
+  int64_t chunks;
+};
+
+BackwardPlan backward_plan(const Geometry& s) {
+  const int64_t tiles = tiles_of(s), work = tile_work(s);
+  const int64_t split = chunks_for(tiles, work), whole = chunks_for(s.N, tiles * work);
+  const int64_t split_span = s.N * ((tiles + split - 1) / split);
+  const int64_t whole_span = ((s.N + whole - 1) / whole) * tiles;
+  return whole_span <= split_span ? BackwardPlan{true, whole} : BackwardPlan{false, split};
+}
+
+template <typename T>
+void backward(const T* gy, const T* x, const T* w, const T* offset, const T* mask, T* gx, T* gw,
+              T* gb, T* goffset, T* gmask, const Geometry& s, const NormParams<acc_t<T>>& q,
+              bool normalized, acc_t<T>* ws, uint8_t* pws, const BackwardPlan& plan) {
+  using acc = acc_t<T>;
+  const int64_t tiles = tiles_of(s), T_ = plan.chunks;
+  auto zero = [&](const ChunkBuffers<acc>& b) {
+    std::fill(b.gxh, b.gxh + s.C * s.P(), acc(0));
+    std::fill(b.gwk, b.gwk + s.Co * s.K(), acc(0));
+  };
+  if (plan.whole) {
+    at::parallel_for(0, T_, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const std::vector<ChunkBuffers<acc>> mine{chunk_buffers<T>(s, ws, pws, k)};
+        for (int64_t n = k * s.N / T_; n < (k + 1) * s.N / T_; ++n) {
+          zero(mine[0]);
+          backward_tiles(gy, x, w, offset, mask, goffset, gmask, s, q, n, 0, tiles, mine[0]);
+          finish_sample(gy, x, gx, gw, gb, s, q, normalized, n, mine);
+        }
+      }
+    });
+    return;
+  }
+  std::vector<ChunkBuffers<acc>> parts;
+  for (int64_t k = 0; k < T_; ++k) parts.push_back(chunk_buffers<T>(s, ws, pws, k));
+  for (int64_t n = 0; n < s.N; ++n) {
+    at::parallel_for(0, T_, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        zero(parts[k]);
+        backward_tiles(gy, x, w, offset, mask, goffset, gmask, s, q, n, k * tiles / T_,
+                       (k + 1) * tiles / T_, parts[k]);
+      }
+    });
+    finish_sample(gy, x, gx, gw, gb, s, q, normalized, n, parts);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points.
+
+using Five = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+at::Tensor contiguous_or_empty(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+// The workspace of one call: acc elements and corner-table bytes, as two tensors (so that
+// allocation profilers see them).
+std::pair<at::Tensor, at::Tensor> allocate_workspace(const at::Tensor& x, int64_t acc_elems,
+                                                     int64_t point_table_bytes) {
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return {at::empty({acc_elems}, x.options().dtype(acc_type)),
+          at::empty({point_table_bytes}, x.options().dtype(at::kByte))};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_conv_cpu(
+    const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+    const at::Tensor& offset_in, const c10::optional<at::Tensor>& mask_in, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
+    bool normalize, double eps) {
+  check_args(x_in, weight, bias, offset_in, mask_in, stride, padding, dilation, groups,
+             offset_groups);
+  const Layout l = layout_of(x_in);
+  const at::Tensor x = x_in.contiguous();  // computed in NCHW (a copy for channels_last)
+  const at::Tensor w = weight.contiguous(), offset = offset_in.contiguous();
+  const at::Tensor b = contiguous_or_empty(bias), mask = contiguous_or_empty(mask_in);
+  const Geometry s = geometry(x, w, stride, padding, dilation, groups, offset_groups);
+  auto y = at::empty({s.N, s.Co, s.Ho, s.Wo}, x.options());
+  auto [mean, rstd] = empty_stats(x);
+  if (s.N > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "deformable_conv", [&] {
+      using acc = acc_t<scalar_t>;
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      double* mp = mean.mutable_data_ptr<double>();
+      double* rp = rstd.mutable_data_ptr<double>();
+      if (normalize) {
+        instance_stats(xp, Layout::NCHW, 0, s.N, s.C, s.P(), eps, mp, rp);
+      } else {
+        std::fill(mp, mp + s.N * s.C, 0.0);
+        std::fill(rp, rp + s.N * s.C, 1.0);
+      }
+      const NormParams<acc> q(mp, rp, s.N * s.C);
+      const int64_t T_ = chunks_for(s.N * tiles_of(s), tile_work(s));
+      auto [ws, pws] = allocate_workspace(x, T_ * chunk_elems<scalar_t>(s, false),
+                                          T_ * s.KK() * tile_len(s) * point_bytes<acc>());
+      forward(xp, w.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b),
+              offset.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(mask),
+              y.mutable_data_ptr<scalar_t>(), s, q, ws.mutable_data_ptr<acc>(),
+              pws.mutable_data_ptr<uint8_t>(), T_);
+    });
+  }
+  return {y.contiguous(memory_format(l)), mean, rstd};
+}
+
+Five deformable_conv_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x_in,
+                                  const at::Tensor& weight, const at::Tensor& offset_in,
+                                  const c10::optional<at::Tensor>& mask_in, const at::Tensor& mean,
+                                  const at::Tensor& rstd, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                  int64_t offset_groups, bool normalize) {
+  check_args(x_in, weight, c10::nullopt, offset_in, mask_in, stride, padding, dilation, groups,
+             offset_groups);
+  check_stats(x_in, mean, rstd);
+  const Layout l = layout_of(x_in);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor w = weight.contiguous(), offset = offset_in.contiguous();
+  const at::Tensor mask = contiguous_or_empty(mask_in);
+  const Geometry s = geometry(x, w, stride, padding, dilation, groups, offset_groups);
+  check_same_dtype_device(grad_y, "grad_y", x);
+  TORCH_CHECK_VALUE(grad_y.dim() == 4 && grad_y.size(0) == s.N && grad_y.size(1) == s.Co &&
+                        grad_y.size(2) == s.Ho && grad_y.size(3) == s.Wo,
+                    "din_ops: expected grad_y of shape (", s.N, ", ", s.Co, ", ", s.Ho, ", ", s.Wo,
+                    "), got ", grad_y.sizes());
+  const at::Tensor gy = grad_y.contiguous();
+  const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
+  auto gx = at::empty_like(x, x.options().memory_format(at::MemoryFormat::Contiguous));
+  auto gw = at::empty(w.sizes(), x.options());
+  auto gb = at::empty({s.N, s.Co}, x.options());
+  auto goffset = at::empty(offset.sizes(), x.options());
+  auto gmask = mask.defined() ? at::empty(mask.sizes(), x.options()) : at::empty({0}, x.options());
+  if (s.N > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, x.scalar_type(), "deformable_conv_backward", [&] {
+          using acc = acc_t<scalar_t>;
+          const NormParams<acc> q(m.const_data_ptr<double>(), r.const_data_ptr<double>(), s.N * s.C);
+          const BackwardPlan plan = backward_plan(s);
+          const int64_t T_ = plan.chunks;
+          auto [ws, pws] = allocate_workspace(x, T_ * chunk_elems<scalar_t>(s, true),
+                                              T_ * s.KK() * tile_len(s) * point_bytes<acc>());
+          backward(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                   w.const_data_ptr<scalar_t>(), offset.const_data_ptr<scalar_t>(),
+                   ptr_or_null<scalar_t>(mask), gx.mutable_data_ptr<scalar_t>(),
+                   gw.mutable_data_ptr<scalar_t>(), gb.mutable_data_ptr<scalar_t>(),
+                   goffset.mutable_data_ptr<scalar_t>(),
+                   mask.defined() ? gmask.mutable_data_ptr<scalar_t>() : nullptr, s, q, normalize,
+                   ws.mutable_data_ptr<acc>(), pws.mutable_data_ptr<uint8_t>(), plan);
+        });
+  }
+  return {gx.contiguous(memory_format(l)), gw, gb, goffset, gmask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(din_ops, CPU, m) {
+  m.impl("deformable_conv", &deformable_conv_cpu);
+  m.impl("deformable_conv_backward", &deformable_conv_backward_cpu);
+}
+
+}  // namespace din_ops::cpu
