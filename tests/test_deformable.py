@@ -432,6 +432,15 @@ def test_bad_offset_dtype_raises_type_error():
         din_ops.dynamic_instance_norm(x, w, b, offset=off, mask=m.float(), padding=1)
 
 
+@pytest.mark.skipif("triton" not in din_ops.available_backends(), reason="triton is not installed")
+def test_triton_backend_refuses_offsets():
+    # The Triton backend has no deformable kernels: it says so instead of running another backend.
+    x, w, b, off, m = make("3x3")
+    for fn in (din_ops.dynamic_instance_norm, din_ops.dynamic_conv2d):
+        with pytest.raises(ValueError, match="backend .triton. has no"):
+            fn(x, w, b, offset=off, mask=m, padding=1, backend="triton")
+
+
 def test_operator_checks_its_arguments():
     # Direct calls of the operator (no Python checks) fail cleanly too.
     x, w, b, off, m = make("3x3")
