@@ -127,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, error in registry.failed().items():
         print(f"din-bench: skipping {name}: {error}", file=sys.stderr)
 
-    stem = f"{_slug(info)}-{info['date'][:10]}"
+    stem = f"{_slug(info)}-{info['date'][:10]}-{info['date'][11:13]}{info['date'][14:16]}"
     data: dict = {"machine": info, "command": "din-bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "settings": settings.as_dict(), "memory_method": memory_note(device)}
     paths = []

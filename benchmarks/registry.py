@@ -83,8 +83,9 @@ class Extra:
 
 @dataclass(frozen=True)
 class Target:
-    """A figure an issue asks for: ``speedup`` (torch time / this time) >= bound, or ``over_floor``
-    (this time / floor time) <= bound, for one provider on one shape (None: every shape) and pass."""
+    """A figure an issue asks for: ``speedup`` (time of ``versus``, by default the torch composition,
+    / this time) >= bound, or ``over_floor`` (this time / floor time) <= bound, for one provider on one
+    shape (None: every shape) and pass."""
 
     shape: Optional[Shape]
     passes: str  # "fwd" or "fwd+bwd"
@@ -92,13 +93,14 @@ class Target:
     quantity: str  # "speedup" or "over_floor"
     bound: float
     source: str  # where the target comes from, e.g. "issue 4"
+    versus: str = "torch"  # the provider a speedup is measured against
 
     def holds(self, value: float) -> bool:
         return value >= self.bound if self.quantity == "speedup" else value <= self.bound
 
     def describe(self) -> str:
         rel = ">=" if self.quantity == "speedup" else "<="
-        what = "torch / ours" if self.quantity == "speedup" else "ours / floor"
+        what = f"{self.versus} / ours" if self.quantity == "speedup" else "ours / floor"
         return f"{what} {rel} {self.bound:g}"
 
 

@@ -274,7 +274,9 @@ def check_targets(benches: Sequence[OpBench], rows: Sequence[dict]) -> list[dict
                 if target.shape is not None and tuple(r["shape"]) != target.shape:
                     continue
                 if target.quantity == "speedup":
-                    value = r["vs_torch"]
+                    versus = [v for v in rows if v["provider"] == target.versus and v["op"] == r["op"]
+                              and v["shape"] == r["shape"] and v["dtype"] == r["dtype"] and v["pass"] == r["pass"]]
+                    value = versus[0]["median_ms"] / r["median_ms"] if versus else None
                 else:
                     value = None if not r["floor_pct"] else 100.0 / r["floor_pct"]
                 if value is None:

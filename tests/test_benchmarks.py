@@ -183,3 +183,51 @@ def test_pytest_benchmark_suite_is_outside_make_test():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         assert tomllib.load(f)["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
     assert os.path.exists(os.path.join(ROOT, "benchmarks", "test_pytest_benchmark.py"))
+
+
+def test_targets_are_checked_from_the_measured_times():
+    sys.path.insert(0, ROOT)
+    try:
+        from benchmarks.registry import Floor, OpBench, Target, Work
+        from benchmarks.runner import check_targets
+    finally:
+        sys.path.remove(ROOT)
+    bench = OpBench(
+        name="toy", title="toy", inputs=None, din=None, pytorch=None, floor=Floor("copy", fwd=None),
+        work=lambda shape, itemsize: Work(1, 1),
+        checks=[Target((1, 2, 3, 4), "fwd", "cpu", "speedup", 2.0, "issue x"),
+                Target(None, "fwd", "cpu", "over_floor", 1.5, "issue y"),
+                Target(None, "fwd", "cpu", "speedup", 1.0, "issue z", versus="other")],
+    )
+
+    def row(provider, ms, floor_pct=None):
+        return {"op": "toy", "shape": [1, 2, 3, 4], "dtype": "float32", "pass": "fwd", "provider": provider,
+                "median_ms": ms, "vs_torch": 6.0 / ms, "floor_pct": floor_pct}
+
+    rows = [row("cpu", 4.0, 50.0), row("torch", 6.0), row("other", 3.0), row("cuda", 1.0)]
+    found = {t["source"]: t for t in check_targets([bench], rows)}
+    assert math.isclose(found["issue x"]["value"], 1.5) and not found["issue x"]["holds"]
+    assert math.isclose(found["issue y"]["value"], 2.0) and not found["issue y"]["holds"]
+    assert math.isclose(found["issue z"]["value"], 0.75) and not found["issue z"]["holds"]
+    rows[0].update(median_ms=2.0, vs_torch=3.0, floor_pct=80.0)
+    rows[2]["median_ms"] = 2.5
+    assert all(t["holds"] for t in check_targets([bench], rows))
+
+
+def test_deformable_rows_wait_for_the_deformable_op():
+    import inspect
+
+    import torch
+
+    sys.path.insert(0, ROOT)
+    try:
+        from benchmarks import bench_deformable_din
+    finally:
+        sys.path.remove(ROOT)
+    bench = bench_deformable_din.BENCHES[0]
+    has_offset = "offset" in inspect.signature(din_ops.dynamic_instance_norm).parameters
+    assert bench.available() == has_offset
+    assert (bench in registered_ops()) == has_offset
+    # torchvision's rows only on a GPU (and only with torchvision installed).
+    (extra,) = bench.extras
+    assert extra.name == "torchvision" and not extra.available(torch.device("cpu"))
