@@ -87,6 +87,13 @@ def _write(path: str, content: str) -> str:
     return path
 
 
+def _write_json(path: str, data: dict) -> str:
+    """Writes a run's JSON, with the load average at the end of the run beside the one at its start."""
+    if hasattr(os, "getloadavg"):
+        data["machine"]["load_average_1m_end"] = os.getloadavg()[0]
+    return _write(path, json.dumps(data, indent=1))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -145,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     continue
                 path = os.path.join(args.out, f"sweep-{bench.name}-{dtype_name(dtype)}-{stem}")
                 path += "-quick" if args.quick else ""
-                paths.append(_write(path + ".json", json.dumps(dict(data, results=op_rows), indent=1)))
+                paths.append(_write_json(path + ".json", dict(data, results=op_rows)))
                 if plot(op_rows, info, path + ".png"):
                     paths.append(path + ".png")
                 else:
@@ -166,10 +173,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data.update(results=rows, targets=targets, legacy=legacy_rows, not_importable=registry.failed())
         if not args.no_save:
             path = os.path.join(args.out, stem + ("-quick" if args.quick else ""))
-            paths.append(_write(path + ".json", json.dumps(data, indent=1)))
+            paths.append(_write_json(path + ".json", data))
             paths.append(_write(path + ".txt", tee.copy.getvalue()))
     if args.json:
-        paths.append(_write(args.json, json.dumps(data, indent=1)))
+        paths.append(_write_json(args.json, data))
     for path in paths:
         print(f"wrote {path}", file=sys.stderr)
     return 0
