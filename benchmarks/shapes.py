@@ -1,16 +1,16 @@
 """The shapes din-bench runs by default, and how ``--shapes`` names them.
 
 The model's shapes are the feature maps that the DIN layers of the paper's MobileNet network normalize
-(Jing et al., AAAI 2020, Sec. "Lightweight arbitrary style transfer" and Fig. 4). The text gives the
-encoder as "one standard stride-1 convolutional layer, two stride-2 depthwise separable convolutional
-blocks and two stride-1 residual layers, inspired by (Johnson, Alahi, and Fei-Fei 2016)", and the
-hierarchical DIN layers take the encoder's feature maps of every level. So for an H x W input the
-levels are H x W, H/2 x W/2 and H/4 x W/4. The paper does not print the widths (they are in its
-supplementary material); we take those of Johnson et al.'s network, 32, 64 and 128 channels. A check
-against the paper's Table 1: that encoder costs about 3.5 GMAC at 512 x 512 (9x9 conv 3->32 at 512^2:
-2.04 G; the two depthwise-separable stride-2 blocks: 0.29 G; two residual layers of two depthwise-
-separable 3x3 128->128 convolutions at 128^2: 1.15 G), close to the 3.62 G the paper reports, while a
-first layer of stride 2 would put it at about a quarter of that.
+(Jing et al., AAAI 2020, Sec. "An Application of Dynamic Instance Normalization" and Fig. 4). The text
+gives the encoder as "one standard stride-1 convolutional layer, two stride-2 depthwise separable
+convolutional blocks and two stride-1 residual layers, inspired by (Johnson, Alahi, and Fei-Fei
+2016)", and the hierarchical DIN layers take the encoder's feature maps of every level. So for an
+H x W input the levels are H x W, H/2 x W/2 and H/4 x W/4. The paper does not print the widths (they
+are in its supplementary material); we take those of Johnson et al.'s network, 32, 64 and 128
+channels. A check against the paper's Table 1: that encoder costs about 3.5 GMAC at 512 x 512 (9x9
+conv 3->32 at 512^2: 2.04 G; the two depthwise-separable stride-2 blocks: 0.29 G; two residual
+layers at 128^2, assuming two depthwise-separable 3x3 128->128 convolutions each: 1.15 G), close to
+the 3.62 G the paper reports, while a first layer of stride 2 would put it at about a quarter of that.
 
 One image (N = 1), as in the paper's cost figures and in stylizing one picture:
 
