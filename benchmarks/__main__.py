@@ -101,6 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyError as error:
         parser().error(f"unknown dtype {error}; expected one of {', '.join(DTYPES)}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        parser().error(f"device {args.device!r} is not usable here (cpu, or cuda where a GPU is present)")
     base = Settings.quick() if args.quick else Settings()
     settings = Settings(
         device=device, dtypes=dtypes, backends=_csv(args.backends),

@@ -141,6 +141,7 @@ def bench_main():
     (["--backends", "no_such_backend"], "not available"),
     (["--shapes", "2x16x16"], "NxCxHxW"),
     (["--dtypes", "int8"], "unknown dtype"),
+    (["--device", "meta"], "not usable here"),
 ])
 def test_bad_options_fail_clearly(args, message, capsys):
     # Argument errors stop before anything is measured, so this runs in the test process.
