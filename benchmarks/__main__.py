@@ -50,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-time", type=float, help="seconds of timing per provider and pass (default 0.1, "
                    "quick 0.01); every provider runs at least --reps times")
     p.add_argument("--reps", type=int, help="at least this many timed calls per provider (default 5, quick 3)")
+    p.add_argument("--max-time", type=float, default=3.0, help="a pass that has taken this many seconds stops "
+                   "after 3 calls per provider, even below --reps (default 3)")
     p.add_argument("--no-memory", action="store_true", help="skip the saved-bytes and peak-memory figures")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--list", action="store_true", help="list the benchmarks and the shapes they would run, then exit")
@@ -108,6 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device=device, dtypes=dtypes, backends=_csv(args.backends),
         shapes=args.shapes or base.shapes, min_time=base.min_time if args.min_time is None else args.min_time,
         min_reps=base.min_reps if args.reps is None else args.reps, warmup=base.warmup, memory=not args.no_memory,
+        max_time=args.max_time,
     )
     try:
         benches, legacy = registry.select(_csv(args.ops))

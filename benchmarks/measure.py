@@ -75,11 +75,13 @@ def measure(
     min_time: float = 0.1,
     min_reps: int = 5,
     max_reps: int = 200,
+    max_time: float = float("inf"),
     warmup: int = 2,
     sync: Optional[Callable[[], None]] = None,
 ) -> dict[str, Timing]:
     """Times each function, interleaved round by round, until every one has run ``min_reps`` times
-    and about ``min_time`` seconds (or ``max_reps`` rounds).
+    and about ``min_time`` seconds (or ``max_reps`` rounds). Slow cases stop earlier: once the rounds
+    together took ``max_time`` seconds, after at least 3 rounds.
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) runs after each call, inside its timed interval.
     """
@@ -91,7 +93,12 @@ def measure(
     times: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
     rounds = 0
-    while rounds < min_reps or (time.perf_counter() - start < min_time * len(fns) and rounds < max_reps):
+    while rounds < max_reps:
+        elapsed = time.perf_counter() - start
+        if rounds >= min_reps and elapsed >= min_time * len(fns):
+            break
+        if rounds >= min(3, min_reps) and elapsed >= max_time:
+            break
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()

@@ -44,6 +44,7 @@ class Settings:
     shapes: str = "model,targets"
     min_time: float = 0.1  # seconds per provider and pass (at least min_reps rounds)
     min_reps: int = 5
+    max_time: float = 3.0  # seconds per pass: slow cases stop there (after at least 3 rounds)
     warmup: int = 1
     memory: bool = True
 
@@ -61,6 +62,7 @@ class Settings:
             "shapes": self.shapes,
             "min_time_s": self.min_time,
             "min_reps": self.min_reps,
+            "max_time_s": self.max_time,
             "warmup": self.warmup,
             "memory": self.memory,
         }
@@ -179,7 +181,7 @@ def run_case(bench: OpBench, set_label: str, shape: Shape, dtype: torch.dtype, s
         if floor_fn is not None:
             fns[floor.name] = floor_fn
         timings = measure(fns, min_time=settings.min_time, min_reps=settings.min_reps,
-                          warmup=settings.warmup, sync=sync)
+                          max_time=settings.max_time, warmup=settings.warmup, sync=sync)
         t_torch = timings["torch"].median
         t_floor = timings[floor.name].median if floor_fn is not None else None
         kinds = {name: kind for name, kind, _ in providers}

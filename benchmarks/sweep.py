@@ -68,7 +68,7 @@ def sweep(bench: OpBench, settings: Settings, quick: bool = False, dtype: torch.
                     if bench.floor.fwdbwd is not None:
                         fns[bench.floor.name] = bench.floor.fwdbwd(*inputs, gy)
                 timings = measure(fns, min_time=settings.min_time, min_reps=settings.min_reps,
-                                  warmup=settings.warmup, sync=sync)
+                                  max_time=settings.max_time, warmup=settings.warmup, sync=sync)
                 cells = []
                 for name, t in timings.items():
                     kind = "floor" if name == bench.floor.name else ("baseline" if name == "torch" else "backend")

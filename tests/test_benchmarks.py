@@ -116,8 +116,9 @@ def test_quick_run_saves_results_with_machine_description(quick_run):
 
 def test_options_pick_ops_backends_and_shapes(tmp_path):
     out = tmp_path / "r.json"
-    run = din_bench("--device", "cpu", "--quick", "--ops", "instance_norm", "--backends", "cpu", "--shapes", "1x4x8x8,2x3x5x7",
-                    "--dtypes", "float32,float64", "--no-memory", "--no-save", "--json", str(out))
+    run = din_bench("--device", "cpu", "--quick", "--ops", "instance_norm", "--backends", "cpu",
+                    "--shapes", "1x4x8x8,2x3x5x7", "--dtypes", "float32,float64", "--no-memory", "--no-save",
+                    "--json", str(out))
     assert run.returncode == 0, run.stderr
     rows = json.loads(out.read_text())["results"]
     assert {r["op"] for r in rows} == {"instance_norm"}
