@@ -17,7 +17,6 @@ import din_ops
 from .registry import Floor, OpBench, Target, Work
 
 SHAPES = [(8, 64, 128, 128), (8, 128, 64, 64), (4, 256, 32, 32)]
-QUICK_SHAPES = [(2, 16, 16, 16)]
 
 
 def torch_way(x, w, b):

@@ -26,7 +26,6 @@ import din_ops
 from .registry import Floor, OpBench, Target, Work
 
 SHAPES = [(8, 128, 64, 64)]
-QUICK_SHAPES = [(2, 16, 16, 16)]
 FORMS = ["full", "plane"]
 
 
