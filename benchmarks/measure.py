@@ -213,6 +213,9 @@ def _physical_cores() -> Optional[int]:
         return None
 
 
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
 def machine_info(device: torch.device) -> dict:
     """What the figures of a run depend on: device, cores, threads, versions, date, load."""
     info = {
@@ -229,6 +232,8 @@ def machine_info(device: torch.device) -> dict:
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # Settings that change the timings: thread counts and how idle OpenMP threads wait.
+        "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -243,7 +248,8 @@ def describe(info: dict) -> str:
     busy = ""
     if load is not None and info.get("usable_cpus") and load > 0.5 * info["usable_cpus"]:
         busy = f", loaded machine (load {load:.1f} on {info['usable_cpus']} CPUs)"
+    env = "".join(f", {k}={v}" for k, v in info.get("env", {}).items())
     return (
         f"{where}, {info['usable_cpus']} CPUs, {info['threads']} threads, torch {info['torch']}, "
-        f"din_ops {info['din_ops']}, {info['date'][:10]}{busy}"
+        f"din_ops {info['din_ops']}, {info['date'][:10]}{busy}{env}"
     )

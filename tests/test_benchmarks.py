@@ -107,6 +107,7 @@ def test_quick_run_saves_results_with_machine_description(quick_run):
     for key in ("cpu", "usable_cpus", "threads", "torch", "din_ops", "date", "load_average_1m"):
         assert machine[key] is not None, key
     assert machine["din_ops"] == din_ops.__version__
+    assert isinstance(machine["env"], dict) and machine["load_average_1m_end"] is not None
     saved = sorted(os.listdir(out / "saved"))
     assert [f for f in saved if f.endswith("-quick.json")] and [f for f in saved if f.endswith("-quick.txt")]
     again = json.loads((out / "saved" / next(f for f in saved if f.endswith(".json"))).read_text())
