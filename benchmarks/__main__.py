@@ -138,6 +138,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           file=tee)
     for name, error in registry.failed().items():
         print(f"din-bench: skipping {name}: {error}", file=sys.stderr)
+    load, cpus = info["load_average_1m"], info["usable_cpus"] or 1
+    if load is not None and load > 0.5 * cpus and "OMP_WAIT_POLICY" not in os.environ:
+        print(f"din-bench: the machine is busy (load {load:.1f} on {cpus} CPUs): times will be slow and noisy; "
+              "on a shared machine OMP_WAIT_POLICY=PASSIVE keeps idle threads from spinning", file=sys.stderr)
 
     stem = f"{_slug(info)}-{info['date'][:10]}-{info['date'][11:13]}{info['date'][14:16]}"
     data: dict = {"machine": info, "command": "din-bench " + " ".join(argv if argv is not None else sys.argv[1:]),
