@@ -5,13 +5,13 @@ TORCH_PIN ?= torch==2.13.0
 TRITON_PIN ?= triton==3.8.0
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: install test test-python test-cpp test-cuda-compile bench gpu clean
+.PHONY: install test test-python test-cpp test-cuda-compile bench bench-quick bench-sweep bench-pytest gpu clean
 
 # torch is installed only where none is (pinned: an unpinned torch would pull a multi-GB CUDA
 # build); an existing torch >= 2.11, e.g. a CUDA build on a GPU machine, is kept.
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_PIN)"
-	$(PYTHON) -m pip install --quiet numpy pillow pytest hypothesis expecttest
+	$(PYTHON) -m pip install --quiet numpy pillow pytest hypothesis expecttest "pytest-benchmark>=5.2" "matplotlib>=3.8"
 	@# triton (optional, backend="triton"; CI runs its kernels under the interpreter) only where none is:
 	@# GPU machines keep the triton their torch came with. --no-deps: pip must never resolve torch here.
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install --quiet --no-deps "$(TRITON_PIN)"
@@ -41,6 +41,16 @@ gpu:
 
 bench: install
 	$(PYTHON) -m benchmarks
+
+bench-quick: install
+	$(PYTHON) -m benchmarks --quick
+
+bench-sweep: install
+	$(PYTHON) -m benchmarks --sweep
+
+# pytest-benchmark cases (not part of `make test`): compare with the last saved run, save this one.
+bench-pytest: install
+	$(PYTHON) -m pytest benchmarks --benchmark-autosave --benchmark-compare
 
 clean:
 	rm -rf build din_ops/*.so *.egg-info

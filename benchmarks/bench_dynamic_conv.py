@@ -1,8 +1,12 @@
-"""k x k dynamic instance norm (depthwise and grouped) against the PyTorch composition.
+"""k x k dynamic instance norm (depthwise and grouped, padding 1) against the PyTorch composition.
 
 Providers, all in the same run:
-  din_ops : din_ops.dynamic_instance_norm with a k x k kernel
-  torch   : F.instance_norm, then F.conv2d with the batch folded into the groups
+  din_ops backends : din_ops.dynamic_instance_norm with a k x k kernel, for every available backend
+  torch            : F.instance_norm, then F.conv2d with the batch folded into the groups
+  copy (floor)     : x.clone() (forward) and x.clone(), torch.add(x, gy) (forward+backward): the bytes
+                     any implementation must read and write. For depthwise the arithmetic is small
+                     and this is the real bound; for grouped convolutions the GEMMs dominate, so the
+                     copy floor is far below what is reachable (read GFLOP/s there).
 """
 from __future__ import annotations
 
@@ -12,47 +16,69 @@ import torch.nn.functional as F
 import din_ops
 from din_ops import reference
 
-from .common import Table, compare, forward_backward, mib, ms, ratio, saved_bytes
+from .registry import Floor, OpBench, Target, Work
 
-# (label, (N, C, H, W), groups, kernel)
-CASES = [
-    ("depthwise 3x3", (8, 128, 64, 64), 128, 3),
-    ("depthwise 3x3", (8, 64, 128, 128), 64, 3),
-    ("grouped 3x3 g=4", (8, 128, 64, 64), 4, 3),
+COPY_FLOOR = Floor(
+    "copy",
+    fwd=lambda x, w, b: lambda: x.clone(),
+    fwdbwd=lambda x, w, b, gy: lambda: (x.clone(), torch.add(x, gy)),
+    doc="x.clone() (forward); x.clone() and torch.add(x, gy) (forward+backward): the same bytes",
+)
+
+
+def torch_way(x, w, b, groups, padding=1):
+    """IN, then F.conv2d with the batch folded into the groups: the way PyTorch users write it."""
+    return reference.dynamic_conv2d(F.instance_norm(x), w, b, padding=padding, groups=groups)
+
+
+def _bench(name: str, title: str, depthwise: bool, groups: int, k: int, targets, checks) -> OpBench:
+    def inputs(shape, dtype, device):
+        n, c, h, w = shape
+        g = c if depthwise else groups
+        x = torch.randn(n, c, h, w, dtype=dtype, device=device)
+        wt = torch.randn(n, c, c // g, k, k, dtype=dtype, device=device) / (k * (c // g) ** 0.5)
+        b = torch.randn(n, c, dtype=dtype, device=device)
+        return [x, wt, b]
+
+    def work(shape, itemsize):
+        n, c, h, w = shape
+        g = c if depthwise else groups
+        flops = 2.0 * n * c * (c // g) * k * k * h * w
+        size = n * c * h * w * itemsize
+        return Work(fwd_bytes=2 * size, fwdbwd_bytes=5 * size, fwd_flops=flops, fwdbwd_flops=3 * flops)
+
+    def din(backend):
+        def call(x, w, b):
+            g = x.shape[1] // w.shape[2]
+            return din_ops.dynamic_instance_norm(x, w, b, padding=k // 2, groups=g, backend=backend)
+
+        return call
+
+    def plain(x, w, b):
+        return torch_way(x, w, b, x.shape[1] // w.shape[2], padding=k // 2)
+
+    return OpBench(
+        name=name, title=title, inputs=inputs, din=din, pytorch=plain, floor=COPY_FLOOR, work=work,
+        unit="GB/s" if depthwise else "GFLOP/s", targets=targets, checks=checks,
+        accepts=lambda shape: depthwise or shape[1] % groups == 0,
+    )
+
+
+def _issue4(shapes, bound):
+    return [Target(s, p, "cpu", "speedup", bound, "issue 4") for s in shapes for p in ("fwd", "fwd+bwd")]
+
+
+BENCHES = [
+    _bench("dynamic_instance_norm_dw3x3", "dynamic_instance_norm depthwise 3x3 (groups = C = Co), padding 1",
+           True, 0, 3, [(8, 128, 64, 64), (8, 64, 128, 128)],
+           _issue4([(8, 128, 64, 64), (8, 64, 128, 128)], 2.5)),
+    _bench("dynamic_instance_norm_g4_3x3", "dynamic_instance_norm grouped 3x3 (groups = 4), Co = C, padding 1",
+           False, 4, 3, [(8, 128, 64, 64)], _issue4([(8, 128, 64, 64)], 1.5)),
 ]
-QUICK_CASES = [("depthwise 3x3", (2, 16, 16, 16), 16, 3), ("grouped 3x3 g=4", (2, 16, 16, 16), 4, 3)]
-
-
-def torch_way(x, w, b, groups):
-    return reference.dynamic_conv2d(F.instance_norm(x), w, b, padding=1, groups=groups)
-
-
-def ours(x, w, b, groups):
-    return din_ops.dynamic_instance_norm(x, w, b, padding=1, groups=groups)
 
 
 def run(quick: bool = False, dtype: torch.dtype = torch.float32) -> list[dict]:
-    results = []
-    print(f"\ndynamic_instance_norm k x k (padding 1), {dtype}, Co = C: time in ms (median); vs torch = torch / din_ops")
-    table = Table(["op", "N,C,H,W", "pass", "din_ops", "torch", "vs torch", "saved MiB", "torch MiB"])
-    table.header()
-    for label, (n, c, h, w), groups, k in QUICK_CASES if quick else CASES:
-        torch.manual_seed(0)
-        x = torch.randn(n, c, h, w, dtype=dtype)
-        wt = torch.randn(n, c, c // groups, k, k, dtype=dtype) / (k * (c // groups) ** 0.5)
-        b = torch.randn(n, c, dtype=dtype)
-        shape = f"{n},{c},{h},{w}"
-        t = compare({"ours": lambda: ours(x, wt, b, groups), "torch": lambda: torch_way(x, wt, b, groups)})
-        table.row([label, shape, "fwd", ms(t["ours"][0]), ms(t["torch"][0]), ratio(t["torch"][0], t["ours"][0]), "", ""])
-        fb = compare({
-            "ours": forward_backward(lambda x, w, b: ours(x, w, b, groups), [x, wt, b]),
-            "torch": forward_backward(lambda x, w, b: torch_way(x, w, b, groups), [x, wt, b]),
-        })
-        s_ours = saved_bytes(lambda x, w, b: ours(x, w, b, groups), [x, wt, b])
-        s_torch = saved_bytes(lambda x, w, b: torch_way(x, w, b, groups), [x, wt, b])
-        table.row([label, shape, "fwd+bwd", ms(fb["ours"][0]), ms(fb["torch"][0]), ratio(fb["torch"][0], fb["ours"][0]), mib(s_ours), mib(s_torch)])
-        results.append(dict(op=f"dynamic_instance_norm {label}", shape=[n, c, h, w], dtype=str(dtype),
-                            fwd_ms=t["ours"][0] * 1e3, fwd_torch_ms=t["torch"][0] * 1e3,
-                            fwdbwd_ms=fb["ours"][0] * 1e3, fwdbwd_torch_ms=fb["torch"][0] * 1e3,
-                            saved_bytes=s_ours, saved_bytes_torch=s_torch))
-    return results
+    """These ops' tables (target shapes, or tiny ones with quick) and their rows."""
+    from .runner import run_module
+
+    return run_module(BENCHES, quick, dtype)

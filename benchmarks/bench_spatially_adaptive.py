@@ -2,99 +2,100 @@
 elementwise floor.
 
 Providers, all in the same run:
-  din_ops : din_ops.spatially_adaptive_instance_norm (the compiled kernels)
-  torch   : din_ops.reference.spatially_adaptive_instance_norm, i.e. gamma * IN(x) + beta in plain
-            PyTorch (the way SPADE/AdaIN layers are written)
-  floor   : forward: torch.addcmul(beta, x, gamma), one elementwise op that reads x, gamma and beta
-            and writes y once, with no statistics at all. forward+backward: that op plus the bare
-            elementwise ops of a backward, run without autograd: gy * gamma and gy * x (full gamma)
-            or gy * gamma, vecdot(gy, x) over each plane and sum(gy) (per-plane gamma), and for a
-            full beta the copy of gy that autograd makes into beta.grad for every provider here.
-            (addcmul's own autograd backward is slower: it also materializes gamma * 1.) These are
-            separate passes, so the fused backward, which reads gy, x and gamma once for both
-            gradients, can run below this floor.
+  din_ops backends : din_ops.spatially_adaptive_instance_norm for every available backend
+  torch            : gamma * F.instance_norm(x) + beta in plain PyTorch (the way SPADE/AdaIN layers
+                     are written)
+  addcmul (floor)  : forward: torch.addcmul(beta, x, gamma), one elementwise op that reads x, gamma
+                     and beta and writes y once, with no statistics at all. forward+backward: that op
+                     plus the bare elementwise ops of a backward, run without autograd: gy * gamma and
+                     gy * x (full gamma) or gy * gamma, vecdot(gy, x) over each plane and sum(gy)
+                     (per-plane gamma), and for a full beta the copy of gy that autograd makes into
+                     beta.grad for every provider here. These are separate passes, so the fused
+                     backward, which reads gy, x and gamma once for both gradients, can run below
+                     this floor.
 
 gamma/beta "full" is (N, C, H, W) (SPADE), "plane" is (N, C, 1, 1) (AdaIN).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 import din_ops
-from din_ops import reference
 
-from .common import Table, compare, forward_backward, mib, ms, ratio, saved_bytes
+from .registry import Floor, OpBench, Target, Work
 
 SHAPES = [(8, 128, 64, 64)]
-QUICK_SHAPES = [(2, 16, 16, 16)]
 FORMS = ["full", "plane"]
 
 
-def run(quick: bool = False, dtype: torch.dtype = torch.float32) -> list[dict]:
-    results = []
-    print(f"\nspatially_adaptive_instance_norm, {dtype}: time in ms (median); vs torch = torch / din_ops,"
-          " vs floor = din_ops / floor (elementwise ops only)")
-    table = Table(["N,C,H,W", "gamma", "pass", "din_ops", "torch", "floor", "vs torch", "vs floor",
-                   "saved MiB", "torch MiB"])
-    table.header()
-    for shape in QUICK_SHAPES if quick else SHAPES:
+def torch_way(x, gamma, beta):
+    """gamma * IN(x) + beta with F.instance_norm."""
+    return gamma * F.instance_norm(x) + beta
+
+
+def _floor_fwd(x, gamma, beta):
+    return lambda: torch.addcmul(beta, x, gamma)
+
+
+def _floor_fwdbwd(x, gamma, beta, gy):
+    full = gamma.shape == x.shape
+
+    def run():
+        torch.addcmul(beta, x, gamma)
+        gy * gamma
+        if full:
+            gy * x
+            gy.clone()
+        else:
+            torch.linalg.vecdot(gy.flatten(2), x.flatten(2))
+            gy.sum(dim=(2, 3))
+
+    return run
+
+
+def _bench(form: str) -> OpBench:
+    def inputs(shape, dtype, device):
         n, c = shape[:2]
-        name = ",".join(map(str, shape))
-        for form in FORMS:
-            torch.manual_seed(0)
-            x = torch.randn(*shape, dtype=dtype)
-            mod_shape = shape if form == "full" else (n, c, 1, 1)
-            gamma = 1 + 0.1 * torch.randn(*mod_shape, dtype=dtype)
-            beta = torch.randn(*mod_shape, dtype=dtype)
-            ours = din_ops.spatially_adaptive_instance_norm
-            plain = reference.spatially_adaptive_instance_norm
+        mod_shape = shape if form == "full" else (n, c, 1, 1)
+        x = torch.randn(*shape, dtype=dtype, device=device)
+        gamma = 1 + 0.1 * torch.randn(*mod_shape, dtype=dtype, device=device)
+        beta = torch.randn(*mod_shape, dtype=dtype, device=device)
+        return [x, gamma, beta]
 
-            def floor(x, gamma, beta):
-                return torch.addcmul(beta, x, gamma)
+    def work(shape, itemsize):
+        n, c, h, w = shape
+        size = n * c * h * w * itemsize
+        if form == "full":
+            # forward: read x, gamma, beta, write y; backward: read gy, x, gamma, write gx, ggamma, gbeta.
+            return Work(fwd_bytes=4 * size, fwdbwd_bytes=10 * size)
+        return Work(fwd_bytes=2 * size, fwdbwd_bytes=5 * size)
 
-            gy = torch.randn_like(x)
-
-            def floor_fwd_bwd():
-                torch.addcmul(beta, x, gamma)
-                gy * gamma
-                if form == "full":
-                    gy * x
-                    gy.clone()
-                else:
-                    torch.linalg.vecdot(gy.flatten(2), x.flatten(2))
-                    gy.sum(dim=(2, 3))
-
-            t = compare({
-                "ours": lambda: ours(x, gamma, beta),
-                "torch": lambda: plain(x, gamma, beta),
-                "floor": lambda: floor(x, gamma, beta),
-            })
-            t_ours, t_torch, t_floor = t["ours"][0], t["torch"][0], t["floor"][0]
-            table.row([name, form, "fwd", ms(t_ours), ms(t_torch), ms(t_floor), ratio(t_torch, t_ours),
-                       ratio(t_ours, t_floor), "", ""])
-            args = [x, gamma, beta]
-            tb = compare({
-                "ours": forward_backward(ours, args),
-                "torch": forward_backward(plain, args),
-                "floor": floor_fwd_bwd,
-            })
-            tb_ours, tb_torch, tb_floor = tb["ours"][0], tb["torch"][0], tb["floor"][0]
-            s_ours, s_torch = saved_bytes(ours, args), saved_bytes(plain, args)
-            table.row([name, form, "fwd+bwd", ms(tb_ours), ms(tb_torch), ms(tb_floor), ratio(tb_torch, tb_ours),
-                       ratio(tb_ours, tb_floor), mib(s_ours), mib(s_torch)])
-            results.append(dict(op="spatially_adaptive_instance_norm", shape=list(shape), gamma=form,
-                                dtype=str(dtype), fwd_ms=t_ours * 1e3, fwd_torch_ms=t_torch * 1e3,
-                                fwd_floor_ms=t_floor * 1e3, fwdbwd_ms=tb_ours * 1e3,
-                                fwdbwd_torch_ms=tb_torch * 1e3, fwdbwd_floor_ms=tb_floor * 1e3,
-                                saved_bytes=s_ours, saved_bytes_torch=s_torch))
-    return results
+    return OpBench(
+        name=f"spatially_adaptive_{form}",
+        title=f"spatially_adaptive_instance_norm, gamma/beta {'(N, C, H, W)' if form == 'full' else '(N, C, 1, 1)'}",
+        inputs=inputs,
+        din=lambda backend: lambda x, g, b: din_ops.spatially_adaptive_instance_norm(x, g, b, backend=backend),
+        pytorch=torch_way,
+        floor=Floor("addcmul", fwd=_floor_fwd, fwdbwd=_floor_fwdbwd,
+                    doc="torch.addcmul(beta, x, gamma) (forward), plus the bare elementwise ops of a backward"),
+        work=work,
+        unit="GB/s",
+        targets=SHAPES,
+        checks=[
+            Target((8, 128, 64, 64), "fwd", "cpu", "speedup", 2.0, "issue 4"),
+            Target((8, 128, 64, 64), "fwd+bwd", "cpu", "speedup", 2.0, "issue 4"),
+            Target((8, 128, 64, 64), "fwd", "cpu", "over_floor", 1.5, "issue 4"),
+            Target(None, "fwd", "cuda", "over_floor", 1.3, "issue 9"),
+        ],
+    )
 
 
-if __name__ == "__main__":
-    import sys
+BENCHES = [_bench(form) for form in FORMS]
 
-    from .common import machine, steady_allocations
 
-    steady_allocations()
-    print(machine())
-    run("--quick" in sys.argv)
+def run(quick: bool = False, dtype: torch.dtype = torch.float32) -> list[dict]:
+    """These ops' tables (target shapes, or tiny ones with quick) and their rows."""
+    from .runner import run_module
+
+    return run_module(BENCHES, quick, dtype)

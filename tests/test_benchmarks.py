@@ -1,29 +1,254 @@
-"""The benchmark command runs end to end (tiny shapes) and writes consistent JSON."""
+"""din-bench runs end to end on tiny shapes and writes consistent JSON, tables, sweeps and plots.
+
+The command is run the way the ``din-bench`` console script runs it (``benchmarks.__main__:main``),
+in a subprocess, so the test process keeps its own allocator settings. About 20 s on 2 busy cores.
+"""
 import json
+import math
 import os
 import subprocess
 import sys
+import tomllib
+
+import pytest
+import torch
+
+import din_ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONSOLE = "import sys; from benchmarks.__main__ import main; sys.argv[0] = 'din-bench'; sys.exit(main())"
 
 
-def test_quick_benchmark_writes_results(tmp_path):
-    out = tmp_path / "results.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+def din_bench(*args, timeout=300):
+    """Runs din-bench with args (as the console script does) from the repository root."""
+    return subprocess.run([sys.executable, "-c", CONSOLE, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def registered_ops():
+    sys.path.insert(0, ROOT)
+    try:
+        from benchmarks import registry
+    finally:
+        sys.path.remove(ROOT)
+    return registry.ops()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    run = din_bench("--quick", "--device", "cpu", "--json", str(out / "results.json"), "--out", str(out / "saved"))
     assert run.returncode == 0, run.stderr
-    data = json.loads(out.read_text())
-    assert "threads" in data["machine"]
-    ops = {r["op"] for r in data["results"]}
-    assert {"dynamic_instance_norm", "instance_norm"} <= ops
-    assert any(op.startswith("dynamic_instance_norm depthwise") for op in ops)
-    assert any("spatially_adaptive" in op for op in ops)
-    for r in data["results"]:
-        times = [v for k, v in r.items() if k.endswith("_ms")]
-        assert times and all(t > 0 for t in times), r
-    assert "vs torch" in run.stdout
+    return run, json.loads((out / "results.json").read_text()), out
+
+
+def test_console_script_is_declared():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["scripts"]["din-bench"] == "benchmarks.__main__:main"
+    assert any(dep.startswith("pytest-benchmark") for dep in project["optional-dependencies"]["test"])
+    assert any(dep.startswith("matplotlib") for dep in project["optional-dependencies"]["plot"])
+
+
+def test_quick_run_covers_every_op_and_backend(quick_run):
+    run, data, _ = quick_run
+    ops = registered_ops()
+    names = {b.name for b in ops}
+    assert {"instance_norm", "dynamic_instance_norm_1x1", "dynamic_instance_norm_dw3x3",
+            "dynamic_instance_norm_g4_3x3", "spatially_adaptive_full", "spatially_adaptive_plane"} <= names
+    cpu_backends = []
+    for backend in din_ops.available_backends():
+        try:
+            din_ops.backends.resolve(backend, torch.device("cpu"))
+        except (ValueError, RuntimeError):
+            continue
+        cpu_backends.append(backend)
+    assert "cpu" in cpu_backends and "reference" in cpu_backends
+    for bench in ops:
+        for passes in ("fwd", "fwd+bwd"):
+            got = {r["provider"] for r in data["results"] if r["op"] == bench.name and r["pass"] == passes}
+            want = set(cpu_backends) | {"torch", bench.floor.name}
+            assert got == want, (bench.name, passes, got)
+    # The table went to stdout, the progress to stderr.
+    assert "vs torch" in run.stdout and "% floor" in run.stdout
+    assert "[1/" in run.stderr and "[1/" not in run.stdout
+
+
+def test_quick_run_times_and_ratios_are_consistent(quick_run):
+    _, data, _ = quick_run
+    rows = data["results"]
+    assert rows
+    by_case = {}
+    for r in rows:
+        assert r["median_ms"] > 0 and r["min_ms"] > 0, r
+        assert r["min_ms"] <= r["q1_ms"] <= r["median_ms"] <= r["q3_ms"] <= r["max_ms"], r
+        assert math.isclose(r["iqr_ms"], r["q3_ms"] - r["q1_ms"], rel_tol=1e-9, abs_tol=1e-12)
+        assert r["reps"] >= 3
+        by_case.setdefault((r["op"], tuple(r["shape"]), r["dtype"], r["pass"]), {})[r["provider"]] = r
+    for case, providers in by_case.items():
+        torch_ms = providers["torch"]["median_ms"]
+        floor = next(r for r in providers.values() if r["kind"] == "floor")
+        for r in providers.values():
+            assert math.isclose(r["vs_torch"], torch_ms / r["median_ms"], rel_tol=1e-9), (case, r)
+            assert math.isclose(r["floor_pct"], 100 * floor["median_ms"] / r["median_ms"], rel_tol=1e-9)
+            assert r["rate"] > 0
+            if r["kind"] in ("backend", "baseline"):
+                assert r["peak_extra_bytes"] is not None and r["peak_extra_bytes"] >= 0
+                if r["pass"] == "fwd+bwd":
+                    assert r["saved_bytes"] > 0
+        # The rate is the op's work over the median: for a fixed case it scales as 1 / time.
+        cpu, torch_row = providers["cpu"], providers["torch"]
+        assert math.isclose(cpu["rate"] * cpu["median_ms"], torch_row["rate"] * torch_row["median_ms"], rel_tol=1e-9)
+
+
+def test_quick_run_saves_results_with_machine_description(quick_run):
+    _, data, out = quick_run
+    machine = data["machine"]
+    for key in ("cpu", "usable_cpus", "threads", "torch", "din_ops", "date", "load_average_1m"):
+        assert machine[key] is not None, key
+    assert machine["din_ops"] == din_ops.__version__
+    assert isinstance(machine["env"], dict) and machine["load_average_1m_end"] is not None
+    saved = sorted(os.listdir(out / "saved"))
+    assert [f for f in saved if f.endswith("-quick.json")] and [f for f in saved if f.endswith("-quick.txt")]
+    again = json.loads((out / "saved" / next(f for f in saved if f.endswith(".json"))).read_text())
+    assert again["results"] == data["results"]
+    assert "vs torch" in (out / "saved" / next(f for f in saved if f.endswith(".txt"))).read_text()
+
+
+def test_options_pick_ops_backends_and_shapes(tmp_path):
+    out = tmp_path / "r.json"
+    run = din_bench("--device", "cpu", "--quick", "--ops", "instance_norm", "--backends", "cpu",
+                    "--shapes", "1x4x8x8,2x3x5x7", "--dtypes", "float32,float64", "--no-memory", "--no-save",
+                    "--json", str(out))
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert {r["op"] for r in rows} == {"instance_norm"}
+    assert {r["provider"] for r in rows} == {"cpu", "torch", "copy"}
+    assert {tuple(r["shape"]) for r in rows} == {(1, 4, 8, 8), (2, 3, 5, 7)}
+    assert {r["dtype"] for r in rows} == {"float32", "float64"}
+    assert all(r["saved_bytes"] is None and r["peak_extra_bytes"] is None for r in rows)
+
+
+def bench_main():
+    sys.path.insert(0, ROOT)
+    try:
+        from benchmarks.__main__ import main
+    finally:
+        sys.path.remove(ROOT)
+    return main
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ops", "no_such_op"], "no benchmark matches"),
+    (["--backends", "no_such_backend"], "not available"),
+    (["--shapes", "2x16x16"], "NxCxHxW"),
+    (["--dtypes", "int8"], "unknown dtype"),
+    (["--device", "meta"], "not usable here"),
+])
+def test_bad_options_fail_clearly(args, message, capsys):
+    # Argument errors stop before anything is measured, so this runs in the test process.
+    with pytest.raises(SystemExit) as stop:
+        bench_main()(["--quick", "--no-save", *args])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_default_shapes_are_the_model_and_the_targets(capsys):
+    assert bench_main()(["--list", "--ops", "dynamic_instance_norm_1x1"]) == 0
+    listed = capsys.readouterr().out.split(":", 1)[1]
+    for shape in ("1x32x512x512", "1x64x256x256", "1x128x128x128", "1x32x1024x1024", "1x64x512x512",
+                  "1x128x256x256", "8x64x128x128", "8x128x64x64", "4x256x32x32"):
+        assert shape in listed
+
+
+def test_old_style_module_plugs_in_with_one_line(tmp_path):
+    script = (
+        "import sys\n"
+        "from benchmarks import registry\n"
+        "from benchmarks.__main__ import main\n"
+        "registry.add_legacy('toy', lambda quick: [{'op': 'toy', 'quick': quick, 'fwd_ms': 1.5}])\n"
+        f"sys.exit(main(['--quick', '--ops', 'toy', '--no-save', '--json', {str(tmp_path / 'r.json')!r}]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["legacy"] == {"toy": [{"op": "toy", "quick": True, "fwd_ms": 1.5}]}
+    assert data["results"] == []
+
+
+def test_quick_sweep_writes_json_and_plot(tmp_path):
+    run = din_bench("--device", "cpu", "--sweep", "--quick", "--ops", "instance_norm", "--out", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    files = os.listdir(tmp_path)
+    data = json.loads((tmp_path / next(f for f in files if f.endswith(".json"))).read_text())
+    rows = data["results"]
+    assert {r["axis"] for r in rows} == {"H*W", "C", "N"}
+    for axis in ("H*W", "C", "N"):
+        sizes = {r["size"] for r in rows if r["axis"] == axis}
+        assert len(sizes) == 2
+        for provider in ("cpu", "reference", "torch", "copy"):
+            assert len([r for r in rows if r["axis"] == axis and r["provider"] == provider]) == 4  # 2 sizes x 2 passes
+    assert all(r["median_ms"] > 0 for r in rows)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in run.stderr
+    else:
+        png = next(f for f in files if f.endswith(".png"))
+        with open(tmp_path / png, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pytest_benchmark_suite_is_outside_make_test():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
+    assert os.path.exists(os.path.join(ROOT, "benchmarks", "test_pytest_benchmark.py"))
+
+
+def test_targets_are_checked_from_the_measured_times():
+    sys.path.insert(0, ROOT)
+    try:
+        from benchmarks.registry import Floor, OpBench, Target, Work
+        from benchmarks.runner import check_targets
+    finally:
+        sys.path.remove(ROOT)
+    bench = OpBench(
+        name="toy", title="toy", inputs=None, din=None, pytorch=None, floor=Floor("copy", fwd=None),
+        work=lambda shape, itemsize: Work(1, 1),
+        checks=[Target((1, 2, 3, 4), "fwd", "cpu", "speedup", 2.0, "issue x"),
+                Target(None, "fwd", "cpu", "over_floor", 1.5, "issue y"),
+                Target(None, "fwd", "cpu", "speedup", 1.0, "issue z", versus="other")],
+    )
+
+    def row(provider, ms, floor_pct=None):
+        return {"op": "toy", "shape": [1, 2, 3, 4], "dtype": "float32", "pass": "fwd", "provider": provider,
+                "median_ms": ms, "vs_torch": 6.0 / ms, "floor_pct": floor_pct}
+
+    rows = [row("cpu", 4.0, 50.0), row("torch", 6.0), row("other", 3.0), row("cuda", 1.0)]
+    found = {t["source"]: t for t in check_targets([bench], rows)}
+    assert math.isclose(found["issue x"]["value"], 1.5) and not found["issue x"]["holds"]
+    assert math.isclose(found["issue y"]["value"], 2.0) and not found["issue y"]["holds"]
+    assert math.isclose(found["issue z"]["value"], 0.75) and not found["issue z"]["holds"]
+    rows[0].update(median_ms=2.0, vs_torch=3.0, floor_pct=80.0)
+    rows[2]["median_ms"] = 2.5
+    assert all(t["holds"] for t in check_targets([bench], rows))
+
+
+def test_deformable_rows_wait_for_the_deformable_op():
+    import inspect
+
+    sys.path.insert(0, ROOT)
+    try:
+        from benchmarks import bench_deformable_din
+    finally:
+        sys.path.remove(ROOT)
+    bench = bench_deformable_din.BENCHES[0]
+    has_offset = "offset" in inspect.signature(din_ops.dynamic_instance_norm).parameters
+    assert bench.available() == has_offset
+    assert (bench in registered_ops()) == has_offset
+    # torchvision's rows only on a GPU (and only with torchvision installed).
+    (extra,) = bench.extras
+    assert extra.name == "torchvision" and not extra.available(torch.device("cpu"))
 
 
 def test_gpu_benchmark_rows_run(monkeypatch):

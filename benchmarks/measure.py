@@ -1,0 +1,255 @@
+"""Timing with spread, peak extra memory of one call, and the machine description of a run.
+
+Timing: the functions of one case run in turn, round after round (as ``common.compare``), so a slow
+patch of a shared machine hits all of them alike; each keeps all its times, and the median, the
+quartiles and the extremes are reported.
+
+Peak extra memory ("workspace") of one call:
+  CPU (Linux): the process's resident-set high-water mark during the call. Before it, freed heap pages
+  are returned to the system (glibc ``malloc_trim(0)``) and the kernel's high-water mark is reset
+  (``/proc/self/clear_refs`` = 5); after it, ``VmHWM`` (from ``/proc/self/status``) minus the
+  resident size before the call is the most memory the call had touched at once. This sees every
+  allocation, tensors and the kernels' internal scratch alike, to the page; it can only over-count
+  (when the allocator places a later buffer at a fresh address instead of reusing a freed one; pass
+  ``repeats`` > 1 to take the smallest of several calls). The call is measured after the timing
+  rounds, so lazy one-time allocations (thread pools, BLAS buffers) are not in it.
+  CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus what was
+  allocated before the call (the caching allocator's view: everything the call allocated through it).
+  The figure printed is that peak minus the bytes of what the call returns (y for forward, the input
+  gradients for forward+backward): the memory a user pays beyond the results.
+"""
+from __future__ import annotations
+
+import ctypes
+import datetime
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+import din_ops
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall times of one function over the rounds of a measurement, in seconds."""
+
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+    reps: int
+
+    @property
+    def iqr(self) -> float:
+        return self.q3 - self.q1
+
+    def as_ms(self) -> dict[str, float]:
+        return {
+            "median_ms": self.median * 1e3,
+            "q1_ms": self.q1 * 1e3,
+            "q3_ms": self.q3 * 1e3,
+            "iqr_ms": self.iqr * 1e3,
+            "min_ms": self.min * 1e3,
+            "max_ms": self.max * 1e3,
+            "reps": self.reps,
+        }
+
+
+def _quantile(sorted_times: list[float], q: float) -> float:
+    """Linear-interpolated quantile of sorted values."""
+    pos = q * (len(sorted_times) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_times) - 1)
+    return sorted_times[lo] + (sorted_times[hi] - sorted_times[lo]) * (pos - lo)
+
+
+def measure(
+    fns: dict[str, Callable[[], object]],
+    *,
+    min_time: float = 0.1,
+    min_reps: int = 5,
+    max_reps: int = 200,
+    max_time: float = float("inf"),
+    warmup: int = 2,
+    sync: Optional[Callable[[], None]] = None,
+) -> dict[str, Timing]:
+    """Times each function, interleaved round by round, until every one has run ``min_reps`` times
+    and about ``min_time`` seconds (or ``max_reps`` rounds). Slow cases stop earlier: once the rounds
+    together took ``max_time`` seconds, after at least 3 rounds.
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) runs after each call, inside its timed interval.
+    """
+    sync = sync or (lambda: None)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+        sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < max_reps:
+        elapsed = time.perf_counter() - start
+        if rounds >= min_reps and elapsed >= min_time * len(fns):
+            break
+        if rounds >= min(3, min_reps) and elapsed >= max_time:
+            break
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        out[name] = Timing(statistics.median(ts), _quantile(ts, 0.25), _quantile(ts, 0.75), ts[0], ts[-1], len(ts))
+    return out
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _rss_method_works() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _status_bytes("VmHWM:")
+        return _libc() is not None
+    except (OSError, KeyError):
+        return False
+
+
+_RSS_OK: Optional[bool] = None
+
+
+def memory_method(device: torch.device) -> str:
+    """How :func:`peak_extra_bytes` measures on this device (for the JSON and the table header)."""
+    global _RSS_OK
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated"
+    if _RSS_OK is None:
+        _RSS_OK = _rss_method_works()
+    return "rss-high-water" if _RSS_OK else "none"
+
+
+def _nbytes(result: object) -> int:
+    if isinstance(result, torch.Tensor):
+        return result.untyped_storage().nbytes()
+    if isinstance(result, (list, tuple)):
+        return sum(_nbytes(r) for r in result)
+    return 0
+
+
+def peak_extra_bytes(call: Callable[[], object], device: torch.device, repeats: int = 1) -> Optional[int]:
+    """Peak memory of one ``call()`` beyond the bytes of what it returns (see the module docstring).
+
+    None where the method does not apply (not Linux, or a device without a peak counter).
+    """
+    method = memory_method(device)
+    if method == "none":
+        return None
+    best = None
+    for _ in range(repeats):
+        if method == "rss-high-water":
+            libc = _libc()
+            libc.malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            before = _status_bytes("VmRSS:")
+            result = call()
+            peak = _status_bytes("VmHWM:") - before
+        else:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            result = call()
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device) - before
+        extra = max(0, peak - _nbytes(result))
+        del result
+        best = extra if best is None else min(best, extra)
+    return best
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _physical_cores() -> Optional[int]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            pairs = set()
+            phys = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                    pairs.add((phys, core))
+            return len(pairs) or None
+    except OSError:
+        return None
+
+
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def machine_info(device: torch.device) -> dict:
+    """What the figures of a run depend on: device, cores, threads, versions, date, load."""
+    info = {
+        "device": device.type,
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "physical_cores": _physical_cores(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "din_ops": din_ops.__version__,
+        "backends": din_ops.available_backends(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # Settings that change the timings: thread counts and how idle OpenMP threads wait.
+        "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def describe(info: dict) -> str:
+    """One line for the table and the plots."""
+    where = info.get("gpu") or info["cpu"]
+    load = info.get("load_average_1m")
+    busy = ""
+    if load is not None and info.get("usable_cpus") and load > 0.5 * info["usable_cpus"]:
+        busy = f", loaded machine (load {load:.1f} on {info['usable_cpus']} CPUs)"
+    env = "".join(f", {k}={v}" for k, v in info.get("env", {}).items())
+    return (
+        f"{where}, {info['usable_cpus']} CPUs, {info['threads']} threads, torch {info['torch']}, "
+        f"din_ops {info['din_ops']}, {info['date'][:10]}{busy}{env}"
+    )
