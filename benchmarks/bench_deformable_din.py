@@ -1,13 +1,13 @@
 """Deformable DIN (3x3, one offset group, DCNv1 offsets) beside the reference and, on a GPU with
 torchvision installed, torchvision.ops.deform_conv2d.
 
-Active only where din_ops.dynamic_instance_norm takes ``offset`` (the deformable op); on an older
-din_ops this module declares nothing that runs.
-
 Providers, all in the same run:
   din_ops backends : din_ops.dynamic_instance_norm(x, w, b, offset=..., padding=1) on every backend
   torch            : din_ops.reference's deformable DIN (PyTorch has no deformable convolution of
                      its own; the reference is written from the definition in plain PyTorch)
+  grid_sample      : F.instance_norm, one F.grid_sample of every tap (align_corners=True, zero
+                     padding), then a batched matrix product: what a PyTorch user might write
+                     without torchvision
   torchvision      : (GPU, torchvision installed) deform_conv2d on F.instance_norm(x) with the batch
                      folded into the groups, so each sample gets its own weights and offsets
   copy (floor)     : x.clone() (forward) and x.clone(), torch.add(x, gy) (forward+backward)
@@ -15,7 +15,6 @@ Providers, all in the same run:
 from __future__ import annotations
 
 import importlib.util
-import inspect
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +26,6 @@ from .registry import Extra, Floor, OpBench, Target, Work
 
 K = 3
 SHAPES = [(4, 64, 64, 64), (2, 128, 64, 64)]
-
-
-def _has_deformable() -> bool:
-    return "offset" in inspect.signature(din_ops.dynamic_instance_norm).parameters
 
 
 def _inputs(shape, dtype, device):
@@ -69,6 +64,22 @@ def torchvision_deform(x, weight, bias, offset, mask=None):
     return y.reshape(n, co, *y.shape[2:])
 
 
+def grid_sample_way(x, weight, bias, offset):
+    """IN, then the K x K taps sampled with F.grid_sample at the offset positions (pixel centres at
+    align_corners=True coordinates, zeros outside), then one batched matrix product."""
+    n, c, h, w = x.shape
+    ho, wo = offset.shape[2], offset.shape[3]
+    taps = torch.arange(K * K, device=x.device)
+    off = offset.reshape(n, K * K, 2, ho, wo)
+    rows = (torch.arange(ho, device=x.device) - K // 2)[None, :, None] + (taps // K)[:, None, None]
+    cols = (torch.arange(wo, device=x.device) - K // 2)[None, None, :] + (taps % K)[:, None, None]
+    py, px = rows + off[:, :, 0], cols + off[:, :, 1]
+    grid = torch.stack([2 * px / (w - 1) - 1, 2 * py / (h - 1) - 1], dim=-1).reshape(n, K * K * ho, wo, 2)
+    samples = F.grid_sample(F.instance_norm(x), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    y = weight.reshape(n, weight.shape[1], c * K * K) @ samples.reshape(n, c * K * K, ho * wo)
+    return (y + bias[:, :, None]).reshape(n, -1, ho, wo)
+
+
 def _torchvision_available(device: torch.device) -> bool:
     return device.type == "cuda" and importlib.util.find_spec("torchvision") is not None
 
@@ -80,7 +91,7 @@ BENCHES = [
         inputs=_inputs,
         din=lambda backend: lambda x, w, b, off: din_ops.dynamic_instance_norm(
             x, w, b, offset=off, padding=K // 2, backend=backend),
-        pytorch=lambda x, w, b, off: reference.dynamic_instance_norm(x, w, b, offset=off, padding=K // 2),
+        pytorch=lambda x, w, b, off: reference.deformable_instance_norm(x, w, b, off, None, padding=K // 2),
         floor=Floor("copy", fwd=lambda x, w, b, off: lambda: x.clone(),
                     fwdbwd=lambda x, w, b, off, gy: lambda: (x.clone(), torch.add(x, gy)),
                     doc="x.clone() (forward); x.clone() and torch.add(x, gy) (forward+backward)"),
@@ -89,7 +100,8 @@ BENCHES = [
         targets=SHAPES,
         checks=[Target(s, p, "cpu", "speedup", 3.0, "issue 5") for s in SHAPES for p in ("fwd", "fwd+bwd")]
         + [Target(None, "fwd+bwd", "cuda", "speedup", 3.0, "issue 9", versus="torchvision")],
-        extras=[Extra("torchvision", _torchvision_available, torchvision_deform)],
-        available=_has_deformable,
+        extras=[Extra("grid_sample", lambda device: True, grid_sample_way),
+                Extra("torchvision", _torchvision_available, torchvision_deform)],
+        backends=("cpu", "cuda", "reference"),  # no Triton kernel; no CUDA kernel yet either
     )
 ]

@@ -61,6 +61,7 @@ def _bench(name: str, title: str, depthwise: bool, groups: int, k: int, targets,
         name=name, title=title, inputs=inputs, din=din, pytorch=plain, floor=COPY_FLOOR, work=work,
         unit="GB/s" if depthwise else "GFLOP/s", targets=targets, checks=checks,
         accepts=lambda shape: depthwise or shape[1] % groups == 0,
+        backends=("cpu", "cuda", "reference"),  # the Triton backend covers only the 1x1 kernel
     )
 
 

@@ -124,6 +124,7 @@ class OpBench:
         extras: more implementations for the table, each guarded.
         accepts: ``shape -> bool``; shapes it cannot run (e.g. C not divisible by groups) are skipped.
         available: ``() -> bool``; False drops the op (an op that this din_ops version lacks).
+        backends: the din_ops backends that implement the op (None: all of them).
     """
 
     name: str
@@ -140,6 +141,7 @@ class OpBench:
     extras: Sequence[Extra] = ()
     accepts: Callable[[Shape], bool] = lambda shape: True
     available: Callable[[], bool] = lambda: True
+    backends: Optional[Sequence[str]] = None
     module: str = field(default="", compare=False)
 
     def rate(self, work: Work, passes: str, seconds: float) -> float:

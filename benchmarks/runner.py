@@ -115,6 +115,9 @@ def backends_for(device: torch.device, wanted: Optional[Sequence[str]] = None) -
     for backend in available:
         if wanted and backend not in wanted:
             continue
+        # Triton on CPU tensors is its interpreter (for tests, ~1000x slower): only when asked for.
+        if backend == "triton" and device.type != "cuda" and not wanted:
+            continue
         try:
             din_backends.resolve(backend, device)
         except (ValueError, RuntimeError):
@@ -162,7 +165,9 @@ def run_case(bench: OpBench, set_label: str, shape: Shape, dtype: torch.dtype, s
     inputs = bench.inputs(shape, dtype, device)
     with torch.no_grad():
         gy = torch.randn_like(bench.pytorch(*inputs))
-    providers: list[tuple[str, str, Callable[..., torch.Tensor]]] = [(b, "backend", bench.din(b)) for b in backends]
+    providers: list[tuple[str, str, Callable[..., torch.Tensor]]] = [
+        (b, "backend", bench.din(b)) for b in backends if bench.backends is None or b in bench.backends
+    ]
     providers.append(("torch", "baseline", bench.pytorch))
     providers += [(e.name, "extra", e.fn) for e in bench.extras if e.available(device)]
     floor = bench.floor
