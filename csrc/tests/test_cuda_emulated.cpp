@@ -400,11 +400,27 @@ DIN_TEST(dynamic_conv_half) { conv_all<__half>(); }
 DIN_TEST(dynamic_conv_bfloat16) { conv_all<__nv_bfloat16>(); }
 
 DIN_TEST(empty_and_invalid) {
+  // An empty batch launches nothing and succeeds; sizes a grid cannot hold are refused before any
+  // launch (the pointers are never touched).
   double m = 0, r = 0;
   float x = 0;
+  const int64_t before = emu::launches();
   DIN_CHECK(din_ops::gpu::instance_norm_forward(DType::Float, &x, &x, &m, &r, 0, 4, 1e-5,
                                                 nullptr) == cudaSuccess);
-  DIN_CHECK(emu::launches() >= 0);
+  DIN_CHECK(din_ops::gpu::spatially_adaptive_backward(DType::Half, &x, &x, &x, true, &m, &r, &x,
+                                                      &x, nullptr, 0, 4, nullptr) == cudaSuccess);
+  ConvGeometry g{0, 4, 5, 5, 4, 1, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5};
+  DIN_CHECK(din_ops::gpu::dynamic_conv_forward(DType::Float, g, &x, &x, nullptr, &x, &x,
+                                               nullptr) == cudaSuccess);
+  DIN_CHECK(din_ops::gpu::instance_norm_forward(DType::Float, &x, &x, &m, &r, int64_t(1) << 31, 4,
+                                                1e-5, nullptr) == cudaErrorInvalidConfiguration);
+  DIN_CHECK(din_ops::gpu::instance_norm_backward(DType::Float, &x, false, &x, &m, &r, &x, 4, 0,
+                                                 nullptr) == cudaErrorInvalidConfiguration);
+  g.N = int64_t(1) << 20;
+  g.Co = g.C = 1024;
+  DIN_CHECK(din_ops::gpu::dynamic_conv_grad_weight(DType::Float, g, &x, &x, &x, &x, nullptr) ==
+            cudaErrorInvalidConfiguration);
+  DIN_CHECK(emu::launches() == before);
   check_emulation_clean();
 }
 

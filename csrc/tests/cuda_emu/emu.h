@@ -2,7 +2,8 @@
 // the kernels can be compiled by the host compiler (as C++) and run on the CPU in tests
 // (csrc/tests/test_cuda_emulated.cpp, built by .ci/cuda_emulate.sh).
 //
-// Every CUDA thread of a block is one std::thread; the blocks of a grid run one after another.
+// Every CUDA thread of a block is one std::thread; the blocks of a grid run one after another on
+// the same threads.
 // __syncthreads is a block-wide std::barrier, __shfl_xor_sync a warp-wide exchange through a
 // buffer between two warp barriers. The emulation also checks what the hardware would not report:
 // - the launch configuration (block size, grid limits, shared memory);
@@ -161,42 +162,56 @@ inline void launch(dim3 grid, dim3 block, size_t smem, cudaStream_t, const std::
            std::to_string(block.z) + ")");
     return;
   }
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        Block b(static_cast<unsigned>(threads));
-        std::vector<std::thread> pool;
-        pool.reserve(threads);
-        for (unsigned t = 0; t < threads; ++t) {
-          pool.emplace_back([&, t] {
-            tl_block = &b;
-            tl_blockIdx = dim3(bx, by, bz);
-            tl_gridDim = grid;
-            tl_blockDim = block;
-            tl_threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-            body();
-            // An exited thread no longer takes part in the barriers (so the others do not hang;
-            // the mismatch is reported below).
-            b.sync.arrive_and_drop();
-            b.warp[t / 32]->arrive_and_drop();
-          });
-        }
-        for (auto& th : pool) th.join();
-        for (unsigned t = 1; t < threads; ++t) {
-          if (b.syncs[t] != b.syncs[0]) {
-            report("__syncthreads in divergent code: thread " + std::to_string(t) + " of block " +
-                   std::to_string(bx) + " passed " + std::to_string(b.syncs[t]) +
-                   " barriers, thread 0 passed " + std::to_string(b.syncs[0]));
-            break;
-          }
-        }
-        for (unsigned t = 0; t < threads; ++t) {
-          if (b.shuffles[t] != b.shuffles[t - t % 32]) {
-            report("warp shuffle in divergent code (thread " + std::to_string(t) + ")");
-            break;
-          }
-        }
+  // One std::thread per CUDA thread of a block, reused for every block of the grid (the blocks run
+  // one after another; `phase` separates them).
+  const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
+  std::unique_ptr<Block> cur;
+  std::barrier<> phase(static_cast<std::ptrdiff_t>(threads));
+  auto check_block = [&](const Block& b, uint64_t bi) {
+    for (unsigned t = 1; t < threads; ++t) {
+      if (b.syncs[t] != b.syncs[0]) {
+        report("__syncthreads in divergent code: thread " + std::to_string(t) + " of block " +
+               std::to_string(bi) + " passed " + std::to_string(b.syncs[t]) +
+               " barriers, thread 0 passed " + std::to_string(b.syncs[0]));
+        break;
       }
+    }
+    for (unsigned t = 0; t < threads; ++t) {
+      if (b.shuffles[t] != b.shuffles[t - t % 32]) {
+        report("warp shuffle in divergent code (thread " + std::to_string(t) + ")");
+        break;
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(threads);
+  for (unsigned t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      for (uint64_t bi = 0; bi < blocks; ++bi) {
+        if (t == 0) {
+          if (cur) check_block(*cur, bi - 1);
+          cur = std::make_unique<Block>(static_cast<unsigned>(threads));
+        }
+        phase.arrive_and_wait();
+        Block& b = *cur;
+        tl_block = &b;
+        tl_blockIdx = dim3(static_cast<unsigned>(bi % grid.x),
+                           static_cast<unsigned>((bi / grid.x) % grid.y),
+                           static_cast<unsigned>(bi / (uint64_t(grid.x) * grid.y)));
+        tl_gridDim = grid;
+        tl_blockDim = block;
+        tl_threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+        body();
+        // An exited thread no longer takes part in the barriers (so the others do not hang; the
+        // mismatch is reported by check_block).
+        b.sync.arrive_and_drop();
+        b.warp[t / 32]->arrive_and_drop();
+        phase.arrive_and_wait();
+      }
+      if (t == 0 && cur) check_block(*cur, blocks - 1);
+    });
+  }
+  for (auto& th : pool) th.join();
 }
 
 inline unsigned linear_tid() {
