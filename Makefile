@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: install test test-python test-cpp test-cuda-compile bench gpu clean
+.PHONY: install test test-python test-cpp test-cuda-compile test-cuda-emulate bench gpu clean
 
 # torch is installed only where none is (pinned: an unpinned torch would pull a multi-GB CUDA
 # build); an existing torch >= 2.11, e.g. a CUDA build on a GPU machine, is kept.
@@ -13,7 +13,7 @@ install:
 	$(PYTHON) -m pip install --quiet numpy pytest hypothesis expecttest
 	$(PYTHON) -m pip install --no-build-isolation --quiet -e .
 
-test: install test-python test-cpp test-cuda-compile
+test: install test-python test-cpp test-cuda-compile test-cuda-emulate
 
 test-python:
 	$(PYTHON) -m pytest tests -q
@@ -28,6 +28,11 @@ test-cpp:
 # torch CUDA headers); runs without a GPU, skips with a message when nvcc is absent.
 test-cuda-compile:
 	PYTHON=$(PYTHON) .ci/cuda_compile_check.sh
+
+# The CUDA kernels run on the CPU: compiled as C++ against a host emulation of the CUDA API
+# (csrc/tests/cuda_emu/) with ASan/UBSan and compared with double-precision references.
+test-cuda-emulate:
+	.ci/cuda_emulate.sh
 
 # On a GPU machine (CUDA build of torch + nvcc): build the CUDA extension, run the whole test suite
 # (the cuda cases included) and the GPU benchmarks; results go to benchmarks/results/ with the
