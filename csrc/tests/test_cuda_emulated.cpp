@@ -399,6 +399,44 @@ DIN_TEST(dynamic_conv_double) { conv_all<double>(); }
 DIN_TEST(dynamic_conv_half) { conv_all<__half>(); }
 DIN_TEST(dynamic_conv_bfloat16) { conv_all<__nv_bfloat16>(); }
 
+// Random geometries: groups, channel multipliers, kernel sizes, strides, dilations and asymmetric
+// paddings (only those whose kernel fits the padded input), and random plane sizes and alignments.
+template <typename T>
+void fuzz(unsigned seed, int rounds) {
+  std::mt19937 rng(seed);
+  auto pick = [&](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  };
+  for (int r = 0; r < rounds; ++r) {
+    ConvGeometry g{};
+    g.groups = pick(1, 3);
+    g.N = pick(1, 2);
+    g.C = g.groups * pick(1, 3);
+    g.Co = g.groups * pick(1, 3);
+    g.H = pick(1, 9);
+    g.W = pick(1, 9);
+    g.kh = pick(1, 4);
+    g.kw = pick(1, 4);
+    g.sh = pick(1, 3);
+    g.sw = pick(1, 3);
+    g.dh = pick(1, 2);
+    g.dw = pick(1, 2);
+    g.pt = pick(0, 2);
+    g.pl = pick(0, 2);
+    const int64_t pb = pick(0, 2), pr = pick(0, 2);
+    if (g.H + g.pt + pb < g.dh * (g.kh - 1) + 1 || g.W + g.pl + pr < g.dw * (g.kw - 1) + 1) {
+      continue;
+    }
+    conv_case<T>(g, pb, pr, r % 2 == 0, r % 3 == 0);
+    instance_norm_case<T>(pick(1, 3), pick(1, 300), pick(0, 1), 0.0);
+    spatially_adaptive_case<T>(pick(1, 3), pick(1, 300), pick(0, 1), r % 2 == 1, int(r % 3));
+  }
+}
+
+DIN_TEST(fuzz_float) { fuzz<float>(1, 40); }
+DIN_TEST(fuzz_half) { fuzz<__half>(2, 15); }
+DIN_TEST(fuzz_double) { fuzz<double>(3, 15); }
+
 DIN_TEST(empty_and_invalid) {
   // An empty batch launches nothing and succeeds; sizes a grid cannot hold are refused before any
   // launch (the pointers are never touched).
