@@ -9,6 +9,9 @@
 // - the launch configuration (block size, grid limits, shared memory);
 // - that every thread of a block executes the same number of __syncthreads (a barrier in
 //   divergent code), and that a warp shuffle with a full mask runs on a full warp with all lanes;
+// What it cannot show: data races on shared memory (it has no race detector, and its threads do
+// not run in lockstep), the register / occupancy limits of a real GPU (see nvcc -Xptxas -v), and
+// timing. Blocks run one after another, so inter-block races do not show either.
 // The kernels' `<<<grid, block, smem, stream>>>` launches are rewritten to emu::launch(...) calls
 // by .ci/cuda_emulate.sh before compiling.
 #pragma once
