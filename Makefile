@@ -5,7 +5,7 @@ TORCH_PIN ?= torch==2.13.0
 TRITON_PIN ?= triton==3.8.0
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: install test test-python test-cpp test-cuda-compile bench bench-quick bench-sweep bench-pytest gpu clean
+.PHONY: install test test-python test-cpp test-cuda-compile test-cuda-emulate bench bench-quick bench-sweep bench-pytest gpu clean
 
 # torch is installed only where none is (pinned: an unpinned torch would pull a multi-GB CUDA
 # build); an existing torch >= 2.11, e.g. a CUDA build on a GPU machine, is kept.
@@ -17,7 +17,7 @@ install:
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install --quiet --no-deps "$(TRITON_PIN)"
 	$(PYTHON) -m pip install --no-build-isolation --quiet -e .
 
-test: install test-python test-cpp test-cuda-compile
+test: install test-python test-cpp test-cuda-compile test-cuda-emulate
 
 test-python:
 	$(PYTHON) -m pytest tests -q
@@ -32,6 +32,11 @@ test-cpp:
 # torch CUDA headers); runs without a GPU, skips with a message when nvcc is absent.
 test-cuda-compile:
 	PYTHON=$(PYTHON) .ci/cuda_compile_check.sh
+
+# The CUDA kernels run on the CPU: compiled as C++ against a host emulation of the CUDA API
+# (csrc/tests/cuda_emu/) with ASan/UBSan and compared with double-precision references.
+test-cuda-emulate:
+	.ci/cuda_emulate.sh
 
 # On a GPU machine (CUDA build of torch + nvcc): build the CUDA extension, run the whole test suite
 # (the cuda cases included) and the GPU benchmarks; results go to benchmarks/results/ with the

@@ -1,0 +1,3 @@
+// Host emulation (see emu.h).
+#pragma once
+#include "emu.h"

@@ -1,0 +1,467 @@
+// The CUDA launchers of csrc/cuda/*.cu run on the CPU through the host emulation of
+// csrc/tests/cuda_emu/emu.h (built and run by .ci/cuda_emulate.sh, with AddressSanitizer), compared
+// with straightforward double-precision references. Shapes are chosen to exercise the vectorized and
+// the scalar (misaligned or odd-sized) paths, planes larger than the register caches, planes smaller
+// than a warp, a single pixel, strided / dilated / grouped / depthwise convolutions with asymmetric
+// padding. The emulation also reports barriers in divergent code and bad launch configurations.
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "emu.h"
+#include "harness.h"
+#include "launchers.h"
+
+namespace {
+
+using din_ops::gpu::ConvGeometry;
+using din_ops::gpu::DType;
+
+// ---- storage types ----------------------------------------------------------------------------
+template <typename T>
+struct Traits;
+template <>
+struct Traits<float> {
+  static constexpr DType dtype = DType::Float;
+  static constexpr double tol = 2e-5;
+  static double get(float v) { return v; }
+  static float put(double v) { return static_cast<float>(v); }
+  static const char* name() { return "float"; }
+};
+template <>
+struct Traits<double> {
+  static constexpr DType dtype = DType::Double;
+  static constexpr double tol = 1e-11;
+  static double get(double v) { return v; }
+  static double put(double v) { return v; }
+  static const char* name() { return "double"; }
+};
+template <>
+struct Traits<__half> {
+  static constexpr DType dtype = DType::Half;
+  static constexpr double tol = 4e-3;
+  static double get(__half v) { return __half2float(v); }
+  static __half put(double v) { return __float2half_rn(static_cast<float>(v)); }
+  static const char* name() { return "half"; }
+};
+template <>
+struct Traits<__nv_bfloat16> {
+  static constexpr DType dtype = DType::BFloat16;
+  static constexpr double tol = 3e-2;
+  static double get(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __nv_bfloat16 put(double v) { return __float2bfloat16_rn(static_cast<float>(v)); }
+  static const char* name() { return "bfloat16"; }
+};
+
+// Values of T in a vector with `offset` leading elements (a misaligned start when offset > 0);
+// data() + offset is what the kernels get.
+template <typename T>
+struct Buf {
+  std::vector<T> v;
+  int64_t offset;
+  Buf(int64_t n, int64_t off, std::mt19937& rng, double lo = -2.0, double hi = 2.0)
+      : v(n + off), offset(off) {
+    std::uniform_real_distribution<double> d(lo, hi);
+    for (auto& e : v) e = Traits<T>::put(d(rng));
+  }
+  T* ptr() { return v.data() + offset; }
+  double at(int64_t i) const { return Traits<T>::get(v[offset + i]); }
+};
+
+std::string where(const char* what, const char* type, int64_t a, int64_t b, int64_t i) {
+  return std::string(what) + " " + type + " (" + std::to_string(a) + ", " + std::to_string(b) +
+         ") at " + std::to_string(i);
+}
+
+// Checks `got` against `want` with the dtype tolerance relative to `scale`; reports the first miss.
+#define CHECK_CLOSE(got, want, tol, scale, label)                                          \
+  do {                                                                                     \
+    const double g_ = (got), w_ = (want);                                                  \
+    if (!(std::abs(g_ - w_) <= (tol) * ((scale) + std::abs(w_)))) {                        \
+      ::din_ops::test::fail(__FILE__, __LINE__,                                            \
+                            (label) + ": got " + std::to_string(g_) + ", expected " +      \
+                                std::to_string(w_));                                       \
+      return;                                                                              \
+    }                                                                                      \
+  } while (0)
+
+void check_emulation_clean() {
+  for (const auto& e : emu::take_errors()) ::din_ops::test::fail(__FILE__, __LINE__, e);
+}
+
+// ---- instance norm ----------------------------------------------------------------------------
+struct Stats {
+  std::vector<double> mean, rstd;
+};
+
+template <typename T>
+Stats ref_stats(const Buf<T>& x, int64_t planes, int64_t P, double eps) {
+  Stats s{std::vector<double>(planes), std::vector<double>(planes)};
+  for (int64_t p = 0; p < planes; ++p) {
+    long double sum = 0, sq = 0;
+    for (int64_t i = 0; i < P; ++i) sum += x.at(p * P + i);
+    const long double m = sum / P;
+    for (int64_t i = 0; i < P; ++i) sq += (x.at(p * P + i) - m) * (x.at(p * P + i) - m);
+    s.mean[p] = double(m);
+    s.rstd[p] = 1.0 / std::sqrt(double(sq / P) + eps);
+  }
+  return s;
+}
+
+template <typename T>
+void instance_norm_case(int64_t planes, int64_t P, int64_t off, double shift) {
+  using Tr = Traits<T>;
+  std::mt19937 rng(planes * 1000 + P + off);
+  const double eps = 1e-5;
+  Buf<T> x(planes * P, off, rng, shift - 2.0, shift + 2.0), y(planes * P, off, rng);
+  std::vector<double> mean(planes, -7), rstd(planes, -7);
+  DIN_CHECK(din_ops::gpu::instance_norm_forward(Tr::dtype, x.ptr(), y.ptr(), mean.data(),
+                                                rstd.data(), planes, P, eps, nullptr) == cudaSuccess);
+  check_emulation_clean();
+  const Stats r = ref_stats(x, planes, P, eps);
+  const std::string label = where("instance_norm_forward", Tr::name(), planes, P, off);
+  for (int64_t p = 0; p < planes; ++p) {
+    CHECK_CLOSE(mean[p], r.mean[p], Tr::tol, 1.0, label + " mean");
+    CHECK_CLOSE(rstd[p], r.rstd[p], Tr::tol, 0.0, label + " rstd");
+    for (int64_t i = 0; i < P; ++i) {
+      const double want = (x.at(p * P + i) - r.mean[p]) * r.rstd[p];
+      CHECK_CLOSE(y.at(p * P + i), want, Tr::tol, 1.0, label + " y");
+    }
+  }
+  // Statistics only (y = null), as dynamic_conv uses it.
+  std::vector<double> mean2(planes), rstd2(planes);
+  DIN_CHECK(din_ops::gpu::instance_norm_forward(Tr::dtype, x.ptr(), nullptr, mean2.data(),
+                                                rstd2.data(), planes, P, eps, nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t p = 0; p < planes; ++p) DIN_CHECK(mean2[p] == mean[p] && rstd2[p] == rstd[p]);
+
+  // apply: y = (x - mean) * rstd with the reference statistics.
+  Buf<T> y2(planes * P, off, rng);
+  DIN_CHECK(din_ops::gpu::instance_norm_apply(Tr::dtype, x.ptr(), r.mean.data(), r.rstd.data(),
+                                              y2.ptr(), planes, P, nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t i = 0; i < planes * P; ++i) {
+    const int64_t p = i / P;
+    CHECK_CLOSE(y2.at(i), (x.at(i) - r.mean[p]) * r.rstd[p], Tr::tol, 1.0, label + " apply");
+  }
+
+  // backward, with g in T and in the accumulation type.
+  Buf<T> g(planes * P, off, rng), gx(planes * P, off, rng);
+  using acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  std::vector<acc> gacc(planes * P + off);
+  for (int64_t i = 0; i < planes * P; ++i) gacc[off + i] = static_cast<acc>(g.at(i));
+  for (int as_acc = 0; as_acc < 2; ++as_acc) {
+    const void* gp = as_acc ? static_cast<const void*>(gacc.data() + off) : g.ptr();
+    DIN_CHECK(din_ops::gpu::instance_norm_backward(Tr::dtype, gp, as_acc == 1, x.ptr(),
+                                                   r.mean.data(), r.rstd.data(), gx.ptr(), planes,
+                                                   P, nullptr) == cudaSuccess);
+    check_emulation_clean();
+    for (int64_t p = 0; p < planes; ++p) {
+      long double sg = 0, sgx = 0;
+      for (int64_t i = 0; i < P; ++i) {
+        const double xh = (x.at(p * P + i) - r.mean[p]) * r.rstd[p];
+        sg += g.at(p * P + i);
+        sgx += g.at(p * P + i) * xh;
+      }
+      for (int64_t i = 0; i < P; ++i) {
+        const double xh = (x.at(p * P + i) - r.mean[p]) * r.rstd[p];
+        const double want = r.rstd[p] * (g.at(p * P + i) - double(sg / P) - xh * double(sgx / P));
+        // rstd amplifies the rounding of g - mean(g): scale the tolerance with it.
+        CHECK_CLOSE(gx.at(p * P + i), want, Tr::tol, 4.0 * std::min(r.rstd[p], 1e3),
+                    label + (as_acc ? " backward (acc g)" : " backward"));
+      }
+    }
+  }
+
+  // plane sums
+  Buf<T> sums(planes, 0, rng);
+  DIN_CHECK(din_ops::gpu::plane_sums(Tr::dtype, x.ptr(), sums.ptr(), planes, P, nullptr) ==
+            cudaSuccess);
+  check_emulation_clean();
+  for (int64_t p = 0; p < planes; ++p) {
+    long double s = 0;
+    for (int64_t i = 0; i < P; ++i) s += x.at(p * P + i);
+    CHECK_CLOSE(sums.at(p), double(s), Tr::tol, 1.0 + std::abs(shift) * P * 1e-3, label + " sums");
+  }
+}
+
+template <typename T>
+void instance_norm_all() {
+  // (planes, P, misalignment, shift): vectorized (P multiple of 8, aligned), scalar (odd P or
+  // misaligned start), P < warp, P = 1, planes larger than the register caches (P > 512 * 8 * 8).
+  const int64_t cases[][3] = {{3, 64, 0},  {2, 100, 0}, {5, 7, 0},     {2, 1, 0},    {1, 33, 1},
+                              {2, 96, 1},  {3, 1000, 0}, {1, 40000, 0}, {1, 40003, 0}, {2, 4096, 1}};
+  for (const auto& c : cases) instance_norm_case<T>(c[0], c[1], c[2], 0.0);
+  instance_norm_case<T>(2, 256, 0, std::is_same_v<T, float> || std::is_same_v<T, double> ? 1e4 : 8);
+}
+
+DIN_TEST(instance_norm_float) { instance_norm_all<float>(); }
+DIN_TEST(instance_norm_double) { instance_norm_all<double>(); }
+DIN_TEST(instance_norm_half) { instance_norm_all<__half>(); }
+DIN_TEST(instance_norm_bfloat16) { instance_norm_all<__nv_bfloat16>(); }
+
+// ---- spatially adaptive instance norm ------------------------------------------------------
+// gamma_full / beta_mode (0 none, 1 per plane, 2 full).
+template <typename T>
+void spatially_adaptive_case(int64_t planes, int64_t P, int64_t off, bool gamma_full,
+                             int beta_mode) {
+  using Tr = Traits<T>;
+  std::mt19937 rng(planes * 7 + P * 3 + off + gamma_full * 11 + beta_mode);
+  const double eps = 1e-5;
+  const int64_t n = planes * P;
+  Buf<T> x(n, off, rng), y(n, off, rng), gy(n, off, rng), gx(n, off, rng);
+  Buf<T> gamma(gamma_full ? n : planes, gamma_full ? off : 0, rng, 0.5, 1.5);
+  Buf<T> beta(beta_mode == 2 ? n : planes, beta_mode == 2 ? off : 0, rng);
+  Buf<T> ggamma(gamma_full ? n : planes, gamma_full ? off : 0, rng), gbeta(planes, 0, rng);
+  std::vector<double> mean(planes), rstd(planes);
+  const std::string label =
+      where("spatially_adaptive", Tr::name(), planes, P, off) + " gamma_full " +
+      std::to_string(gamma_full) + " beta " + std::to_string(beta_mode);
+  DIN_CHECK(din_ops::gpu::spatially_adaptive_forward(
+                Tr::dtype, x.ptr(), gamma.ptr(), gamma_full, beta_mode ? beta.ptr() : nullptr,
+                beta_mode == 2, y.ptr(), mean.data(), rstd.data(), planes, P, eps,
+                nullptr) == cudaSuccess);
+  check_emulation_clean();
+  const Stats r = ref_stats(x, planes, P, eps);
+  auto gam = [&](int64_t i) { return gamma.at(gamma_full ? i : i / P); };
+  auto bet = [&](int64_t i) {
+    return beta_mode == 0 ? 0.0 : beta.at(beta_mode == 2 ? i : i / P);
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t p = i / P;
+    if (i % P == 0) {
+      CHECK_CLOSE(mean[p], r.mean[p], Tr::tol, 1.0, label + " mean");
+      CHECK_CLOSE(rstd[p], r.rstd[p], Tr::tol, 0.0, label + " rstd");
+    }
+    const double xh = (x.at(i) - r.mean[p]) * r.rstd[p];
+    CHECK_CLOSE(y.at(i), xh * gam(i) + bet(i), Tr::tol, 2.0, label + " y");
+  }
+  const bool want_gbeta = beta_mode != 0;
+  DIN_CHECK(din_ops::gpu::spatially_adaptive_backward(
+                Tr::dtype, gy.ptr(), x.ptr(), gamma.ptr(), gamma_full, r.mean.data(),
+                r.rstd.data(), gx.ptr(), ggamma.ptr(), want_gbeta ? gbeta.ptr() : nullptr, planes,
+                P, nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t p = 0; p < planes; ++p) {
+    long double sg = 0, sgxh = 0, sgy = 0, sgyxh = 0;
+    for (int64_t i = p * P; i < (p + 1) * P; ++i) {
+      const double xh = (x.at(i) - r.mean[p]) * r.rstd[p];
+      sg += gy.at(i) * gam(i);
+      sgxh += gy.at(i) * gam(i) * xh;
+      sgy += gy.at(i);
+      sgyxh += gy.at(i) * xh;
+    }
+    for (int64_t i = p * P; i < (p + 1) * P; ++i) {
+      const double xh = (x.at(i) - r.mean[p]) * r.rstd[p];
+      const double want =
+          r.rstd[p] * (gy.at(i) * gam(i) - double(sg / P) - xh * double(sgxh / P));
+      if (P > 1) {
+        CHECK_CLOSE(gx.at(i), want, Tr::tol, 4.0 * std::min(r.rstd[p], 1e3), label + " gx");
+      }
+      if (gamma_full) CHECK_CLOSE(ggamma.at(i), gy.at(i) * xh, Tr::tol, 1.0, label + " ggamma");
+    }
+    if (!gamma_full) {
+      CHECK_CLOSE(ggamma.at(p), double(sgyxh), Tr::tol, 1.0 + std::sqrt(double(P)), label + " ggamma");
+    }
+    if (want_gbeta) {
+      CHECK_CLOSE(gbeta.at(p), double(sgy), Tr::tol, 1.0 + std::sqrt(double(P)), label + " gbeta");
+    }
+  }
+}
+
+template <typename T>
+void spatially_adaptive_all() {
+  const int64_t cases[][3] = {{3, 64, 0}, {2, 100, 0}, {4, 7, 0},      {2, 1, 0},
+                              {2, 96, 1}, {2, 4096, 0}, {1, 20000, 0}, {1, 20001, 0}};
+  for (const auto& c : cases) {
+    for (int gf = 0; gf < 2; ++gf) {
+      for (int bm = 0; bm < 3; ++bm) spatially_adaptive_case<T>(c[0], c[1], c[2], gf == 1, bm);
+    }
+  }
+}
+
+DIN_TEST(spatially_adaptive_float) { spatially_adaptive_all<float>(); }
+DIN_TEST(spatially_adaptive_double) { spatially_adaptive_all<double>(); }
+DIN_TEST(spatially_adaptive_half) { spatially_adaptive_all<__half>(); }
+DIN_TEST(spatially_adaptive_bfloat16) { spatially_adaptive_all<__nv_bfloat16>(); }
+
+// ---- dynamic conv -----------------------------------------------------------------------------
+template <typename T>
+void conv_case(ConvGeometry g, int64_t pb, int64_t pr, bool normalize, bool bias) {
+  using Tr = Traits<T>;
+  using acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  g.Ho = (g.H + g.pt + pb - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.Wo = (g.W + g.pl + pr - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  std::mt19937 rng(g.C * 31 + g.kh * 7 + g.sh + g.groups * 5 + normalize);
+  const int64_t Cg = g.C / g.groups, Cog = g.Co / g.groups, P = g.H * g.W, Q = g.Ho * g.Wo;
+  const int64_t nx = g.N * g.C * P, ny = g.N * g.Co * Q, nw = g.N * g.Co * Cg * g.kh * g.kw;
+  Buf<T> x(nx, 0, rng, 1.0, 3.0), w(nw, 0, rng), b(g.N * g.Co, 0, rng), y(ny, 0, rng);
+  Buf<T> gy(ny, 0, rng), gw(nw, 0, rng), gb(g.N * g.Co, 0, rng);
+  const std::string label = std::string("conv ") + Tr::name() + " C " + std::to_string(g.C) +
+                            " Co " + std::to_string(g.Co) + " groups " + std::to_string(g.groups) +
+                            " k " + std::to_string(g.kh) + "x" + std::to_string(g.kw) + " s " +
+                            std::to_string(g.sh) + " d " + std::to_string(g.dh);
+  std::vector<double> mean(g.N * g.C, 0.0), rstd(g.N * g.C, 1.0);
+  if (normalize) {
+    DIN_CHECK(din_ops::gpu::instance_norm_forward(Tr::dtype, x.ptr(), nullptr, mean.data(),
+                                                  rstd.data(), g.N * g.C, P, 1e-5, nullptr) ==
+              cudaSuccess);
+  }
+  std::vector<acc> q(3 * g.N * g.C);
+  DIN_CHECK(din_ops::gpu::norm_coeffs(Tr::dtype, mean.data(), rstd.data(), q.data(), g.N * g.C,
+                                      nullptr) == cudaSuccess);
+  DIN_CHECK(din_ops::gpu::dynamic_conv_forward(Tr::dtype, g, x.ptr(), w.ptr(),
+                                               bias ? b.ptr() : nullptr, q.data(), y.ptr(),
+                                               nullptr) == cudaSuccess);
+  check_emulation_clean();
+  auto xh = [&](int64_t n, int64_t c, int64_t ih, int64_t iw) {
+    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return 0.0;
+    const int64_t nc = n * g.C + c;
+    return (x.at((nc * g.H + ih) * g.W + iw) - mean[nc]) * rstd[nc];
+  };
+  auto widx = [&](int64_t n, int64_t o, int64_t ci, int64_t i, int64_t j) {
+    return (((n * g.Co + o) * Cg + ci) * g.kh + i) * g.kw + j;
+  };
+  std::vector<double> gxh(nx, 0.0);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t o = 0; o < g.Co; ++o)
+      for (int64_t oh = 0; oh < g.Ho; ++oh)
+        for (int64_t ow = 0; ow < g.Wo; ++ow) {
+          double s = bias ? b.at(n * g.Co + o) : 0.0;
+          const int64_t yi = ((n * g.Co + o) * g.Ho + oh) * g.Wo + ow;
+          for (int64_t ci = 0; ci < Cg; ++ci)
+            for (int64_t i = 0; i < g.kh; ++i)
+              for (int64_t j = 0; j < g.kw; ++j) {
+                const int64_t c = (o / Cog) * Cg + ci;
+                const int64_t ih = oh * g.sh - g.pt + i * g.dh, iw = ow * g.sw - g.pl + j * g.dw;
+                s += w.at(widx(n, o, ci, i, j)) * xh(n, c, ih, iw);
+                if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
+                  gxh[((n * g.C + c) * g.H + ih) * g.W + iw] += w.at(widx(n, o, ci, i, j)) * gy.at(yi);
+                }
+              }
+          CHECK_CLOSE(y.at(yi), s, Tr::tol, 1.0 + std::sqrt(double(Cg * g.kh * g.kw)), label + " y");
+        }
+  DIN_CHECK(din_ops::gpu::dynamic_conv_grad_weight(Tr::dtype, g, gy.ptr(), x.ptr(), q.data(),
+                                                   gw.ptr(), nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t o = 0; o < g.Co; ++o)
+      for (int64_t ci = 0; ci < Cg; ++ci)
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j) {
+            double s = 0;
+            for (int64_t oh = 0; oh < g.Ho; ++oh)
+              for (int64_t ow = 0; ow < g.Wo; ++ow) {
+                s += gy.at(((n * g.Co + o) * g.Ho + oh) * g.Wo + ow) *
+                     xh(n, (o / Cog) * Cg + ci, oh * g.sh - g.pt + i * g.dh,
+                        ow * g.sw - g.pl + j * g.dw);
+              }
+            CHECK_CLOSE(gw.at(widx(n, o, ci, i, j)), s, Tr::tol, 1.0 + std::sqrt(double(Q)),
+                        label + " gw");
+          }
+  std::vector<acc> gin(nx, acc(-99));
+  DIN_CHECK(din_ops::gpu::dynamic_conv_grad_input(Tr::dtype, g, gy.ptr(), w.ptr(), gin.data(),
+                                                  nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t i = 0; i < nx; ++i) {
+    CHECK_CLOSE(gin[i], gxh[i], Tr::tol, 1.0 + std::sqrt(double(Cog * g.kh * g.kw)),
+                label + " gxh");
+  }
+  DIN_CHECK(din_ops::gpu::plane_sums(Tr::dtype, gy.ptr(), gb.ptr(), g.N * g.Co, Q, nullptr) ==
+            cudaSuccess);
+  check_emulation_clean();
+}
+
+template <typename T>
+void conv_all() {
+  // N, C, H, W, Co, groups, kh, kw, sh, sw, pt, pl, dh, dw (Ho, Wo computed); then pb, pr.
+  struct Case {
+    ConvGeometry g;
+    int64_t pb, pr;
+  };
+  const Case cases[] = {
+      {{2, 4, 7, 9, 6, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0}, 1, 1},   // dense 3x3 same
+      {{1, 4, 8, 8, 4, 2, 3, 2, 2, 1, 0, 2, 1, 2, 0, 0}, 2, 1},   // grouped, strided, dilated, asym.
+      {{2, 3, 6, 5, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0}, 1, 1},   // depthwise
+      {{1, 2, 9, 7, 4, 2, 5, 3, 3, 2, 2, 0, 2, 1, 0, 0}, 3, 2},   // depthwise multiplier 2
+      {{1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 0}, 0, 0},   // one pixel
+      {{1, 2, 20, 20, 2, 1, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0}, 0, 1}, // Q >= 64 threads
+  };
+  for (const auto& c : cases) {
+    for (int norm = 0; norm < 2; ++norm) conv_case<T>(c.g, c.pb, c.pr, norm == 1, norm == 1);
+  }
+}
+
+DIN_TEST(dynamic_conv_float) { conv_all<float>(); }
+DIN_TEST(dynamic_conv_double) { conv_all<double>(); }
+DIN_TEST(dynamic_conv_half) { conv_all<__half>(); }
+DIN_TEST(dynamic_conv_bfloat16) { conv_all<__nv_bfloat16>(); }
+
+// Random geometries: groups, channel multipliers, kernel sizes, strides, dilations and asymmetric
+// paddings (only those whose kernel fits the padded input), and random plane sizes and alignments.
+template <typename T>
+void fuzz(unsigned seed, int rounds) {
+  std::mt19937 rng(seed);
+  auto pick = [&](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  };
+  for (int r = 0; r < rounds; ++r) {
+    ConvGeometry g{};
+    g.groups = pick(1, 3);
+    g.N = pick(1, 2);
+    g.C = g.groups * pick(1, 3);
+    g.Co = g.groups * pick(1, 3);
+    g.H = pick(1, 9);
+    g.W = pick(1, 9);
+    g.kh = pick(1, 4);
+    g.kw = pick(1, 4);
+    g.sh = pick(1, 3);
+    g.sw = pick(1, 3);
+    g.dh = pick(1, 2);
+    g.dw = pick(1, 2);
+    g.pt = pick(0, 2);
+    g.pl = pick(0, 2);
+    const int64_t pb = pick(0, 2), pr = pick(0, 2);
+    if (g.H + g.pt + pb < g.dh * (g.kh - 1) + 1 || g.W + g.pl + pr < g.dw * (g.kw - 1) + 1) {
+      continue;
+    }
+    conv_case<T>(g, pb, pr, r % 2 == 0, r % 3 == 0);
+    instance_norm_case<T>(pick(1, 3), pick(1, 300), pick(0, 1), 0.0);
+    spatially_adaptive_case<T>(pick(1, 3), pick(1, 300), pick(0, 1), r % 2 == 1, int(r % 3));
+  }
+}
+
+DIN_TEST(fuzz_float) { fuzz<float>(1, 40); }
+DIN_TEST(fuzz_half) { fuzz<__half>(2, 15); }
+DIN_TEST(fuzz_double) { fuzz<double>(3, 15); }
+
+DIN_TEST(empty_and_invalid) {
+  // An empty batch launches nothing and succeeds; sizes a grid cannot hold are refused before any
+  // launch (the pointers are never touched).
+  double m = 0, r = 0;
+  float x = 0;
+  const int64_t before = emu::launches();
+  DIN_CHECK(din_ops::gpu::instance_norm_forward(DType::Float, &x, &x, &m, &r, 0, 4, 1e-5,
+                                                nullptr) == cudaSuccess);
+  DIN_CHECK(din_ops::gpu::spatially_adaptive_backward(DType::Half, &x, &x, &x, true, &m, &r, &x,
+                                                      &x, nullptr, 0, 4, nullptr) == cudaSuccess);
+  ConvGeometry g{0, 4, 5, 5, 4, 1, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5};
+  DIN_CHECK(din_ops::gpu::dynamic_conv_forward(DType::Float, g, &x, &x, nullptr, &x, &x,
+                                               nullptr) == cudaSuccess);
+  DIN_CHECK(din_ops::gpu::instance_norm_forward(DType::Float, &x, &x, &m, &r, int64_t(1) << 31, 4,
+                                                1e-5, nullptr) == cudaErrorInvalidConfiguration);
+  DIN_CHECK(din_ops::gpu::instance_norm_backward(DType::Float, &x, false, &x, &m, &r, &x, 4, 0,
+                                                 nullptr) == cudaErrorInvalidConfiguration);
+  g.N = int64_t(1) << 20;
+  g.Co = g.C = 1024;
+  DIN_CHECK(din_ops::gpu::dynamic_conv_grad_weight(DType::Float, g, &x, &x, &x, &x, nullptr) ==
+            cudaErrorInvalidConfiguration);
+  DIN_CHECK(emu::launches() == before);
+  check_emulation_clean();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return din_ops::test::run_all(argc, argv); }
