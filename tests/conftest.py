@@ -91,3 +91,13 @@ def assert_close_to_reference(actual: torch.Tensor, expected64: torch.Tensor, dt
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """Runs a test on one thread. For tiny tensors one thread is as fast, and does not slow to a
+    crawl when the machine's cores are oversubscribed (OpenMP threads waiting for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

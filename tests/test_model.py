@@ -19,14 +19,7 @@ PAPER_ADAIN_VGG = {"encoder": 63.44e9, "decoder": 63.36e9}
 TINY = dict(widths=(4, 6, 8), outer_kernel=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tensors here are tiny: one thread is as fast, and does not slow to a crawl when the
-    machine's cores are oversubscribed (OpenMP threads waiting for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (see conftest)
 
 
 @pytest.mark.parametrize("backend", [None, "reference"])

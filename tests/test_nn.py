@@ -17,14 +17,7 @@ from conftest import assert_close_to_reference, layout
 VARIANTS = [("conv", 1, 1), ("conv", 3, 2), ("conv", 3, 6), ("spatially_adaptive", 1, 1)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tensors here are tiny: one thread is as fast, and does not slow to a crawl when the
-    machine's cores are oversubscribed (OpenMP threads waiting for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (see conftest)
 
 
 def _layer(kind, k, groups, channels=6, style_channels=5, **kw) -> DynamicInstanceNorm2d:

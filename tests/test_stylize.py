@@ -18,13 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 W, H = 30, 22
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny images: one thread is as fast and robust to an oversubscribed machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny images: one thread (see conftest)
 
 
 def _save(path: Path, size=(W, H), seed=0, mode="RGB") -> Path:

@@ -16,14 +16,7 @@ from din_ops.train import ProgressBar, build_parser, load_checkpoint, main, trai
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tensors here are tiny: one thread is as fast, and does not slow to a crawl when the
-    machine's cores are oversubscribed (OpenMP threads waiting for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (see conftest)
 
 
 def _write_images(folder: Path, count: int, seed: int) -> None:

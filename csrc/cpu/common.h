@@ -111,6 +111,35 @@ inline int64_t grain_for(int64_t work) {
   return std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(work, 1));
 }
 
+// dL/dx of one plane of P values from g = dL/dxh, the gradient with respect to the normalized
+// plane (MATH.md): rstd * (g - mean(g) - xh * mean(g * xh)), or g itself when the op did not
+// normalize. `xbuf` and `obuf` are scratch<T>(kBlock) buffers.
+template <typename T>
+void plane_input_grad(const acc_t<T>* g, const T* xp, T* gxp, int64_t P, acc_t<T> hi, acc_t<T> lo,
+                      acc_t<T> rstd, bool normalized, acc_t<T>* xbuf, acc_t<T>* obuf) {
+  using acc = acc_t<T>;
+  acc mg = 0, mgxh = 0;
+  if (normalized) {
+    double sg = 0.0, sgxh = 0.0;
+    for (int64_t i = 0; i < P; i += kBlock) {
+      const int64_t len = std::min(kBlock, P - i);
+      grad_sums(g + i, load(xp + i, len, xbuf), len, hi, lo, rstd, &sg, &sgxh);
+    }
+    mg = static_cast<acc>(sg / double(P));
+    mgxh = static_cast<acc>(sgxh / double(P));
+  }
+  for (int64_t i = 0; i < P; i += kBlock) {
+    const int64_t len = std::min(kBlock, P - i);
+    acc* o = out_ptr(gxp + i, obuf);
+    if (normalized) {
+      normalize_backward(g + i, load(xp + i, len, xbuf), len, hi, lo, rstd, mg, mgxh, o);
+    } else {
+      std::copy_n(g + i, len, o);
+    }
+    store<T>(o, len, gxp + i);
+  }
+}
+
 // Mean and rstd of one contiguous plane of P values (`buf`: scratch<T>(kBlock)).
 template <typename T>
 void plane_stats(const T* xp, int64_t P, double eps, double* mean, double* rstd, acc_t<T>* buf) {

@@ -86,35 +86,11 @@ void check_args(const at::Tensor& x, const at::Tensor& w, const c10::optional<at
                 const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                 int64_t groups, int64_t offset_groups) {
-  check_input(x);
-  check_same_dtype_device(w, "weight", x);
-  TORCH_CHECK_VALUE(stride.size() == 2 && dilation.size() == 2 && padding.size() == 4,
-                    "din_ops: expected stride and dilation of 2 values and padding of 4 "
-                    "(top, bottom, left, right)");
-  TORCH_CHECK_VALUE(stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0,
-                    "din_ops: expected positive stride and dilation, got ", stride, " and ",
-                    dilation);
-  for (auto p : padding) TORCH_CHECK_VALUE(p >= 0, "din_ops: expected padding >= 0, got ", padding);
-  TORCH_CHECK_VALUE(groups > 0 && x.size(1) % groups == 0,
-                    "din_ops: expected groups to divide C = ", x.size(1), ", got groups = ", groups);
-  TORCH_CHECK_VALUE(w.dim() == 5 && w.size(0) == x.size(0) && w.size(2) == x.size(1) / groups &&
-                        w.size(1) % groups == 0 && w.size(3) > 0 && w.size(4) > 0,
-                    "din_ops: expected weight of shape (N, Co, C / groups, kh, kw) with N = ",
-                    x.size(0), ", C / groups = ", x.size(1) / groups,
-                    " and Co divisible by groups, got ", w.sizes());
-  if (b.has_value() && b->defined()) {
-    check_same_dtype_device(*b, "bias", x);
-    TORCH_CHECK_VALUE(b->dim() == 2 && b->size(0) == x.size(0) && b->size(1) == w.size(1),
-                      "din_ops: expected bias of shape (N, Co) = (", x.size(0), ", ", w.size(1),
-                      "), got ", b->sizes());
-  }
+  check_conv_args(x, w, b, stride, padding, dilation, groups);  // the k x k convolution's checks
   TORCH_CHECK_VALUE(offset_groups > 0 && x.size(1) % offset_groups == 0,
                     "din_ops: expected offset_groups to divide C = ", x.size(1),
                     ", got offset_groups = ", offset_groups);
   const Geometry s = geometry(x, w, stride, padding, dilation, groups, offset_groups);
-  TORCH_CHECK_VALUE(s.Ho > 0 && s.Wo > 0, "din_ops: the kernel (", s.kh, ", ", s.kw,
-                    ") with dilation ", dilation, " is larger than the padded input (",
-                    s.H + padding[0] + padding[1], ", ", s.W + padding[2] + padding[3], ")");
   check_deformable_offset_mask(x, offset, mask, offset_groups, s.KK(), s.Ho, s.Wo);
 }
 
@@ -401,30 +377,8 @@ void finish_sample(const T* gy, const T* x, T* gx, T* gw, T* gb, const Geometry&
       const int64_t qi = n * s.C + c;
       acc* g = parts[0].gxh + c * s.P();
       for (int64_t k = 1; k < T_; ++k) add_to(g, parts[k].gxh + c * s.P(), s.P());
-      const T* xp = x + qi * s.P();
-      T* gxp = gx + qi * s.P();
-      acc mg = 0, mgxh = 0;
-      if (normalized) {
-        double sg = 0.0, sgxh = 0.0;
-        for (int64_t i = 0; i < s.P(); i += kBlock) {
-          const int64_t len = std::min(kBlock, s.P() - i);
-          grad_sums(g + i, load(xp + i, len, xbuf.data()), len, q.hi[qi], q.lo[qi], q.rstd[qi],
-                    &sg, &sgxh);
-        }
-        mg = static_cast<acc>(sg / double(s.P()));
-        mgxh = static_cast<acc>(sgxh / double(s.P()));
-      }
-      for (int64_t i = 0; i < s.P(); i += kBlock) {
-        const int64_t len = std::min(kBlock, s.P() - i);
-        acc* o = out_ptr(gxp + i, obuf.data());
-        if (normalized) {
-          normalize_backward(g + i, load(xp + i, len, xbuf.data()), len, q.hi[qi], q.lo[qi],
-                             q.rstd[qi], mg, mgxh, o);
-        } else {
-          std::copy_n(g + i, len, o);
-        }
-        store<T>(o, len, gxp + i);
-      }
+      plane_input_grad(g, x + qi * s.P(), gx + qi * s.P(), s.P(), q.hi[qi], q.lo[qi], q.rstd[qi],
+                       normalized, xbuf.data(), obuf.data());
     }
   });
   std::vector<acc> gbuf = scratch<T>(kBlock);

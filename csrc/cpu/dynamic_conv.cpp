@@ -369,32 +369,9 @@ void grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, 
       for (int64_t i = 0; i < s.Cog * K; ++i) gwp[i] = static_cast<T>(gwacc[i]);
       // gplanes holds g = dL/dxh for the group's input channels: apply the instance-norm backward.
       for (int64_t ci = 0; ci < s.Cg; ++ci) {
-        const int64_t c = g * s.Cg + ci, qi = n * s.C + c;
-        const T* xp = x + (n * s.C + c) * s.P();
-        T* gxp = gx + (n * s.C + c) * s.P();
-        acc* gpl = gplanes.data() + ci * s.P();
-        acc mg = 0, mgxh = 0;
-        if (normalized) {
-          double sg = 0.0, sgxh = 0.0;
-          for (int64_t i = 0; i < s.P(); i += kBlock) {
-            const int64_t len = std::min(kBlock, s.P() - i);
-            grad_sums(gpl + i, load(xp + i, len, conv.data()), len, q.hi[qi], q.lo[qi], q.rstd[qi],
-                      &sg, &sgxh);
-          }
-          mg = static_cast<acc>(sg / double(s.P()));
-          mgxh = static_cast<acc>(sgxh / double(s.P()));
-        }
-        for (int64_t i = 0; i < s.P(); i += kBlock) {
-          const int64_t len = std::min(kBlock, s.P() - i);
-          acc* o = out_ptr(gxp + i, out.data());
-          if (normalized) {
-            normalize_backward(gpl + i, load(xp + i, len, conv.data()), len, q.hi[qi], q.lo[qi],
-                               q.rstd[qi], mg, mgxh, o);
-          } else {
-            std::copy_n(gpl + i, len, o);
-          }
-          store<T>(o, len, gxp + i);
-        }
+        const int64_t qi = n * s.C + g * s.Cg + ci;
+        plane_input_grad(gplanes.data() + ci * s.P(), x + qi * s.P(), gx + qi * s.P(), s.P(),
+                         q.hi[qi], q.lo[qi], q.rstd[qi], normalized, conv.data(), out.data());
       }
     }
   });

@@ -43,36 +43,6 @@ struct Modulation {
   bool full = false;
 };
 
-// The plane's moments from shifted sums over its P values (the pattern of instance_norm.cpp).
-template <typename T>
-math::Moments plane_moments(const T* xp, int64_t P, double eps, acc_t<T>* buf) {
-  using acc = acc_t<T>;
-  const acc shift = static_cast<acc>(xp[0]);
-  double s1 = 0.0, s2 = 0.0;
-  for (int64_t i = 0; i < P; i += kBlock) {
-    const int64_t len = std::min(kBlock, P - i);
-    shifted_sums(load(xp + i, len, buf), len, shift, &s1, &s2);
-  }
-  return math::moments_from_shifted_sums(shift, s1, s2, double(P), eps);
-}
-
-// NormParams for a single plane, without its heap-allocated vectors (this runs once per plane).
-template <typename acc>
-struct PlaneParams {
-  acc hi, lo, rstd;
-
-  PlaneParams(double mean, double rs) : rstd(static_cast<acc>(rs)) {
-    if constexpr (std::is_same_v<acc, double>) {
-      hi = mean;
-      lo = 0.0;
-    } else {
-      const auto s = math::split_mean(mean);
-      hi = s.hi;
-      lo = s.lo;
-    }
-  }
-};
-
 template <typename T>
 void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int64_t planes,
                   int64_t P, double eps, double* mean, double* rstd) {
@@ -83,12 +53,10 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
          out = scratch<T>(kBlock);
     for (int64_t plane = b; plane < e; ++plane) {
       const int64_t base = plane * P;
-      const auto m = plane_moments(x + base, P, eps, in.data());
-      mean[plane] = m.mean;
-      rstd[plane] = m.rstd;
-      const PlaneParams<acc> q(m.mean, m.rstd);
+      plane_stats(x + base, P, eps, mean + plane, rstd + plane, in.data());
+      const PlaneNorm<acc> q = plane_norm<acc>(mean[plane], rstd[plane]);
       // Per-plane gamma folds into the scale: ((x - hi) - lo) * (rstd * gamma).
-      const acc s = gamma.full ? acc(0) : static_cast<acc>(m.rstd * double(gamma.data[plane]));
+      const acc s = gamma.full ? acc(0) : static_cast<acc>(rstd[plane] * double(gamma.data[plane]));
       const bool b_plane = beta.data != nullptr && !beta.full;
       const acc b0 = b_plane ? static_cast<acc>(beta.data[plane]) : acc(0);
       for (int64_t i = 0; i < P; i += kBlock) {
@@ -164,7 +132,7 @@ void backward_nchw(const T* gy, const T* x, Modulation<T> gamma, const double* m
          obuf = scratch<T>(kBlock), pbuf = scratch<T>(kBlock);
     for (int64_t plane = b; plane < e; ++plane) {
       const int64_t base = plane * P;
-      const PlaneParams<acc> q(mean[plane], rstd[plane]);
+      const PlaneNorm<acc> q = plane_norm<acc>(mean[plane], rstd[plane]);
       const acc hi = q.hi, lo = q.lo, r = q.rstd;
       if (gamma.full) {
         // sg = sum(gy * gamma), sgxh = sum(gy * gamma * xh), sgy = sum(gy)
