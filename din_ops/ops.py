@@ -36,10 +36,23 @@ def _check_eps(eps: float) -> None:
         raise ValueError(f"din_ops: expected eps >= 0, got {eps}")
 
 
+_AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _autocast_mix(t: Tensor, x: Tensor) -> bool:
+    """Under torch.autocast on x's device the compiled ops cast float16/bfloat16/float32 arguments
+    to float32 (csrc/cpu/autocast.cpp), so these may differ from x's dtype there."""
+    return (
+        t.dtype in _AUTOCAST_DTYPES
+        and x.dtype in _AUTOCAST_DTYPES
+        and torch.is_autocast_enabled(x.device.type)
+    )
+
+
 def _check_like_x(t: Tensor, name: str, x: Tensor) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"din_ops: expected {name} to be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != x.dtype:
+    if t.dtype != x.dtype and not _autocast_mix(t, x):
         raise TypeError(f"din_ops: expected {name} to have the dtype of x ({x.dtype}), got {t.dtype}")
     if t.device != x.device:
         raise ValueError(f"din_ops: expected {name} on the device of x ({x.device}), got {t.device}")

@@ -20,11 +20,21 @@ def instance_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
     """Instance normalization of ``x`` (N, C, H, W) without affine parameters.
 
     ``(x - mean) / sqrt(var + eps)`` with the mean and the biased variance of each (n, c) plane, as
-    ``torch.nn.functional.instance_norm``.
+    ``torch.nn.functional.instance_norm``, with one defined edge case: a plane whose
+    ``var + eps`` is 0 (constant, or a single pixel, with ``eps = 0``) normalizes to 0 with a zero
+    gradient, where the plain formula gives 0 / 0 = NaN. An inf or NaN in a plane makes that whole
+    plane NaN.
+
+    The deviations are taken from the plane's first value (a constant, detached: the result does
+    not depend on it), so a constant plane has a variance of exactly 0 in any dtype.
     """
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    var = (x - mean).square().mean(dim=(2, 3), keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps)
+    d = x - x[:, :, :1, :1].detach()
+    centered = d - d.mean(dim=(2, 3), keepdim=True)
+    v = centered.square().mean(dim=(2, 3), keepdim=True) + eps
+    # rsqrt only of positive values, so that neither branch nor its gradient is inf or NaN.
+    positive = v > 0
+    rstd = torch.where(positive, torch.where(positive, v, torch.ones_like(v)).rsqrt(), torch.zeros_like(v))
+    return centered * rstd
 
 
 def dynamic_conv2d(
