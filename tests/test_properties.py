@@ -1,0 +1,325 @@
+"""Property-based tests (hypothesis): random shapes, convolution arguments, memory layouts and dtypes
+for every operator; outputs and gradients against din_ops.reference in float64, and clear
+ValueError/TypeError for invalid combinations.
+
+Each operator is one entry of OPS: a strategy that draws a Case (float64 tensors, the memory layout
+each is passed in, keyword arguments) plus the din_ops function and its reference. A new operator
+(e.g. deformable convolution) is one more strategy and one more OPS entry; the tests below run it
+for every dtype and layout. The number of examples comes from the hypothesis profile registered in
+conftest.py ("ci" by default, DIN_OPS_HYPOTHESIS_PROFILE=long for a longer local run).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import din_ops
+from din_ops import reference
+
+from conftest import DTYPES, LOW_PRECISION, assert_close_to_reference
+
+# Odd, prime and tiny sizes are as likely as the rest.
+SIZES = st.sampled_from([1, 1, 2, 3, 5, 7, 8, 11, 13])
+EPS = st.sampled_from([1e-5, 1e-3, 0.0, 0.5])
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory layouts. Each form is a value-preserving, differentiable view or copy of a leaf tensor, so
+# the same form applied to the float64 leaf gives the reference input and the gradient of the leaf.
+
+
+def _expand(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t.expand(n, *t.shape[1:])
+
+
+FORMS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "contiguous": lambda t, n: t,
+    "channels_last": lambda t, n: t.contiguous(memory_format=torch.channels_last),
+    # every other element of a wider tensor
+    "strided": lambda t, n: torch.stack([t, t], dim=-1)[..., 0],
+    # a slice of a tensor with one more channel: each plane contiguous, the whole not
+    "sliced": lambda t, n: torch.cat([t, t[:, :1]], dim=1)[:, : t.shape[1]],
+    # the last two dimensions swapped in memory
+    "transposed": lambda t, n: t.transpose(-1, -2).contiguous().transpose(-1, -2),
+    # one sample broadcast over the batch (stride 0): the leaf has batch size 1
+    "expanded": lambda t, n: _expand(t, n),
+}
+X_FORMS = st.sampled_from(["contiguous", "channels_last", "strided", "sliced", "transposed", "expanded"])
+PARAM_FORMS = st.sampled_from(["contiguous", "strided", "sliced", "transposed", "expanded"])
+BIAS_FORMS = st.sampled_from(["contiguous", "strided", "expanded"])
+
+
+@dataclass
+class Case:
+    """One drawn example: float64 leaves (batch 1 for the "expanded" form), the form each tensor is
+    passed in, and keyword arguments. Tensor order is the positional order of the op."""
+
+    n: int
+    tensors: dict[str, Optional[torch.Tensor]]
+    forms: dict[str, str]
+    kwargs: dict = field(default_factory=dict)
+
+    def inputs(self, dtype: torch.dtype, grad: bool = True):
+        """(leaves, arguments) in `dtype`: leaves require grad, arguments are their forms."""
+        leaves, args = {}, []
+        for name, t in self.tensors.items():
+            if t is None:
+                args.append(None)
+                continue
+            leaf = t.detach().to(dtype).requires_grad_(grad)
+            leaves[name] = leaf
+            args.append(FORMS[self.forms[name]](leaf, self.n))
+        return leaves, args
+
+
+def _leaf(gen: torch.Generator, shape, form: str, scale=1.0, offset=0.0) -> torch.Tensor:
+    shape = (1, *shape[1:]) if form == "expanded" else tuple(shape)
+    return torch.randn(shape, generator=gen, dtype=torch.float64) * scale + offset
+
+
+@st.composite
+def instance_norm_case(draw) -> Case:
+    n, c, h, w = draw(st.integers(1, 3)), draw(SIZES), draw(SIZES), draw(SIZES)
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    fx = draw(X_FORMS)
+    x = _leaf(gen, (n, c, h, w), fx, scale=draw(st.sampled_from([1.0, 3.0])), offset=draw(st.sampled_from([0.0, 2.5])))
+    return Case(n, {"x": x}, {"x": fx}, {"eps": draw(EPS)})
+
+
+@st.composite
+def spatially_adaptive_case(draw) -> Case:
+    base = draw(instance_norm_case())
+    n, (_, c, h, w) = base.n, base.tensors["x"].shape
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    tensors, forms = dict(base.tensors), dict(base.forms)
+    for name, offset in (("gamma", 1.0), ("beta", 0.0)):
+        kind = draw(st.sampled_from(["full", "plane", None] if name == "beta" else ["full", "plane"]))
+        if kind is None:
+            tensors[name] = None
+            continue
+        forms[name] = draw(X_FORMS if kind == "full" else BIAS_FORMS)
+        tensors[name] = _leaf(gen, (n, c, h, w) if kind == "full" else (n, c, 1, 1), forms[name], offset=offset)
+    return Case(n, tensors, forms, base.kwargs)
+
+
+@st.composite
+def conv_geometry(draw, depthwise: bool):
+    """(C, Co, groups, (kh, kw), stride, padding, dilation, (H, W)) with the kernel fitting."""
+    groups = draw(st.sampled_from([1, 2, 3, 5]))
+    cg = 1 if depthwise else draw(st.integers(1, 3))
+    cog = draw(st.integers(1, 2)) if depthwise else draw(st.integers(1, 3))
+    k = (draw(st.integers(1, 5)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+    mode = draw(st.sampled_from(["int", "pair", "same", "valid"]))
+    if mode == "same":
+        stride = (1, 1)
+        padding, pad = "same", (0, 0)
+    elif mode == "valid":
+        padding, pad = "valid", (0, 0)
+    elif mode == "int":
+        padding = draw(st.integers(0, 3))
+        pad = (padding, padding)
+    else:
+        padding = pad = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    hw = []
+    for i in range(2):
+        extent = dilation[i] * (k[i] - 1) + 1
+        low = 1 if mode == "same" else max(1, extent - 2 * pad[i])
+        hw.append(draw(st.integers(low, low + 9)))
+    return groups * cg, groups * cog, groups, k, stride, padding, dilation, tuple(hw)
+
+
+def conv_case(depthwise: bool, normalize: bool):
+    @st.composite
+    def case(draw) -> Case:
+        c, co, groups, k, stride, padding, dilation, (h, w) = draw(conv_geometry(depthwise))
+        n = draw(st.integers(1, 3))
+        gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+        fx, fw = draw(X_FORMS), draw(PARAM_FORMS)
+        fan_in = (c // groups) * k[0] * k[1]
+        tensors = {
+            "x": _leaf(gen, (n, c, h, w), fx, scale=1.5, offset=draw(st.sampled_from([0.0, 3.0]))),
+            "weight": _leaf(gen, (n, co, c // groups, *k), fw, scale=fan_in**-0.5),
+        }
+        forms = {"x": fx, "weight": fw}
+        if draw(st.booleans()):
+            forms["bias"] = draw(BIAS_FORMS)
+            tensors["bias"] = _leaf(gen, (n, co), forms["bias"])
+        else:
+            tensors["bias"] = None
+        kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        if normalize:
+            kwargs["eps"] = draw(EPS)
+        return Case(n, tensors, forms, kwargs)
+
+    return case()
+
+
+@st.composite
+def din_1x1_case(draw) -> Case:
+    n, c, co, h, w = draw(st.integers(1, 3)), draw(SIZES), draw(SIZES), draw(SIZES), draw(SIZES)
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    fx, fw = draw(X_FORMS), draw(PARAM_FORMS)
+    tensors = {
+        "x": _leaf(gen, (n, c, h, w), fx, scale=1.5, offset=draw(st.sampled_from([0.0, 3.0, -40.0]))),
+        "weight": _leaf(gen, (n, co, c), fw, scale=c**-0.5),
+    }
+    forms = {"x": fx, "weight": fw}
+    if draw(st.booleans()):
+        forms["bias"] = draw(BIAS_FORMS)
+        tensors["bias"] = _leaf(gen, (n, co), forms["bias"])
+    else:
+        tensors["bias"] = None
+    return Case(n, tensors, forms, {"eps": draw(EPS)})
+
+
+@dataclass(frozen=True)
+class Op:
+    case: st.SearchStrategy
+    ours: Callable
+    ref: Callable
+
+
+# The operator table. Positional tensors follow Case.tensors' order; keyword arguments Case.kwargs.
+OPS = {
+    "instance_norm": Op(instance_norm_case(), din_ops.instance_norm, reference.instance_norm),
+    "din_1x1": Op(din_1x1_case(), din_ops.dynamic_instance_norm, reference.dynamic_instance_norm),
+    "din_kxk_grouped": Op(conv_case(False, True), din_ops.dynamic_instance_norm, reference.dynamic_instance_norm),
+    "din_kxk_depthwise": Op(conv_case(True, True), din_ops.dynamic_instance_norm, reference.dynamic_instance_norm),
+    "dynamic_conv2d": Op(conv_case(False, False), din_ops.dynamic_conv2d, reference.dynamic_conv2d),
+    "dynamic_conv2d_depthwise": Op(conv_case(True, False), din_ops.dynamic_conv2d, reference.dynamic_conv2d),
+    "spatially_adaptive": Op(spatially_adaptive_case(), din_ops.spatially_adaptive_instance_norm,
+                             reference.spatially_adaptive_instance_norm),
+}
+
+
+def forward_backward(fn: Callable, case: Case, dtype: torch.dtype, gy_seed: int):
+    """fn on the case's inputs in dtype: the output and the gradient of every leaf for a random gy."""
+    leaves, args = case.inputs(dtype)
+    y = fn(*args, **case.kwargs)
+    gen = torch.Generator().manual_seed(gy_seed)
+    gy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)
+    if y.numel():
+        y.backward(gy)
+    return y.detach(), {name: leaf.grad for name, leaf in leaves.items()}
+
+
+def lowp_baseline(fn: Callable, case: Case, dtype: torch.dtype, gy_seed: int):
+    """Plain PyTorch's result in the low-precision dtype, the yardstick of assert_close_to_reference.
+    Where it overflows (e.g. the float16 gradient of rsqrt(var + eps) for a one-pixel plane), the
+    float32 result rounded to dtype stands in for it: no better result exists in that dtype."""
+    y, grads = forward_backward(fn, case, dtype, gy_seed)
+    if all(torch.isfinite(t).all() for t in (y, *grads.values())):
+        return y, grads
+    y32, grads32 = forward_backward(fn, case, torch.float32, gy_seed)
+
+    def mix(lowp, f32):
+        return torch.where(torch.isfinite(lowp), lowp, f32.to(dtype))
+
+    return mix(y, y32), {k: mix(g, grads32[k]) for k, g in grads.items()}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", OPS)
+@given(data=st.data())
+def test_matches_reference(name, dtype, data):
+    op = OPS[name]
+    case = data.draw(op.case, label="case")
+    gy_seed = data.draw(st.integers(0, 2**31 - 1), label="gy_seed")
+    y, grads = forward_backward(op.ours, case, dtype, gy_seed)
+    y64, grads64 = forward_backward(op.ref, case, torch.float64, gy_seed)
+    base, base_grads = (None, {})
+    if dtype in LOW_PRECISION:
+        base, base_grads = lowp_baseline(op.ref, case, dtype, gy_seed)
+    assert_close_to_reference(y, y64, dtype, base)
+    assert grads.keys() == grads64.keys()
+    for key, g in grads.items():
+        assert g is not None, key
+        assert_close_to_reference(g, grads64[key], dtype, base_grads.get(key))
+
+
+# ---------------------------------------------------------------------------------------------
+# Invalid combinations: drawn from ranges wider than the valid ones. A valid draw must run and match
+# the reference; an invalid one must raise ValueError or TypeError, from the Python API and from the
+# operator itself, and never crash or return a wrong answer.
+
+
+def conv_arguments_valid(n, c, h, w, wshape, bshape, groups, stride, pad, dilation) -> bool:
+    """Whether F.conv2d-per-sample semantics accept these arguments (written independently of
+    din_ops.ops: from the definition of a grouped convolution)."""
+    if groups < 1 or c % groups:
+        return False
+    if min(stride) < 1 or min(dilation) < 1 or min(pad) < 0:
+        return False
+    if len(wshape) != 5 or wshape[0] != n or wshape[2] != c // groups or wshape[1] % groups:
+        return False
+    if bshape is not None and bshape != (n, wshape[1]):
+        return False
+    return all(size + 2 * p >= d * (k - 1) + 1 for size, p, d, k in zip((h, w), pad, dilation, wshape[3:]))
+
+
+@given(data=st.data())
+def test_invalid_conv_arguments_raise(data):
+    n, c, h, w = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    groups = data.draw(st.integers(0, 4))
+    co = data.draw(st.integers(1, 6))
+    # the matching C // groups half of the time, so that valid draws are common too
+    cg = c // groups if groups and data.draw(st.booleans()) else data.draw(st.integers(1, 6))
+    k = (data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5)))
+    wn = data.draw(st.sampled_from([n, n, n + 1]))
+    stride = (data.draw(st.integers(0, 2)), data.draw(st.integers(1, 2)))
+    dilation = (data.draw(st.integers(1, 2)), data.draw(st.integers(0, 2)))
+    pad = (data.draw(st.integers(-1, 2)), data.draw(st.integers(0, 2)))
+    bshape = data.draw(st.sampled_from([None, (n, co), (n, co + 1), (wn, co)]))
+    wdtype = data.draw(st.sampled_from([torch.float32, torch.float32, torch.float64, torch.int32]))
+    x = torch.randn(n, c, h, w, dtype=torch.float32)
+    wt = torch.randn(wn, co, cg, *k).to(wdtype)
+    b = None if bshape is None else torch.randn(bshape)
+    valid = conv_arguments_valid(n, c, h, w, tuple(wt.shape), bshape, groups, stride, pad, dilation) and wdtype == torch.float32
+    kw = dict(stride=stride, padding=pad, dilation=dilation, groups=groups)
+    raw = (list(stride), [pad[0], pad[0], pad[1], pad[1]], list(dilation), groups)
+    if valid:
+        y = din_ops.dynamic_instance_norm(x, wt, b, **kw)
+        expected = reference.dynamic_instance_norm(x.double(), wt.double(), None if b is None else b.double(), **kw)
+        assert_close_to_reference(y, expected, torch.float32)
+        y2 = torch.ops.din_ops.dynamic_conv(x, wt, b, *raw, True, 1e-5)[0]
+        assert_close_to_reference(y2, expected, torch.float32)
+    else:
+        for fn in (din_ops.dynamic_instance_norm, din_ops.dynamic_conv2d):
+            with pytest.raises((ValueError, TypeError), match="din_ops"):
+                fn(x, wt, b, **kw)
+        with pytest.raises((ValueError, TypeError), match="din_ops"):
+            torch.ops.din_ops.dynamic_conv(x, wt, b, *raw, True, 1e-5)
+
+
+@given(data=st.data())
+def test_invalid_normalization_arguments_raise(data):
+    dims = data.draw(st.lists(st.integers(0, 4), min_size=2, max_size=5), label="x shape")
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float16, torch.int64, torch.bool]))
+    eps = data.draw(st.sampled_from([1e-5, 0.0, -1e-3]))
+    x = torch.zeros(dims).to(dtype)
+    valid = len(dims) == 4 and min(dims[1:]) > 0 and dtype.is_floating_point and eps >= 0
+    gform = data.draw(st.sampled_from(["full", "plane", "wrong"]))
+    gshape = {"full": dims, "plane": dims[:2] + [1, 1], "wrong": dims[:2] + [2, 3]}[gform]
+    gamma = torch.ones(gshape).to(dtype) if len(gshape) >= 2 else torch.ones(1)
+    sain_valid = valid and (gform != "wrong" or tuple(gshape) == tuple(dims))
+    if valid:
+        y = din_ops.instance_norm(x, eps)
+        assert y.shape == x.shape and not y.isnan().any()
+    else:
+        with pytest.raises((ValueError, TypeError), match="din_ops"):
+            din_ops.instance_norm(x, eps)
+        if eps >= 0:
+            with pytest.raises((ValueError, TypeError), match="din_ops"):
+                torch.ops.din_ops.instance_norm(x, eps)
+    if sain_valid:
+        assert din_ops.spatially_adaptive_instance_norm(x, gamma, eps=eps).shape == x.shape
+    else:
+        with pytest.raises((ValueError, TypeError), match="din_ops"):
+            din_ops.spatially_adaptive_instance_norm(x, gamma, eps=eps)
