@@ -1,4 +1,14 @@
-"""The public din_ops functions: argument checks, backend choice, and the call into the operators."""
+"""The public din_ops functions: argument checks, backend choice, and the call into the operators.
+
+Behaviour shared by every function (see the README, "Numerics, determinism and robustness"):
+
+- eps = 0 and a plane of zero variance (constant, or a single pixel): the plane normalizes to 0 and
+  its gradient is 0 (rstd is defined as 0), where ``F.instance_norm`` returns NaN. inf or NaN in a
+  plane makes that plane NaN, and every output it is mixed into, as in :mod:`din_ops.reference`.
+- torch.autocast: the compiled ops compute in float32 and return the autocast dtype; float16,
+  bfloat16 and float32 arguments may then be mixed; float64 calls are unchanged.
+- The CPU kernels are deterministic (bitwise, for a fixed thread count) and thread-safe.
+"""
 
 from __future__ import annotations
 
@@ -68,7 +78,8 @@ def instance_norm(x: Tensor, eps: float = 1e-5, *, backend: Optional[str] = None
         x: (N, C, H, W) float32/float64/float16/bfloat16 tensor, contiguous or channels_last (other
             strides are copied once). Statistics are accumulated in float32 (float64 for float64)
             with a shifted sum, so a large mean does not cost precision.
-        eps: added to the variance, >= 0.
+        eps: added to the variance, >= 0. With eps = 0 a plane of zero variance (constant, or one
+            pixel) normalizes to 0 with a zero gradient, not NaN.
         backend: None (the compiled kernels for x's device), "cpu", "cuda" or "reference".
 
     Returns:
@@ -194,7 +205,8 @@ def dynamic_instance_norm(
         weight: (N, Co, C // groups, kh, kw), or (N, Co, C) for a 1x1 kernel; dtype and device of x.
         bias: (N, Co) or None.
         stride, padding, dilation, groups: as in ``F.conv2d`` (padding may be "same" or "valid").
-        eps: added to the variance of each (n, c) plane, >= 0.
+        eps: added to the variance of each (n, c) plane, >= 0. With eps = 0 a plane of zero
+            variance normalizes to 0 (not NaN).
         backend: None (the compiled kernels for x's device), "cpu", "cuda" or "reference".
 
     Returns:
@@ -279,7 +291,8 @@ def spatially_adaptive_instance_norm(
         gamma: (N, C, H, W), or (N, C, 1, 1) for one scale per plane; same dtype and device as x.
             A full-size gamma in another layout than x is copied once into x's layout.
         beta: like gamma (either form, independently of gamma), or None for zero.
-        eps: added to the variance of each (n, c) plane, >= 0.
+        eps: added to the variance of each (n, c) plane, >= 0. With eps = 0 a plane of zero
+            variance normalizes to 0 (not NaN).
         backend: None (the compiled kernels for x's device), "cpu", "cuda" or "reference".
 
     Returns:
