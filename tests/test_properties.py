@@ -323,3 +323,17 @@ def test_invalid_normalization_arguments_raise(data):
     else:
         with pytest.raises((ValueError, TypeError), match="din_ops"):
             din_ops.spatially_adaptive_instance_norm(x, gamma, eps=eps)
+
+
+def test_kernel_one_pixel_too_wide_with_stride_raises():
+    # Found by test_invalid_conv_arguments_raise: with a stride > 1 the output width of a kernel one
+    # pixel wider than the padded input truncated to 1 in C++ (not floor division), so the operator
+    # ran on a window past the input instead of raising.
+    x, w = torch.randn(1, 1, 1, 3), torch.randn(1, 1, 1, 1, 4)
+    for normalize in (True, False):
+        with pytest.raises(ValueError, match=r"kernel \(1, 4\) .* larger than the padded input \(1, 3\)"):
+            torch.ops.din_ops.dynamic_conv(x, w, None, [1, 2], [0, 0, 0, 0], [1, 1], 1, normalize, 1e-5)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        din_ops.dynamic_conv2d(x, w, stride=(1, 2))
+    with pytest.raises(ValueError, match="below 2"):
+        torch.ops.din_ops.dynamic_conv(x, w, None, [1, 2**62], [0, 0, 2**62, 2**62], [1, 1], 1, True, 1e-5)

@@ -79,10 +79,19 @@ void check_conv_args(const at::Tensor& x, const at::Tensor& w, const c10::option
                       "din_ops: expected bias of shape (N, Co) = (", x.size(0), ", ", w.size(1),
                       "), got ", b->sizes());
   }
-  const Geometry s = geometry(x, w, stride, padding, dilation, groups);
-  TORCH_CHECK_VALUE(s.Ho > 0 && s.Wo > 0, "din_ops: the kernel (", s.kh, ", ", s.kw,
-                    ") with dilation ", dilation, " is larger than the padded input (",
-                    s.H + padding[0] + padding[1], ", ", s.W + padding[2] + padding[3], ")");
+  // Bounded so that the geometry below cannot overflow int64_t.
+  for (auto v : {stride[0], stride[1], dilation[0], dilation[1], padding[0], padding[1],
+                 padding[2], padding[3]}) {
+    TORCH_CHECK_VALUE(v < (int64_t(1) << 31), "din_ops: expected stride, padding and dilation "
+                      "below 2^31, got stride ", stride, ", padding ", padding, ", dilation ",
+                      dilation);
+  }
+  // The extent test itself, not Ho > 0: C++ division truncates towards zero, so with a stride > 1
+  // a kernel one pixel too large would still give Ho = 1.
+  const int64_t Hp = x.size(2) + padding[0] + padding[1], Wp = x.size(3) + padding[2] + padding[3];
+  TORCH_CHECK_VALUE(Hp >= dilation[0] * (w.size(3) - 1) + 1 && Wp >= dilation[1] * (w.size(4) - 1) + 1,
+                    "din_ops: the kernel (", w.size(3), ", ", w.size(4), ") with dilation ",
+                    dilation, " is larger than the padded input (", Hp, ", ", Wp, ")");
 }
 
 // Rows [r0, r1) of the zero-padded, normalized plane of one channel, into `pad` (width Wp, row r of
