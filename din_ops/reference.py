@@ -24,17 +24,19 @@ def instance_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
     ``var + eps`` is 0 (constant, or a single pixel, with ``eps = 0``) normalizes to 0 with a zero
     gradient, where the plain formula gives 0 / 0 = NaN. An inf or NaN in a plane makes that whole
     plane NaN.
-
-    The deviations are taken from the plane's first value (a constant, detached: the result does
-    not depend on it), so a constant plane has a variance of exactly 0 in any dtype.
     """
-    d = x - x[:, :, :1, :1].detach()
-    centered = d - d.mean(dim=(2, 3), keepdim=True)
-    v = centered.square().mean(dim=(2, 3), keepdim=True) + eps
-    # rsqrt only of positive values, so that neither branch nor its gradient is inf or NaN.
-    positive = v > 0
-    rstd = torch.where(positive, torch.where(positive, v, torch.ones_like(v)).rsqrt(), torch.zeros_like(v))
-    return centered * rstd
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    centered = x - mean
+    var = centered.square().mean(dim=(2, 3), keepdim=True)
+    # A plane whose values are all equal has variance exactly 0 (its float mean may be off by a
+    # rounding, which would leave a tiny positive one).
+    constant = (x == x[:, :, :1, :1]).all(dim=(2, 3), keepdim=True)
+    v = torch.where(constant, torch.zeros_like(var), var) + eps
+    # Divide only by positive values, so that neither branch nor its gradient is inf or NaN (a NaN
+    # v, from inf/NaN in x, is not 0 and stays in the result).
+    zero = v == 0
+    y = centered / torch.sqrt(torch.where(zero, torch.ones_like(v), v))
+    return torch.where(zero, torch.zeros_like(y), y)
 
 
 def dynamic_conv2d(
