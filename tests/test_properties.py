@@ -350,3 +350,36 @@ def test_kernel_one_pixel_too_wide_with_stride_raises():
         din_ops.dynamic_conv2d(x, w, stride=(1, 2))
     with pytest.raises(ValueError, match="below 2"):
         torch.ops.din_ops.dynamic_conv(x, w, None, [1, 2**62], [0, 0, 2**62, 2**62], [1, 1], 1, True, 1e-5)
+
+
+@pytest.mark.parametrize("fault", ["stats_shape", "stats_dtype", "grad_shape", "grad_dtype", "x_dims"])
+@pytest.mark.parametrize("name", ["instance_norm", "din_1x1", "dynamic_conv", "spatially_adaptive"])
+def test_backward_operators_reject_inconsistent_arguments(name, fault):
+    # The backward ops are public operators too: statistics, grad_y and saved tensors that do not
+    # fit together must raise ValueError/TypeError before any kernel reads them.
+    n, c, h, w = 2, 3, 4, 5
+    x = torch.randn(n, c, h, w)
+    wt = torch.randn(n, 4, c, 1, 1)
+    y, mean, rstd = torch.ops.din_ops.dynamic_conv(x, wt, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, True, 1e-5)
+    gy_in, gy_out = torch.randn_like(x), torch.randn_like(y)
+    m, r, xx = mean, rstd, x
+    if fault == "stats_shape":
+        m = mean[:, :-1]
+    elif fault == "stats_dtype":
+        r = rstd.float()
+    elif fault == "grad_shape":
+        gy_in, gy_out = gy_in[:, :, :-1], gy_out[:, :, :-1]
+    elif fault == "grad_dtype":
+        gy_in, gy_out = gy_in.double(), gy_out.double()
+    else:
+        xx = x[0]
+    calls = {
+        "instance_norm": lambda: torch.ops.din_ops.instance_norm_backward(gy_in, xx, m, r),
+        "din_1x1": lambda: torch.ops.din_ops.dynamic_instance_norm_1x1_backward(gy_out, xx, wt.flatten(2), m, r),
+        "dynamic_conv": lambda: torch.ops.din_ops.dynamic_conv_backward(
+            gy_out, xx, wt, m, r, [1, 1], [0, 0, 0, 0], [1, 1], 1, True),
+        "spatially_adaptive": lambda: torch.ops.din_ops.spatially_adaptive_instance_norm_backward(
+            gy_in, xx, torch.ones_like(x), m, r, True),
+    }
+    with pytest.raises((ValueError, TypeError), match="din_ops"):
+        calls[name]()
