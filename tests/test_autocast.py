@@ -82,3 +82,20 @@ def test_mixed_dtypes_need_autocast():
         with torch.autocast("cpu", enabled=False):
             with pytest.raises(TypeError, match="expected weight to have the dtype of x"):
                 din_ops.dynamic_instance_norm(x, w)
+
+
+def test_compiled_under_autocast_matches_eager():
+    torch._dynamo.reset()
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    w = torch.randn(2, 3, 4, dtype=torch.bfloat16, requires_grad=True)
+    fn = lambda x, w: din_ops.dynamic_instance_norm(x, w).relu()  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = compiled(x, w)
+        expected = fn(x, w)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, expected)
+    grads = torch.autograd.grad(y.float().sum(), (x, w))
+    expected_grads = torch.autograd.grad(expected.float().sum(), (x, w))
+    for g, e in zip(grads, expected_grads):
+        assert g.dtype == e.dtype and torch.equal(g, e)
+    torch._dynamo.reset()
