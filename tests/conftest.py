@@ -100,6 +100,6 @@ _HYPOTHESIS_COMMON = dict(
     # The autouse seed fixture above is harmless here: every example seeds its own generator.
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-settings.register_profile("ci", max_examples=12, derandomize=True, **_HYPOTHESIS_COMMON)
+settings.register_profile("ci", max_examples=12, derandomize=True, database=None, **_HYPOTHESIS_COMMON)
 settings.register_profile("long", max_examples=1000, **_HYPOTHESIS_COMMON)
 settings.load_profile(os.environ.get("DIN_OPS_HYPOTHESIS_PROFILE", "ci"))
