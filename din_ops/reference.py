@@ -55,9 +55,18 @@ def dynamic_conv2d(
     stride, padding (ints, pairs, "same" or "valid"), dilation and groups as in ``F.conv2d``. Written
     as one ``conv2d`` with the batch folded into the groups, the way PyTorch users write it today.
     """
-    n, c, h, w = x.shape
     if weight.dim() == 3:
         weight = weight[..., None, None]
+    if padding == "same" and stride in (1, (1, 1), [1, 1]):
+        # The same zero padding, written out: F.conv2d(padding="same") in bfloat16 on the CPU
+        # crashes (segmentation fault, torch 2.13) for some even kernels with dilation, e.g.
+        # x (1, 6, 1, 6), weight (2, 3, 4, 3), dilation (3, 1), groups 2. As in F.conv2d, the odd
+        # pixel of an even kernel's padding goes to the bottom/right.
+        dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+        th, tw = dh * (weight.shape[-2] - 1), dw * (weight.shape[-1] - 1)
+        x = F.pad(x, (tw // 2, tw - tw // 2, th // 2, th - th // 2))
+        padding = 0
+    n, c, h, w = x.shape
     co = weight.shape[1]
     y = F.conv2d(
         x.reshape(1, n * c, h, w),

@@ -442,3 +442,14 @@ def test_backward_operators_reject_inconsistent_arguments(name, fault):
     }
     with pytest.raises((ValueError, TypeError), match="din_ops"):
         calls[name]()
+
+
+def test_bfloat16_same_padding_with_dilation_does_not_crash():
+    # Found by the property tests: F.conv2d(padding="same") in bfloat16 crashes torch 2.13 on the
+    # CPU for this geometry. din_ops' kernel and (since it pads explicitly) the reference run it.
+    x = torch.randn(1, 6, 1, 6).to(torch.bfloat16)
+    w = torch.randn(1, 2, 3, 4, 3).to(torch.bfloat16)
+    kw = dict(padding="same", dilation=(3, 1), groups=2)
+    expected = reference.dynamic_conv2d(x.double(), w.double(), **kw)
+    y = din_ops.dynamic_conv2d(x, w, **kw)
+    assert_close_to_reference(y, expected, torch.bfloat16, reference.dynamic_conv2d(x, w, **kw))
