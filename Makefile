@@ -5,7 +5,7 @@ TORCH_PIN ?= torch==2.13.0
 TRITON_PIN ?= triton==3.8.0
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: install test test-python test-cpp test-cuda-compile test-cuda-emulate bench bench-quick bench-sweep bench-pytest gpu clean
+.PHONY: install test test-python test-cpp test-sanitize test-cuda-compile test-cuda-emulate bench bench-quick bench-sweep bench-pytest gpu clean
 
 # torch is installed only where none is (pinned: an unpinned torch would pull a multi-GB CUDA
 # build); an existing torch >= 2.11, e.g. a CUDA build on a GPU machine, is kept.
@@ -27,6 +27,18 @@ test-cpp:
 	  -DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build $(CMAKE_BUILD) -j2
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+# The C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (the pre-release check; see the
+# README). LibTorch is not instrumented: leak detection is off (its registries live until exit), and
+# any report fails the run.
+SANITIZE_BUILD ?= build/cmake-sanitize
+test-sanitize:
+	cmake -S . -B $(SANITIZE_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDIN_OPS_SANITIZE=ON \
+	  -DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build $(SANITIZE_BUILD) -j2
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_init_order=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --test-dir $(SANITIZE_BUILD) --output-on-failure
 
 # Compile-only check of the CUDA kernels (nvcc -c for sm_80 and sm_90, and the host glue against the
 # torch CUDA headers); runs without a GPU, skips with a message when nvcc is absent.

@@ -103,6 +103,13 @@ inline void check_conv_args(const at::Tensor& x, const at::Tensor& w,
                       "din_ops: expected bias of shape (N, Co) = (", x.size(0), ", ", w.size(1),
                       "), got ", b->sizes());
   }
+  // Bounded so that the size arithmetic below cannot overflow int64_t.
+  for (auto v : {stride[0], stride[1], dilation[0], dilation[1], padding[0], padding[1],
+                 padding[2], padding[3]}) {
+    TORCH_CHECK_VALUE(v < (int64_t(1) << 31), "din_ops: expected stride, padding and dilation "
+                      "below 2^31, got stride ", stride, ", padding ", padding, ", dilation ",
+                      dilation);
+  }
   const int64_t Ho = math::conv_out_size(x.size(2), padding[0], padding[1], w.size(3), stride[0],
                                          dilation[0]);
   const int64_t Wo = math::conv_out_size(x.size(3), padding[2], padding[3], w.size(4), stride[1],

@@ -1,4 +1,14 @@
-"""The public din_ops functions: argument checks, backend choice, and the call into the operators."""
+"""The public din_ops functions: argument checks, backend choice, and the call into the operators.
+
+Behaviour shared by every function (see the README, "Numerics, determinism and robustness"):
+
+- eps = 0 and a plane of zero variance (constant, or a single pixel): the plane normalizes to 0 and
+  its gradient is 0 (rstd is defined as 0), where ``F.instance_norm`` returns NaN. inf or NaN in a
+  plane makes that plane NaN, and every output it is mixed into, as in :mod:`din_ops.reference`.
+- torch.autocast: the compiled ops compute in float32 and return the autocast dtype; float16,
+  bfloat16 and float32 arguments may then be mixed; float64 calls are unchanged.
+- The CPU kernels are deterministic (bitwise, for a fixed thread count) and thread-safe.
+"""
 
 from __future__ import annotations
 
@@ -36,10 +46,23 @@ def _check_eps(eps: float) -> None:
         raise ValueError(f"din_ops: expected eps >= 0, got {eps}")
 
 
+_AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _autocast_mix(t: Tensor, x: Tensor) -> bool:
+    """Under torch.autocast on x's device the compiled ops cast float16/bfloat16/float32 arguments
+    to float32 (csrc/cpu/autocast.cpp), so these may differ from x's dtype there."""
+    return (
+        t.dtype in _AUTOCAST_DTYPES
+        and x.dtype in _AUTOCAST_DTYPES
+        and torch.is_autocast_enabled(x.device.type)
+    )
+
+
 def _check_like_x(t: Tensor, name: str, x: Tensor) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"din_ops: expected {name} to be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != x.dtype:
+    if t.dtype != x.dtype and not _autocast_mix(t, x):
         raise TypeError(f"din_ops: expected {name} to have the dtype of x ({x.dtype}), got {t.dtype}")
     if t.device != x.device:
         raise ValueError(f"din_ops: expected {name} on the device of x ({x.device}), got {t.device}")
@@ -55,7 +78,8 @@ def instance_norm(x: Tensor, eps: float = 1e-5, *, backend: Optional[str] = None
         x: (N, C, H, W) float32/float64/float16/bfloat16 tensor, contiguous or channels_last (other
             strides are copied once). Statistics are accumulated in float32 (float64 for float64)
             with a shifted sum, so a large mean does not cost precision.
-        eps: added to the variance, >= 0.
+        eps: added to the variance, >= 0. With eps = 0 a plane of zero variance (constant, or one
+            pixel) normalizes to 0 with a zero gradient, not NaN.
         backend: None (the compiled kernels for x's device), "cpu", "cuda" or "reference".
 
     Returns:
@@ -185,7 +209,8 @@ def dynamic_instance_norm(
         weight: (N, Co, C // groups, kh, kw), or (N, Co, C) for a 1x1 kernel; dtype and device of x.
         bias: (N, Co) or None.
         stride, padding, dilation, groups: as in ``F.conv2d`` (padding may be "same" or "valid").
-        eps: added to the variance of each (n, c) plane, >= 0.
+        eps: added to the variance of each (n, c) plane, >= 0. With eps = 0 a plane of zero
+            variance normalizes to 0 (not NaN).
         backend: None (the compiled kernels for x's device), "cpu", "cuda" or "reference".
         offset: None, or the sampling offsets of a deformable convolution (DCNv1), in the layout of
             ``torchvision.ops.deform_conv2d``: (N, 2 * G * kh * kw, Ho, Wo), the (dy, dx) pair of
@@ -298,7 +323,8 @@ def spatially_adaptive_instance_norm(
         gamma: (N, C, H, W), or (N, C, 1, 1) for one scale per plane; same dtype and device as x.
             A full-size gamma in another layout than x is copied once into x's layout.
         beta: like gamma (either form, independently of gamma), or None for zero.
-        eps: added to the variance of each (n, c) plane, >= 0.
+        eps: added to the variance of each (n, c) plane, >= 0. With eps = 0 a plane of zero
+            variance normalizes to 0 (not NaN).
         backend: None (the compiled kernels for x's device), "cpu", "cuda" or "reference".
 
     Returns:

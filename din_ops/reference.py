@@ -20,11 +20,23 @@ def instance_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
     """Instance normalization of ``x`` (N, C, H, W) without affine parameters.
 
     ``(x - mean) / sqrt(var + eps)`` with the mean and the biased variance of each (n, c) plane, as
-    ``torch.nn.functional.instance_norm``.
+    ``torch.nn.functional.instance_norm``, with one defined edge case: a plane whose
+    ``var + eps`` is 0 (constant, or a single pixel, with ``eps = 0``) normalizes to 0 with a zero
+    gradient, where the plain formula gives 0 / 0 = NaN. An inf or NaN in a plane makes that whole
+    plane NaN.
     """
     mean = x.mean(dim=(2, 3), keepdim=True)
-    var = (x - mean).square().mean(dim=(2, 3), keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps)
+    centered = x - mean
+    var = centered.square().mean(dim=(2, 3), keepdim=True)
+    # A plane whose values are all equal has variance exactly 0 (its float mean may be off by a
+    # rounding, which would leave a tiny positive one).
+    constant = (x == x[:, :, :1, :1]).all(dim=(2, 3), keepdim=True)
+    v = torch.where(constant, torch.zeros_like(var), var) + eps
+    # Divide only by positive values, so that neither branch nor its gradient is inf or NaN (a NaN
+    # v, from inf/NaN in x, is not 0 and stays in the result).
+    zero = v == 0
+    y = centered / torch.sqrt(torch.where(zero, torch.ones_like(v), v))
+    return torch.where(zero, torch.zeros_like(y), y)
 
 
 def dynamic_conv2d(
@@ -43,9 +55,18 @@ def dynamic_conv2d(
     stride, padding (ints, pairs, "same" or "valid"), dilation and groups as in ``F.conv2d``. Written
     as one ``conv2d`` with the batch folded into the groups, the way PyTorch users write it today.
     """
-    n, c, h, w = x.shape
     if weight.dim() == 3:
         weight = weight[..., None, None]
+    if padding == "same" and stride in (1, (1, 1), [1, 1]):
+        # The same zero padding, written out: F.conv2d(padding="same") in bfloat16 on the CPU
+        # crashes (segmentation fault, torch 2.13) for some even kernels with dilation, e.g.
+        # x (1, 6, 1, 6), weight (2, 3, 4, 3), dilation (3, 1), groups 2. As in F.conv2d, the odd
+        # pixel of an even kernel's padding goes to the bottom/right.
+        dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+        th, tw = dh * (weight.shape[-2] - 1), dw * (weight.shape[-1] - 1)
+        x = F.pad(x, (tw // 2, tw - tw // 2, th // 2, th - th // 2))
+        padding = 0
+    n, c, h, w = x.shape
     co = weight.shape[1]
     y = F.conv2d(
         x.reshape(1, n * c, h, w),

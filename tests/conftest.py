@@ -101,3 +101,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Hypothesis profiles for the property-based tests (tests/test_properties.py). "ci" (the default) is
+# bounded and reproducible: a fixed number of examples per test, drawn deterministically. "long"
+# explores far more, randomly, for local runs before a release:
+#   DIN_OPS_HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py
+import os  # noqa: E402
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+_HYPOTHESIS_COMMON = dict(
+    deadline=None,
+    print_blob=True,
+    # The autouse seed fixture above is harmless here: every example seeds its own generator.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile("ci", max_examples=12, derandomize=True, database=None, **_HYPOTHESIS_COMMON)
+settings.register_profile("long", max_examples=1000, **_HYPOTHESIS_COMMON)
+settings.load_profile(os.environ.get("DIN_OPS_HYPOTHESIS_PROFILE", "ci"))

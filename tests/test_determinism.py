@@ -44,3 +44,88 @@ def test_repeatable_and_thread_safe(name, device):
     for result in results:
         for a, b in zip(first, result):
             assert torch.equal(a, b)
+
+
+# More variants for the checks below: k x k without normalization, strided and dense kernels, and
+# inputs in channels_last or with arbitrary strides.
+MORE_CASES = {
+    "dynamic_conv2d_grouped": (lambda x, w, b: din_ops.dynamic_conv2d(x, w, b, padding=1, groups=4), [(2, 16, 8, 3, 3), (2, 16)]),
+    "din_dense_stride2": (lambda x, w, b: din_ops.dynamic_instance_norm(x, w, b, stride=2, dilation=2, padding=2), [(2, 8, 32, 3, 3), (2, 8)]),
+    "din_1x1_channels_last": (lambda x, w, b: din_ops.dynamic_instance_norm(x.contiguous(memory_format=torch.channels_last), w, b), [(2, 48, 32), (2, 48)]),
+    "instance_norm_strided": (lambda x: din_ops.instance_norm(x.transpose(2, 3).contiguous().transpose(2, 3)), []),
+    "spatially_adaptive_channels_last": (lambda x, g, b: din_ops.spatially_adaptive_instance_norm(x.contiguous(memory_format=torch.channels_last), g, b), [(2, 32, 40, 40), (2, 32, 40, 40)]),
+}
+ALL_CASES = {**CASES, **MORE_CASES}
+
+
+def inputs(name):
+    _, shapes = ALL_CASES[name]
+    gen = torch.Generator().manual_seed(len(name))
+    x = torch.randn(2, 32, 40, 40, generator=gen) + 3
+    return x, [torch.randn(*s, generator=gen) for s in shapes]
+
+
+@pytest.mark.parametrize("name", MORE_CASES)
+def test_more_variants_repeatable_and_thread_safe(name):
+    op, _ = ALL_CASES[name]
+    x, params = inputs(name)
+    first = forward_backward(op, x, *params)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: forward_backward(op, x, *params), range(6)))
+    for result in [forward_backward(op, x, *params)] + results:
+        for a, b in zip(first, result):
+            assert torch.equal(a, b)
+
+
+def test_different_ops_at_once_match_serial_calls():
+    # Every op at the same time from its own threads (the kernels share no state between calls).
+    serial = {name: forward_backward(ALL_CASES[name][0], *_flat(inputs(name))) for name in ALL_CASES}
+    jobs = [name for name in ALL_CASES for _ in range(2)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda name: (name, forward_backward(ALL_CASES[name][0], *_flat(inputs(name)))), jobs))
+    for name, result in results:
+        for a, b in zip(serial[name], result):
+            assert torch.equal(a, b), name
+
+
+def _flat(xp):
+    x, params = xp
+    return (x, *params)
+
+
+@pytest.fixture
+def deterministic_algorithms():
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_deterministic_algorithms_mode(name, deterministic_algorithms):
+    # Every CPU kernel is deterministic for a fixed thread count, so none raises under
+    # torch.use_deterministic_algorithms(True), and results are those of the default mode.
+    op, _ = ALL_CASES[name]
+    x, params = inputs(name)
+    strict = forward_backward(op, x, *params)
+    torch.use_deterministic_algorithms(False)
+    default = forward_backward(op, x, *params)
+    torch.use_deterministic_algorithms(True)
+    for a, b in zip(strict, default):
+        assert torch.equal(a, b)
+
+
+def test_single_thread_repeatable():
+    # With one intra-op thread too (a different, fixed reduction order: results are bitwise
+    # repeatable for each thread count, not across thread counts).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in ("din_1x1", "din_grouped", "instance_norm"):
+            op, _ = ALL_CASES[name]
+            x, params = inputs(name)
+            a, b = forward_backward(op, x, *params), forward_backward(op, x, *params)
+            for s, t in zip(a, b):
+                assert torch.equal(s, t)
+    finally:
+        torch.set_num_threads(before)

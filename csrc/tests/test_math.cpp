@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "harness.h"
@@ -355,5 +356,31 @@ DIN_TEST(transposed_tap_gathers_what_the_convolution_scatters) {
 }
 
 }  // namespace
+
+DIN_TEST(zero_variance_with_zero_eps_gives_zero_rstd) {
+  // A constant plane (or one pixel) with eps = 0: defined as rstd = 0 (normalized output 0), never
+  // 1 / sqrt(0) = inf, whose product with x - mean = 0 would be NaN.
+  const std::vector<float> x(129, -2.75f);
+  const auto m = shifted_moments(x, x[0], 0.0);
+  DIN_CHECK(m.mean == -2.75);
+  DIN_CHECK(m.rstd == 0.0);
+  const auto one = moments_from_shifted_sums(5.0, 0.0, 0.0, 1.0, 0.0);
+  DIN_CHECK(one.rstd == 0.0);
+  // Any positive variance with eps = 0 keeps the plain formula.
+  const auto two = moments_from_shifted_sums(0.0, 0.0, 8.0, 2.0, 0.0);
+  DIN_CHECK(two.rstd == 0.5);
+}
+
+DIN_TEST(non_finite_inputs_give_nan_statistics) {
+  // inf or NaN in a plane: the variance is NaN and must stay NaN (not be clamped to 0), so the
+  // whole plane becomes NaN as with the plain formula.
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (const auto& [s1, s2] : {std::pair{inf, inf}, std::pair{-inf, inf}, std::pair{nan, nan},
+                               std::pair{1.0, nan}}) {
+    const auto m = moments_from_shifted_sums(0.5, s1, s2, 4.0, 1e-5);
+    DIN_CHECK(std::isnan(m.rstd));
+  }
+}
 
 int main(int argc, char** argv) { return din_ops::test::run_all(argc, argv); }

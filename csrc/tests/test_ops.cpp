@@ -2,12 +2,14 @@
 // float64 references written with ATen (explicit formulas, at::instance_norm, at::bmm, autograd).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -537,5 +539,45 @@ DIN_TEST(deformable_conv_zero_offsets_is_conv2d_and_far_offsets_give_the_bias) {
 }
 
 }  // namespace
+
+DIN_TEST(eps_zero_constant_planes_and_non_finite_inputs) {
+  // eps = 0 and zero variance: rstd is defined as 0, so y = 0 (DIN: y = bias) and gx = 0.
+  const Tensor c = at::full({2, 3, 4, 5}, 2.5, at::kFloat);
+  const auto [y, mean, rstd] = instance_norm(c, 0.0);
+  DIN_CHECK(at::equal(y, at::zeros_like(y)));
+  DIN_CHECK(at::equal(rstd, at::zeros_like(rstd)));
+  DIN_CHECK(at::equal(instance_norm_backward(at::ones_like(y), c, mean, rstd), at::zeros_like(c)));
+  const Tensor w = randn({2, 4, 3}, at::kFloat), b = randn({2, 4}, at::kFloat);
+  const auto [yd, md, rd] = din_1x1(c, w, b, 0.0);
+  CHECK_TENSOR(yd, plane(b).expand({2, 4, 4, 5}), 1e-6);
+  const auto [gx, gw, gb] = din_1x1_backward(at::ones_like(yd), c, w, md, rd);
+  DIN_CHECK(at::equal(gx, at::zeros_like(gx)));
+  // inf or NaN in a plane: that plane is NaN, the other planes are untouched.
+  for (const double bad : {std::numeric_limits<double>::infinity(),
+                           std::numeric_limits<double>::quiet_NaN()}) {
+    for (const auto dtype : kDtypes) {
+      Tensor x = randn({1, 2, 3, 3}, dtype);
+      x.select(1, 0).select(1, 1).select(1, 2).fill_(bad);
+      const auto [yn, mn, rn] = instance_norm(x, 1e-5);
+      DIN_CHECK(at::isnan(yn.select(1, 0)).all().item<bool>());
+      CHECK_TENSOR(yn.select(1, 1), ref_instance_norm(x, 1e-5).y.select(1, 1), tol_for(dtype));
+    }
+  }
+}
+
+DIN_TEST(autocast_computes_in_float32_and_returns_the_autocast_dtype) {
+  const Tensor x = randn({2, 3, 4, 5}, at::kFloat, 50.0, 2.0);
+  const Tensor w = randn({2, 4, 3}, at::kBFloat16);  // mixed dtypes are fine under autocast
+  const auto [y32, m32, r32] = din_1x1(x, w.to(at::kFloat), std::nullopt, 1e-5);
+  at::autocast::set_autocast_enabled(at::kCPU, true);
+  at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+  const auto [y, mean, rstd] = din_1x1(x, w, std::nullopt, 1e-5);
+  at::autocast::set_autocast_enabled(at::kCPU, false);
+  at::autocast::clear_cache();
+  DIN_CHECK(y.scalar_type() == at::kBFloat16);
+  DIN_CHECK(mean.scalar_type() == at::kDouble);
+  DIN_CHECK(at::equal(y, y32.to(at::kBFloat16)));
+  DIN_CHECK(at::equal(mean, m32));
+}
 
 int main(int argc, char** argv) { return din_ops::test::run_all(argc, argv); }

@@ -26,12 +26,19 @@ struct Moments {
   double rstd;
 };
 
+//
+// Edge cases (the same in every op and in din_ops.reference):
+// - var + eps == 0 (a constant plane, or a single pixel, with eps = 0): rstd is defined as 0, so the
+//   plane normalizes to 0 and its gradient is 0, as it does for eps > 0, instead of 0 / 0 = NaN.
+// - an inf or NaN in the plane gives a NaN variance, hence NaN for the whole plane, as the plain
+//   formula (x - mean) / sqrt(var + eps) does; the clamp below must not turn that NaN into 0.
 DIN_HD Moments moments_from_shifted_sums(double shift, double s1, double s2, double count,
                                          double eps) {
   const double m = s1 / count;
   double var = s2 / count - m * m;
-  var = var > 0.0 ? var : 0.0;  // rounding can push an exactly constant plane below zero
-  return {shift + m, 1.0 / std::sqrt(var + eps)};
+  if (var < 0.0) var = 0.0;  // rounding can push a nearly constant plane below zero; NaN stays
+  const double v = var + eps;
+  return {shift + m, v == 0.0 ? 0.0 : 1.0 / std::sqrt(v)};
 }
 
 // The mean as an unevaluated float sum hi + lo. For float data, (x - hi) - lo is then as accurate as
