@@ -498,6 +498,54 @@ def test_invalid_normalization_arguments_raise(data):
             din_ops.spatially_adaptive_instance_norm(x, gamma, eps=eps)
 
 
+@given(data=st.data())
+def test_invalid_offset_and_mask_raise(data):
+    # Offsets and masks of drawn shapes and dtypes around the valid ones, for a valid convolution.
+    n, c, h, w = data.draw(st.integers(1, 2)), data.draw(st.sampled_from([1, 2, 4, 6])), data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    k = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    groups = data.draw(st.sampled_from([d for d in (1, 2) if c % d == 0]))
+    pad = (data.draw(st.integers(0, 1)), data.draw(st.integers(0, 1)))
+    if h + 2 * pad[0] < k[0] or w + 2 * pad[1] < k[1]:
+        pad = (k[0], k[1])
+    ho, wo = h + 2 * pad[0] - k[0] + 1, w + 2 * pad[1] - k[1] + 1
+    kk = k[0] * k[1]
+    g = data.draw(st.integers(1, 4), label="offset groups")
+    channels = data.draw(st.sampled_from([2 * g * kk, 2 * g * kk, 2 * g * kk + 1, g * kk, 0]), label="offset channels")
+    oshape = (data.draw(st.sampled_from([n, n, n + 1])), channels, *data.draw(st.sampled_from([(ho, wo), (ho, wo), (ho, wo + 1), (ho - 1, wo)])))
+    odims = data.draw(st.sampled_from([4, 4, 3]))
+    odtype = data.draw(st.sampled_from([torch.float32, torch.float32, torch.float64, torch.int32]))
+    mkind = data.draw(st.sampled_from(["none", "valid", "valid", "channels", "spatial", "no_offset"]))
+    mshape = {"none": None, "valid": (n, g * kk, ho, wo), "no_offset": (n, g * kk, ho, wo),
+              "channels": (n, g * kk + 1, ho, wo), "spatial": (n, g * kk, ho + 1, wo)}[mkind]
+    x = torch.randn(n, c, h, w)
+    wt = torch.randn(n, 3 * groups, c // groups, *k)
+    offset = None if mkind == "no_offset" or min(oshape) < 0 else (torch.rand(oshape) * 4 - 2).to(odtype)
+    if offset is not None and odims == 3:
+        offset = offset[0]
+    mask = None if mshape is None or min(mshape) < 0 else torch.rand(mshape)
+    # the offset groups G that the offset's channel count implies, and validity from the definition
+    implied = channels // (2 * kk) if channels and channels % (2 * kk) == 0 else 0
+    valid = (offset is not None and odims == 4 and odtype == torch.float32 and oshape[0] == n and oshape[2:] == (ho, wo)
+             and implied > 0 and c % implied == 0 and (mask is None or mshape == (n, implied * kk, ho, wo)))
+    kw = dict(padding=pad, groups=groups, offset=offset, mask=mask)
+    raw = ([1, 1], [pad[0], pad[0], pad[1], pad[1]], [1, 1], groups, g)
+    if valid:
+        y = din_ops.dynamic_instance_norm(x, wt, **kw)
+        expected = reference.deformable_instance_norm(x.double(), wt.double(), None, offset.double(),
+                                                      None if mask is None else mask.double(), padding=pad, groups=groups)
+        assert_close_to_reference(y, expected, torch.float32)
+        raw = (*raw[:-1], implied)
+        y2 = torch.ops.din_ops.deformable_conv(x, wt, None, offset, mask, *raw, True, 1e-5)[0]
+        assert_close_to_reference(y2, expected, torch.float32)
+    else:
+        for fn in (din_ops.dynamic_instance_norm, din_ops.dynamic_conv2d):
+            with pytest.raises((ValueError, TypeError), match="din_ops"):
+                fn(x, wt, **kw)
+        if offset is not None:
+            with pytest.raises((ValueError, TypeError), match="din_ops"):
+                torch.ops.din_ops.deformable_conv(x, wt, None, offset, mask, *raw, True, 1e-5)
+
+
 def test_kernel_one_pixel_too_wide_with_stride_raises():
     # Found by test_invalid_conv_arguments_raise: with a stride > 1 the output width of a kernel one
     # pixel wider than the padded input truncated to 1 in C++ (not floor division), so the operator
