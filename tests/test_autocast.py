@@ -17,6 +17,8 @@ def _params(gen, dtype):
         "din_grouped": (lambda x, w, b: din_ops.dynamic_instance_norm(x, w, b, stride=2, groups=2), [r(2, 4, 3, 3, 3), r(2, 4)]),
         "dynamic_conv2d": (lambda x, w: din_ops.dynamic_conv2d(x, w, padding="same"), [r(2, 3, 6, 2, 2)]),
         "spatially_adaptive": (lambda x, g, b: din_ops.spatially_adaptive_instance_norm(x, g, b), [r(2, 6, 7, 9), r(2, 6, 1, 1)]),
+        "deformable": (lambda x, w, b, o, m: din_ops.dynamic_instance_norm(x, w, b, offset=o, mask=m, padding=1, groups=2),
+                       [r(2, 4, 3, 3, 3), r(2, 4), r(2, 36, 7, 9), r(2, 18, 7, 9)]),
     }
 
 

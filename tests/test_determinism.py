@@ -54,6 +54,9 @@ MORE_CASES = {
     "din_1x1_channels_last": (lambda x, w, b: din_ops.dynamic_instance_norm(x.contiguous(memory_format=torch.channels_last), w, b), [(2, 48, 32), (2, 48)]),
     "instance_norm_strided": (lambda x: din_ops.instance_norm(x.transpose(2, 3).contiguous().transpose(2, 3)), []),
     "spatially_adaptive_channels_last": (lambda x, g, b: din_ops.spatially_adaptive_instance_norm(x.contiguous(memory_format=torch.channels_last), g, b), [(2, 32, 40, 40), (2, 32, 40, 40)]),
+    # offsets up to ~1.5 pixels (unit normals), four offset groups, a modulation mask
+    "deformable_din": (lambda x, w, b, o, m: din_ops.dynamic_instance_norm(x, w, b, offset=o, mask=m, padding=1, groups=2), [(2, 16, 16, 3, 3), (2, 16), (2, 72, 40, 40), (2, 36, 40, 40)]),
+    "deformable_conv2d_stride2": (lambda x, w, o: din_ops.dynamic_conv2d(x, w, offset=o, stride=2, padding=1), [(2, 8, 32, 3, 3), (2, 18, 20, 20)]),
 }
 ALL_CASES = {**CASES, **MORE_CASES}
 

@@ -26,13 +26,16 @@ def test_ten_thousand_calls_do_not_grow_rss():
     b4 = torch.randn(2, 4, generator=gen, requires_grad=True)
     wd = torch.randn(2, 4, 1, 3, 3, generator=gen, requires_grad=True)
     gamma = torch.randn(2, 4, 1, 1, generator=gen, requires_grad=True)
-    # The five operator families in turn, each forward and backward (with accumulating gradients).
+    offset = torch.randn(2, 36, 5, 6, generator=gen, requires_grad=True)
+    mask = torch.rand(2, 18, 5, 6, generator=gen).requires_grad_()
+    # The six operator families in turn, each forward and backward (with accumulating gradients).
     calls = [
         lambda: din_ops.instance_norm(x),
         lambda: din_ops.dynamic_instance_norm(x, w1, b),
         lambda: din_ops.dynamic_instance_norm(x, wk, b4, padding=1, groups=2),
         lambda: din_ops.dynamic_conv2d(x, wd, b4, groups=4),
         lambda: din_ops.spatially_adaptive_instance_norm(x, gamma, gamma),
+        lambda: din_ops.dynamic_instance_norm(x, wk, b4, padding=1, groups=2, offset=offset, mask=mask),
     ]
 
     def run(count):

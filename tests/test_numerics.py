@@ -45,6 +45,21 @@ def _sain_plane(x, gen):
             torch.randn(n, c, 1, 1, generator=gen, dtype=torch.float64).to(x.dtype)], {}
 
 
+def _deformable_din(x, w, b, offset, mask, **kwargs):
+    return din_ops.dynamic_instance_norm(x, w, b, offset=offset, mask=mask, **kwargs)
+
+
+def _deformable(x, gen):
+    # 3x3, two offset groups, padding 1: Ho, Wo = H, W. Offsets with fractional parts in [0.1, 0.9]
+    # (bilinear sampling is differentiable there), up to 2 pixels away, some taps outside the input.
+    n, c, h, w = x.shape
+    whole = torch.randint(-2, 3, (n, 36, h, w), generator=gen).double()
+    offset = whole + 0.1 + 0.8 * torch.rand(n, 36, h, w, generator=gen, dtype=torch.float64)
+    mask = torch.rand(n, 18, h, w, generator=gen, dtype=torch.float64)
+    return ([_w((n, 6, c, 3, 3), gen, x.dtype, 9 * c), _w((n, 6), gen, x.dtype, 1), offset.to(x.dtype), mask.to(x.dtype)],
+            dict(padding=1))
+
+
 NORMALIZING = {
     "instance_norm": (din_ops.instance_norm, reference.instance_norm, lambda x, gen: ([], {})),
     "din_1x1": (din_ops.dynamic_instance_norm, reference.dynamic_instance_norm, _din_1x1),
@@ -52,6 +67,7 @@ NORMALIZING = {
     "din_depthwise3x3": (din_ops.dynamic_instance_norm, reference.dynamic_instance_norm, _din_depthwise),
     "sain_full": (din_ops.spatially_adaptive_instance_norm, reference.spatially_adaptive_instance_norm, _sain_full),
     "sain_plane": (din_ops.spatially_adaptive_instance_norm, reference.spatially_adaptive_instance_norm, _sain_plane),
+    "deformable_din": (_deformable_din, reference.deformable_instance_norm, _deformable),
 }
 
 

@@ -185,6 +185,85 @@ def din_1x1_case(draw) -> Case:
     return Case(n, tensors, forms, {"eps": draw(EPS)})
 
 
+def _pads(k, padding, dilation) -> tuple[int, int]:
+    """(top, left) padding of conv_geometry's padding argument ("same" puts the odd pixel at the end)."""
+    if padding == "same":
+        return tuple(dilation[i] * (k[i] - 1) // 2 for i in range(2))
+    if padding == "valid":
+        return (0, 0)
+    return (padding, padding) if isinstance(padding, int) else tuple(padding)
+
+
+def _output_size(hw, k, stride, padding, dilation) -> tuple[int, int]:
+    """(Ho, Wo) of a convolution with conv_geometry's arguments (written from F.conv2d's definition)."""
+    if padding == "same":
+        return tuple(hw)
+    pad = _pads(k, padding, dilation)
+    return tuple((hw[i] + 2 * pad[i] - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in range(2))
+
+
+def _offsets(draw, gen: torch.Generator, n: int, g: int, hw, k, stride, padding, dilation) -> torch.Tensor:
+    """(N, 2 * G * kh * kw, Ho, Wo) offsets up to `spread` pixels with fractional parts in
+    [0.1, 0.9] (bilinear sampling is differentiable there), and, when drawn, a random subset of them
+    whole numbers (the sample is then exactly one pixel). Whole offsets that would put a sample
+    exactly on row -1 or H (column -1 or W), the edge of the zero region, stay fractional: the
+    gradient of the offset there is a one-sided derivative whose side is a convention (the kernel
+    takes the outer side, the reference's floor the inner one)."""
+    kk = k[0] * k[1]
+    ho, wo = _output_size(hw, k, stride, padding, dilation)
+    shape = (n, g, kk, 2, ho, wo)
+    spread = draw(st.sampled_from([0, 1, 3]))
+    whole = torch.randint(-spread, spread + 1, shape, generator=gen).double()
+    offset = whole + 0.1 + 0.8 * torch.rand(shape, generator=gen, dtype=torch.float64)
+    if draw(st.booleans()):
+        pad = _pads(k, padding, dilation)
+        grid = []
+        for axis, extent in enumerate((ho, wo)):
+            taps = torch.arange(kk) // k[1] if axis == 0 else torch.arange(kk) % k[1]
+            g_ = (torch.arange(extent) * stride[axis] - pad[axis])[None, :] + (taps * dilation[axis])[:, None]
+            grid.append(g_[:, :, None] if axis == 0 else g_[:, None, :])  # (kk, Ho, 1) / (kk, 1, Wo)
+        position = torch.stack([grid[0].expand(kk, ho, wo), grid[1].expand(kk, ho, wo)], dim=1) + whole
+        edge = torch.tensor(hw, dtype=torch.float64)[:, None, None]
+        safe = (position != -1) & (position != edge)
+        pick = (torch.rand(shape, generator=gen) < 0.3) & safe
+        offset = torch.where(pick, whole, offset)
+    return offset.reshape(n, 2 * g * kk, ho, wo)
+
+
+def deformable_case(depthwise: bool, normalize: bool):
+    @st.composite
+    def case(draw) -> Case:
+        base = draw(conv_case(depthwise, normalize))
+        n, c, h, w = base.tensors["x"].shape
+        n = base.n
+        k = tuple(base.tensors["weight"].shape[3:])
+        kw = base.kwargs
+        ho, wo = _output_size((h, w), k, kw["stride"], kw["padding"], kw["dilation"])
+        g = draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]))
+        gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+        tensors, forms = dict(base.tensors), dict(base.forms)
+        forms["offset"] = draw(X_FORMS)
+        tensors["offset"] = _offsets(draw, gen, 1 if forms["offset"] == "expanded" else n, g, (h, w), k,
+                                     kw["stride"], kw["padding"], kw["dilation"])
+        if draw(st.booleans()):
+            forms["mask"] = draw(X_FORMS)
+            mshape = (1 if forms["mask"] == "expanded" else n, g * k[0] * k[1], ho, wo)
+            tensors["mask"] = torch.rand(mshape, generator=gen, dtype=torch.float64) * 1.5 - 0.25
+        else:
+            tensors["mask"] = None
+        return Case(n, tensors, forms, kw)
+
+    return case()
+
+
+def _deformable_din(x, weight, bias, offset, mask, **kwargs):
+    return din_ops.dynamic_instance_norm(x, weight, bias, offset=offset, mask=mask, **kwargs)
+
+
+def _deformable_conv2d(x, weight, bias, offset, mask, **kwargs):
+    return din_ops.dynamic_conv2d(x, weight, bias, offset=offset, mask=mask, **kwargs)
+
+
 @dataclass(frozen=True)
 class Op:
     case: st.SearchStrategy
@@ -207,6 +286,9 @@ OPS = {
     "dynamic_conv2d_depthwise": Op(conv_case(True, False), din_ops.dynamic_conv2d, reference.dynamic_conv2d, "float32"),
     "spatially_adaptive": Op(spatially_adaptive_case(), din_ops.spatially_adaptive_instance_norm,
                              reference.spatially_adaptive_instance_norm),
+    "deformable_din": Op(deformable_case(False, True), _deformable_din, reference.deformable_instance_norm, "float32"),
+    "deformable_din_depthwise": Op(deformable_case(True, True), _deformable_din, reference.deformable_instance_norm, "float32"),
+    "deformable_conv2d": Op(deformable_case(False, False), _deformable_conv2d, reference.deformable_conv2d, "float32"),
 }
 
 
@@ -414,6 +496,54 @@ def test_invalid_normalization_arguments_raise(data):
     else:
         with pytest.raises((ValueError, TypeError), match="din_ops"):
             din_ops.spatially_adaptive_instance_norm(x, gamma, eps=eps)
+
+
+@given(data=st.data())
+def test_invalid_offset_and_mask_raise(data):
+    # Offsets and masks of drawn shapes and dtypes around the valid ones, for a valid convolution.
+    n, c, h, w = data.draw(st.integers(1, 2)), data.draw(st.sampled_from([1, 2, 4, 6])), data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    k = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    groups = data.draw(st.sampled_from([d for d in (1, 2) if c % d == 0]))
+    pad = (data.draw(st.integers(0, 1)), data.draw(st.integers(0, 1)))
+    if h + 2 * pad[0] < k[0] or w + 2 * pad[1] < k[1]:
+        pad = (k[0], k[1])
+    ho, wo = h + 2 * pad[0] - k[0] + 1, w + 2 * pad[1] - k[1] + 1
+    kk = k[0] * k[1]
+    g = data.draw(st.integers(1, 4), label="offset groups")
+    channels = data.draw(st.sampled_from([2 * g * kk, 2 * g * kk, 2 * g * kk + 1, g * kk, 0]), label="offset channels")
+    oshape = (data.draw(st.sampled_from([n, n, n + 1])), channels, *data.draw(st.sampled_from([(ho, wo), (ho, wo), (ho, wo + 1), (ho - 1, wo)])))
+    odims = data.draw(st.sampled_from([4, 4, 3]))
+    odtype = data.draw(st.sampled_from([torch.float32, torch.float32, torch.float64, torch.int32]))
+    mkind = data.draw(st.sampled_from(["none", "valid", "valid", "channels", "spatial", "no_offset"]))
+    mshape = {"none": None, "valid": (n, g * kk, ho, wo), "no_offset": (n, g * kk, ho, wo),
+              "channels": (n, g * kk + 1, ho, wo), "spatial": (n, g * kk, ho + 1, wo)}[mkind]
+    x = torch.randn(n, c, h, w)
+    wt = torch.randn(n, 3 * groups, c // groups, *k)
+    offset = None if mkind == "no_offset" or min(oshape) < 0 else (torch.rand(oshape) * 4 - 2).to(odtype)
+    if offset is not None and odims == 3:
+        offset = offset[0]
+    mask = None if mshape is None or min(mshape) < 0 else torch.rand(mshape)
+    # the offset groups G that the offset's channel count implies, and validity from the definition
+    implied = channels // (2 * kk) if channels and channels % (2 * kk) == 0 else 0
+    valid = (offset is not None and odims == 4 and odtype == torch.float32 and oshape[0] == n and oshape[2:] == (ho, wo)
+             and implied > 0 and c % implied == 0 and (mask is None or mshape == (n, implied * kk, ho, wo)))
+    kw = dict(padding=pad, groups=groups, offset=offset, mask=mask)
+    raw = ([1, 1], [pad[0], pad[0], pad[1], pad[1]], [1, 1], groups, g)
+    if valid:
+        y = din_ops.dynamic_instance_norm(x, wt, **kw)
+        expected = reference.deformable_instance_norm(x.double(), wt.double(), None, offset.double(),
+                                                      None if mask is None else mask.double(), padding=pad, groups=groups)
+        assert_close_to_reference(y, expected, torch.float32)
+        raw = (*raw[:-1], implied)
+        y2 = torch.ops.din_ops.deformable_conv(x, wt, None, offset, mask, *raw, True, 1e-5)[0]
+        assert_close_to_reference(y2, expected, torch.float32)
+    else:
+        for fn in (din_ops.dynamic_instance_norm, din_ops.dynamic_conv2d):
+            with pytest.raises((ValueError, TypeError), match="din_ops"):
+                fn(x, wt, **kw)
+        if offset is not None:
+            with pytest.raises((ValueError, TypeError), match="din_ops"):
+                torch.ops.din_ops.deformable_conv(x, wt, None, offset, mask, *raw, True, 1e-5)
 
 
 def test_kernel_one_pixel_too_wide_with_stride_raises():

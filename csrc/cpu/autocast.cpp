@@ -89,6 +89,21 @@ Triple sain_autocast(const Tensor& x, const Tensor& gamma, const std::optional<T
   return finish(op.call(to_float(x), to_float(gamma), to_float(beta), eps));
 }
 
+Triple deformable_conv_autocast(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b,
+                                const Tensor& offset, const std::optional<Tensor>& mask,
+                                at::IntArrayRef stride, at::IntArrayRef padding,
+                                at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
+                                bool normalize, double eps) {
+  static const auto op =
+      find_op("din_ops::deformable_conv")
+          .typed<Triple(const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
+                        const std::optional<Tensor>&, at::IntArrayRef, at::IntArrayRef,
+                        at::IntArrayRef, int64_t, int64_t, bool, double)>();
+  DIN_NO_AUTOCAST;
+  return finish(op.call(to_float(x), to_float(w), to_float(b), to_float(offset), to_float(mask),
+                        stride, padding, dilation, groups, offset_groups, normalize, eps));
+}
+
 #undef DIN_NO_AUTOCAST
 
 }  // namespace
@@ -98,6 +113,7 @@ TORCH_LIBRARY_IMPL(din_ops, AutocastCPU, m) {
   m.impl("dynamic_instance_norm_1x1", &din_1x1_autocast);
   m.impl("dynamic_conv", &dynamic_conv_autocast);
   m.impl("spatially_adaptive_instance_norm", &sain_autocast);
+  m.impl("deformable_conv", &deformable_conv_autocast);
 }
 
 }  // namespace din_ops::cpu
