@@ -171,24 +171,53 @@ inline void load_corners(const T* xc, const bl::Corners<acc>& p, acc hi, acc lo,
   for (int k = 0; k < 4; ++k) v[k] = math::normalize(static_cast<acc>(xc[p.index[k]]), hi, lo, r);
 }
 
-// Columns of tile [q0, q0 + Lt) of sample n: cols[(c * KK + t) * Lt + l] (all C channels).
+// Sample n of x normalized into a channels-last buffer, xcl[p * C + c] = xh[n, c, p]: the four
+// corners of a point are then C contiguous values each, for all channels at once.
 template <typename T>
-void build_columns(const T* x, const T* offset, const T* mask, const Geometry& s,
-                   const NormParams<acc_t<T>>& q, int64_t n, int64_t q0, int64_t Lt,
-                   bl::Corners<acc_t<T>>* pts, acc_t<T>* cols) {
+void normalized_channels_last(const T* x, const Geometry& s, const NormParams<acc_t<T>>& q,
+                              int64_t n, acc_t<T>* xcl, acc_t<T>* buf) {
   using acc = acc_t<T>;
-  const int64_t KKL = s.KK() * Lt;
+  for (int64_t c = 0; c < s.C; ++c) {
+    const int64_t qi = n * s.C + c;
+    for (int64_t i = 0; i < s.P(); i += kBlock) {
+      const int64_t len = std::min(kBlock, s.P() - i);
+      const acc* xv = load(x + qi * s.P() + i, len, buf);
+      for (int64_t k = 0; k < len; ++k) {
+        xcl[(i + k) * s.C + c] = math::normalize(xv[k], q.hi[qi], q.lo[qi], q.rstd[qi]);
+      }
+    }
+  }
+}
+
+// Columns of tile [q0, q0 + Lt) of sample n: cols[(c * KK + t) * Lt + l] (all C channels), from
+// the normalized channels-last sample `xcl`. Blocks of kPoints points are interpolated for all the
+// offset group's channels at once (vectorized over channels) into `blk`, then transposed into cols.
+constexpr int64_t kPoints = 16;
+
+template <typename T>
+void build_columns(const acc_t<T>* xcl, const T* offset, const T* mask, const Geometry& s,
+                   int64_t n, int64_t q0, int64_t Lt, bl::Corners<acc_t<T>>* pts, acc_t<T>* cols,
+                   acc_t<T>* blk) {
+  using acc = acc_t<T>;
+  const int64_t KKL = s.KK() * Lt, Cg = s.Cgo;
   for (int64_t g = 0; g < s.G; ++g) {
     sample_points(offset, mask, s, n, g, q0, Lt, true, pts, static_cast<acc*>(nullptr));
-    for (int64_t cc = 0; cc < s.Cgo; ++cc) {
-      const int64_t c = g * s.Cgo + cc, qi = n * s.C + c;
-      const T* xc = x + qi * s.P();
-      const acc hi = q.hi[qi], lo = q.lo[qi], r = q.rstd[qi];
-      acc* col = cols + c * KKL;
-      for (int64_t e = 0; e < KKL; ++e) {
-        acc v[4];
-        load_corners(xc, pts[e], hi, lo, r, v);
-        col[e] = bl::combine(pts[e].weight, v);
+    const acc* xg = xcl + g * Cg;
+    acc* colg = cols + g * Cg * KKL;
+    for (int64_t e0 = 0; e0 < KKL; e0 += kPoints) {
+      const int64_t eb = std::min(kPoints, KKL - e0);
+      for (int64_t ee = 0; ee < eb; ++ee) {
+        const bl::Corners<acc>& p = pts[e0 + ee];
+        const acc *r0 = xg + p.index[0] * s.C, *r1 = xg + p.index[1] * s.C;
+        const acc *r2 = xg + p.index[2] * s.C, *r3 = xg + p.index[3] * s.C;
+        const acc w0 = p.weight[0], w1 = p.weight[1], w2 = p.weight[2], w3 = p.weight[3];
+        acc* out = blk + ee * Cg;
+        for (int64_t cc = 0; cc < Cg; ++cc) {  // the order of bl::combine
+          out[cc] = (w0 * r0[cc] + w1 * r1[cc]) + (w2 * r2[cc] + w3 * r3[cc]);
+        }
+      }
+      for (int64_t cc = 0; cc < Cg; ++cc) {
+        for (int64_t ee = 0; ee < eb; ++ee) colg[cc * KKL + e0 + ee] = blk[ee * Cg + cc];
       }
     }
   }
@@ -218,10 +247,16 @@ void forward(const T* x, const T* w, const T* b, const T* offset, const T* mask,
       acc* obuf = wbuf + s.Co * K;          // conv only
       auto* pts = reinterpret_cast<bl::Corners<acc>*>(pws + k * s.KK() * L * point_bytes<acc>());
       int64_t loaded = -1;  // sample whose weight is in wbuf
+      int64_t normalized = -1;  // sample in xcl
       const acc* wn = nullptr;
+      std::vector<acc> xcl(s.P() * s.C), blk(kPoints * s.Cgo), xbuf = scratch<T>(kBlock);
       for (int64_t task = k * tasks / T_; task < (k + 1) * tasks / T_; ++task) {
         const int64_t n = task / tiles, q0 = (task % tiles) * L, Lt = std::min(L, s.Q() - q0);
-        build_columns(x, offset, mask, s, q, n, q0, Lt, pts, cols);
+        if (n != normalized) {
+          normalized_channels_last(x, s, q, n, xcl.data(), xbuf.data());
+          normalized = n;
+        }
+        build_columns(xcl.data(), offset, mask, s, n, q0, Lt, pts, cols, blk.data());
         if (n != loaded) {
           wn = weight_of(w, s, n, wbuf);
           loaded = n;
