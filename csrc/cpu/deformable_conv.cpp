@@ -126,13 +126,18 @@ int64_t chunks_for(int64_t tasks, int64_t work) {
 int64_t tile_work(const Geometry& s) { return tile_len(s) * s.C * s.KK() * (s.Cog + 8); }
 
 // Elements of the accumulation type per chunk (forward and backward), besides the point table.
+constexpr int64_t kPointBlock = 16;  // points interpolated together, vectorized over channels
+
 template <typename T>
 int64_t chunk_elems(const Geometry& s, bool backward) {
   const bool conv = !std::is_same_v<T, acc_t<T>>;  // half/bfloat16 need conversion buffers
   const int64_t L = tile_len(s), KKL = s.KK() * L, colsz = s.C * KKL;
   int64_t e = colsz;                                     // columns
   if (conv) e += s.Co * s.K() + s.Co * L;                // converted weight, output/gy tile
-  if (backward) e += colsz + 4 * KKL + s.C * s.P() + s.Co * s.K();  // gcols, mask/goffset/gmask, gx, gW
+  if (backward) {
+    e += colsz + 4 * KKL + s.C * s.P() + s.Co * s.K();  // gcols, mask/goffset/gmask, gx, gW
+    e += s.C * s.P() + 3 * kPointBlock * s.C;          // normalized channels-last x, point blocks
+  }
   return e;
 }
 
@@ -190,9 +195,8 @@ void normalized_channels_last(const T* x, const Geometry& s, const NormParams<ac
 }
 
 // Columns of tile [q0, q0 + Lt) of sample n: cols[(c * KK + t) * Lt + l] (all C channels), from
-// the normalized channels-last sample `xcl`. Blocks of kPoints points are interpolated for all the
+// the normalized channels-last sample `xcl`. Blocks of kPointBlock points are interpolated for all the
 // offset group's channels at once (vectorized over channels) into `blk`, then transposed into cols.
-constexpr int64_t kPoints = 16;
 
 template <typename T>
 void build_columns(const acc_t<T>* xcl, const T* offset, const T* mask, const Geometry& s,
@@ -204,8 +208,8 @@ void build_columns(const acc_t<T>* xcl, const T* offset, const T* mask, const Ge
     sample_points(offset, mask, s, n, g, q0, Lt, true, pts, static_cast<acc*>(nullptr));
     const acc* xg = xcl + g * Cg;
     acc* colg = cols + g * Cg * KKL;
-    for (int64_t e0 = 0; e0 < KKL; e0 += kPoints) {
-      const int64_t eb = std::min(kPoints, KKL - e0);
+    for (int64_t e0 = 0; e0 < KKL; e0 += kPointBlock) {
+      const int64_t eb = std::min(kPointBlock, KKL - e0);
       for (int64_t ee = 0; ee < eb; ++ee) {
         const bl::Corners<acc>& p = pts[e0 + ee];
         const acc *r0 = xg + p.index[0] * s.C, *r1 = xg + p.index[1] * s.C;
@@ -249,7 +253,7 @@ void forward(const T* x, const T* w, const T* b, const T* offset, const T* mask,
       int64_t loaded = -1;  // sample whose weight is in wbuf
       int64_t normalized = -1;  // sample in xcl
       const acc* wn = nullptr;
-      std::vector<acc> xcl(s.P() * s.C), blk(kPoints * s.Cgo), xbuf = scratch<T>(kBlock);
+      std::vector<acc> xcl(s.P() * s.C), blk(kPointBlock * s.Cgo), xbuf = scratch<T>(kBlock);
       for (int64_t task = k * tasks / T_; task < (k + 1) * tasks / T_; ++task) {
         const int64_t n = task / tiles, q0 = (task % tiles) * L, Lt = std::min(L, s.Q() - q0);
         if (n != normalized) {
@@ -297,10 +301,12 @@ struct ChunkBuffers {
   acc* gcols;  // C * KK * L: W^T @ gy of a tile
   acc* mv;     // KK * L: mask values of a tile and offset group
   acc* goy;    // 3 * KK * L: goffset y, goffset x and gmask accumulators
-  acc* gxh;    // C * P: gradient with respect to xh of the current sample
+  acc* gxh;    // P * C: gradient with respect to xh of the current sample, channels-last
   acc* gwk;    // Co * K: weight gradient of the current sample
   acc* wbuf;   // Co * K: converted weight (half/bfloat16 only)
   acc* gyb;    // Co * L: converted gy tile (half/bfloat16 only)
+  acc* xcl;    // P * C: the sample normalized, channels-last
+  acc* blk;    // 3 * kPointBlock * C: a block of points x channels (columns, gcols, gx terms)
   bl::Corners<acc>* pts;  // KK * L points
 };
 
@@ -315,7 +321,9 @@ ChunkBuffers<acc_t<T>> chunk_buffers(const Geometry& s, acc_t<T>* ws, uint8_t* p
   b.goy = b.mv + KKL;
   b.gxh = b.goy + 3 * KKL;
   b.gwk = b.gxh + s.C * s.P();
-  b.wbuf = b.gwk + s.Co * s.K();
+  b.xcl = b.gwk + s.Co * s.K();
+  b.blk = b.xcl + s.C * s.P();
+  b.wbuf = b.blk + 3 * kPointBlock * s.C;  // the last two: half/bfloat16 only
   b.gyb = b.wbuf + s.Co * s.K();
   b.pts = reinterpret_cast<bl::Corners<acc>*>(pws + k * KKL * point_bytes<acc>());
   return b;
@@ -331,6 +339,10 @@ void backward_tiles(const T* gy, const T* x, const T* w, const T* offset, const 
   constexpr bool conv = !std::is_same_v<T, acc>;
   const int64_t L = tile_len(s), K = s.K(), KK = s.KK();
   const acc* wn = weight_of(w, s, n, b.wbuf);
+  if (t0 < t1) {
+    std::vector<acc> xbuf = scratch<T>(kBlock);
+    normalized_channels_last(x, s, q, n, b.xcl, xbuf.data());
+  }
   for (int64_t tile = t0; tile < t1; ++tile) {
     const int64_t q0 = tile * L, Lt = std::min(L, s.Q() - q0), KKL = KK * Lt;
     // gy tile (Co x Lt) as acc.
@@ -349,27 +361,50 @@ void backward_tiles(const T* gy, const T* x, const T* w, const T* offset, const 
            Mat<acc>{b.gcols + grp * K * Lt, K, Lt, Lt, 1});
     }
     acc *goy = b.goy, *gox = b.goy + KKL, *gmk = b.goy + 2 * KKL;
+    const int64_t Cg = s.Cgo, B = kPointBlock;
     for (int64_t g = 0; g < s.G; ++g) {
       sample_points(offset, mask, s, n, g, q0, Lt, false, b.pts, b.mv);
-      std::fill(goy, goy + 3 * KKL, acc(0));
-      for (int64_t cc = 0; cc < s.Cgo; ++cc) {
-        const int64_t c = g * s.Cgo + cc, qi = n * s.C + c;
-        const T* xc = x + qi * s.P();
-        const acc hi = q.hi[qi], lo = q.lo[qi], r = q.rstd[qi];
-        acc* col = b.cols + c * KKL;
-        const acc* gcol = b.gcols + c * KKL;
-        acc* gplane = b.gxh + c * s.P();
-        for (int64_t e = 0; e < KKL; ++e) {
+      // Points in blocks of B, vectorized over the group's channels on the channels-last copies
+      // of xh (b.xcl) and of the x-gradient (b.gxh, P x C): gcols are transposed into gblk, the
+      // columns come out of cblk transposed.
+      const acc* xg = b.xcl + g * Cg;
+      acc* gxg = b.gxh + g * Cg;
+      acc *cblk = b.blk, *gblk = b.blk + B * Cg;
+      acc* col = b.cols + g * Cg * KKL;
+      const acc* gcol = b.gcols + g * Cg * KKL;
+      for (int64_t e0 = 0; e0 < KKL; e0 += B) {
+        const int64_t eb = std::min(B, KKL - e0);
+        for (int64_t cc = 0; cc < Cg; ++cc) {
+          for (int64_t ee = 0; ee < eb; ++ee) gblk[ee * Cg + cc] = gcol[cc * KKL + e0 + ee];
+        }
+        for (int64_t ee = 0; ee < eb; ++ee) {
+          const int64_t e = e0 + ee;
           const auto& p = b.pts[e];
-          acc v[4];
-          load_corners(xc, p, hi, lo, r, v);
-          const acc val = bl::combine(p.weight, v), m = b.mv[e], gc = gcol[e];
-          col[e] = m * val;
-          gmk[e] += gc * val;
-          const acc gv = gc * m;
-          goy[e] += gv * bl::combine(p.dy, v);
-          gox[e] += gv * bl::combine(p.dx, v);
-          for (int kc = 0; kc < 4; ++kc) gplane[p.index[kc]] += gv * p.weight[kc];
+          const acc* r[4];
+          for (int kc = 0; kc < 4; ++kc) r[kc] = xg + p.index[kc] * s.C;
+          const acc m = b.mv[e];
+          const acc* gc = gblk + ee * Cg;
+          acc* out = cblk + ee * Cg;
+          acc sval = 0, sdy = 0, sdx = 0;
+          for (int64_t cc = 0; cc < Cg; ++cc) {
+            const acc v[4] = {r[0][cc], r[1][cc], r[2][cc], r[3][cc]};
+            const acc val = bl::combine(p.weight, v);
+            out[cc] = m * val;
+            sval += gc[cc] * val;
+            sdy += gc[cc] * bl::combine(p.dy, v);
+            sdx += gc[cc] * bl::combine(p.dx, v);
+          }
+          gmk[e] = sval;
+          goy[e] = m * sdy;
+          gox[e] = m * sdx;
+          for (int kc = 0; kc < 4; ++kc) {
+            acc* gq = gxg + p.index[kc] * s.C;
+            const acc wk = m * p.weight[kc];
+            for (int64_t cc = 0; cc < Cg; ++cc) gq[cc] += wk * gc[cc];
+          }
+        }
+        for (int64_t cc = 0; cc < Cg; ++cc) {
+          for (int64_t ee = 0; ee < eb; ++ee) col[cc * KKL + e0 + ee] = cblk[ee * Cg + cc];
         }
       }
       for (int64_t t = 0; t < KK; ++t) {
@@ -406,14 +441,18 @@ void finish_sample(const T* gy, const T* x, T* gx, T* gw, T* gb, const Geometry&
   for (int64_t k = 1; k < T_; ++k) add_to(gw0, parts[k].gwk, s.Co * K);
   T* gwp = gw + n * s.Co * K;
   for (int64_t i = 0; i < s.Co * K; ++i) gwp[i] = static_cast<T>(gw0[i]);
+  // The chunks' x-gradients are channels-last (P x C): each channel's plane is gathered from them,
+  // added in chunk order.
   at::parallel_for(0, s.C, grain_for(s.P() * (T_ + 4)), [&](int64_t c0, int64_t c1) {
-    std::vector<acc> xbuf = scratch<T>(kBlock), obuf = scratch<T>(kBlock);
+    std::vector<acc> xbuf = scratch<T>(kBlock), obuf = scratch<T>(kBlock), g(s.P());
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t qi = n * s.C + c;
-      acc* g = parts[0].gxh + c * s.P();
-      for (int64_t k = 1; k < T_; ++k) add_to(g, parts[k].gxh + c * s.P(), s.P());
-      plane_input_grad(g, x + qi * s.P(), gx + qi * s.P(), s.P(), q.hi[qi], q.lo[qi], q.rstd[qi],
-                       normalized, xbuf.data(), obuf.data());
+      for (int64_t i = 0; i < s.P(); ++i) g[i] = parts[0].gxh[i * s.C + c];
+      for (int64_t k = 1; k < T_; ++k) {
+        for (int64_t i = 0; i < s.P(); ++i) g[i] += parts[k].gxh[i * s.C + c];
+      }
+      plane_input_grad(g.data(), x + qi * s.P(), gx + qi * s.P(), s.P(), q.hi[qi], q.lo[qi],
+                       q.rstd[qi], normalized, xbuf.data(), obuf.data());
     }
   });
   std::vector<acc> gbuf = scratch<T>(kBlock);
