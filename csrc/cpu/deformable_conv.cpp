@@ -180,15 +180,17 @@ inline void load_corners(const T* xc, const bl::Corners<acc>& p, acc hi, acc lo,
 // corners of a point are then C contiguous values each, for all channels at once.
 template <typename T>
 void normalized_channels_last(const T* x, const Geometry& s, const NormParams<acc_t<T>>& q,
-                              int64_t n, acc_t<T>* xcl, acc_t<T>* buf) {
+                              int64_t n, acc_t<T>* xcl) {
   using acc = acc_t<T>;
-  for (int64_t c = 0; c < s.C; ++c) {
-    const int64_t qi = n * s.C + c;
-    for (int64_t i = 0; i < s.P(); i += kBlock) {
-      const int64_t len = std::min(kBlock, s.P() - i);
-      const acc* xv = load(x + qi * s.P() + i, len, buf);
-      for (int64_t k = 0; k < len; ++k) {
-        xcl[(i + k) * s.C + c] = math::normalize(xv[k], q.hi[qi], q.lo[qi], q.rstd[qi]);
+  constexpr int64_t kChannels = 16;  // channels transposed together: 64-byte runs of xcl
+  for (int64_t c0 = 0; c0 < s.C; c0 += kChannels) {
+    const int64_t cb = std::min(kChannels, s.C - c0), qi = n * s.C + c0;
+    const T* xc = x + qi * s.P();
+    for (int64_t p = 0; p < s.P(); ++p) {
+      acc* out = xcl + p * s.C + c0;
+      for (int64_t cc = 0; cc < cb; ++cc) {
+        out[cc] = math::normalize(static_cast<acc>(xc[cc * s.P() + p]), q.hi[qi + cc],
+                                  q.lo[qi + cc], q.rstd[qi + cc]);
       }
     }
   }
@@ -253,11 +255,11 @@ void forward(const T* x, const T* w, const T* b, const T* offset, const T* mask,
       int64_t loaded = -1;  // sample whose weight is in wbuf
       int64_t normalized = -1;  // sample in xcl
       const acc* wn = nullptr;
-      std::vector<acc> xcl(s.P() * s.C), blk(kPointBlock * s.Cgo), xbuf = scratch<T>(kBlock);
+      std::vector<acc> xcl(s.P() * s.C), blk(kPointBlock * s.Cgo);
       for (int64_t task = k * tasks / T_; task < (k + 1) * tasks / T_; ++task) {
         const int64_t n = task / tiles, q0 = (task % tiles) * L, Lt = std::min(L, s.Q() - q0);
         if (n != normalized) {
-          normalized_channels_last(x, s, q, n, xcl.data(), xbuf.data());
+          normalized_channels_last(x, s, q, n, xcl.data());
           normalized = n;
         }
         build_columns(xcl.data(), offset, mask, s, n, q0, Lt, pts, cols, blk.data());
@@ -339,10 +341,7 @@ void backward_tiles(const T* gy, const T* x, const T* w, const T* offset, const 
   constexpr bool conv = !std::is_same_v<T, acc>;
   const int64_t L = tile_len(s), K = s.K(), KK = s.KK();
   const acc* wn = weight_of(w, s, n, b.wbuf);
-  if (t0 < t1) {
-    std::vector<acc> xbuf = scratch<T>(kBlock);
-    normalized_channels_last(x, s, q, n, b.xcl, xbuf.data());
-  }
+  if (t0 < t1) normalized_channels_last(x, s, q, n, b.xcl);
   for (int64_t tile = t0; tile < t1; ++tile) {
     const int64_t q0 = tile * L, Lt = std::min(L, s.Q() - q0), KKL = KK * Lt;
     // gy tile (Co x Lt) as acc.
