@@ -15,10 +15,12 @@
 //             gxh[c]     += gcol * m * (corner weights), scattered onto the four corners of p
 //             gx          = rstd * (gxh - mean(gxh) - xh * mean(gxh * xh))   (identity unnormalized)
 //
-// Normalization folds into the sampler (design/MATH.md): every corner value is read from x and
-// normalized on load, ((x - mean_hi) - mean_lo) * rstd, so neither the normalized input nor the
-// sampled columns of the whole batch are ever written. The bilinear corner and weight arithmetic is
-// din_ops/bilinear.h, shared with the CUDA kernels.
+// Normalization folds into the sampler (design/MATH.md): a task normalizes the one sample it works
+// on, ((x - mean_hi) - mean_lo) * rstd, into a channels-last buffer (P x C), from which the four
+// corners of a sample point are contiguous runs over the channels, so the interpolation (and, in
+// backward, the scatter of the x-gradient into a channels-last buffer) is vectorized over channels.
+// Neither the normalized input nor the sampled columns of the whole batch are ever written. The
+// bilinear corner and weight arithmetic is din_ops/bilinear.h, shared with the CUDA kernels.
 //
 // Work and workspace. Output pixels of one sample are cut into tiles of L flattened positions, with
 // L chosen so that a column tile (C * kh * kw x L) is about 1 MiB. A tile builds its columns offset
@@ -26,8 +28,9 @@
 // channel of the group gathers through them) and does one GEMM per convolution group (blas.h).
 // The work is split into T = min(threads, tiles, work / grain) fixed chunks of consecutive tiles, and
 // every chunk owns one slice of a single workspace tensor allocated up front, so the workspace is
-// bounded by T * (column tile + corner table), plus in backward T * (a second column tile and
-// per-sample x-gradient and weight-gradient buffers): chunk_elems gives the exact size.
+// bounded by T * (column tile + corner table + one normalized sample), plus in backward T * (a second
+// column tile and per-sample x-gradient and weight-gradient buffers): chunk_elems gives the exact
+// size.
 //
 // Determinism of the x-gradient scatter: several output pixels sample the same input pixel, so the
 // x-gradient is a scatter. It goes to per-chunk buffers (C * H * W of one sample), never to shared
