@@ -120,6 +120,16 @@ inline void check_conv_args(const at::Tensor& x, const at::Tensor& w,
                     ")");
 }
 
+// grad_y of a convolution backward: dtype and device of x, shape (N, Co, Ho, Wo).
+inline void check_grad_y(const at::Tensor& grad_y, const at::Tensor& x, int64_t N, int64_t Co,
+                         int64_t Ho, int64_t Wo) {
+  check_same_dtype_device(grad_y, "grad_y", x);
+  TORCH_CHECK_VALUE(grad_y.dim() == 4 && grad_y.size(0) == N && grad_y.size(1) == Co &&
+                        grad_y.size(2) == Ho && grad_y.size(3) == Wo,
+                    "din_ops: expected grad_y of shape (", N, ", ", Co, ", ", Ho, ", ", Wo,
+                    "), got ", grad_y.sizes());
+}
+
 // The statistics handed to a backward op live on the device of x.
 inline void check_stats_device(const at::Tensor& x, const at::Tensor& mean,
                                const at::Tensor& rstd) {

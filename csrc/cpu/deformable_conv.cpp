@@ -597,11 +597,7 @@ Five deformable_conv_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x_
   const at::Tensor w = weight.contiguous(), offset = offset_in.contiguous();
   const at::Tensor mask = contiguous_or_empty(mask_in);
   const Geometry s = geometry(x, w, stride, padding, dilation, groups, offset_groups);
-  check_same_dtype_device(grad_y, "grad_y", x);
-  TORCH_CHECK_VALUE(grad_y.dim() == 4 && grad_y.size(0) == s.N && grad_y.size(1) == s.Co &&
-                        grad_y.size(2) == s.Ho && grad_y.size(3) == s.Wo,
-                    "din_ops: expected grad_y of shape (", s.N, ", ", s.Co, ", ", s.Ho, ", ", s.Wo,
-                    "), got ", grad_y.sizes());
+  check_grad_y(grad_y, x, s.N, s.Co, s.Ho, s.Wo);
   const at::Tensor gy = grad_y.contiguous();
   const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
   auto gx = at::empty_like(x, x.options().memory_format(at::MemoryFormat::Contiguous));

@@ -433,11 +433,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_backward_cpu(
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = weight.contiguous();
   const Geometry s = geometry(x, w, stride, padding, dilation, groups);
-  check_same_dtype_device(grad_y, "grad_y", x);
-  TORCH_CHECK_VALUE(grad_y.dim() == 4 && grad_y.size(0) == s.N && grad_y.size(1) == s.Co &&
-                        grad_y.size(2) == s.Ho && grad_y.size(3) == s.Wo,
-                    "din_ops: expected grad_y of shape (", s.N, ", ", s.Co, ", ", s.Ho, ", ", s.Wo,
-                    "), got ", grad_y.sizes());
+  check_grad_y(grad_y, x, s.N, s.Co, s.Ho, s.Wo);
   const at::Tensor gy = grad_y.contiguous();
   const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
   auto gx = at::empty_like(x, x.options().memory_format(at::MemoryFormat::Contiguous));

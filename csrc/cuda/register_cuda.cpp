@@ -243,11 +243,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_backward_cuda(
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = x_in.contiguous(), w = weight.contiguous();
   const ConvGeometry g = geometry(x, w, stride, padding, dilation, groups);
-  check_same_dtype_device(grad_y, "grad_y", x);
-  TORCH_CHECK_VALUE(grad_y.dim() == 4 && grad_y.size(0) == g.N && grad_y.size(1) == g.Co &&
-                        grad_y.size(2) == g.Ho && grad_y.size(3) == g.Wo,
-                    "din_ops: expected grad_y of shape (", g.N, ", ", g.Co, ", ", g.Ho, ", ", g.Wo,
-                    "), got ", grad_y.sizes());
+  check_grad_y(grad_y, x, g.N, g.Co, g.Ho, g.Wo);
   const at::Tensor gy = grad_y.contiguous();
   const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
   auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
