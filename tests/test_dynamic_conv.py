@@ -23,6 +23,12 @@ CONFIGS = {
     "grouped1x1_g3": (6, 9, (1, 1), 1, 0, 1, 3),
     "even2x2_same": (4, 4, (2, 2), 1, "same", 1, 2),
     "dense3x3_dilation2_pad2": (3, 5, (3, 3), 1, 2, (2, 1), 1),
+    # Stride 1 runs the direct kernels: output channels per group that are not a multiple of their
+    # register block (5 -> 8, 3 -> 4), and a padding past the kernel's extent (its backward takes
+    # the GEMM path).
+    "grouped3x3_cog5": (8, 20, (3, 3), 1, 1, 1, 4),
+    "grouped3x3_cog3": (6, 9, (3, 3), 1, 1, 1, 3),
+    "dense3x3_pad3": (4, 6, (3, 3), 1, 3, 1, 1),
 }
 SPATIAL = [(9, 11), (1, 1), (6, 6)]
 
@@ -112,6 +118,26 @@ def test_backward_matches_reference(device, dtype, name):
         baselines = [t.grad for t in lowp]
     for ours, ref, base in zip(leaves, exact, baselines):
         assert_close_to_reference(ours.grad, ref.grad, dtype, base)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["grouped3x3_cog5", "dense3x3_dilation2_pad2"])
+def test_several_bands(device, dtype, name):
+    # Planes of 70 x 45: the direct kernels split them into bands of rows (and runs of pixels
+    # that end inside a row); forward and every gradient against the float64 reference.
+    x, w, b = make(name, 70, 45, n=1, dtype=dtype, device=device)
+    kw = conv_kwargs(name)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    y = din_ops.dynamic_instance_norm(*leaves, **kw)
+    exact = [t.double().requires_grad_() for t in (x, w, b)]
+    y64 = reference.dynamic_instance_norm(*exact, **kw)
+    assert_close_to_reference(y, y64, dtype)
+    gy = torch.randn_like(y64)
+    y.backward(gy.to(dtype))
+    y64.backward(gy)
+    for ours, ref in zip(leaves, exact):
+        assert_close_to_reference(ours.grad, ref.grad, dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)

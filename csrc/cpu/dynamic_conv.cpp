@@ -14,10 +14,14 @@
 //   zero-padded normalized plane in a cache-resident buffer, then accumulates the kh * kw taps as
 //   vectorized row updates; backward works on the same plane buffer (taps as dot products and
 //   transposed row updates), then applies the instance-norm backward while the plane is in cache.
-// - everything else: im2col of normalized tiles of output rows, one GEMM per tile with W[n, group]
-//   (forward), and per (n, group) task the weight-gradient GEMM, the W^T GEMM and col2im into the
-//   gradient planes (backward). Each (n, group) is owned by one task, so nothing races and results
-//   are deterministic for a fixed thread count.
+// - grouped or dense, stride 1: register-blocked direct convolution (direct_conv.h) on bands of
+//   normalized, zero-padded rows; the backward's input gradient is the same kernel run on grad_y
+//   with the flipped kernel, its weight gradient a register-blocked correlation of the same bands.
+// - everything else (stride > 1): im2col of normalized tiles of output rows, one GEMM per tile with
+//   W[n, group] (forward), and per (n, group) task the weight-gradient GEMM, the W^T GEMM and
+//   col2im into the gradient planes (backward).
+// In every backward each (n, group) is owned by one task, so nothing races and results are
+// deterministic for a fixed thread count.
 // Inputs are computed in NCHW; channels_last inputs are converted once on entry and the output
 // converted back (documented cost).
 #include <optional>
@@ -30,6 +34,7 @@
 #include "../checks.h"
 #include "blas.h"
 #include "common.h"
+#include "direct_conv.h"
 
 namespace din_ops::cpu {
 namespace {
@@ -286,8 +291,7 @@ void grouped_forward(const T* x, const T* w, const T* b, T* y, const Geometry& s
 // the kernel flipped and its in/out channels swapped, padded by (k - 1) * d - p on each side:
 //   g[ci, h, w] = sum_{co, i, j} W[co, ci, kh-1-i, kw-1-j] * gy[co, h - pt' + i * dh, w - pl' + j * dw]
 // with pt' = (kh - 1) * dh - pt (zero where the row is outside grad_y). When those paddings are all
-// >= 0 the backward computes g with the forward's im2col + GEMM (K = Cog * kh * kw, rows written
-// straight into the gradient planes) instead of a thin W^T GEMM (K = Cog) and a col2im scatter.
+// >= 0 the backward computes g with the forward's direct kernel; otherwise with GEMMs and col2im.
 std::optional<Geometry> transposed_geometry(const Geometry& s) {
   if (s.sh != 1 || s.sw != 1) return std::nullopt;
   Geometry t = s;
@@ -299,49 +303,28 @@ std::optional<Geometry> transposed_geometry(const Geometry& s) {
   return t;
 }
 
+// Backward for the geometries the direct kernels do not take (stride > 1, or a padding larger than
+// the kernel's extent): per (n, group) task the weight-gradient GEMM, the W^T GEMM and col2im into
+// the gradient planes.
 template <typename T>
 void grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, const Geometry& s,
                       const NormParams<acc_t<T>>& q, bool normalized) {
   using acc = acc_t<T>;
   const int64_t R = tile_rows(s), K = s.K();
-  const std::optional<Geometry> tg = transposed_geometry(s);
-  const int64_t Rt = tg ? tile_rows(*tg) : 0, Kt = tg ? tg->K() : 0;
-  const std::vector<double> zeros(s.Co, 0.0), ones(s.Co, 1.0);
-  const NormParams<acc> identity(zeros.data(), ones.data(), s.Co);  // grad_y is not normalized
   // One task per (n, group): it owns that group's weight gradient and input-gradient planes.
   at::parallel_for(0, s.N * s.groups, grain_for(s.Cog * K * s.Q()), [&](int64_t t0, int64_t t1) {
-    const int64_t ncols = std::max(K * R * s.Wo, Kt * Rt * s.W);
-    std::vector<acc> cols(ncols), conv = scratch<T>(std::max({s.W, s.Wo, s.Cog * R * s.Wo, kBlock}));
-    std::vector<acc> strip(std::max(strip_rows(s, R) * strip_width(s),
-                                    tg ? strip_rows(*tg, Rt) * strip_width(*tg) : 0));
-    std::vector<acc> wbuf(s.Cog * K), gwacc(s.Cog * K), gcols(tg ? 0 : K * R * s.Wo);
+    std::vector<acc> cols(K * R * s.Wo), conv = scratch<T>(std::max({s.W, s.Wo, s.Cog * R * s.Wo, kBlock}));
+    std::vector<acc> strip(strip_rows(s, R) * strip_width(s));
+    std::vector<acc> wbuf(s.Cog * K), gwacc(s.Cog * K), gcols(K * R * s.Wo);
     std::vector<acc> gplanes(s.Cg * s.P()), out = scratch<T>(kBlock);
     std::vector<double> gbd(s.Cog);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / s.groups, g = t % s.groups;
       const T* wg = w + (n * s.Co + g * s.Cog) * K;
-      if (tg) {
-        // wbuf[ci, (co * kh + i') * kw + j'] = W[co, ci, kh-1-i', kw-1-j'] (Cg x Kt).
-        const int64_t taps = s.kh * s.kw;
-        for (int64_t co = 0; co < s.Cog; ++co)
-          for (int64_t ci = 0; ci < s.Cg; ++ci)
-            for (int64_t k = 0; k < taps; ++k)
-              wbuf[ci * Kt + co * taps + (taps - 1 - k)] = static_cast<acc>(wg[(co * s.Cg + ci) * taps + k]);
-      } else {
-        for (int64_t i = 0; i < s.Cog * K; ++i) wbuf[i] = static_cast<acc>(wg[i]);
-        std::fill(gplanes.begin(), gplanes.end(), acc(0));
-      }
+      for (int64_t i = 0; i < s.Cog * K; ++i) wbuf[i] = static_cast<acc>(wg[i]);
+      std::fill(gplanes.begin(), gplanes.end(), acc(0));
       std::fill(gwacc.begin(), gwacc.end(), acc(0));
       std::fill(gbd.begin(), gbd.end(), 0.0);
-      if (tg) {
-        for (int64_t r0 = 0; r0 < s.H; r0 += Rt) {
-          const int64_t r1 = std::min(s.H, r0 + Rt), L = (r1 - r0) * s.W;
-          im2col(gy + n * s.Co * s.Q(), *tg, g, r0, r1, identity, 0, cols.data(), strip.data(),
-                 conv.data());
-          gemm(Mat<const acc>{wbuf.data(), s.Cg, Kt, Kt, 1}, Mat<const acc>{cols.data(), Kt, L, L, 1},
-               acc(0), Mat<acc>{gplanes.data() + r0 * s.W, s.Cg, L, s.P(), 1});
-        }
-      }
       for (int64_t r0 = 0; r0 < s.Ho; r0 += R) {
         const int64_t r1 = std::min(s.Ho, r0 + R), L = (r1 - r0) * s.Wo;
         im2col(x + n * s.C * s.P(), s, g, r0, r1, q, n * s.C, cols.data(), strip.data(), conv.data());
@@ -358,11 +341,9 @@ void grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, 
         // gW += gy_tile @ cols^T ; gcols = W^T @ gy_tile.
         gemm(gt, Mat<const acc>{cols.data(), L, K, 1, L}, acc(1),
              Mat<acc>{gwacc.data(), s.Cog, K, K, 1});
-        if (!tg) {
-          gemm(Mat<const acc>{wbuf.data(), K, s.Cog, 1, K}, gt, acc(0),
-               Mat<acc>{gcols.data(), K, L, L, 1});
-          col2im(gcols.data(), s, r0, r1, gplanes.data());
-        }
+        gemm(Mat<const acc>{wbuf.data(), K, s.Cog, 1, K}, gt, acc(0),
+             Mat<acc>{gcols.data(), K, L, L, 1});
+        col2im(gcols.data(), s, r0, r1, gplanes.data());
       }
       for (int64_t o = 0; o < s.Cog; ++o) gb[n * s.Co + g * s.Cog + o] = static_cast<T>(gbd[o]);
       T* gwp = gw + (n * s.Co + g * s.Cog) * K;
@@ -372,6 +353,190 @@ void grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, 
         const int64_t qi = n * s.C + g * s.Cg + ci;
         plane_input_grad(gplanes.data() + ci * s.P(), x + qi * s.P(), gx + qi * s.P(), s.P(),
                          q.hi[qi], q.lo[qi], q.rstd[qi], normalized, conv.data(), out.data());
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stride 1, grouped or dense: register-blocked direct convolution (direct_conv.h) on bands of
+// normalized, zero-padded rows in the padded-width layout. No column matrix: each normalized input
+// value is written once per band and read from L1/L2 by every tap and output channel.
+
+// Output rows per band: about 1.5k flat pixels, enough for long weight-gradient sweeps while the
+// band's input and output stay in L2.
+int64_t band_rows(int64_t Wp, int64_t Ho) { return std::clamp<int64_t>(1536 / Wp, 1, Ho); }
+
+// Flat shifts of the kh x kw taps in a padded-width layout of row width Wp.
+std::vector<int64_t> tap_shifts(const Geometry& s, int64_t Wp) {
+  std::vector<int64_t> shift(s.kh * s.kw);
+  for (int64_t i = 0; i < s.kh; ++i)
+    for (int64_t j = 0; j < s.kw; ++j) shift[i * s.kw + j] = i * s.dh * Wp + j * s.dw;
+  return shift;
+}
+
+// Padded-width bands of one group: `rows` = band output rows plus the kernel's extent, per channel.
+struct Bands {
+  int64_t Wp, R, count, cs, size;
+
+  template <typename acc>
+  Bands(const Geometry& s, int64_t cin, acc /*tag*/) {
+    Wp = strip_width(s);
+    R = band_rows(Wp, s.Ho);
+    count = (s.Ho + R - 1) / R;
+    cs = (R + (s.kh - 1) * s.dh) * Wp;
+    size = cin * cs + direct_slack<acc>() + (s.kw - 1) * s.dw;  // the tail stays zero
+  }
+};
+
+// Band b of the zero-padded (normalized) rows of channels c0 .. c0 + cin of one sample; every row
+// of the band is written (rows past the padded plane are zero), so no stale values are read.
+template <typename T>
+void fill_band(const T* xs, const Geometry& s, const Bands& bd, int64_t b, int64_t c0, int64_t cin,
+               const acc_t<T>* hi, const acc_t<T>* lo, const acc_t<T>* rstd, acc_t<T>* band,
+               acc_t<T>* conv) {
+  const int64_t r0 = b * bd.R, rows = bd.cs / bd.Wp;
+  // The input rows of the band, clipped to the plane: one short run per channel, which the hardware
+  // prefetcher does not ramp up for; they are prefetched one channel ahead instead.
+  const int64_t ih0 = std::clamp<int64_t>(r0 - s.pt, 0, s.H), ih1 = std::clamp<int64_t>(r0 + rows - s.pt, 0, s.H);
+  const auto prefetch = [&](int64_t c) {
+    const char* p = reinterpret_cast<const char*>(xs + c * s.P() + ih0 * s.W);
+    const int64_t bytes = (ih1 - ih0) * s.W * int64_t(sizeof(T));
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o);
+  };
+  if (cin > 0) prefetch(c0);
+  for (int64_t ci = 0; ci < cin; ++ci) {
+    const int64_t c = c0 + ci;
+    if (ci + 1 < cin) prefetch(c + 1);
+    padded_rows(xs + c * s.P(), s, bd.Wp, r0, r0 + rows, hi ? hi[c] : acc_t<T>(0),
+                lo ? lo[c] : acc_t<T>(0), rstd ? rstd[c] : acc_t<T>(1), band + ci * bd.cs, conv);
+  }
+}
+
+// Output rows [r0, r1) of `cout` channels from a padded-width result (rows of stride ld) into the
+// planes at dst (plane stride `ps`, row width Wo), dropping the garbage columns.
+template <typename T>
+void store_band(const acc_t<T>* out, int64_t ld, int64_t Wp, int64_t cout, int64_t r0, int64_t r1,
+                int64_t Wo, T* dst, int64_t ps) {
+  for (int64_t co = 0; co < cout; ++co) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const acc_t<T>* src = out + co * ld + (r - r0) * Wp;
+      T* d = dst + co * ps + r * Wo;
+      if constexpr (std::is_same_v<T, acc_t<T>>) {
+        std::copy_n(src, Wo, d);
+      } else {
+        convert(src, Wo, d);
+      }
+    }
+  }
+}
+
+template <typename T>
+void direct_grouped_forward(const T* x, const T* w, const T* b, T* y, const Geometry& s,
+                            const NormParams<acc_t<T>>& q) {
+  using acc = acc_t<T>;
+  const Bands bd(s, s.Cg, acc(0));
+  const int64_t taps = s.kh * s.kw, K = s.K(), ld = bd.R * bd.Wp + direct_slack<acc>();
+  const int64_t B = direct_block(s.Cog), cpad = (s.Cog + B - 1) / B * B;
+  const std::vector<int64_t> shift = tap_shifts(s, bd.Wp);
+  at::parallel_for(0, s.N * s.groups * bd.count, grain_for(s.Cog * K * bd.R * bd.Wp), [&](int64_t t0, int64_t t1) {
+    std::vector<acc> band(bd.size), wnat(s.Cog * K), packed(cpad * K), bias(cpad, acc(0));
+    std::vector<acc> out(cpad * ld), conv = scratch<T>(std::max(s.W, kBlock));
+    int64_t packed_for = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t ng = t / bd.count, n = ng / s.groups, g = ng % s.groups, bi = t % bd.count;
+      const int64_t r0 = bi * bd.R, r1 = std::min(s.Ho, r0 + bd.R);
+      if (ng != packed_for) {
+        const T* wg = w + (n * s.Co + g * s.Cog) * K;
+        for (int64_t i = 0; i < s.Cog * K; ++i) wnat[i] = static_cast<acc>(wg[i]);
+        direct_pack(wnat.data(), s.Cog, s.Cg, taps, packed.data());
+        for (int64_t o = 0; o < s.Cog && b != nullptr; ++o)
+          bias[o] = static_cast<acc>(b[n * s.Co + g * s.Cog + o]);
+        packed_for = ng;
+      }
+      fill_band(x + n * s.C * s.P(), s, bd, bi, g * s.Cg, s.Cg, q.hi.data() + n * s.C,
+                q.lo.data() + n * s.C, q.rstd.data() + n * s.C, band.data(), conv.data());
+      direct_forward(band.data(), bd.cs, s.Cg, shift.data(), taps, packed.data(), bias.data(),
+                     s.Cog, (r1 - r0) * bd.Wp, out.data(), ld);
+      store_band(out.data(), ld, bd.Wp, s.Cog, r0, r1, s.Wo,
+                 y + (n * s.Co + g * s.Cog) * s.Q(), s.Q());
+    }
+  });
+}
+
+// Backward, one task per (n, group) (it owns the group's weight gradient and input planes):
+// 1. per band of output rows: the weight gradient from the normalized band and grad_y laid out in
+//    padded width (zero at the garbage columns), and the bias gradient;
+// 2. per band of input rows: g = grad_y (zero-padded) convolved with the flipped, transposed
+//    kernel (the transposed geometry `tg`), by the forward kernel;
+// 3. the instance-norm backward of each input plane.
+template <typename T>
+void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb,
+                             const Geometry& s, const Geometry& tg, const NormParams<acc_t<T>>& q,
+                             bool normalized) {
+  using acc = acc_t<T>;
+  constexpr int64_t V = 64 / sizeof(acc);
+  const Bands bd(s, s.Cg, acc(0)), bt(tg, tg.Cg, acc(0));
+  const int64_t taps = s.kh * s.kw, K = s.K();
+  const int64_t ldg = (bd.R * bd.Wp + V - 1) / V * V, ldt = bt.R * bt.Wp + direct_slack<acc>();
+  const int64_t B = direct_block(s.Cg), cpad = (s.Cg + B - 1) / B * B;
+  const std::vector<int64_t> shift = tap_shifts(s, bd.Wp), tshift = tap_shifts(tg, bt.Wp);
+  std::vector<int64_t> off(K);
+  for (int64_t ci = 0; ci < s.Cg; ++ci)
+    for (int64_t k = 0; k < taps; ++k) off[ci * taps + k] = ci * bd.cs + shift[k];
+  at::parallel_for(0, s.N * s.groups, grain_for(3 * s.Cog * K * s.Q()), [&](int64_t t0, int64_t t1) {
+    std::vector<acc> band(std::max(bd.size, bt.size)), gyf(s.Cog * ldg), part(direct_part_size<acc>(s.Cog, K));
+    std::vector<acc> wt(s.Cg * s.Cog * taps), packed(cpad * s.Cog * taps), out(cpad * ldt);
+    std::vector<acc> gwacc(s.Cog * K), gplanes(s.Cg * s.P());
+    std::vector<acc> conv = scratch<T>(std::max({s.W, s.Wo, kBlock})), obuf = scratch<T>(kBlock);
+    std::vector<double> gbd(s.Cog);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / s.groups, g = t % s.groups;
+      const T* gyg = gy + (n * s.Co + g * s.Cog) * s.Q();
+      // 1. Weight and bias gradients.
+      std::fill(part.begin(), part.end(), acc(0));
+      std::fill(gbd.begin(), gbd.end(), 0.0);
+      for (int64_t bi = 0; bi < bd.count; ++bi) {
+        const int64_t r0 = bi * bd.R, r1 = std::min(s.Ho, r0 + bd.R), L = (r1 - r0) * bd.Wp;
+        fill_band(x + n * s.C * s.P(), s, bd, bi, g * s.Cg, s.Cg, q.hi.data() + n * s.C,
+                  q.lo.data() + n * s.C, q.rstd.data() + n * s.C, band.data(), conv.data());
+        for (int64_t co = 0; co < s.Cog; ++co) {
+          acc* row = gyf.data() + co * ldg;
+          for (int64_t r = r0; r < r1; ++r) {
+            acc* d = row + (r - r0) * bd.Wp;
+            const acc* src = load(gyg + co * s.Q() + r * s.Wo, s.Wo, conv.data());
+            std::copy_n(src, s.Wo, d);
+            std::fill(d + s.Wo, d + bd.Wp, acc(0));
+          }
+          std::fill(row + L, row + ldg, acc(0));
+          gbd[co] += sum(row, L);
+        }
+        direct_weight_grad(gyf.data(), ldg, s.Cog, band.data(), off.data(), K, L, part.data());
+      }
+      direct_reduce(part.data(), s.Cog * K, gwacc.data());
+      T* gwp = gw + (n * s.Co + g * s.Cog) * K;
+      for (int64_t i = 0; i < s.Cog * K; ++i) gwp[i] = static_cast<T>(gwacc[i]);
+      for (int64_t o = 0; o < s.Cog; ++o) gb[n * s.Co + g * s.Cog + o] = static_cast<T>(gbd[o]);
+      // 2. g = dL/dxh: wt[ci, co, t'] = W[co, ci, taps - 1 - t'].
+      const T* wg = w + (n * s.Co + g * s.Cog) * K;
+      for (int64_t co = 0; co < s.Cog; ++co)
+        for (int64_t ci = 0; ci < s.Cg; ++ci)
+          for (int64_t k = 0; k < taps; ++k)
+            wt[(ci * s.Cog + co) * taps + (taps - 1 - k)] = static_cast<acc>(wg[(co * s.Cg + ci) * taps + k]);
+      direct_pack(wt.data(), s.Cg, s.Cog, taps, packed.data());
+      for (int64_t bi = 0; bi < bt.count; ++bi) {
+        const int64_t r0 = bi * bt.R, r1 = std::min(tg.Ho, r0 + bt.R);
+        fill_band(gy + n * s.Co * s.Q(), tg, bt, bi, g * s.Cog, s.Cog, nullptr, nullptr, nullptr,
+                  band.data(), conv.data());
+        direct_forward(band.data(), bt.cs, s.Cog, tshift.data(), taps, packed.data(), nullptr,
+                       s.Cg, (r1 - r0) * bt.Wp, out.data(), ldt);
+        store_band(out.data(), ldt, bt.Wp, s.Cg, r0, r1, s.W, gplanes.data(), s.P());
+      }
+      // 3. Instance-norm backward.
+      for (int64_t ci = 0; ci < s.Cg; ++ci) {
+        const int64_t qi = n * s.C + g * s.Cg + ci;
+        plane_input_grad(gplanes.data() + ci * s.P(), x + qi * s.P(), gx + qi * s.P(), s.P(),
+                         q.hi[qi], q.lo[qi], q.rstd[qi], normalized, conv.data(), obuf.data());
       }
     }
   });
@@ -416,7 +581,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cpu(
                    rstd.mutable_data_ptr<double>());
         const NormParams<acc> q(mean.const_data_ptr<double>(), rstd.const_data_ptr<double>(),
                                 s.N * s.C);
-        grouped_forward(xp, w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s, q);
+        const auto kernel = s.sh == 1 && s.sw == 1 ? direct_grouped_forward<scalar_t>
+                                                   : grouped_forward<scalar_t>;
+        kernel(xp, w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s, q);
       }
     });
   }
@@ -444,10 +611,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_backward_cpu(
         at::kBFloat16, at::kHalf, x.scalar_type(), "dynamic_conv_backward", [&] {
           using acc = acc_t<scalar_t>;
           const NormParams<acc> q(m.const_data_ptr<double>(), r.const_data_ptr<double>(), s.N * s.C);
-          const auto kernel = s.depthwise() ? depthwise_backward<scalar_t> : grouped_backward<scalar_t>;
-          kernel(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                 w.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
-                 gw.mutable_data_ptr<scalar_t>(), gb.mutable_data_ptr<scalar_t>(), s, q, normalize);
+          const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+          const scalar_t* xp = x.const_data_ptr<scalar_t>();
+          const scalar_t* wp = w.const_data_ptr<scalar_t>();
+          scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+          scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
+          scalar_t* gbp = gb.mutable_data_ptr<scalar_t>();
+          const std::optional<Geometry> tg = transposed_geometry(s);
+          if (s.depthwise()) {
+            depthwise_backward(gyp, xp, wp, gxp, gwp, gbp, s, q, normalize);
+          } else if (tg) {
+            direct_grouped_backward(gyp, xp, wp, gxp, gwp, gbp, s, *tg, q, normalize);
+          } else {
+            grouped_backward(gyp, xp, wp, gxp, gwp, gbp, s, q, normalize);
+          }
         });
   }
   return {gx.contiguous(memory_format(l)), gw, gb};
