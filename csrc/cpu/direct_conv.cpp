@@ -1,55 +1,25 @@
 // Register-blocked direct convolution kernels (see direct_conv.h for the layout).
 //
-// Written with GCC vector types of 64 bytes: compiled for AVX-512 each is one zmm register, and a
-// block of B output channels x P vectors of pixels (B * P = 24 accumulators) stays in registers
-// while the loops over input channels and taps run; for the AVX2 and baseline clones the compiler
-// splits the vectors (correct, slower). The multiply-adds are written as fused operations.
+// Written with the 64-byte vector types of vec.h: a block of B output channels x P vectors of pixels
+// (B * P = 24 accumulators) stays in AVX-512 registers while the loops over input channels and taps
+// run. The compiler fuses the multiply-adds.
 #include "direct_conv.h"
-
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 #include <algorithm>
 #include <cstring>
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define DIN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DIN_CLONES
-#endif
-#define DIN_INLINE __attribute__((always_inline)) inline
+#include "vec.h"
+
+#define DIN_CLONES DIN_VEC_CLONES
+#define DIN_INLINE DIN_VEC_INLINE
 
 namespace din_ops::cpu {
 namespace {
 
-typedef float vfloat __attribute__((vector_size(64)));
-typedef double vdouble __attribute__((vector_size(64)));
-
-template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  using type = vfloat;
-};
-template <>
-struct Vec<double> {
-  using type = vdouble;
-};
-template <typename T>
-using vec_t = typename Vec<T>::type;
-template <typename T>
-constexpr int kLanes = 64 / sizeof(T);
-
-template <typename T>
-DIN_INLINE vec_t<T> loadu(const T* p) {
-  vec_t<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename T>
-DIN_INLINE void storeu(T* p, vec_t<T> v) {
-  std::memcpy(p, &v, sizeof(v));
-}
+using simd::kLanes;
+using simd::loadu;
+using simd::storeu;
+using simd::vec_t;
 
 // One block: B output channels x P vectors of pixels starting at `in` (already offset by q0).
 template <typename T, int B, int P>
@@ -59,8 +29,6 @@ DIN_INLINE void forward_block(const T* in, int64_t cs, int64_t cin, const int64_
   constexpr int n = kLanes<T>;
   V acc[B][P];
   for (int o = 0; o < B; ++o) {
-    // A broadcast is written -V{} + a inline (a + -0 == a for every a, so it folds to one
-    // broadcast; GCC 12 expands it lane by lane when it comes from a helper function).
     const V b = -V{} + (bias != nullptr ? bias[o] : T(0));
     for (int p = 0; p < P; ++p) acc[o][p] = b;
   }
@@ -172,22 +140,15 @@ DIN_INLINE void reduce_impl(const T* part, int64_t count, T* gw) {
 template <typename T>
 void pack_impl(const T* w, int64_t cout, int64_t cin, int64_t taps, T* packed) {
   const int64_t B = direct_block(cout), rows = (cout + B - 1) / B * B;
-  for (int64_t o = 0; o < rows; ++o) {
-    for (int64_t ci = 0; ci < cin; ++ci) {
-      for (int64_t t = 0; t < taps; ++t) {
-        const T v = o < cout ? w[(o * cin + ci) * taps + t] : T(0);
-        packed[(((o / B) * cin + ci) * taps + t) * B + o % B] = v;
-      }
-    }
+  std::fill(packed, packed + rows * cin * taps, T(0));
+  for (int64_t o = 0; o < cout; ++o) {
+    T* dst = packed + (o / B) * cin * taps * B + o % B;
+    const T* src = w + o * cin * taps;
+    for (int64_t k = 0; k < cin * taps; ++k) dst[k * B] = src[k];
   }
 }
 
 }  // namespace
-
-int64_t direct_block(int64_t cout) {
-  if (cout > 4) return 8;
-  return cout > 2 ? 4 : cout;
-}
 
 void direct_pack(const float* w, int64_t cout, int64_t cin, int64_t taps, float* packed) {
   pack_impl(w, cout, cin, taps, packed);

@@ -17,7 +17,14 @@ namespace din_ops::cpu {
 
 // Output channels computed together for `cout` channels: 8, or the smallest power of two >= cout.
 // Packed weights and output buffers have round_up(cout, direct_block(cout)) rows.
-int64_t direct_block(int64_t cout);
+constexpr int64_t direct_block(int64_t cout) { return cout > 4 ? 8 : cout > 2 ? 4 : cout; }
+
+// Pixels computed together (24 accumulators of 64 bytes): direct_forward writes each output row up
+// to round_up(L, direct_step<T>(cout)).
+template <typename T>
+constexpr int64_t direct_step(int64_t cout) {
+  return 24 / direct_block(cout) * (64 / int64_t(sizeof(T)));
+}
 
 // Values read past q = L in the input band and written past L in each output row: allocate each
 // output row with a stride >= L + direct_slack<T>() and the band with direct_slack<T>() +

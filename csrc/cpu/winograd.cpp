@@ -1,0 +1,450 @@
+// Winograd F(2x2, 3x3) kernels (see winograd.h for the formulas). The input and output transforms
+// are vectorized across tiles: one vector holds the same element of 16 (float) or 8 (double)
+// horizontally adjacent tiles, gathered from two rows of the band with even/odd lane shuffles.
+#include "winograd.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "direct_conv.h"
+#include "vec.h"
+
+namespace din_ops::cpu {
+namespace {
+
+using simd::index_t;
+using simd::kLanes;
+using simd::loadu;
+using simd::storeu;
+using simd::vec_t;
+
+int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// Lane masks over the concatenation (a, b) of two vectors: even / odd elements, and the low / high
+// halves of the interleaving a0 b0 a1 b1 ...
+template <typename T>
+struct Masks;
+template <>
+struct Masks<float> {
+  static constexpr simd::vint32 even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+  static constexpr simd::vint32 odd = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+  static constexpr simd::vint32 lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+  static constexpr simd::vint32 hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+};
+template <>
+struct Masks<double> {
+  static constexpr simd::vint64 even = {0, 2, 4, 6, 8, 10, 12, 14};
+  static constexpr simd::vint64 odd = {1, 3, 5, 7, 9, 11, 13, 15};
+  static constexpr simd::vint64 lo = {0, 8, 1, 9, 2, 10, 3, 11};
+  static constexpr simd::vint64 hi = {4, 12, 5, 13, 6, 14, 7, 15};
+};
+
+// Geometry of the tile blocks of one band.
+struct Tiles {
+  int64_t TW, TWp, TH, tb, TB, cpad, ldm;
+  Tiles(int64_t cout, int64_t R, int64_t Wo, int64_t lanes, int64_t step) {
+    TW = (Wo + 1) / 2;            // tiles per tile row
+    TWp = round_up(TW, lanes);    // ... rounded up to whole vectors
+    TH = (R + 1) / 2;             // tile rows
+    // Tile rows per block: ~128 tiles or more, a multiple of the GEMM's pixel step where that is
+    // close (no partial blocks).
+    tb = std::max<int64_t>(1, 128 / TWp);
+    for (int64_t t = tb; t <= 2 * tb; ++t) {
+      if (t * TWp % step == 0) {
+        tb = t;
+        break;
+      }
+    }
+    TB = tb * TWp;
+    cpad = round_up(cout, direct_block(cout));
+    ldm = round_up(TB, step);     // row stride of the transformed input and of the products
+  }
+};
+
+// V[xi][ci][t] for the tile rows [th0, th1) of the band (t = (th - th0) * TWp + tile column).
+template <typename T>
+DIN_VEC_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp,
+                                    const Tiles& k, int64_t th0, int64_t th1, T* V) {
+  using Vt = vec_t<T>;
+  using I = index_t<T>;
+  constexpr int n = kLanes<T>;
+  const I even = Masks<T>::even, odd = Masks<T>::odd;
+  for (int64_t ci = 0; ci < cin; ++ci) {
+    for (int64_t th = th0; th < th1; ++th) {
+      for (int64_t tv = 0; tv < k.TWp; tv += n) {
+        const T* base = in + ci * cs + 2 * th * Wp + 2 * tv;
+        Vt d[4][4];
+        for (int r = 0; r < 4; ++r) {
+          const T* row = base + r * Wp;
+          const Vt a = loadu(row), b = loadu(row + n), a2 = loadu(row + 2), b2 = loadu(row + n + 2);
+          d[r][0] = __builtin_shuffle(a, b, even);
+          d[r][1] = __builtin_shuffle(a, b, odd);
+          d[r][2] = __builtin_shuffle(a2, b2, even);
+          d[r][3] = __builtin_shuffle(a2, b2, odd);
+        }
+        Vt t[4][4];
+        for (int c = 0; c < 4; ++c) {  // B^T d
+          t[0][c] = d[0][c] - d[2][c];
+          t[1][c] = d[1][c] + d[2][c];
+          t[2][c] = d[2][c] - d[1][c];
+          t[3][c] = d[1][c] - d[3][c];
+        }
+        T* dst = V + ci * k.ldm + (th - th0) * k.TWp + tv;
+        const int64_t xs = cin * k.ldm;  // stride between the 16 transformed elements
+        for (int i = 0; i < 4; ++i) {  // (B^T d) B
+          storeu(dst + (4 * i + 0) * xs, t[i][0] - t[i][2]);
+          storeu(dst + (4 * i + 1) * xs, t[i][1] + t[i][2]);
+          storeu(dst + (4 * i + 2) * xs, t[i][2] - t[i][1]);
+          storeu(dst + (4 * i + 3) * xs, t[i][1] - t[i][3]);
+        }
+      }
+    }
+  }
+}
+
+// Y = A^T M A (+ bias) for the tile rows [th0, th1), written to the padded-width output.
+template <typename T>
+DIN_VEC_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, int64_t th1,
+                                     int64_t Wp, const T* bias, int64_t cout, T* out, int64_t ld) {
+  using Vt = vec_t<T>;
+  using I = index_t<T>;
+  constexpr int n = kLanes<T>;
+  const I lo = Masks<T>::lo, hi = Masks<T>::hi;
+  const int64_t xs = k.cpad * k.ldm;
+  for (int64_t co = 0; co < cout; ++co) {
+    const Vt bv = -Vt{} + (bias != nullptr ? bias[co] : T(0));
+    for (int64_t th = th0; th < th1; ++th) {
+      for (int64_t tv = 0; tv < k.TWp; tv += n) {
+        const T* src = M + co * k.ldm + (th - th0) * k.TWp + tv;
+        Vt s[2][4];
+        for (int c = 0; c < 4; ++c) {  // A^T M
+          const Vt m0 = loadu(src + (0 + c) * xs), m1 = loadu(src + (4 + c) * xs);
+          const Vt m2 = loadu(src + (8 + c) * xs), m3 = loadu(src + (12 + c) * xs);
+          s[0][c] = m0 + m1 + m2;
+          s[1][c] = m1 - m2 - m3;
+        }
+        const int64_t count = std::min<int64_t>(2 * n, Wp - 2 * tv);
+        for (int i = 0; i < 2; ++i) {  // (A^T M) A: two output rows of 2 n values
+          const Vt y0 = s[i][0] + s[i][1] + s[i][2] + bv;
+          const Vt y1 = s[i][1] - s[i][2] - s[i][3] + bv;
+          const Vt first = __builtin_shuffle(y0, y1, lo), second = __builtin_shuffle(y0, y1, hi);
+          T* dst = out + co * ld + (2 * th + i) * Wp + 2 * tv;
+          if (count == 2 * n) {
+            storeu(dst, first);
+            storeu(dst + n, second);
+          } else {
+            T buf[2 * n];
+            storeu(buf, first);
+            storeu(buf + n, second);
+            std::copy_n(buf, count, dst);
+          }
+        }
+      }
+    }
+  }
+}
+
+// M[o, t] = sum_ci U[o, ci] V[ci, t] for one of the 16 transformed elements: B output channels x P
+// vectors of tiles in registers, the input channels streamed (rows of V at stride ldm).
+template <typename T, int B>
+DIN_VEC_INLINE void gemm(const T* V, int64_t cin, const T* packed, int64_t cout, int64_t L,
+                         int64_t ldm, T* M) {
+  using Vt = vec_t<T>;
+  constexpr int n = kLanes<T>, P = 24 / B;
+  for (int64_t blk = 0; blk * B < cout; ++blk) {
+    for (int64_t q0 = 0; q0 < L; q0 += P * n) {
+      Vt acc[B][P] = {};
+      const T* w = packed + blk * cin * B;
+      const T* src = V + q0;
+      for (int64_t ci = 0; ci < cin; ++ci, src += ldm, w += B) {
+        Vt xv[P];
+        for (int p = 0; p < P; ++p) xv[p] = loadu(src + p * n);
+        for (int o = 0; o < B; ++o) {
+          const Vt wv = -Vt{} + w[o];
+          for (int p = 0; p < P; ++p) acc[o][p] = acc[o][p] + wv * xv[p];
+        }
+      }
+      T* dst = M + blk * B * ldm + q0;
+      for (int o = 0; o < B; ++o)
+        for (int p = 0; p < P; ++p) storeu(dst + o * ldm + p * n, acc[o][p]);
+    }
+  }
+}
+
+template <typename T>
+DIN_VEC_INLINE void gemms(const T* V, int64_t cin, const T* packed, int64_t cout, int64_t L,
+                          const Tiles& k, T* M) {
+  for (int xi = 0; xi < 16; ++xi) {
+    const T* v = V + xi * cin * k.ldm;
+    const T* u = packed + xi * k.cpad * cin;
+    T* m = M + xi * k.cpad * k.ldm;
+    switch (direct_block(cout)) {
+      case 8: gemm<T, 8>(v, cin, u, cout, L, k.ldm, m); break;
+      case 4: gemm<T, 4>(v, cin, u, cout, L, k.ldm, m); break;
+      case 2: gemm<T, 2>(v, cin, u, cout, L, k.ldm, m); break;
+      default: gemm<T, 1>(v, cin, u, cout, L, k.ldm, m); break;
+    }
+  }
+}
+
+template <typename T>
+DIN_VEC_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
+                                 int64_t Wo, const T* packed, const T* bias, int64_t cout, T* out,
+                                 int64_t ld, T* work) {
+  const Tiles k(cout, R, Wo, kLanes<T>, direct_step<T>(cout));
+  // V and M at a 64-byte boundary: their rows (ldm values) then start on cache lines.
+  T* V = work + (-(reinterpret_cast<uintptr_t>(work) / sizeof(T))) % kLanes<T>;
+  T* M = V + 16 * cin * k.ldm;
+  for (int64_t th0 = 0; th0 < k.TH; th0 += k.tb) {
+    const int64_t th1 = std::min(k.TH, th0 + k.tb), L = (th1 - th0) * k.TWp;
+    input_transform(in, cs, cin, Wp, k, th0, th1, V);
+    gemms(V, cin, packed, cout, L, k, M);
+    output_transform(M, k, th0, th1, Wp, bias, cout, out, ld);
+  }
+}
+
+// In-register transpose of n x n values (n = lanes): v[i][j] -> v[j][i], by log2(n) rounds of
+// interleaving vector i with vector i + n/2.
+template <typename T>
+DIN_VEC_INLINE void transpose(vec_t<T>* v) {
+  using Vt = vec_t<T>;
+  using I = index_t<T>;
+  constexpr int n = kLanes<T>;
+  const I lo = Masks<T>::lo, hi = Masks<T>::hi;
+  for (int round = 1; round < n; round *= 2) {
+    Vt t[n];
+    for (int i = 0; i < n / 2; ++i) {
+      t[2 * i] = __builtin_shuffle(v[i], v[i + n / 2], lo);
+      t[2 * i + 1] = __builtin_shuffle(v[i], v[i + n / 2], hi);
+    }
+    for (int i = 0; i < n; ++i) v[i] = t[i];
+  }
+}
+
+// The output gradient of tile rows [th0, th1) channels-last: gt[(r * 2 TWp + c) * cop + o] for
+// rows r < 2 (th1 - th0) and columns c < 2 TWp (zero past row R, column Wo and channel cout).
+template <typename T>
+DIN_VEC_INLINE void grad_channels_last(const T* g, int64_t ldg, int64_t cout, int64_t cop,
+                                       int64_t Wp, int64_t R, int64_t Wo, const Tiles& k,
+                                       int64_t th0, int64_t th1, T* gt) {
+  using Vt = vec_t<T>;
+  constexpr int n = kLanes<T>;
+  const int64_t cols = 2 * k.TWp;
+  for (int64_t r = 2 * th0; r < 2 * th1; ++r) {
+    T* dst_row = gt + (r - 2 * th0) * cols * cop;
+    for (int64_t c0 = 0; c0 < cols; c0 += n) {
+      for (int64_t o0 = 0; o0 < cop; o0 += n) {
+        Vt v[n];
+        for (int i = 0; i < n; ++i) {
+          const int64_t o = o0 + i;
+          if (o < cout && r < R && c0 < Wo) {
+            v[i] = loadu(g + o * ldg + r * Wp + c0);
+            if (c0 + n > Wo) {
+              for (int l = 0; l < n; ++l) {
+                if (c0 + l >= Wo) v[i][l] = T(0);
+              }
+            }
+          } else {
+            v[i] = Vt{};
+          }
+        }
+        transpose<T>(v);
+        for (int l = 0; l < n; ++l) storeu(dst_row + (c0 + l) * cop + o0, v[l]);
+      }
+    }
+  }
+}
+
+// Zt[xi][t][o] = (A g A^T)[xi] for the tiles t of rows [th0, th1), vectorized over channels.
+template <typename T>
+DIN_VEC_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, int64_t th0,
+                                   int64_t th1, T* Zt) {
+  using Vt = vec_t<T>;
+  constexpr int n = kLanes<T>;
+  const int64_t cols = 2 * k.TWp, xs = k.TB * cop;
+  for (int64_t th = th0; th < th1; ++th) {
+    for (int64_t tw = 0; tw < k.TWp; ++tw) {
+      const T* p0 = gt + ((2 * (th - th0)) * cols + 2 * tw) * cop;
+      const T* p1 = p0 + cols * cop;
+      T* dst = Zt + ((th - th0) * k.TWp + tw) * cop;
+      for (int64_t o = 0; o < cop; o += n) {
+        const Vt g00 = loadu(p0 + o), g01 = loadu(p0 + cop + o);
+        const Vt g10 = loadu(p1 + o), g11 = loadu(p1 + cop + o);
+        const Vt h[4][2] = {{g00, g01}, {g00 + g10, g01 + g11}, {g00 - g10, g01 - g11}, {-g10, -g11}};
+        for (int i = 0; i < 4; ++i) {  // (A g) A^T
+          storeu(dst + (4 * i + 0) * xs + o, h[i][0]);
+          storeu(dst + (4 * i + 1) * xs + o, h[i][0] + h[i][1]);
+          storeu(dst + (4 * i + 2) * xs + o, h[i][0] - h[i][1]);
+          storeu(dst + (4 * i + 3) * xs + o, -h[i][1]);
+        }
+      }
+    }
+  }
+}
+
+// part[xi][ci][o] += sum_t V[xi][ci][t] Zt[xi][t][o]: 8 input channels x CV vectors of output
+// channels in registers, the tiles streamed.
+template <typename T, int CV>
+DIN_VEC_INLINE void grad_gemm_block(const T* V, int64_t ldm, int nci, const T* Zt, int64_t cop,
+                                    int64_t L, T* part) {
+  using Vt = vec_t<T>;
+  constexpr int n = kLanes<T>;
+  Vt acc[8][CV] = {};
+  const T* rows[8];
+  for (int i = 0; i < 8; ++i) rows[i] = V + std::min(i, nci - 1) * ldm;
+  for (int64_t t = 0; t < L; ++t) {
+    Vt z[CV];
+    for (int c = 0; c < CV; ++c) z[c] = loadu(Zt + t * cop + c * n);
+    for (int i = 0; i < 8; ++i) {
+      const Vt b = -Vt{} + rows[i][t];
+      for (int c = 0; c < CV; ++c) acc[i][c] = acc[i][c] + b * z[c];
+    }
+  }
+  for (int i = 0; i < nci; ++i) {
+    for (int c = 0; c < CV; ++c) {
+      T* p = part + i * cop + c * n;
+      storeu(p, loadu(p) + acc[i][c]);
+    }
+  }
+}
+
+template <typename T>
+DIN_VEC_INLINE void weight_grad_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
+                                     int64_t Wo, const T* g, int64_t ldg, int64_t cout, T* part,
+                                     T* work) {
+  constexpr int n = kLanes<T>;
+  const Tiles k(cout, R, Wo, n, direct_step<T>(cout));
+  const int64_t cop = round_up(cout, n);
+  T* V = work + (-(reinterpret_cast<uintptr_t>(work) / sizeof(T))) % n;
+  T* Zt = V + 16 * cin * k.ldm;
+  T* gt = Zt + 16 * k.TB * cop;
+  for (int64_t th0 = 0; th0 < k.TH; th0 += k.tb) {
+    const int64_t th1 = std::min(k.TH, th0 + k.tb), L = (th1 - th0) * k.TWp;
+    input_transform(in, cs, cin, Wp, k, th0, th1, V);
+    grad_channels_last(g, ldg, cout, cop, Wp, R, Wo, k, th0, th1, gt);
+    grad_transform(gt, cop, k, th0, th1, Zt);
+    for (int xi = 0; xi < 16; ++xi) {
+      const T* z = Zt + xi * k.TB * cop;
+      for (int64_t ci = 0; ci < cin; ci += 8) {
+        const int nci = static_cast<int>(std::min<int64_t>(8, cin - ci));
+        const T* v = V + (xi * cin + ci) * k.ldm;
+        T* p = part + (xi * cin + ci) * cop;
+        int64_t o = 0;
+        for (; o + 2 * n <= cop; o += 2 * n) grad_gemm_block<T, 2>(v, k.ldm, nci, z + o, cop, L, p + o);
+        if (o < cop) grad_gemm_block<T, 1>(v, k.ldm, nci, z + o, cop, L, p + o);
+      }
+    }
+  }
+}
+
+template <typename T>
+void weight_grad_finish_impl(const T* part, int64_t cout, int64_t cin, T* gw) {
+  const int64_t cop = round_up(cout, kLanes<T>);
+  for (int64_t o = 0; o < cout; ++o) {
+    for (int64_t ci = 0; ci < cin; ++ci) {
+      double s[4][4], a[3][4];
+      for (int xi = 0; xi < 16; ++xi) s[xi / 4][xi % 4] = part[(xi * cin + ci) * cop + o];
+      for (int j = 0; j < 4; ++j) {  // G^T s
+        a[0][j] = s[0][j] + 0.5 * (s[1][j] + s[2][j]);
+        a[1][j] = 0.5 * (s[1][j] - s[2][j]);
+        a[2][j] = 0.5 * (s[1][j] + s[2][j]) + s[3][j];
+      }
+      T* d = gw + (o * cin + ci) * 9;
+      for (int u = 0; u < 3; ++u) {  // (G^T s) G
+        d[u * 3 + 0] = static_cast<T>(a[u][0] + 0.5 * (a[u][1] + a[u][2]));
+        d[u * 3 + 1] = static_cast<T>(0.5 * (a[u][1] - a[u][2]));
+        d[u * 3 + 2] = static_cast<T>(0.5 * (a[u][1] + a[u][2]) + a[u][3]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void weights_impl(const T* w, int64_t cout, int64_t cin, T* packed) {
+  // Written straight in direct_pack's layout, per transformed element xi:
+  // packed[xi * cpad * cin + ((o / B) * cin + ci) * B + o % B], rows past cout zero.
+  const int64_t B = direct_block(cout), cpad = round_up(cout, B);
+  std::fill(packed, packed + 16 * cpad * cin, T(0));
+  for (int64_t o = 0; o < cout; ++o) {
+    for (int64_t ci = 0; ci < cin; ++ci) {
+      const T* g = w + (o * cin + ci) * 9;
+      double a[4][3];  // G g
+      for (int v = 0; v < 3; ++v) {
+        const double g0 = g[v], g1 = g[3 + v], g2 = g[6 + v];
+        a[0][v] = g0;
+        a[1][v] = 0.5 * (g0 + g1 + g2);
+        a[2][v] = 0.5 * (g0 - g1 + g2);
+        a[3][v] = g2;
+      }
+      T* dst = packed + ((o / B) * cin + ci) * B + o % B;
+      for (int i = 0; i < 4; ++i) {  // (G g) G^T
+        const double u[4] = {a[i][0], 0.5 * (a[i][0] + a[i][1] + a[i][2]),
+                             0.5 * (a[i][0] - a[i][1] + a[i][2]), a[i][2]};
+        for (int j = 0; j < 4; ++j) dst[(4 * i + j) * cpad * cin] = static_cast<T>(u[j]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int64_t winograd_weights_size(int64_t cout, int64_t cin) {
+  return 16 * round_up(cout, direct_block(cout)) * cin;
+}
+
+void winograd_weights(const float* w, int64_t cout, int64_t cin, float* packed) {
+  weights_impl(w, cout, cin, packed);
+}
+void winograd_weights(const double* w, int64_t cout, int64_t cin, double* packed) {
+  weights_impl(w, cout, cin, packed);
+}
+
+int64_t winograd_work_size(int64_t cout, int64_t cin, int64_t Wo, int64_t value_size) {
+  const int64_t lanes = 64 / value_size;
+  const int64_t step = 24 / direct_block(cout) * lanes;
+  // R only sets the number of blocks, not their size: any R >= 2 tile rows gives the largest.
+  const Tiles k(cout, 1 << 20, Wo, lanes, step);
+  const int64_t cop = round_up(cout, lanes);
+  // forward: V and M; weight gradient: V, Zt and the channels-last gradient rows.
+  const int64_t fwd = 16 * (cin + k.cpad) * k.ldm;
+  const int64_t bwd = 16 * cin * k.ldm + 16 * k.TB * cop + 2 * k.tb * 2 * k.TWp * cop;
+  return std::max(fwd, bwd) + lanes;  // + alignment
+}
+
+DIN_VEC_CLONES void winograd_forward(const float* in, int64_t cs, int64_t cin, int64_t Wp,
+                                     int64_t R, int64_t Wo, const float* packed,
+                                     const float* bias, int64_t cout, float* out, int64_t ld,
+                                     float* work) {
+  forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work);
+}
+DIN_VEC_CLONES void winograd_forward(const double* in, int64_t cs, int64_t cin, int64_t Wp,
+                                     int64_t R, int64_t Wo, const double* packed,
+                                     const double* bias, int64_t cout, double* out, int64_t ld,
+                                     double* work) {
+  forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work);
+}
+
+DIN_VEC_CLONES void winograd_weight_grad(const float* in, int64_t cs, int64_t cin, int64_t Wp,
+                                         int64_t R, int64_t Wo, const float* g, int64_t ldg,
+                                         int64_t cout, float* part, float* work) {
+  weight_grad_impl(in, cs, cin, Wp, R, Wo, g, ldg, cout, part, work);
+}
+DIN_VEC_CLONES void winograd_weight_grad(const double* in, int64_t cs, int64_t cin, int64_t Wp,
+                                         int64_t R, int64_t Wo, const double* g, int64_t ldg,
+                                         int64_t cout, double* part, double* work) {
+  weight_grad_impl(in, cs, cin, Wp, R, Wo, g, ldg, cout, part, work);
+}
+
+int64_t winograd_part_size(int64_t cout, int64_t cin, int64_t value_size) {
+  return 16 * cin * round_up(cout, 64 / value_size);
+}
+
+void winograd_weight_grad_finish(const float* part, int64_t cout, int64_t cin, float* gw) {
+  weight_grad_finish_impl(part, cout, cin, gw);
+}
+void winograd_weight_grad_finish(const double* part, int64_t cout, int64_t cin, double* gw) {
+  weight_grad_finish_impl(part, cout, cin, gw);
+}
+
+}  // namespace din_ops::cpu
