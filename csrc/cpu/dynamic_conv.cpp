@@ -359,6 +359,18 @@ void grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, 
   });
 }
 
+// Statistics (or mean 0, rstd 1 when not normalizing) for every (n, c).
+template <typename T>
+void statistics(const T* x, const Geometry& s, bool normalize, double eps, double* mean,
+                double* rstd) {
+  if (normalize) {
+    instance_stats(x, Layout::NCHW, 0, s.N, s.C, s.P(), eps, mean, rstd);
+  } else {
+    std::fill(mean, mean + s.N * s.C, 0.0);
+    std::fill(rstd, rstd + s.N * s.C, 1.0);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stride 1, grouped or dense: register-blocked direct convolution (direct_conv.h) on bands of
 // normalized, zero-padded rows in the padded-width layout. No column matrix: each normalized input
@@ -463,8 +475,9 @@ struct BandConv {
   int64_t offsets_cs = -1;
 };
 
-// Band b of the zero-padded (normalized) rows of channels c0 .. c0 + cin of one sample; every row
-// of the band is written (rows past the padded plane are zero), so no stale values are read.
+// Band b of the zero-padded (normalized) rows of channels c0 .. c0 + cin of one sample (hi, lo, rstd
+// of those channels, or null: no normalization); every row of the band is written (rows past the
+// padded plane are zero), so no stale values are read.
 template <typename T>
 void fill_band(const T* xs, const Geometry& s, const Bands& bd, int64_t b, int64_t c0, int64_t cin,
                const acc_t<T>* hi, const acc_t<T>* lo, const acc_t<T>* rstd, acc_t<T>* band,
@@ -482,8 +495,8 @@ void fill_band(const T* xs, const Geometry& s, const Bands& bd, int64_t b, int64
   for (int64_t ci = 0; ci < cin; ++ci) {
     const int64_t c = c0 + ci;
     if (ci + 1 < cin) prefetch(c + 1);
-    padded_rows(xs + c * s.P(), s, bd.Wp, r0, r0 + rows, hi ? hi[c] : acc_t<T>(0),
-                lo ? lo[c] : acc_t<T>(0), rstd ? rstd[c] : acc_t<T>(1), band + ci * bd.cs, conv);
+    padded_rows(xs + c * s.P(), s, bd.Wp, r0, r0 + rows, hi ? hi[ci] : acc_t<T>(0),
+                lo ? lo[ci] : acc_t<T>(0), rstd ? rstd[ci] : acc_t<T>(1), band + ci * bd.cs, conv);
   }
 }
 
@@ -505,34 +518,58 @@ void store_band(const acc_t<T>* out, int64_t ld, int64_t Wp, int64_t cout, int64
   }
 }
 
+// With enough (n, group) pairs for the threads, one task per pair computes the statistics of its
+// planes first (x then comes from cache for the bands); otherwise the statistics are a separate
+// pass and the tasks are (n, group, band).
 template <typename T>
 void direct_grouped_forward(const T* x, const T* w, const T* b, T* y, const Geometry& s,
-                            const NormParams<acc_t<T>>& q) {
+                            bool normalize, double eps, double* mean, double* rstd) {
   using acc = acc_t<T>;
   const Bands bd(s, s.Cg, acc(0));
   const int64_t K = s.K(), ld = bd.out_stride(acc(0));
   const int64_t B = direct_block(s.Cog), cpad = (s.Cog + B - 1) / B * B;
-  at::parallel_for(0, s.N * s.groups * bd.count, grain_for(s.Cog * K * bd.R * bd.Wp), [&](int64_t t0, int64_t t1) {
+  const bool per_group = s.N * s.groups >= 2 * at::get_num_threads();
+  std::optional<NormParams<acc>> q;
+  if (!per_group) {
+    statistics(x, s, normalize, eps, mean, rstd);
+    q.emplace(mean, rstd, s.N * s.C);
+  }
+  const int64_t bands_per_task = per_group ? bd.count : 1;
+  const int64_t tasks = s.N * s.groups * bd.count / bands_per_task;
+  at::parallel_for(0, tasks, grain_for(s.Cog * K * bd.R * bd.Wp * bands_per_task), [&](int64_t t0, int64_t t1) {
     BandConv<acc> conv2d(s, s.Cog, s.Cg, bd.Wp);
-    std::vector<acc> band(bd.size), wnat(s.Cog * K), bias(cpad, acc(0));
+    std::vector<acc> band(bd.size), wnat(s.Cog * K), bias(cpad, acc(0)), hi(s.Cg), lo(s.Cg), rs(s.Cg);
     std::vector<acc> out(cpad * ld), conv = scratch<T>(std::max(s.W, kBlock));
     int64_t packed_for = -1;
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t ng = t / bd.count, n = ng / s.groups, g = ng % s.groups, bi = t % bd.count;
-      const int64_t r0 = bi * bd.R, r1 = std::min(s.Ho, r0 + bd.R);
+      const int64_t ng = t * bands_per_task / bd.count, n = ng / s.groups, g = ng % s.groups;
+      const int64_t b0 = per_group ? 0 : t % bd.count, b1 = per_group ? bd.count : b0 + 1;
       if (ng != packed_for) {
         const T* wg = w + (n * s.Co + g * s.Cog) * K;
         for (int64_t i = 0; i < s.Cog * K; ++i) wnat[i] = static_cast<acc>(wg[i]);
         conv2d.pack(wnat.data());
         for (int64_t o = 0; o < s.Cog && b != nullptr; ++o)
           bias[o] = static_cast<acc>(b[n * s.Co + g * s.Cog + o]);
+        for (int64_t ci = 0; ci < s.Cg; ++ci) {
+          const int64_t i = n * s.C + g * s.Cg + ci;
+          if (per_group && normalize) {
+            plane_stats(x + i * s.P(), s.P(), eps, mean + i, rstd + i, conv.data());
+          } else if (per_group) {
+            mean[i] = 0.0, rstd[i] = 1.0;
+          }
+          const PlaneNorm<acc> p = plane_norm<acc>(mean[i], rstd[i]);
+          hi[ci] = p.hi, lo[ci] = p.lo, rs[ci] = p.rstd;
+        }
         packed_for = ng;
       }
-      fill_band(x + n * s.C * s.P(), s, bd, bi, g * s.Cg, s.Cg, q.hi.data() + n * s.C,
-                q.lo.data() + n * s.C, q.rstd.data() + n * s.C, band.data(), conv.data());
-      conv2d.run(band.data(), bd.cs, r1 - r0, bias.data(), out.data(), ld);
-      store_band(out.data(), ld, bd.Wp, s.Cog, r0, r1, s.Wo,
-                 y + (n * s.Co + g * s.Cog) * s.Q(), s.Q());
+      for (int64_t bi = b0; bi < b1; ++bi) {
+        const int64_t r0 = bi * bd.R, r1 = std::min(s.Ho, r0 + bd.R);
+        fill_band(x + n * s.C * s.P(), s, bd, bi, g * s.Cg, s.Cg, hi.data(), lo.data(), rs.data(),
+                  band.data(), conv.data());
+        conv2d.run(band.data(), bd.cs, r1 - r0, bias.data(), out.data(), ld);
+        store_band(out.data(), ld, bd.Wp, s.Cog, r0, r1, s.Wo,
+                   y + (n * s.Co + g * s.Cog) * s.Q(), s.Q());
+      }
     }
   });
 }
@@ -569,8 +606,9 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
       std::fill(gbd.begin(), gbd.end(), 0.0);
       for (int64_t bi = 0; bi < bd.count; ++bi) {
         const int64_t r0 = bi * bd.R, r1 = std::min(s.Ho, r0 + bd.R), L = (r1 - r0) * bd.Wp;
-        fill_band(x + n * s.C * s.P(), s, bd, bi, g * s.Cg, s.Cg, q.hi.data() + n * s.C,
-                  q.lo.data() + n * s.C, q.rstd.data() + n * s.C, band.data(), conv.data());
+        const int64_t q0 = n * s.C + g * s.Cg;
+        fill_band(x + n * s.C * s.P(), s, bd, bi, g * s.Cg, s.Cg, q.hi.data() + q0,
+                  q.lo.data() + q0, q.rstd.data() + q0, band.data(), conv.data());
         for (int64_t co = 0; co < s.Cog; ++co) {
           acc* row = gyf.data() + co * ldg;
           for (int64_t r = r0; r < r1; ++r) {
@@ -612,18 +650,6 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
   });
 }
 
-// Statistics (or mean 0, rstd 1 when not normalizing) for every (n, c).
-template <typename T>
-void statistics(const T* x, const Geometry& s, bool normalize, double eps, double* mean,
-                double* rstd) {
-  if (normalize) {
-    instance_stats(x, Layout::NCHW, 0, s.N, s.C, s.P(), eps, mean, rstd);
-  } else {
-    std::fill(mean, mean + s.N * s.C, 0.0);
-    std::fill(rstd, rstd + s.N * s.C, 1.0);
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cpu(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
@@ -647,13 +673,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cpu(
                           normalize, eps, mean.mutable_data_ptr<double>(),
                           rstd.mutable_data_ptr<double>());
       } else {
-        statistics(xp, s, normalize, eps, mean.mutable_data_ptr<double>(),
-                   rstd.mutable_data_ptr<double>());
-        const NormParams<acc> q(mean.const_data_ptr<double>(), rstd.const_data_ptr<double>(),
-                                s.N * s.C);
-        const auto kernel = s.sh == 1 && s.sw == 1 ? direct_grouped_forward<scalar_t>
-                                                   : grouped_forward<scalar_t>;
-        kernel(xp, w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s, q);
+        double* mp = mean.mutable_data_ptr<double>();
+        double* rp = rstd.mutable_data_ptr<double>();
+        if (s.sh == 1 && s.sw == 1) {
+          direct_grouped_forward(xp, w.const_data_ptr<scalar_t>(), bp,
+                                 y.mutable_data_ptr<scalar_t>(), s, normalize, eps, mp, rp);
+        } else {
+          statistics(xp, s, normalize, eps, mp, rp);
+          const NormParams<acc> q(mp, rp, s.N * s.C);
+          grouped_forward(xp, w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s, q);
+        }
       }
     });
   }

@@ -47,9 +47,9 @@ struct Tiles {
     TW = (Wo + 1) / 2;            // tiles per tile row
     TWp = round_up(TW, lanes);    // ... rounded up to whole vectors
     TH = (R + 1) / 2;             // tile rows
-    // Tile rows per block: ~128 tiles or more, a multiple of the GEMM's pixel step where that is
+    // Tile rows per block: ~64 tiles or more, a multiple of the GEMM's pixel step where that is
     // close (no partial blocks).
-    tb = std::max<int64_t>(1, 128 / TWp);
+    tb = std::max<int64_t>(1, 64 / TWp);
     for (int64_t t = tb; t <= 2 * tb; ++t) {
       if (t * TWp % step == 0) {
         tb = t;
@@ -362,26 +362,37 @@ void weight_grad_finish_impl(const T* part, int64_t cout, int64_t cin, T* gw) {
 
 template <typename T>
 void weights_impl(const T* w, int64_t cout, int64_t cin, T* packed) {
-  // Written straight in direct_pack's layout, per transformed element xi:
-  // packed[xi * cpad * cin + ((o / B) * cin + ci) * B + o % B], rows past cout zero.
   const int64_t B = direct_block(cout), cpad = round_up(cout, B);
-  std::fill(packed, packed + 16 * cpad * cin, T(0));
-  for (int64_t o = 0; o < cout; ++o) {
-    for (int64_t ci = 0; ci < cin; ++ci) {
-      const T* g = w + (o * cin + ci) * 9;
-      double a[4][3];  // G g
-      for (int v = 0; v < 3; ++v) {
-        const double g0 = g[v], g1 = g[3 + v], g2 = g[6 + v];
-        a[0][v] = g0;
-        a[1][v] = 0.5 * (g0 + g1 + g2);
-        a[2][v] = 0.5 * (g0 - g1 + g2);
-        a[3][v] = g2;
-      }
-      T* dst = packed + ((o / B) * cin + ci) * B + o % B;
-      for (int i = 0; i < 4; ++i) {  // (G g) G^T
-        const double u[4] = {a[i][0], 0.5 * (a[i][0] + a[i][1] + a[i][2]),
-                             0.5 * (a[i][0] - a[i][1] + a[i][2]), a[i][2]};
-        for (int j = 0; j < 4; ++j) dst[(4 * i + j) * cpad * cin] = static_cast<T>(u[j]);
+  // U[(o * cin + ci) * 16 + xi] first, then each element's GEMM operand written in order (writing
+  // the 16 elements of one kernel directly would hit 16 addresses 16 * cpad * cin apart).
+  std::vector<T> U(cout * cin * 16);
+  for (int64_t k = 0; k < cout * cin; ++k) {
+    const T* g = w + k * 9;
+    double a[4][3];  // G g
+    for (int v = 0; v < 3; ++v) {
+      const double g0 = g[v], g1 = g[3 + v], g2 = g[6 + v];
+      a[0][v] = g0;
+      a[1][v] = 0.5 * (g0 + g1 + g2);
+      a[2][v] = 0.5 * (g0 - g1 + g2);
+      a[3][v] = g2;
+    }
+    for (int i = 0; i < 4; ++i) {  // (G g) G^T
+      T* u = U.data() + k * 16 + 4 * i;
+      u[0] = static_cast<T>(a[i][0]);
+      u[1] = static_cast<T>(0.5 * (a[i][0] + a[i][1] + a[i][2]));
+      u[2] = static_cast<T>(0.5 * (a[i][0] - a[i][1] + a[i][2]));
+      u[3] = static_cast<T>(a[i][2]);
+    }
+  }
+  // direct_pack's layout per element xi: packed[xi * cpad * cin + ((o / B) * cin + ci) * B + o % B].
+  for (int xi = 0; xi < 16; ++xi) {
+    T* dst = packed + xi * cpad * cin;
+    for (int64_t blk = 0; blk < cpad / B; ++blk) {
+      for (int64_t ci = 0; ci < cin; ++ci) {
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t o = blk * B + b;
+          *dst++ = o < cout ? U[(o * cin + ci) * 16 + xi] : T(0);
+        }
       }
     }
   }
