@@ -29,6 +29,7 @@ CONFIGS = {
     "grouped3x3_cog5": (8, 20, (3, 3), 1, 1, 1, 4),
     "grouped3x3_cog3": (6, 9, (3, 3), 1, 1, 1, 3),
     "dense3x3_pad3": (4, 6, (3, 3), 1, 3, 1, 1),
+    "dense3x3_co40": (6, 40, (3, 3), 1, 1, 1, 1),  # Winograd: 40 output channels = 2.5 vectors
 }
 SPATIAL = [(9, 11), (1, 1), (6, 6)]
 

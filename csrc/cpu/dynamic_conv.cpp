@@ -410,6 +410,9 @@ struct Bands {
 
 // The stride-1 convolution of a band (cout x cin kernels of geometry s): by the direct kernel or,
 // for 3 x 3 kernels without dilation, by Winograd F(2x2, 3x3) (winograd.h: 2.25x fewer multiplies).
+// Winograd is only used when normalizing: its transforms add and subtract neighbouring values, so
+// one infinite input gives NaN where the direct sum gives +-inf; after instance normalization an
+// infinite input has already made its whole plane NaN, and both give the same result.
 template <typename acc>
 struct BandConv {
   const Geometry& s;
@@ -418,9 +421,10 @@ struct BandConv {
   std::vector<int64_t> shift;
   std::vector<acc> packed, work;
 
-  BandConv(const Geometry& g, int64_t cout_, int64_t cin_, int64_t Wp_)
+  BandConv(const Geometry& g, int64_t cout_, int64_t cin_, int64_t Wp_, bool normalized)
       : s(g), cout(cout_), cin(cin_), Wp(Wp_), taps(g.kh * g.kw),
-        winograd(g.kh == 3 && g.kw == 3 && g.dh == 1 && g.dw == 1 && g.sh == 1 && g.sw == 1),
+        winograd(normalized && g.kh == 3 && g.kw == 3 && g.dh == 1 && g.dw == 1 && g.sh == 1 &&
+                 g.sw == 1),
         shift(tap_shifts(g, Wp_)) {
     const int64_t B = direct_block(cout);
     packed.resize(winograd ? winograd_weights_size(cout, cin) : (cout + B - 1) / B * B * cin * taps);
@@ -537,7 +541,7 @@ void direct_grouped_forward(const T* x, const T* w, const T* b, T* y, const Geom
   const int64_t bands_per_task = per_group ? bd.count : 1;
   const int64_t tasks = s.N * s.groups * bd.count / bands_per_task;
   at::parallel_for(0, tasks, grain_for(s.Cog * K * bd.R * bd.Wp * bands_per_task), [&](int64_t t0, int64_t t1) {
-    BandConv<acc> conv2d(s, s.Cog, s.Cg, bd.Wp);
+    BandConv<acc> conv2d(s, s.Cog, s.Cg, bd.Wp, normalize);
     std::vector<acc> band(bd.size), wnat(s.Cog * K), bias(cpad, acc(0)), hi(s.Cg), lo(s.Cg), rs(s.Cg);
     std::vector<acc> out(cpad * ld), conv = scratch<T>(std::max(s.W, kBlock));
     int64_t packed_for = -1;
@@ -591,7 +595,8 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
   const int64_t ldg = (bd.R * bd.Wp + V - 1) / V * V, ldt = bt.out_stride(acc(0));
   const int64_t B = direct_block(s.Cg), cpad = (s.Cg + B - 1) / B * B;
   at::parallel_for(0, s.N * s.groups, grain_for(3 * s.Cog * K * s.Q()), [&](int64_t t0, int64_t t1) {
-    BandConv<acc> forward(s, s.Cog, s.Cg, bd.Wp), transposed(tg, s.Cg, s.Cog, bt.Wp);
+    BandConv<acc> forward(s, s.Cog, s.Cg, bd.Wp, normalized);
+    BandConv<acc> transposed(tg, s.Cg, s.Cog, bt.Wp, normalized);
     // gyf: + one vector, read past the last row.
     std::vector<acc> band(std::max(bd.size, bt.size)), gyf(s.Cog * ldg + V), part(forward.part_size());
     std::vector<acc> wt(s.Cg * s.Cog * taps), out(cpad * ldt);
