@@ -59,7 +59,15 @@ struct Tiles {
     TB = tb * TWp;
     cpad = round_up(cout, direct_block(cout));
     ldm = round_up(TB, step);     // row stride of the transformed input and of the products
+    line = lanes;
   }
+  // Strides between the 16 transformed elements of V (cin rows), M (cpad rows) and Zt (TB tiles
+  // of cop channels): one cache line more than their size, so the 16 streams a transform writes do
+  // not all fall in the same L1 set (their sizes are often multiples of 4 KiB).
+  int64_t vs(int64_t cin) const { return cin * ldm + line; }
+  int64_t ms() const { return cpad * ldm + line; }
+  int64_t zs(int64_t cop) const { return TB * cop + line; }
+  int64_t line;
 };
 
 // V[xi][ci][t] for the tile rows [th0, th1) of the band (t = (th - th0) * TWp + tile column).
@@ -91,7 +99,7 @@ DIN_VEC_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_
           t[3][c] = d[1][c] - d[3][c];
         }
         T* dst = V + ci * k.ldm + (th - th0) * k.TWp + tv;
-        const int64_t xs = cin * k.ldm;  // stride between the 16 transformed elements
+        const int64_t xs = k.vs(cin);  // stride between the 16 transformed elements
         for (int i = 0; i < 4; ++i) {  // (B^T d) B
           storeu(dst + (4 * i + 0) * xs, t[i][0] - t[i][2]);
           storeu(dst + (4 * i + 1) * xs, t[i][1] + t[i][2]);
@@ -111,7 +119,7 @@ DIN_VEC_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, in
   using I = index_t<T>;
   constexpr int n = kLanes<T>;
   const I lo = Masks<T>::lo, hi = Masks<T>::hi;
-  const int64_t xs = k.cpad * k.ldm;
+  const int64_t xs = k.ms();
   for (int64_t co = 0; co < cout; ++co) {
     const Vt bv = -Vt{} + (bias != nullptr ? bias[co] : T(0));
     for (int64_t th = th0; th < th1; ++th) {
@@ -176,9 +184,9 @@ template <typename T>
 DIN_VEC_INLINE void gemms(const T* V, int64_t cin, const T* packed, int64_t cout, int64_t L,
                           const Tiles& k, T* M) {
   for (int xi = 0; xi < 16; ++xi) {
-    const T* v = V + xi * cin * k.ldm;
+    const T* v = V + xi * k.vs(cin);
     const T* u = packed + xi * k.cpad * cin;
-    T* m = M + xi * k.cpad * k.ldm;
+    T* m = M + xi * k.ms();
     switch (direct_block(cout)) {
       case 8: gemm<T, 8>(v, cin, u, cout, L, k.ldm, m); break;
       case 4: gemm<T, 4>(v, cin, u, cout, L, k.ldm, m); break;
@@ -195,7 +203,7 @@ DIN_VEC_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t W
   const Tiles k(cout, R, Wo, kLanes<T>, direct_step<T>(cout));
   // V and M at a 64-byte boundary: their rows (ldm values) then start on cache lines.
   T* V = work + (-(reinterpret_cast<uintptr_t>(work) / sizeof(T))) % kLanes<T>;
-  T* M = V + 16 * cin * k.ldm;
+  T* M = V + 16 * k.vs(cin);
   for (int64_t th0 = 0; th0 < k.TH; th0 += k.tb) {
     const int64_t th1 = std::min(k.TH, th0 + k.tb), L = (th1 - th0) * k.TWp;
     input_transform(in, cs, cin, Wp, k, th0, th1, V);
@@ -262,7 +270,7 @@ DIN_VEC_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, int
                                    int64_t th1, T* Zt) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
-  const int64_t cols = 2 * k.TWp, xs = k.TB * cop;
+  const int64_t cols = 2 * k.TWp, xs = k.zs(cop);
   for (int64_t th = th0; th < th1; ++th) {
     for (int64_t tw = 0; tw < k.TWp; ++tw) {
       const T* p0 = gt + ((2 * (th - th0)) * cols + 2 * tw) * cop;
@@ -317,18 +325,18 @@ DIN_VEC_INLINE void weight_grad_impl(const T* in, int64_t cs, int64_t cin, int64
   const Tiles k(cout, R, Wo, n, direct_step<T>(cout));
   const int64_t cop = round_up(cout, n);
   T* V = work + (-(reinterpret_cast<uintptr_t>(work) / sizeof(T))) % n;
-  T* Zt = V + 16 * cin * k.ldm;
-  T* gt = Zt + 16 * k.TB * cop;
+  T* Zt = V + 16 * k.vs(cin);
+  T* gt = Zt + 16 * k.zs(cop);
   for (int64_t th0 = 0; th0 < k.TH; th0 += k.tb) {
     const int64_t th1 = std::min(k.TH, th0 + k.tb), L = (th1 - th0) * k.TWp;
     input_transform(in, cs, cin, Wp, k, th0, th1, V);
     grad_channels_last(g, ldg, cout, cop, Wp, R, Wo, k, th0, th1, gt);
     grad_transform(gt, cop, k, th0, th1, Zt);
     for (int xi = 0; xi < 16; ++xi) {
-      const T* z = Zt + xi * k.TB * cop;
+      const T* z = Zt + xi * k.zs(cop);
       for (int64_t ci = 0; ci < cin; ci += 8) {
         const int nci = static_cast<int>(std::min<int64_t>(8, cin - ci));
-        const T* v = V + (xi * cin + ci) * k.ldm;
+        const T* v = V + xi * k.vs(cin) + ci * k.ldm;
         T* p = part + (xi * cin + ci) * cop;
         int64_t o = 0;
         for (; o + 2 * n <= cop; o += 2 * n) grad_gemm_block<T, 2>(v, k.ldm, nci, z + o, cop, L, p + o);
@@ -418,8 +426,8 @@ int64_t winograd_work_size(int64_t cout, int64_t cin, int64_t Wo, int64_t value_
   const Tiles k(cout, 1 << 20, Wo, lanes, step);
   const int64_t cop = round_up(cout, lanes);
   // forward: V and M; weight gradient: V, Zt and the channels-last gradient rows.
-  const int64_t fwd = 16 * (cin + k.cpad) * k.ldm;
-  const int64_t bwd = 16 * cin * k.ldm + 16 * k.TB * cop + 2 * k.tb * 2 * k.TWp * cop;
+  const int64_t fwd = 16 * (k.vs(cin) + k.ms());
+  const int64_t bwd = 16 * k.vs(cin) + 16 * k.zs(cop) + 2 * k.tb * 2 * k.TWp * cop;
   return std::max(fwd, bwd) + lanes;  // + alignment
 }
 
