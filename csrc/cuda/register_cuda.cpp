@@ -63,6 +63,16 @@ void check_on_cuda(const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.is_cuda(), "din_ops: expected x on a CUDA device, got ", x.device());
 }
 
+// The checks of a backward after those of its forward's arguments: x on a CUDA device, grad_y of
+// shape (N, grad_channels, H, W) with x's dtype and device, (N, C) float64 statistics on x's device.
+void check_backward_on_cuda(const at::Tensor& grad_y, const at::Tensor& x, int64_t grad_channels,
+                            const at::Tensor& mean, const at::Tensor& rstd) {
+  check_on_cuda(x);
+  check_grad(grad_y, x, grad_channels);
+  check_stats(x, mean, rstd);
+  check_stats_device(x, mean, rstd);
+}
+
 std::tuple<at::Tensor, at::Tensor> empty_stats(const at::Tensor& x) {
   const auto opts = x.options().dtype(at::kDouble);
   return {at::empty({x.size(0), x.size(1)}, opts), at::empty({x.size(0), x.size(1)}, opts)};
@@ -92,10 +102,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cuda(const at::Tens
 at::Tensor instance_norm_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_in,
                                        const at::Tensor& mean, const at::Tensor& rstd) {
   check_input(x_in);
-  check_on_cuda(x_in);
-  check_grad(grad_y, x_in, x_in.size(1));
-  check_stats(x_in, mean, rstd);
-  check_stats_device(x_in, mean, rstd);
+  check_backward_on_cuda(grad_y, x_in, x_in.size(1), mean, rstd);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = x_in.contiguous(), gy = grad_y.contiguous();
@@ -143,10 +150,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_backwar
     const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& weight,
     const at::Tensor& mean, const at::Tensor& rstd) {
   check_weight_1x1(x_in, weight, c10::nullopt);
-  check_on_cuda(x_in);
-  check_grad(grad_y, x_in, weight.size(1));
-  check_stats(x_in, mean, rstd);
-  check_stats_device(x_in, mean, rstd);
+  check_backward_on_cuda(grad_y, x_in, weight.size(1), mean, rstd);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = x_in.contiguous(), gy = grad_y.contiguous();

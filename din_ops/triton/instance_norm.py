@@ -22,7 +22,8 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from ._common import (acc_is_f64, addressable, configs, define_op, empty_stats, out_format,
-                      plane_stats, register_no_double_backward, split_eps, split_mean, strides, to_acc)
+                      register_no_double_backward, split_eps, split_mean, strides, to_acc)
+from ._planes import block_stats, channel_block, normalized_tile
 
 # First config: also the interpreter's (small, so the tests' shapes run the loops and the masks).
 PLANE_CONFIGS = configs([
@@ -51,34 +52,18 @@ def plane_grid(n: int, c: int):
 def stats_kernel(X, MEAN, RSTD, C, P, s_xn, s_xc, s_xp, eps_hi, eps_lo,
                  ACC_F64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """mean and rstd (N, C) float64 of every plane of X: the first kernel of the 1x1 DIN."""
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    x_rows = X + n * s_xn + c.to(tl.int64) * s_xc
-    mean, rstd = plane_stats(x_rows, c_mask, P, s_xp, eps_hi, eps_lo, ACC_F64, BLOCK_C, BLOCK_P)
-    tl.store(MEAN + n * C + c, mean, mask=c_mask)
-    tl.store(RSTD + n * C + c, rstd, mask=c_mask)
+    block_stats(X, MEAN, RSTD, C, P, s_xn, s_xc, s_xp, eps_hi, eps_lo, ACC_F64, BLOCK_C, BLOCK_P)
 
 
 @triton.autotune(configs=PLANE_CONFIGS, key=PLANE_KEY)
 @triton.jit
 def _forward_kernel(X, Y, MEAN, RSTD, C, P, s_xn, s_xc, s_xp, s_yn, s_yc, s_yp, eps_hi, eps_lo,
                     ACC_F64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    x_rows = X + n * s_xn + c.to(tl.int64) * s_xc
-    mean, rstd = plane_stats(x_rows, c_mask, P, s_xp, eps_hi, eps_lo, ACC_F64, BLOCK_C, BLOCK_P)
-    tl.store(MEAN + n * C + c, mean, mask=c_mask)
-    tl.store(RSTD + n * C + c, rstd, mask=c_mask)
-    hi, lo = split_mean(mean, ACC_F64)
-    r = to_acc(rstd, ACC_F64)
+    n, c, c_mask, x_rows, hi, lo, r = block_stats(X, MEAN, RSTD, C, P, s_xn, s_xc, s_xp, eps_hi, eps_lo,
+                                                  ACC_F64, BLOCK_C, BLOCK_P)
     y_rows = Y + n * s_yn + c.to(tl.int64) * s_yc
     for p0 in range(0, P, BLOCK_P):
-        p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-        m = c_mask[:, None] & (p < P)[None, :]
-        v = to_acc(tl.load(x_rows[:, None] + p[None, :] * s_xp, mask=m, other=0.0), ACC_F64)
-        y = ((v - hi[:, None]) - lo[:, None]) * r[:, None]
+        p, m, y = normalized_tile(x_rows, c_mask, p0, P, s_xp, hi, lo, r, ACC_F64, BLOCK_P)
         tl.store(y_rows[:, None] + p[None, :] * s_yp, y.to(Y.dtype.element_ty), mask=m)
 
 
@@ -86,33 +71,24 @@ def _forward_kernel(X, Y, MEAN, RSTD, C, P, s_xn, s_xc, s_xp, s_yn, s_yc, s_yp, 
 @triton.jit
 def _backward_kernel(GY, X, MEAN, RSTD, GX, C, P, s_gn, s_gc, s_gp, s_xn, s_xc, s_xp, s_on, s_oc, s_op,
                      ACC_F64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
+    n, c, c_mask, x_rows = channel_block(X, C, s_xn, s_xc, BLOCK_C)
     mean = tl.load(MEAN + n * C + c, mask=c_mask, other=0.0)
     hi, lo = split_mean(mean, ACC_F64)
     r = to_acc(tl.load(RSTD + n * C + c, mask=c_mask, other=0.0), ACC_F64)
-    x_rows = X + n * s_xn + c.to(tl.int64) * s_xc
     g_rows = GY + n * s_gn + c.to(tl.int64) * s_gc
     sg = to_acc(tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32), ACC_F64)
     sgx = to_acc(tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32), ACC_F64)
     for p0 in range(0, P, BLOCK_P):
-        p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-        m = c_mask[:, None] & (p < P)[None, :]
+        p, m, xh = normalized_tile(x_rows, c_mask, p0, P, s_xp, hi, lo, r, ACC_F64, BLOCK_P)
         g = to_acc(tl.load(g_rows[:, None] + p[None, :] * s_gp, mask=m, other=0.0), ACC_F64)
-        v = to_acc(tl.load(x_rows[:, None] + p[None, :] * s_xp, mask=m, other=0.0), ACC_F64)
-        xh = ((v - hi[:, None]) - lo[:, None]) * r[:, None]
         sg += g
         sgx += g * xh  # g is 0 outside the planes
     m1 = tl.sum(sg, axis=1) / P
     m2 = tl.sum(sgx, axis=1) / P
     o_rows = GX + n * s_on + c.to(tl.int64) * s_oc
     for p0 in range(0, P, BLOCK_P):
-        p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-        m = c_mask[:, None] & (p < P)[None, :]
+        p, m, xh = normalized_tile(x_rows, c_mask, p0, P, s_xp, hi, lo, r, ACC_F64, BLOCK_P)
         g = to_acc(tl.load(g_rows[:, None] + p[None, :] * s_gp, mask=m, other=0.0), ACC_F64)
-        v = to_acc(tl.load(x_rows[:, None] + p[None, :] * s_xp, mask=m, other=0.0), ACC_F64)
-        xh = ((v - hi[:, None]) - lo[:, None]) * r[:, None]
         gx = r[:, None] * (g - m1[:, None] - xh * m2[:, None])
         tl.store(o_rows[:, None] + p[None, :] * s_op, gx.to(GX.dtype.element_ty), mask=m)
 

@@ -22,8 +22,9 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
-from ._common import (acc_is_f64, addressable, define_op, empty_stats, out_format, plane_stats,
+from ._common import (acc_is_f64, addressable, define_op, empty_stats, out_format,
                       register_no_double_backward, split_eps, split_mean, strides, to_acc)
+from ._planes import block_stats, channel_block, normalized_tile
 from .instance_norm import PLANE_CONFIGS, PLANE_KEY, plane_grid
 
 
@@ -44,21 +45,11 @@ def _forward_kernel(X, G, B, Y, MEAN, RSTD, C, P,
                     s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, s_bn, s_bc, s_bp, s_yn, s_yc, s_yp, eps_hi, eps_lo,
                     GAMMA_FULL: tl.constexpr, HAS_BETA: tl.constexpr, BETA_FULL: tl.constexpr,
                     ACC_F64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    x_rows = X + n * s_xn + c.to(tl.int64) * s_xc
-    mean, rstd = plane_stats(x_rows, c_mask, P, s_xp, eps_hi, eps_lo, ACC_F64, BLOCK_C, BLOCK_P)
-    tl.store(MEAN + n * C + c, mean, mask=c_mask)
-    tl.store(RSTD + n * C + c, rstd, mask=c_mask)
-    hi, lo = split_mean(mean, ACC_F64)
-    r = to_acc(rstd, ACC_F64)
+    n, c, c_mask, x_rows, hi, lo, r = block_stats(X, MEAN, RSTD, C, P, s_xn, s_xc, s_xp, eps_hi, eps_lo,
+                                                  ACC_F64, BLOCK_C, BLOCK_P)
     y_rows = Y + n * s_yn + c.to(tl.int64) * s_yc
     for p0 in range(0, P, BLOCK_P):
-        p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-        m = c_mask[:, None] & (p < P)[None, :]
-        v = to_acc(tl.load(x_rows[:, None] + p[None, :] * s_xp, mask=m, other=0.0), ACC_F64)
-        y = ((v - hi[:, None]) - lo[:, None]) * r[:, None]
+        p, m, y = normalized_tile(x_rows, c_mask, p0, P, s_xp, hi, lo, r, ACC_F64, BLOCK_P)
         y = y * _modulation(G, n, c, c_mask, p, m, s_gn, s_gc, s_gp, GAMMA_FULL, ACC_F64)
         if HAS_BETA:
             y += _modulation(B, n, c, c_mask, p, m, s_bn, s_bc, s_bp, BETA_FULL, ACC_F64)
@@ -72,23 +63,17 @@ def _backward_kernel(GY, X, G, MEAN, RSTD, GX, GG, GB, C, P,
                      s_ggn, s_ggc, s_ggp,
                      GAMMA_FULL: tl.constexpr, BETA_DEFINED: tl.constexpr,
                      ACC_F64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
+    n, c, c_mask, x_rows = channel_block(X, C, s_xn, s_xc, BLOCK_C)
     hi, lo = split_mean(tl.load(MEAN + n * C + c, mask=c_mask, other=0.0), ACC_F64)
     r = to_acc(tl.load(RSTD + n * C + c, mask=c_mask, other=0.0), ACC_F64)
-    x_rows = X + n * s_xn + c.to(tl.int64) * s_xc
     gy_rows = GY + n * s_yn + c.to(tl.int64) * s_yc
     s_g = to_acc(tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32), ACC_F64)    # sum g
     s_gxh = to_acc(tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32), ACC_F64)  # sum g * xh
     s_dxh = to_acc(tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32), ACC_F64)  # sum gy * xh
     s_dy = to_acc(tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32), ACC_F64)   # sum gy
     for p0 in range(0, P, BLOCK_P):
-        p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-        m = c_mask[:, None] & (p < P)[None, :]
+        p, m, xh = normalized_tile(x_rows, c_mask, p0, P, s_xp, hi, lo, r, ACC_F64, BLOCK_P)
         dy = to_acc(tl.load(gy_rows[:, None] + p[None, :] * s_yp, mask=m, other=0.0), ACC_F64)
-        v = to_acc(tl.load(x_rows[:, None] + p[None, :] * s_xp, mask=m, other=0.0), ACC_F64)
-        xh = ((v - hi[:, None]) - lo[:, None]) * r[:, None]
         g = dy * _modulation(G, n, c, c_mask, p, m, s_gn, s_gc, s_gp, GAMMA_FULL, ACC_F64)
         s_g += g  # dy is 0 outside the planes, and so is g
         s_gxh += g * xh
@@ -105,11 +90,8 @@ def _backward_kernel(GY, X, G, MEAN, RSTD, GX, GG, GB, C, P,
     o_rows = GX + n * s_on + c.to(tl.int64) * s_oc
     gg_rows = GG + n * s_ggn + c.to(tl.int64) * s_ggc
     for p0 in range(0, P, BLOCK_P):
-        p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-        m = c_mask[:, None] & (p < P)[None, :]
+        p, m, xh = normalized_tile(x_rows, c_mask, p0, P, s_xp, hi, lo, r, ACC_F64, BLOCK_P)
         dy = to_acc(tl.load(gy_rows[:, None] + p[None, :] * s_yp, mask=m, other=0.0), ACC_F64)
-        v = to_acc(tl.load(x_rows[:, None] + p[None, :] * s_xp, mask=m, other=0.0), ACC_F64)
-        xh = ((v - hi[:, None]) - lo[:, None]) * r[:, None]
         g = dy * _modulation(G, n, c, c_mask, p, m, s_gn, s_gc, s_gp, GAMMA_FULL, ACC_F64)
         gx = r[:, None] * (g - m1[:, None] - xh * m2[:, None])
         tl.store(o_rows[:, None] + p[None, :] * s_op, gx.to(GX.dtype.element_ty), mask=m)
