@@ -134,8 +134,8 @@ template <typename T>
 int64_t chunk_elems(const Geometry& s, bool backward) {
   const bool conv = !std::is_same_v<T, acc_t<T>>;  // half/bfloat16 need conversion buffers
   const int64_t L = tile_len(s), KKL = s.KK() * L, colsz = s.C * KKL;
-  int64_t e = colsz + s.Co * s.K();                      // columns, tap-major weight
-  if (conv) e += s.Co * L;                               // output/gy tile
+  int64_t e = colsz + s.Co * s.K() + s.Co * L;         // columns, tap-major weight, y/gy tile
+  if (conv && !backward) e += s.Co * L;                 // the output tile converted
   if (backward) {
     e += colsz + 4 * KKL + s.C * s.P() + s.Co * s.K();  // gcols, mask/goffset/gmask, gx, gW
     e += s.C * s.P();                                  // normalized channels-last x
@@ -262,7 +262,8 @@ void forward(const T* x, const T* w, const T* b, const T* offset, const T* mask,
     for (int64_t k = k0; k < k1; ++k) {
       acc* cols = ws + k * per_chunk;
       acc* wbuf = cols + s.C * s.KK() * L;  // tap-major weight
-      acc* obuf = wbuf + s.Co * K;          // conv only
+      acc* ytile = wbuf + s.Co * K;         // output tile, transposed
+      acc* obuf = ytile + s.Co * L;         // conv only
       auto* pts = reinterpret_cast<bl::Corners<acc>*>(pws + k * s.KK() * L * point_bytes<acc>());
       int64_t loaded = -1;  // sample whose weight is in wbuf
       int64_t normalized = -1;  // sample in xcl
@@ -280,20 +281,25 @@ void forward(const T* x, const T* w, const T* b, const T* offset, const T* mask,
           loaded = n;
         }
         for (int64_t grp = 0; grp < s.groups; ++grp) {
+          // The product transposed, (Lt x Cog) = cols^T @ W^T: MKL runs this operand order faster
+          // than W @ cols on channels-last columns. Then transposed into the output rows.
+          gemm(Mat<const acc>{cols + grp * Lt * K, Lt, K, K, 1},
+               Mat<const acc>{wn + grp * s.Cog * K, K, s.Cog, 1, K}, acc(0),
+               Mat<acc>{ytile, Lt, s.Cog, s.Cog, 1});
           T* yp = y + (n * s.Co + grp * s.Cog) * s.Q() + q0;
-          Mat<acc> yt;
+          acc* yo;
+          int64_t ys;
           if constexpr (conv) {
-            yt = {obuf, s.Cog, Lt, Lt, 1};
+            yo = obuf, ys = Lt;
           } else {
-            yt = {yp, s.Cog, Lt, s.Q(), 1};
+            yo = yp, ys = s.Q();
           }
-          gemm(Mat<const acc>{wn + grp * s.Cog * K, s.Cog, K, K, 1},
-               Mat<const acc>{cols + grp * Lt * K, K, Lt, 1, K}, acc(0), yt);
+          transpose_matrix(ytile, s.Cog, Lt, s.Cog, yo, ys);
           for (int64_t o = 0; o < s.Cog; ++o) {
             if (b != nullptr) {
-              add_scalar(yt.data + o * yt.rs, Lt, static_cast<acc>(b[n * s.Co + grp * s.Cog + o]));
+              add_scalar(yo + o * ys, Lt, static_cast<acc>(b[n * s.Co + grp * s.Cog + o]));
             }
-            store<T>(yt.data + o * yt.rs, Lt, yp + o * s.Q());
+            store<T>(yo + o * ys, Lt, yp + o * s.Q());
           }
         }
       }

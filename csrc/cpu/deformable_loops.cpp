@@ -245,4 +245,13 @@ DIN_CLONES void gather_channels(const double* const* parts, int64_t nparts, int6
   gather_channels_impl(parts, nparts, P, C, c0, cb, out);
 }
 
+DIN_CLONES void transpose_matrix(const float* src, int64_t ss, int64_t rows, int64_t cols,
+                                 float* dst, int64_t ds) {
+  transpose(src, ss, rows, cols, dst, ds);
+}
+DIN_CLONES void transpose_matrix(const double* src, int64_t ss, int64_t rows, int64_t cols,
+                                 double* dst, int64_t ds) {
+  transpose(src, ss, rows, cols, dst, ds);
+}
+
 }  // namespace din_ops::cpu

@@ -53,4 +53,10 @@ void gather_channels(const float* const* parts, int64_t nparts, int64_t P, int64
 void gather_channels(const double* const* parts, int64_t nparts, int64_t P, int64_t C, int64_t c0,
                      int64_t cb, double* out);
 
+// dst[j * ds + i] = src[i * ss + j] for i < rows, j < cols (in register tiles).
+void transpose_matrix(const float* src, int64_t ss, int64_t rows, int64_t cols, float* dst,
+                      int64_t ds);
+void transpose_matrix(const double* src, int64_t ss, int64_t rows, int64_t cols, double* dst,
+                      int64_t ds);
+
 }  // namespace din_ops::cpu
