@@ -23,9 +23,13 @@
 // bilinear corner and weight arithmetic is din_ops/bilinear.h, shared with the CUDA kernels.
 //
 // Work and workspace. Output pixels of one sample are cut into tiles of L flattened positions, with
-// L chosen so that a column tile (C * kh * kw x L) is about 1 MiB. A tile builds its columns offset
-// group by offset group (corners and weights of its kh * kw * L sample points once, then every
-// channel of the group gathers through them) and does one GEMM per convolution group (blas.h).
+// L chosen so that a column tile (C * kh * kw x L) is about 0.5 MiB. A tile builds its columns
+// offset group by offset group (corners and weights of its kh * kw * L sample points once, then
+// every channel of the group gathers through them) and does one GEMM per convolution group
+// (blas.h). Column tiles are tap-major and channels-last (a point's channels are contiguous, so
+// the interpolation writes them, and backward reads their gradients, without transposes), with
+// the sample's weight permuted to the same order once per sample; the inner loops are
+// deformable_loops.cpp, compiled for several x86-64 levels.
 // The work is split into T = min(threads, tiles, work / grain) fixed chunks of consecutive tiles, and
 // every chunk owns one slice of a single workspace tensor allocated up front, so the workspace is
 // bounded by T * (column tile + corner table + one normalized sample), plus in backward T * (a second
@@ -106,10 +110,12 @@ constexpr int64_t point_bytes() {
   return static_cast<int64_t>(sizeof(bl::Corners<acc>));
 }
 
-// Flattened output positions per tile: a column tile of C * kh * kw x L values is ~1 MiB (L2), and
-// the corner table of its kh * kw x L points (64-96 bytes each) at most ~1.5 MiB.
+// Flattened output positions per tile: a column tile of C * kh * kw x L values is ~0.5 MiB (the two
+// column tiles of backward, the weight and the sampled rows stay in L2; the GEMMs are as fast as
+// with larger tiles), and the corner table of its kh * kw x L points (64-96 bytes each) at most
+// ~1.5 MiB.
 int64_t tile_len(const Geometry& s) {
-  const int64_t by_cols = (int64_t(1) << 18) / std::max<int64_t>(1, s.C * s.KK());
+  const int64_t by_cols = (int64_t(1) << 17) / std::max<int64_t>(1, s.C * s.KK());
   const int64_t by_points = (int64_t(1) << 14) / s.KK();
   return std::max<int64_t>(1, std::min(s.Q(), std::max<int64_t>(16, std::min(by_cols, by_points))));
 }
@@ -179,21 +185,24 @@ inline void load_corners(const T* xc, const bl::Corners<acc>& p, acc hi, acc lo,
 }
 
 // Sample n of x normalized into a channels-last buffer, xcl[p * C + c] = xh[n, c, p]: the four
-// corners of a point are then C contiguous values each, for all channels at once.
+// corners of a point are then C contiguous values each, for all channels at once. Blocks of
+// 16 channels x 64 pixels are normalized plane-wise (loops.h) and transposed in registers.
 template <typename T>
 void normalized_channels_last(const T* x, const Geometry& s, const NormParams<acc_t<T>>& q,
                               int64_t n, acc_t<T>* xcl) {
   using acc = acc_t<T>;
-  constexpr int64_t kChannels = 16;  // channels transposed together: 64-byte runs of xcl
+  constexpr int64_t kChannels = 16, kPixels = 64;
+  std::vector<acc> blk(kChannels * kPixels), cvt = scratch<T>(kPixels);
   for (int64_t c0 = 0; c0 < s.C; c0 += kChannels) {
     const int64_t cb = std::min(kChannels, s.C - c0), qi = n * s.C + c0;
-    const T* xc = x + qi * s.P();
-    for (int64_t p = 0; p < s.P(); ++p) {
-      acc* out = xcl + p * s.C + c0;
+    for (int64_t p0 = 0; p0 < s.P(); p0 += kPixels) {
+      const int64_t pb = std::min(kPixels, s.P() - p0);
       for (int64_t cc = 0; cc < cb; ++cc) {
-        out[cc] = math::normalize(static_cast<acc>(xc[cc * s.P() + p]), q.hi[qi + cc],
-                                  q.lo[qi + cc], q.rstd[qi + cc]);
+        const acc* src = load(x + (qi + cc) * s.P() + p0, pb, cvt.data());
+        normalize(src, pb, q.hi[qi + cc], q.lo[qi + cc], q.rstd[qi + cc],
+                  blk.data() + cc * kPixels);
       }
+      transpose_matrix(blk.data(), kPixels, cb, pb, xcl + p0 * s.C + c0, s.C);
     }
   }
 }
