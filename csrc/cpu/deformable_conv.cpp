@@ -185,25 +185,30 @@ inline void load_corners(const T* xc, const bl::Corners<acc>& p, acc hi, acc lo,
 }
 
 // Sample n of x normalized into a channels-last buffer, xcl[p * C + c] = xh[n, c, p]: the four
-// corners of a point are then C contiguous values each, for all channels at once. Blocks of
-// 16 channels x 64 pixels are normalized plane-wise (loops.h) and transposed in registers.
+// corners of a point are then C contiguous values each, for all channels at once. Blocks of 64
+// pixels are transposed in registers, then normalized per channel in place (loops.h).
 template <typename T>
 void normalized_channels_last(const T* x, const Geometry& s, const NormParams<acc_t<T>>& q,
                               int64_t n, acc_t<T>* xcl) {
   using acc = acc_t<T>;
-  constexpr int64_t kChannels = 16, kPixels = 64;
-  std::vector<acc> blk(kChannels * kPixels), cvt = scratch<T>(kPixels);
-  for (int64_t c0 = 0; c0 < s.C; c0 += kChannels) {
-    const int64_t cb = std::min(kChannels, s.C - c0), qi = n * s.C + c0;
-    for (int64_t p0 = 0; p0 < s.P(); p0 += kPixels) {
-      const int64_t pb = std::min(kPixels, s.P() - p0);
-      for (int64_t cc = 0; cc < cb; ++cc) {
-        const acc* src = load(x + (qi + cc) * s.P() + p0, pb, cvt.data());
-        normalize(src, pb, q.hi[qi + cc], q.lo[qi + cc], q.rstd[qi + cc],
-                  blk.data() + cc * kPixels);
-      }
-      transpose_matrix(blk.data(), kPixels, cb, pb, xcl + p0 * s.C + c0, s.C);
+  constexpr int64_t kPixels = 64;
+  const int64_t C = s.C, P = s.P();
+  std::vector<acc> cvt = scratch<T>(C * kPixels);
+  for (int64_t p0 = 0; p0 < P; p0 += kPixels) {
+    const int64_t pb = std::min(kPixels, P - p0);
+    const T* xp = x + n * C * P + p0;
+    const acc* src;
+    int64_t ss;
+    if constexpr (std::is_same_v<T, acc>) {
+      src = xp, ss = P;
+    } else {
+      for (int64_t c = 0; c < C; ++c) convert(xp + c * P, pb, cvt.data() + c * kPixels);
+      src = cvt.data(), ss = kPixels;
     }
+    acc* out = xcl + p0 * C;
+    transpose_matrix(src, ss, C, pb, out, C);
+    normalize_rows(out, pb, C, q.hi.data() + n * C, q.lo.data() + n * C, q.rstd.data() + n * C,
+                   out);
   }
 }
 
