@@ -212,14 +212,20 @@ void normalized_channels_last(const T* x, const Geometry& s, const NormParams<ac
   }
 }
 
-// Calls f(c, len, grp, cc) for the runs of offset group g's channels [g * Cgo, (g + 1) * Cgo) that
-// lie in one convolution group: channels [c, c + len) are channels [cc, cc + len) of group grp.
+// Calls f(c, len, off, cs) for runs of offset group g's channels [g * Cgo, (g + 1) * Cgo) whose
+// columns in a tile of Lt positions (layout below) start at cols + off, channel c + i at
+// cols + off + i * cs: the parts of the group in one convolution group (contiguous, cs = 1), or
+// with one channel per convolution group (depthwise) the whole group, a column matrix apart.
 template <typename F>
-void for_each_run(const Geometry& s, int64_t g, F&& f) {
-  const int64_t end = (g + 1) * s.Cgo;
+void for_each_run(const Geometry& s, int64_t g, int64_t Lt, F&& f) {
+  const int64_t end = (g + 1) * s.Cgo, K = s.K();
+  if (s.Cg == 1) {
+    f(g * s.Cgo, s.Cgo, g * s.Cgo * Lt * K, Lt * K);
+    return;
+  }
   for (int64_t c = g * s.Cgo; c < end;) {
     const int64_t grp = c / s.Cg, len = std::min(end, (grp + 1) * s.Cg) - c;
-    f(c, len, grp, c - grp * s.Cg);
+    f(c, len, grp * Lt * K + c - grp * s.Cg, int64_t(1));
     c += len;
   }
 }
@@ -239,8 +245,8 @@ void build_columns(const acc_t<T>* xcl, const T* offset, const T* mask, const Ge
   const int64_t K = s.K();
   for (int64_t g = 0; g < s.G; ++g) {
     sample_points(offset, mask, s, n, g, q0, Lt, true, pts, static_cast<acc*>(nullptr));
-    for_each_run(s, g, [&](int64_t c, int64_t len, int64_t grp, int64_t cc) {
-      deform_columns(xcl + c, s.C, pts, s.KK(), Lt, len, cols + grp * Lt * K + cc, K, s.Cg);
+    for_each_run(s, g, Lt, [&](int64_t c, int64_t len, int64_t off, int64_t cs) {
+      deform_columns(xcl + c, s.C, pts, s.KK(), Lt, len, cols + off, K, s.Cg, cs);
     });
   }
 }
@@ -395,10 +401,9 @@ void backward_tiles(const T* gy, const T* x, const T* w, const T* offset, const 
       // Vectorized over the group's channels on the channels-last copies of xh (b.xcl) and of
       // the x-gradient (b.gxh, P x C), run by run (deformable_loops.h).
       std::fill(b.goy, b.goy + 3 * KKL, acc(0));
-      for_each_run(s, g, [&](int64_t c, int64_t len, int64_t grp, int64_t cc) {
-        const int64_t off = grp * Lt * K + cc;
+      for_each_run(s, g, Lt, [&](int64_t c, int64_t len, int64_t off, int64_t cs) {
         deform_points_backward(b.xcl + c, b.gxh + c, s.C, b.pts, b.mv, KK, Lt, len,
-                               b.gcols + off, b.cols + off, K, s.Cg, gmk, goy, gox);
+                               b.gcols + off, b.cols + off, K, s.Cg, cs, gmk, goy, gox);
       });
       for (int64_t t = 0; t < KK; ++t) {
         T* go = goffset + ((n * s.G + g) * KK + t) * 2 * s.Q() + q0;

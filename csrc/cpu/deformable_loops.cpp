@@ -94,11 +94,32 @@ DIN_INLINE void transpose(const T* src, int64_t ss, int64_t rows, int64_t cols, 
   }
 }
 
-template <typename T>
-DIN_INLINE void deform_columns_impl(const T* xg, int64_t xs, const bl::Corners<T>* pts, int64_t KK,
-                                    int64_t Lt, int64_t Cs, T* col, int64_t ldl, int64_t ldt) {
+// A vector of column values of consecutive channels: contiguous (kContig) or `cs` apart.
+template <typename T, bool kContig>
+DIN_INLINE typename Vec<T>::type load_cols(const T* p, int64_t cs) {
+  if constexpr (kContig) {
+    return load(p);
+  } else {
+    typename Vec<T>::type v;
+    for (int j = 0; j < Vec<T>::lanes; ++j) v[j] = p[j * cs];
+    return v;
+  }
+}
+template <typename T, bool kContig>
+DIN_INLINE void store_cols(T* p, int64_t cs, typename Vec<T>::type v) {
+  if constexpr (kContig) {
+    store(p, v);
+  } else {
+    for (int j = 0; j < Vec<T>::lanes; ++j) p[j * cs] = v[j];
+  }
+}
+
+template <typename T, bool kContig>
+DIN_INLINE void deform_columns_run(const T* xg, int64_t xs, const bl::Corners<T>* pts, int64_t KK,
+                                   int64_t Lt, int64_t Cs, T* col, int64_t ldl, int64_t ldt,
+                                   int64_t cs_) {
   constexpr int S = Vec<T>::lanes;
-  const int64_t cf = Cs - Cs % S;
+  const int64_t cs = kContig ? 1 : cs_, cf = Cs - Cs % S;
   for (int64_t t = 0; t < KK; ++t) {
     for (int64_t l = 0; l < Lt; ++l) {
       const bl::Corners<T>& p = pts[t * Lt + l];
@@ -107,11 +128,12 @@ DIN_INLINE void deform_columns_impl(const T* xg, int64_t xs, const bl::Corners<T
       const T w0 = p.weight[0], w1 = p.weight[1], w2 = p.weight[2], w3 = p.weight[3];
       T* out = col + l * ldl + t * ldt;
       for (int64_t cc = 0; cc < cf; cc += S) {  // the order of bilinear::combine
-        store(out + cc, (w0 * load(r0 + cc) + w1 * load(r1 + cc)) +
-                            (w2 * load(r2 + cc) + w3 * load(r3 + cc)));
+        store_cols<T, kContig>(out + cc * cs, cs,
+                               (w0 * load(r0 + cc) + w1 * load(r1 + cc)) +
+                                   (w2 * load(r2 + cc) + w3 * load(r3 + cc)));
       }
       for (int64_t cc = cf; cc < Cs; ++cc) {
-        out[cc] = (w0 * r0[cc] + w1 * r1[cc]) + (w2 * r2[cc] + w3 * r3[cc]);
+        out[cc * cs] = (w0 * r0[cc] + w1 * r1[cc]) + (w2 * r2[cc] + w3 * r3[cc]);
       }
     }
   }
@@ -125,13 +147,25 @@ DIN_INLINE T lane_sum(typename Vec<T>::type v) {
 }
 
 template <typename T>
-DIN_INLINE void deform_points_backward_impl(const T* xg, T* gxg, int64_t xs,
-                                            const bl::Corners<T>* pts, const T* mv, int64_t KK,
-                                            int64_t Lt, int64_t Cs, const T* gcol, T* col,
-                                            int64_t ldl, int64_t ldt, T* gmk, T* goy, T* gox) {
+DIN_INLINE void deform_columns_impl(const T* xg, int64_t xs, const bl::Corners<T>* pts, int64_t KK,
+                                    int64_t Lt, int64_t Cs, T* col, int64_t ldl, int64_t ldt,
+                                    int64_t cs) {
+  if (cs == 1) {
+    deform_columns_run<T, true>(xg, xs, pts, KK, Lt, Cs, col, ldl, ldt, cs);
+  } else {
+    deform_columns_run<T, false>(xg, xs, pts, KK, Lt, Cs, col, ldl, ldt, cs);
+  }
+}
+
+template <typename T, bool kContig>
+DIN_INLINE void deform_points_backward_run(const T* xg, T* gxg, int64_t xs,
+                                           const bl::Corners<T>* pts, const T* mv, int64_t KK,
+                                           int64_t Lt, int64_t Cs, const T* gcol, T* col,
+                                           int64_t ldl, int64_t ldt, int64_t cs_, T* gmk, T* goy,
+                                           T* gox) {
   using V = typename Vec<T>::type;
   constexpr int S = Vec<T>::lanes;
-  const int64_t cf = Cs - Cs % S;
+  const int64_t cs = kContig ? 1 : cs_, cf = Cs - Cs % S;
   for (int64_t t = 0; t < KK; ++t) {
     for (int64_t l = 0; l < Lt; ++l) {
       const int64_t e = t * Lt + l;
@@ -150,9 +184,9 @@ DIN_INLINE void deform_points_backward_impl(const T* xg, T* gxg, int64_t xs,
       V sv = {}, sy = {}, sx = {};
       for (int64_t cc = 0; cc < cf; cc += S) {
         const V v0 = load(r0 + cc), v1 = load(r1 + cc), v2 = load(r2 + cc), v3 = load(r3 + cc);
-        const V g = load(gc + cc);
+        const V g = load_cols<T, kContig>(gc + cc * cs, cs);
         const V val = (w0 * v0 + w1 * v1) + (w2 * v2 + w3 * v3);
-        store(out + cc, m * val);
+        store_cols<T, kContig>(out + cc * cs, cs, m * val);
         sv += g * val;
         sy += g * ((y0 * v0 + y1 * v1) + (y2 * v2 + y3 * v3));
         sx += g * ((x0 * v0 + x1 * v1) + (x2 * v2 + x3 * v3));
@@ -165,9 +199,9 @@ DIN_INLINE void deform_points_backward_impl(const T* xg, T* gxg, int64_t xs,
       }
       T tv = lane_sum<T>(sv), ty = lane_sum<T>(sy), tx = lane_sum<T>(sx);
       for (int64_t cc = cf; cc < Cs; ++cc) {
-        const T v0 = r0[cc], v1 = r1[cc], v2 = r2[cc], v3 = r3[cc], g = gc[cc];
+        const T v0 = r0[cc], v1 = r1[cc], v2 = r2[cc], v3 = r3[cc], g = gc[cc * cs];
         const T val = (w0 * v0 + w1 * v1) + (w2 * v2 + w3 * v3);
-        out[cc] = m * val;
+        out[cc * cs] = m * val;
         tv += g * val;
         ty += g * ((y0 * v0 + y1 * v1) + (y2 * v2 + y3 * v3));
         tx += g * ((x0 * v0 + x1 * v1) + (x2 * v2 + x3 * v3));
@@ -180,6 +214,21 @@ DIN_INLINE void deform_points_backward_impl(const T* xg, T* gxg, int64_t xs,
       goy[e] += m * ty;
       gox[e] += m * tx;
     }
+  }
+}
+
+template <typename T>
+DIN_INLINE void deform_points_backward_impl(const T* xg, T* gxg, int64_t xs,
+                                            const bl::Corners<T>* pts, const T* mv, int64_t KK,
+                                            int64_t Lt, int64_t Cs, const T* gcol, T* col,
+                                            int64_t ldl, int64_t ldt, int64_t cs, T* gmk, T* goy,
+                                            T* gox) {
+  if (cs == 1) {
+    deform_points_backward_run<T, true>(xg, gxg, xs, pts, mv, KK, Lt, Cs, gcol, col, ldl, ldt, cs,
+                                        gmk, goy, gox);
+  } else {
+    deform_points_backward_run<T, false>(xg, gxg, xs, pts, mv, KK, Lt, Cs, gcol, col, ldl, ldt,
+                                         cs, gmk, goy, gox);
   }
 }
 
@@ -210,30 +259,30 @@ DIN_INLINE void gather_channels_impl(const T* const* parts, int64_t nparts, int6
 
 DIN_CLONES void deform_columns(const float* xg, int64_t xs, const bl::Corners<float>* pts,
                                int64_t KK, int64_t Lt, int64_t Cs, float* col, int64_t ldl,
-                               int64_t ldt) {
-  deform_columns_impl(xg, xs, pts, KK, Lt, Cs, col, ldl, ldt);
+                               int64_t ldt, int64_t cs) {
+  deform_columns_impl(xg, xs, pts, KK, Lt, Cs, col, ldl, ldt, cs);
 }
 DIN_CLONES void deform_columns(const double* xg, int64_t xs, const bl::Corners<double>* pts,
                                int64_t KK, int64_t Lt, int64_t Cs, double* col, int64_t ldl,
-                               int64_t ldt) {
-  deform_columns_impl(xg, xs, pts, KK, Lt, Cs, col, ldl, ldt);
+                               int64_t ldt, int64_t cs) {
+  deform_columns_impl(xg, xs, pts, KK, Lt, Cs, col, ldl, ldt, cs);
 }
 
 DIN_CLONES void deform_points_backward(const float* xg, float* gxg, int64_t xs,
                                        const bl::Corners<float>* pts, const float* mv, int64_t KK,
                                        int64_t Lt, int64_t Cs, const float* gcol, float* col,
-                                       int64_t ldl, int64_t ldt, float* gmk, float* goy,
-                                       float* gox) {
-  deform_points_backward_impl(xg, gxg, xs, pts, mv, KK, Lt, Cs, gcol, col, ldl, ldt, gmk, goy,
-                              gox);
+                                       int64_t ldl, int64_t ldt, int64_t cs, float* gmk,
+                                       float* goy, float* gox) {
+  deform_points_backward_impl(xg, gxg, xs, pts, mv, KK, Lt, Cs, gcol, col, ldl, ldt, cs, gmk,
+                              goy, gox);
 }
 DIN_CLONES void deform_points_backward(const double* xg, double* gxg, int64_t xs,
                                        const bl::Corners<double>* pts, const double* mv,
                                        int64_t KK, int64_t Lt, int64_t Cs, const double* gcol,
-                                       double* col, int64_t ldl, int64_t ldt, double* gmk,
-                                       double* goy, double* gox) {
-  deform_points_backward_impl(xg, gxg, xs, pts, mv, KK, Lt, Cs, gcol, col, ldl, ldt, gmk, goy,
-                              gox);
+                                       double* col, int64_t ldl, int64_t ldt, int64_t cs,
+                                       double* gmk, double* goy, double* gox) {
+  deform_points_backward_impl(xg, gxg, xs, pts, mv, KK, Lt, Cs, gcol, col, ldl, ldt, cs, gmk,
+                              goy, gox);
 }
 
 DIN_CLONES void gather_channels(const float* const* parts, int64_t nparts, int64_t P, int64_t C,

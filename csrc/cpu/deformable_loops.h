@@ -18,17 +18,18 @@
 
 namespace din_ops::cpu {
 
-// The column tiles are tap-major and channels-last: the value of channel cc (of a run of Cs
-// channels) at tap t and tile position l lives at col[l * ldl + t * ldt + cc]. The sample points are
-// pts[t * Lt + l] for t < KK, l < Lt.
+// The column tiles are tap-major: the value of channel cc (of a run of Cs channels) at tap t and
+// tile position l lives at col[l * ldl + t * ldt + cc * cs]. cs = 1 (channels-last, vectorized)
+// except for one channel per convolution group (depthwise), where channels are whole column
+// matrices apart. The sample points are pts[t * Lt + l] for t < KK, l < Lt.
 
 // Columns of a run of Cs channels:
-//   col[l * ldl + t * ldt + cc] = sum_k p.weight[k] * xg[p.index[k] * xs + cc],  p = pts[t * Lt + l]
-// (weights in the order of bilinear::combine).
+//   col[l * ldl + t * ldt + cc * cs] = sum_k p.weight[k] * xg[p.index[k] * xs + cc],
+//   p = pts[t * Lt + l] (weights in the order of bilinear::combine).
 void deform_columns(const float* xg, int64_t xs, const bilinear::Corners<float>* pts, int64_t KK,
-                    int64_t Lt, int64_t Cs, float* col, int64_t ldl, int64_t ldt);
+                    int64_t Lt, int64_t Cs, float* col, int64_t ldl, int64_t ldt, int64_t cs);
 void deform_columns(const double* xg, int64_t xs, const bilinear::Corners<double>* pts, int64_t KK,
-                    int64_t Lt, int64_t Cs, double* col, int64_t ldl, int64_t ldt);
+                    int64_t Lt, int64_t Cs, double* col, int64_t ldl, int64_t ldt, int64_t cs);
 
 // Backward of a run of Cs channels for the points e = t * Lt + l with mask values mv[e], given the
 // column gradient gcol (laid out like col), with S(v, p) the bilinear sample of p:
@@ -40,11 +41,11 @@ void deform_columns(const double* xg, int64_t xs, const bilinear::Corners<double
 void deform_points_backward(const float* xg, float* gxg, int64_t xs,
                             const bilinear::Corners<float>* pts, const float* mv, int64_t KK,
                             int64_t Lt, int64_t Cs, const float* gcol, float* col, int64_t ldl,
-                            int64_t ldt, float* gmk, float* goy, float* gox);
+                            int64_t ldt, int64_t cs, float* gmk, float* goy, float* gox);
 void deform_points_backward(const double* xg, double* gxg, int64_t xs,
                             const bilinear::Corners<double>* pts, const double* mv, int64_t KK,
                             int64_t Lt, int64_t Cs, const double* gcol, double* col, int64_t ldl,
-                            int64_t ldt, double* gmk, double* goy, double* gox);
+                            int64_t ldt, int64_t cs, double* gmk, double* goy, double* gox);
 
 // Channels [c0, c0 + cb) of `parts` channels-last planes (P x C each), added in part order, into
 // channel-major rows: out[cc * P + i] = sum_k parts[k][i * C + c0 + cc].
