@@ -146,7 +146,7 @@ DIN_INLINE void deform_columns_run(const T* xg, int64_t xs, const bl::Corners<T>
 }
 
 template <typename T>
-DIN_INLINE T lane_sum(typename Vec<T>::type v) {
+DIN_INLINE T lane_sum(const typename Vec<T>::type& v) {
   T s = 0;
   for (int j = 0; j < Vec<T>::lanes; ++j) s += v[j];
   return s;
