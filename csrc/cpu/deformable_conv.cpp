@@ -32,9 +32,9 @@
 // deformable_loops.cpp, compiled for several x86-64 levels.
 // The work is split into T = min(threads, tiles, work / grain) fixed chunks of consecutive tiles, and
 // every chunk owns one slice of a single workspace tensor allocated up front, so the workspace is
-// bounded by T * (column tile + corner table + one normalized sample), plus in backward T * (a second
-// column tile and per-sample x-gradient and weight-gradient buffers): chunk_elems gives the exact
-// size.
+// bounded by T * (column tile + corner table + one normalized sample + the sample's weight and one
+// output tile), plus in backward T * (a second column tile and per-sample x-gradient and
+// weight-gradient buffers): chunk_elems gives the exact size.
 //
 // Determinism of the x-gradient scatter: several output pixels sample the same input pixel, so the
 // x-gradient is a scatter. It goes to per-chunk buffers (C * H * W of one sample), never to shared
