@@ -281,7 +281,7 @@ def test_large_mean_is_normalized_on_load(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n", [1, 2], ids=["split_sample", "whole_samples"])
 def test_backward_is_bitwise_repeatable(device, n):
-    # Three tiles per sample: with two threads, one sample is split into two chunks whose x-gradient
+    # Five tiles per sample: with two threads, one sample is split into two chunks whose x-gradient
     # buffers are added in order; two samples go one to each chunk (csrc/cpu/deformable_conv.cpp).
     torch.manual_seed(1)
     x = torch.randn(n, 64, 24, 40, device=device)
@@ -458,17 +458,46 @@ def test_operator_checks_its_arguments():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_tile_of_one_pixel(device):
-    # 64 channels x 9 taps make tiles of 455 output pixels; 8 x 57 = 456 pixels leave a last tile of
-    # one pixel, a single-column GEMM output with a row stride.
+    # 64 channels x 9 taps make tiles of 227 output pixels; 4 x 57 = 228 pixels leave a last tile of
+    # one pixel, a single-row GEMM operand and a single-column output.
     torch.manual_seed(2)
-    x = torch.randn(1, 64, 8, 57, dtype=torch.float64, device=device)
+    x = torch.randn(1, 64, 4, 57, dtype=torch.float64, device=device)
     w = torch.randn(1, 8, 64, 3, 3, dtype=torch.float64, device=device) / 24
     b = torch.randn(1, 8, dtype=torch.float64, device=device)
-    off = fractional((1, 18, 8, 57)).to(device)
+    off = fractional((1, 18, 4, 57)).to(device)
     mine = [t.clone().requires_grad_() for t in (x, w, b, off)]
     exact = [t.clone().requires_grad_() for t in (x, w, b, off)]
     y = din_ops.dynamic_instance_norm(*mine[:3], offset=mine[3], padding=1)
     expected = reference.deformable_instance_norm(*exact, padding=1)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    expected.backward(gy)
+    for a, e in zip(mine, exact):
+        torch.testing.assert_close(a.grad, e.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "channels,groups,offset_groups",
+    [(20, 1, 1), (24, 4, 2), (36, 3, 3), (20, 20, 2)],
+    ids=["vector_and_tail", "offset_group_across_conv_groups", "aligned_groups", "depthwise_strided"],
+)
+def test_channel_runs(device, channels, groups, offset_groups):
+    # The CPU kernel interpolates runs of channels as vectors of 8 (float) or 4 (double) with a
+    # scalar tail: 20 channels leave a tail; with 4 convolution groups of 6 channels and 2 offset
+    # groups of 12, an offset group spans convolution groups; depthwise runs are strided.
+    torch.manual_seed(3)
+    n, h, w, g = 2, 9, 11, offset_groups
+    x = torch.randn(n, channels, h, w, dtype=torch.float64, device=device)
+    wt = torch.randn(n, channels, channels // groups, 3, 3, dtype=torch.float64, device=device) / 4
+    b = torch.randn(n, channels, dtype=torch.float64, device=device)
+    off = fractional((n, 2 * g * 9, h, w)).to(device)
+    m = torch.rand(n, g * 9, h, w, dtype=torch.float64, device=device)
+    mine = [t.clone().requires_grad_() for t in (x, wt, b, off, m)]
+    exact = [t.clone().requires_grad_() for t in (x, wt, b, off, m)]
+    y = din_ops.dynamic_instance_norm(*mine[:3], offset=mine[3], mask=mine[4], padding=1, groups=groups)
+    expected = reference.deformable_instance_norm(*exact, padding=1, groups=groups)
     torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
     gy = torch.randn_like(y)
     y.backward(gy)

@@ -23,14 +23,18 @@
 // bilinear corner and weight arithmetic is din_ops/bilinear.h, shared with the CUDA kernels.
 //
 // Work and workspace. Output pixels of one sample are cut into tiles of L flattened positions, with
-// L chosen so that a column tile (C * kh * kw x L) is about 1 MiB. A tile builds its columns offset
-// group by offset group (corners and weights of its kh * kw * L sample points once, then every
-// channel of the group gathers through them) and does one GEMM per convolution group (blas.h).
+// L chosen so that a column tile (C * kh * kw x L) is about 0.5 MiB. A tile builds its columns
+// offset group by offset group (corners and weights of its kh * kw * L sample points once, then
+// every channel of the group gathers through them) and does one GEMM per convolution group
+// (blas.h). Column tiles are tap-major and channels-last (a point's channels are contiguous, so
+// the interpolation writes them, and backward reads their gradients, without transposes), with
+// the sample's weight permuted to the same order once per sample; the inner loops are
+// deformable_loops.cpp, compiled for several x86-64 levels.
 // The work is split into T = min(threads, tiles, work / grain) fixed chunks of consecutive tiles, and
 // every chunk owns one slice of a single workspace tensor allocated up front, so the workspace is
-// bounded by T * (column tile + corner table + one normalized sample), plus in backward T * (a second
-// column tile and per-sample x-gradient and weight-gradient buffers): chunk_elems gives the exact
-// size.
+// bounded by T * (column tile + corner table + one normalized sample + the sample's weight and one
+// output tile), plus in backward T * (a second column tile and per-sample x-gradient and
+// weight-gradient buffers): chunk_elems gives the exact size.
 //
 // Determinism of the x-gradient scatter: several output pixels sample the same input pixel, so the
 // x-gradient is a scatter. It goes to per-chunk buffers (C * H * W of one sample), never to shared
@@ -55,6 +59,7 @@
 #include "../checks.h"
 #include "blas.h"
 #include "common.h"
+#include "deformable_loops.h"
 #include "din_ops/bilinear.h"
 
 namespace din_ops::cpu {
@@ -105,10 +110,12 @@ constexpr int64_t point_bytes() {
   return static_cast<int64_t>(sizeof(bl::Corners<acc>));
 }
 
-// Flattened output positions per tile: a column tile of C * kh * kw x L values is ~1 MiB (L2), and
-// the corner table of its kh * kw x L points (64-96 bytes each) at most ~1.5 MiB.
+// Flattened output positions per tile: a column tile of C * kh * kw x L values is ~0.5 MiB (the two
+// column tiles of backward, the weight and the sampled rows stay in L2; the GEMMs are as fast as
+// with larger tiles), and the corner table of its kh * kw x L points (64-96 bytes each) at most
+// ~1.5 MiB.
 int64_t tile_len(const Geometry& s) {
-  const int64_t by_cols = (int64_t(1) << 18) / std::max<int64_t>(1, s.C * s.KK());
+  const int64_t by_cols = (int64_t(1) << 17) / std::max<int64_t>(1, s.C * s.KK());
   const int64_t by_points = (int64_t(1) << 14) / s.KK();
   return std::max<int64_t>(1, std::min(s.Q(), std::max<int64_t>(16, std::min(by_cols, by_points))));
 }
@@ -129,17 +136,15 @@ int64_t chunks_for(int64_t tasks, int64_t work) {
 int64_t tile_work(const Geometry& s) { return tile_len(s) * s.C * s.KK() * (s.Cog + 8); }
 
 // Elements of the accumulation type per chunk (forward and backward), besides the point table.
-constexpr int64_t kPointBlock = 16;  // points interpolated together, vectorized over channels
-
 template <typename T>
 int64_t chunk_elems(const Geometry& s, bool backward) {
   const bool conv = !std::is_same_v<T, acc_t<T>>;  // half/bfloat16 need conversion buffers
   const int64_t L = tile_len(s), KKL = s.KK() * L, colsz = s.C * KKL;
-  int64_t e = colsz;                                     // columns
-  if (conv) e += s.Co * s.K() + s.Co * L;                // converted weight, output/gy tile
+  int64_t e = colsz + s.Co * s.K() + s.Co * L;         // columns, tap-major weight, y/gy tile
+  if (conv && !backward) e += s.Co * L;                 // the output tile converted
   if (backward) {
     e += colsz + 4 * KKL + s.C * s.P() + s.Co * s.K();  // gcols, mask/goffset/gmask, gx, gW
-    e += s.C * s.P() + 3 * kPointBlock * s.C;          // normalized channels-last x, point blocks
+    e += s.C * s.P();                                  // normalized channels-last x
   }
   return e;
 }
@@ -180,62 +185,86 @@ inline void load_corners(const T* xc, const bl::Corners<acc>& p, acc hi, acc lo,
 }
 
 // Sample n of x normalized into a channels-last buffer, xcl[p * C + c] = xh[n, c, p]: the four
-// corners of a point are then C contiguous values each, for all channels at once.
+// corners of a point are then C contiguous values each, for all channels at once. Blocks of 64
+// pixels are transposed in registers, then normalized per channel in place (loops.h).
 template <typename T>
 void normalized_channels_last(const T* x, const Geometry& s, const NormParams<acc_t<T>>& q,
                               int64_t n, acc_t<T>* xcl) {
   using acc = acc_t<T>;
-  constexpr int64_t kChannels = 16;  // channels transposed together: 64-byte runs of xcl
-  for (int64_t c0 = 0; c0 < s.C; c0 += kChannels) {
-    const int64_t cb = std::min(kChannels, s.C - c0), qi = n * s.C + c0;
-    const T* xc = x + qi * s.P();
-    for (int64_t p = 0; p < s.P(); ++p) {
-      acc* out = xcl + p * s.C + c0;
-      for (int64_t cc = 0; cc < cb; ++cc) {
-        out[cc] = math::normalize(static_cast<acc>(xc[cc * s.P() + p]), q.hi[qi + cc],
-                                  q.lo[qi + cc], q.rstd[qi + cc]);
-      }
+  constexpr int64_t kPixels = 64;
+  const int64_t C = s.C, P = s.P();
+  std::vector<acc> cvt = scratch<T>(C * kPixels);
+  for (int64_t p0 = 0; p0 < P; p0 += kPixels) {
+    const int64_t pb = std::min(kPixels, P - p0);
+    const T* xp = x + n * C * P + p0;
+    const acc* src;
+    int64_t ss;
+    if constexpr (std::is_same_v<T, acc>) {
+      src = xp, ss = P;
+    } else {
+      for (int64_t c = 0; c < C; ++c) convert(xp + c * P, pb, cvt.data() + c * kPixels);
+      src = cvt.data(), ss = kPixels;
     }
+    acc* out = xcl + p0 * C;
+    transpose_matrix(src, ss, C, pb, out, C);
+    normalize_rows(out, pb, C, q.hi.data() + n * C, q.lo.data() + n * C, q.rstd.data() + n * C,
+                   out);
   }
 }
 
-// Columns of tile [q0, q0 + Lt) of sample n: cols[(c * KK + t) * Lt + l] (all C channels), from
-// the normalized channels-last sample `xcl`. Blocks of kPointBlock points are interpolated for all the
-// offset group's channels at once (vectorized over channels) into `blk`, then transposed into cols.
+// Calls f(c, len, off, cs) for runs of offset group g's channels [g * Cgo, (g + 1) * Cgo) whose
+// columns in a tile of Lt positions (layout below) start at cols + off, channel c + i at
+// cols + off + i * cs: the parts of the group in one convolution group (contiguous, cs = 1), or
+// with one channel per convolution group (depthwise) the whole group, a column matrix apart.
+template <typename F>
+void for_each_run(const Geometry& s, int64_t g, int64_t Lt, F&& f) {
+  const int64_t end = (g + 1) * s.Cgo, K = s.K();
+  if (s.Cg == 1) {
+    f(g * s.Cgo, s.Cgo, g * s.Cgo * Lt * K, Lt * K);
+    return;
+  }
+  for (int64_t c = g * s.Cgo; c < end;) {
+    const int64_t grp = c / s.Cg, len = std::min(end, (grp + 1) * s.Cg) - c;
+    f(c, len, grp * Lt * K + c - grp * s.Cg, int64_t(1));
+    c += len;
+  }
+}
 
+// Column tiles are tap-major and channels-last per convolution group: the column of channel
+// c = grp * Cg + cc, tap t and tile position l is cols[(grp * Lt + l) * K + t * Cg + cc], so a
+// sample point's values for a run of channels are contiguous (deformable_loops.h) and group grp's
+// columns are the K x Lt matrix at cols + grp * Lt * K with unit row stride. The weight is used in
+// the same (tap-major) order.
+
+// Columns of tile [q0, q0 + Lt) of sample n, interpolated from the normalized channels-last sample
+// `xcl`.
 template <typename T>
 void build_columns(const acc_t<T>* xcl, const T* offset, const T* mask, const Geometry& s,
-                   int64_t n, int64_t q0, int64_t Lt, bl::Corners<acc_t<T>>* pts, acc_t<T>* cols,
-                   acc_t<T>* blk) {
+                   int64_t n, int64_t q0, int64_t Lt, bl::Corners<acc_t<T>>* pts, acc_t<T>* cols) {
   using acc = acc_t<T>;
-  const int64_t KKL = s.KK() * Lt, Cg = s.Cgo;
+  const int64_t K = s.K();
   for (int64_t g = 0; g < s.G; ++g) {
     sample_points(offset, mask, s, n, g, q0, Lt, true, pts, static_cast<acc*>(nullptr));
-    const acc* xg = xcl + g * Cg;
-    acc* colg = cols + g * Cg * KKL;
-    for (int64_t e0 = 0; e0 < KKL; e0 += kPointBlock) {
-      const int64_t eb = std::min(kPointBlock, KKL - e0);
-      for (int64_t ee = 0; ee < eb; ++ee) {
-        const bl::Corners<acc>& p = pts[e0 + ee];
-        const acc *r0 = xg + p.index[0] * s.C, *r1 = xg + p.index[1] * s.C;
-        const acc *r2 = xg + p.index[2] * s.C, *r3 = xg + p.index[3] * s.C;
-        const acc w0 = p.weight[0], w1 = p.weight[1], w2 = p.weight[2], w3 = p.weight[3];
-        acc* out = blk + ee * Cg;
-        for (int64_t cc = 0; cc < Cg; ++cc) {  // the order of bl::combine
-          out[cc] = (w0 * r0[cc] + w1 * r1[cc]) + (w2 * r2[cc] + w3 * r3[cc]);
-        }
-      }
-      for (int64_t cc = 0; cc < Cg; ++cc) {
-        for (int64_t ee = 0; ee < eb; ++ee) colg[cc * KKL + e0 + ee] = blk[ee * Cg + cc];
-      }
-    }
+    for_each_run(s, g, Lt, [&](int64_t c, int64_t len, int64_t off, int64_t cs) {
+      deform_columns(xcl + c, s.C, pts, s.KK(), Lt, len, cols + off, K, s.Cg, cs);
+    });
   }
 }
 
-// The (acc) weight of sample n, (Co x K) row-major: w itself for float/double, else converted.
+// The weight of sample n as acc in tap-major order, buf[o * K + t * Cg + cc] = w[n, o, cc, t].
 template <typename T>
-const acc_t<T>* weight_of(const T* w, const Geometry& s, int64_t n, acc_t<T>* buf) {
-  return load(w + n * s.Co * s.K(), s.Co * s.K(), buf);
+const acc_t<T>* tap_major_weight(const T* w, const Geometry& s, int64_t n, acc_t<T>* buf) {
+  using acc = acc_t<T>;
+  const int64_t K = s.K(), KK = s.KK();
+  const T* wn = w + n * s.Co * K;
+  for (int64_t o = 0; o < s.Co; ++o) {
+    for (int64_t cc = 0; cc < s.Cg; ++cc) {
+      for (int64_t t = 0; t < KK; ++t) {
+        buf[o * K + t * s.Cg + cc] = static_cast<acc>(wn[o * K + cc * KK + t]);
+      }
+    }
+  }
+  return buf;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -252,39 +281,45 @@ void forward(const T* x, const T* w, const T* b, const T* offset, const T* mask,
   at::parallel_for(0, T_, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       acc* cols = ws + k * per_chunk;
-      acc* wbuf = cols + s.C * s.KK() * L;  // conv only
-      acc* obuf = wbuf + s.Co * K;          // conv only
+      acc* wbuf = cols + s.C * s.KK() * L;  // tap-major weight
+      acc* ytile = wbuf + s.Co * K;         // output tile, transposed
+      acc* obuf = ytile + s.Co * L;         // conv only
       auto* pts = reinterpret_cast<bl::Corners<acc>*>(pws + k * s.KK() * L * point_bytes<acc>());
       int64_t loaded = -1;  // sample whose weight is in wbuf
       int64_t normalized = -1;  // sample in xcl
       const acc* wn = nullptr;
-      std::vector<acc> xcl(s.P() * s.C), blk(kPointBlock * s.Cgo);
+      std::vector<acc> xcl(s.P() * s.C);
       for (int64_t task = k * tasks / T_; task < (k + 1) * tasks / T_; ++task) {
         const int64_t n = task / tiles, q0 = (task % tiles) * L, Lt = std::min(L, s.Q() - q0);
         if (n != normalized) {
           normalized_channels_last(x, s, q, n, xcl.data());
           normalized = n;
         }
-        build_columns(xcl.data(), offset, mask, s, n, q0, Lt, pts, cols, blk.data());
+        build_columns(xcl.data(), offset, mask, s, n, q0, Lt, pts, cols);
         if (n != loaded) {
-          wn = weight_of(w, s, n, wbuf);
+          wn = tap_major_weight(w, s, n, wbuf);
           loaded = n;
         }
         for (int64_t grp = 0; grp < s.groups; ++grp) {
+          // The product transposed, (Lt x Cog) = cols^T @ W^T: MKL runs this operand order faster
+          // than W @ cols on channels-last columns. Then transposed into the output rows.
+          gemm(Mat<const acc>{cols + grp * Lt * K, Lt, K, K, 1},
+               Mat<const acc>{wn + grp * s.Cog * K, K, s.Cog, 1, K}, acc(0),
+               Mat<acc>{ytile, Lt, s.Cog, s.Cog, 1});
           T* yp = y + (n * s.Co + grp * s.Cog) * s.Q() + q0;
-          Mat<acc> yt;
+          acc* yo;
+          int64_t ys;
           if constexpr (conv) {
-            yt = {obuf, s.Cog, Lt, Lt, 1};
+            yo = obuf, ys = Lt;
           } else {
-            yt = {yp, s.Cog, Lt, s.Q(), 1};
+            yo = yp, ys = s.Q();
           }
-          gemm(Mat<const acc>{wn + grp * s.Cog * K, s.Cog, K, K, 1},
-               Mat<const acc>{cols + grp * K * Lt, K, Lt, Lt, 1}, acc(0), yt);
+          transpose_matrix(ytile, s.Cog, Lt, s.Cog, yo, ys);
           for (int64_t o = 0; o < s.Cog; ++o) {
             if (b != nullptr) {
-              add_scalar(yt.data + o * yt.rs, Lt, static_cast<acc>(b[n * s.Co + grp * s.Cog + o]));
+              add_scalar(yo + o * ys, Lt, static_cast<acc>(b[n * s.Co + grp * s.Cog + o]));
             }
-            store<T>(yt.data + o * yt.rs, Lt, yp + o * s.Q());
+            store<T>(yo + o * ys, Lt, yp + o * s.Q());
           }
         }
       }
@@ -308,10 +343,9 @@ struct ChunkBuffers {
   acc* goy;    // 3 * KK * L: goffset y, goffset x and gmask accumulators
   acc* gxh;    // P * C: gradient with respect to xh of the current sample, channels-last
   acc* gwk;    // Co * K: weight gradient of the current sample
-  acc* wbuf;   // Co * K: converted weight (half/bfloat16 only)
+  acc* wbuf;   // Co * K: the sample's weight, tap-major
   acc* gyb;    // Co * L: converted gy tile (half/bfloat16 only)
   acc* xcl;    // P * C: the sample normalized, channels-last
-  acc* blk;    // 3 * kPointBlock * C: a block of points x channels (columns, gcols, gx terms)
   bl::Corners<acc>* pts;  // KK * L points
 };
 
@@ -327,9 +361,8 @@ ChunkBuffers<acc_t<T>> chunk_buffers(const Geometry& s, acc_t<T>* ws, uint8_t* p
   b.gxh = b.goy + 3 * KKL;
   b.gwk = b.gxh + s.C * s.P();
   b.xcl = b.gwk + s.Co * s.K();
-  b.blk = b.xcl + s.C * s.P();
-  b.wbuf = b.blk + 3 * kPointBlock * s.C;  // the last two: half/bfloat16 only
-  b.gyb = b.wbuf + s.Co * s.K();
+  b.wbuf = b.xcl + s.C * s.P();
+  b.gyb = b.wbuf + s.Co * s.K();  // half/bfloat16 only
   b.pts = reinterpret_cast<bl::Corners<acc>*>(pws + k * KKL * point_bytes<acc>());
   return b;
 }
@@ -343,7 +376,7 @@ void backward_tiles(const T* gy, const T* x, const T* w, const T* offset, const 
   using acc = acc_t<T>;
   constexpr bool conv = !std::is_same_v<T, acc>;
   const int64_t L = tile_len(s), K = s.K(), KK = s.KK();
-  const acc* wn = weight_of(w, s, n, b.wbuf);
+  const acc* wn = tap_major_weight(w, s, n, b.wbuf);
   if (t0 < t1) normalized_channels_last(x, s, q, n, b.xcl);
   for (int64_t tile = t0; tile < t1; ++tile) {
     const int64_t q0 = tile * L, Lt = std::min(L, s.Q() - q0), KKL = KK * Lt;
@@ -358,57 +391,20 @@ void backward_tiles(const T* gy, const T* x, const T* w, const T* offset, const 
     }
     // gcols = W^T @ gy, per convolution group.
     for (int64_t grp = 0; grp < s.groups; ++grp) {
-      gemm(Mat<const acc>{wn + grp * s.Cog * K, K, s.Cog, 1, K},
-           Mat<const acc>{gt.data + grp * s.Cog * gt.rs, s.Cog, Lt, gt.rs, 1}, acc(0),
-           Mat<acc>{b.gcols + grp * K * Lt, K, Lt, Lt, 1});
+      gemm(Mat<const acc>{gt.data + grp * s.Cog * gt.rs, Lt, s.Cog, 1, gt.rs},
+           Mat<const acc>{wn + grp * s.Cog * K, s.Cog, K, K, 1}, acc(0),
+           Mat<acc>{b.gcols + grp * Lt * K, Lt, K, K, 1});
     }
     acc *goy = b.goy, *gox = b.goy + KKL, *gmk = b.goy + 2 * KKL;
-    const int64_t Cg = s.Cgo, B = kPointBlock;
     for (int64_t g = 0; g < s.G; ++g) {
       sample_points(offset, mask, s, n, g, q0, Lt, false, b.pts, b.mv);
-      // Points in blocks of B, vectorized over the group's channels on the channels-last copies
-      // of xh (b.xcl) and of the x-gradient (b.gxh, P x C): gcols are transposed into gblk, the
-      // columns come out of cblk transposed.
-      const acc* xg = b.xcl + g * Cg;
-      acc* gxg = b.gxh + g * Cg;
-      acc *cblk = b.blk, *gblk = b.blk + B * Cg;
-      acc* col = b.cols + g * Cg * KKL;
-      const acc* gcol = b.gcols + g * Cg * KKL;
-      for (int64_t e0 = 0; e0 < KKL; e0 += B) {
-        const int64_t eb = std::min(B, KKL - e0);
-        for (int64_t cc = 0; cc < Cg; ++cc) {
-          for (int64_t ee = 0; ee < eb; ++ee) gblk[ee * Cg + cc] = gcol[cc * KKL + e0 + ee];
-        }
-        for (int64_t ee = 0; ee < eb; ++ee) {
-          const int64_t e = e0 + ee;
-          const auto& p = b.pts[e];
-          const acc* r[4];
-          for (int kc = 0; kc < 4; ++kc) r[kc] = xg + p.index[kc] * s.C;
-          const acc m = b.mv[e];
-          const acc* gc = gblk + ee * Cg;
-          acc* out = cblk + ee * Cg;
-          acc sval = 0, sdy = 0, sdx = 0;
-          for (int64_t cc = 0; cc < Cg; ++cc) {
-            const acc v[4] = {r[0][cc], r[1][cc], r[2][cc], r[3][cc]};
-            const acc val = bl::combine(p.weight, v);
-            out[cc] = m * val;
-            sval += gc[cc] * val;
-            sdy += gc[cc] * bl::combine(p.dy, v);
-            sdx += gc[cc] * bl::combine(p.dx, v);
-          }
-          gmk[e] = sval;
-          goy[e] = m * sdy;
-          gox[e] = m * sdx;
-          for (int kc = 0; kc < 4; ++kc) {
-            acc* gq = gxg + p.index[kc] * s.C;
-            const acc wk = m * p.weight[kc];
-            for (int64_t cc = 0; cc < Cg; ++cc) gq[cc] += wk * gc[cc];
-          }
-        }
-        for (int64_t cc = 0; cc < Cg; ++cc) {
-          for (int64_t ee = 0; ee < eb; ++ee) col[cc * KKL + e0 + ee] = cblk[ee * Cg + cc];
-        }
-      }
+      // Vectorized over the group's channels on the channels-last copies of xh (b.xcl) and of
+      // the x-gradient (b.gxh, P x C), run by run (deformable_loops.h).
+      std::fill(b.goy, b.goy + 3 * KKL, acc(0));
+      for_each_run(s, g, Lt, [&](int64_t c, int64_t len, int64_t off, int64_t cs) {
+        deform_points_backward(b.xcl + c, b.gxh + c, s.C, b.pts, b.mv, KK, Lt, len,
+                               b.gcols + off, b.cols + off, K, s.Cg, cs, gmk, goy, gox);
+      });
       for (int64_t t = 0; t < KK; ++t) {
         T* go = goffset + ((n * s.G + g) * KK + t) * 2 * s.Q() + q0;
         for (int64_t l = 0; l < Lt; ++l) {
@@ -424,7 +420,7 @@ void backward_tiles(const T* gy, const T* x, const T* w, const T* offset, const 
     // gW += gy @ cols^T, per convolution group.
     for (int64_t grp = 0; grp < s.groups; ++grp) {
       gemm(Mat<const acc>{gt.data + grp * s.Cog * gt.rs, s.Cog, Lt, gt.rs, 1},
-           Mat<const acc>{b.cols + grp * K * Lt, Lt, K, 1, Lt}, acc(1),
+           Mat<const acc>{b.cols + grp * Lt * K, Lt, K, K, 1}, acc(1),
            Mat<acc>{b.gwk + grp * s.Cog * K, s.Cog, K, K, 1});
     }
   }
@@ -441,20 +437,32 @@ void finish_sample(const T* gy, const T* x, T* gx, T* gw, T* gb, const Geometry&
   const int64_t K = s.K(), T_ = static_cast<int64_t>(parts.size());
   acc* gw0 = parts[0].gwk;
   for (int64_t k = 1; k < T_; ++k) add_to(gw0, parts[k].gwk, s.Co * K);
-  T* gwp = gw + n * s.Co * K;
-  for (int64_t i = 0; i < s.Co * K; ++i) gwp[i] = static_cast<T>(gw0[i]);
-  // The chunks' x-gradients are channels-last (P x C): each channel's plane is gathered from them,
-  // added in chunk order.
-  at::parallel_for(0, s.C, grain_for(s.P() * (T_ + 4)), [&](int64_t c0, int64_t c1) {
-    std::vector<acc> xbuf = scratch<T>(kBlock), obuf = scratch<T>(kBlock), g(s.P());
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t qi = n * s.C + c;
-      for (int64_t i = 0; i < s.P(); ++i) g[i] = parts[0].gxh[i * s.C + c];
-      for (int64_t k = 1; k < T_; ++k) {
-        for (int64_t i = 0; i < s.P(); ++i) g[i] += parts[k].gxh[i * s.C + c];
+  T* gwp = gw + n * s.Co * K;  // back from the tap-major order
+  for (int64_t o = 0; o < s.Co; ++o) {
+    for (int64_t cc = 0; cc < s.Cg; ++cc) {
+      for (int64_t t = 0; t < s.KK(); ++t) {
+        gwp[o * K + cc * s.KK() + t] = static_cast<T>(gw0[o * K + t * s.Cg + cc]);
       }
-      plane_input_grad(g.data(), x + qi * s.P(), gx + qi * s.P(), s.P(), q.hi[qi], q.lo[qi],
-                       q.rstd[qi], normalized, xbuf.data(), obuf.data());
+    }
+  }
+  // The chunks' x-gradients are channels-last (P x C): the planes of kGatherChannels channels at
+  // a time are gathered from them, added in chunk order.
+  constexpr int64_t kGatherChannels = 8;
+  std::vector<const acc*> gxs(T_);
+  for (int64_t k = 0; k < T_; ++k) gxs[k] = parts[k].gxh;
+  const int64_t blocks = (s.C + kGatherChannels - 1) / kGatherChannels;
+  const int64_t grain = grain_for(kGatherChannels * s.P() * (T_ + 4));
+  at::parallel_for(0, blocks, grain, [&](int64_t j0, int64_t j1) {
+    std::vector<acc> xbuf = scratch<T>(kBlock), obuf = scratch<T>(kBlock);
+    std::vector<acc> g(kGatherChannels * s.P());
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t c0 = j * kGatherChannels, cb = std::min(kGatherChannels, s.C - c0);
+      gather_channels(gxs.data(), T_, s.P(), s.C, c0, cb, g.data());
+      for (int64_t cc = 0; cc < cb; ++cc) {
+        const int64_t qi = n * s.C + c0 + cc;
+        plane_input_grad(g.data() + cc * s.P(), x + qi * s.P(), gx + qi * s.P(), s.P(), q.hi[qi],
+                         q.lo[qi], q.rstd[qi], normalized, xbuf.data(), obuf.data());
+      }
     }
   });
   std::vector<acc> gbuf = scratch<T>(kBlock);

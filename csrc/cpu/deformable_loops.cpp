@@ -1,0 +1,312 @@
+#include "deformable_loops.h"
+
+#include <algorithm>
+#include <cstring>
+
+// Each exported loop is compiled for AVX-512 (x86-64-v4), AVX2+FMA (x86-64-v3) and the baseline
+// (as in loops.cpp); the dynamic loader picks one for the CPU it runs on. The loops use GCC/Clang
+// vector types of 32 bytes (8 floats or 4 doubles): one register with AVX2, two with SSE2.
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define DIN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DIN_CLONES
+#endif
+#define DIN_INLINE __attribute__((always_inline)) inline
+
+// The 32-byte vector helpers below are inlined into the exported loops and never cross a call
+// boundary, so GCC's note that their ABI differs without AVX does not apply.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+namespace din_ops::cpu {
+namespace {
+
+namespace bl = din_ops::bilinear;
+
+typedef float f8 __attribute__((vector_size(32)));
+typedef double d4 __attribute__((vector_size(32)));
+
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  using type = f8;
+  static constexpr int lanes = 8;
+};
+template <>
+struct Vec<double> {
+  using type = d4;
+  static constexpr int lanes = 4;
+};
+
+template <typename T>
+DIN_INLINE typename Vec<T>::type load(const T* p) {
+  typename Vec<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+DIN_INLINE void store(T* p, const typename Vec<T>::type& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// dst[j * ds + i] = src[i * ss + j] for i, j < lanes: one square tile transposed in registers.
+DIN_INLINE void transpose_tile(const float* src, int64_t ss, float* dst, int64_t ds) {
+  f8 r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = load(src + i * ss);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shufflevector(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 1] = __builtin_shufflevector(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[i + 2] = __builtin_shufflevector(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 3] = __builtin_shufflevector(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int j = 0; j < 4; ++j) {
+    store(dst + j * ds, __builtin_shufflevector(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+    store(dst + (j + 4) * ds, __builtin_shufflevector(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+  }
+}
+
+DIN_INLINE void transpose_tile(const double* src, int64_t ss, double* dst, int64_t ds) {
+  d4 r[4], t[4];
+  for (int i = 0; i < 4; ++i) r[i] = load(src + i * ss);
+  for (int i = 0; i < 4; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 4, 2, 6);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 1, 5, 3, 7);
+  }
+  store(dst, __builtin_shufflevector(t[0], t[2], 0, 1, 4, 5));
+  store(dst + ds, __builtin_shufflevector(t[1], t[3], 0, 1, 4, 5));
+  store(dst + 2 * ds, __builtin_shufflevector(t[0], t[2], 2, 3, 6, 7));
+  store(dst + 3 * ds, __builtin_shufflevector(t[1], t[3], 2, 3, 6, 7));
+}
+
+// dst[j * ds + i] = src[i * ss + j] for i < rows, j < cols: square tiles in registers, the edges
+// element by element.
+template <typename T>
+DIN_INLINE void transpose(const T* src, int64_t ss, int64_t rows, int64_t cols, T* dst,
+                          int64_t ds) {
+  constexpr int S = Vec<T>::lanes;
+  const int64_t rf = rows - rows % S, cf = cols - cols % S;
+  for (int64_t i = 0; i < rf; i += S) {
+    for (int64_t j = 0; j < cf; j += S) transpose_tile(src + i * ss + j, ss, dst + j * ds + i, ds);
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    const int64_t i0 = j < cf ? rf : 0;
+    for (int64_t i = i0; i < rows; ++i) dst[j * ds + i] = src[i * ss + j];
+  }
+}
+
+// A vector of column values of consecutive channels: contiguous (kContig) or `cs` apart.
+template <typename T, bool kContig>
+DIN_INLINE typename Vec<T>::type load_cols(const T* p, int64_t cs) {
+  if constexpr (kContig) {
+    return load(p);
+  } else {
+    typename Vec<T>::type v;
+    for (int j = 0; j < Vec<T>::lanes; ++j) v[j] = p[j * cs];
+    return v;
+  }
+}
+template <typename T, bool kContig>
+DIN_INLINE void store_cols(T* p, int64_t cs, const typename Vec<T>::type& v) {
+  if constexpr (kContig) {
+    store(p, v);
+  } else {
+    for (int j = 0; j < Vec<T>::lanes; ++j) p[j * cs] = v[j];
+  }
+}
+
+template <typename T, bool kContig>
+DIN_INLINE void deform_columns_run(const T* xg, int64_t xs, const bl::Corners<T>* pts, int64_t KK,
+                                   int64_t Lt, int64_t Cs, T* col, int64_t ldl, int64_t ldt,
+                                   int64_t cs_) {
+  constexpr int S = Vec<T>::lanes;
+  const int64_t cs = kContig ? 1 : cs_, cf = Cs - Cs % S;
+  for (int64_t t = 0; t < KK; ++t) {
+    for (int64_t l = 0; l < Lt; ++l) {
+      const bl::Corners<T>& p = pts[t * Lt + l];
+      const T *r0 = xg + p.index[0] * xs, *r1 = xg + p.index[1] * xs;
+      const T *r2 = xg + p.index[2] * xs, *r3 = xg + p.index[3] * xs;
+      const T w0 = p.weight[0], w1 = p.weight[1], w2 = p.weight[2], w3 = p.weight[3];
+      T* out = col + l * ldl + t * ldt;
+      for (int64_t cc = 0; cc < cf; cc += S) {  // the order of bilinear::combine
+        store_cols<T, kContig>(out + cc * cs, cs,
+                               (w0 * load(r0 + cc) + w1 * load(r1 + cc)) +
+                                   (w2 * load(r2 + cc) + w3 * load(r3 + cc)));
+      }
+      for (int64_t cc = cf; cc < Cs; ++cc) {
+        out[cc * cs] = (w0 * r0[cc] + w1 * r1[cc]) + (w2 * r2[cc] + w3 * r3[cc]);
+      }
+    }
+  }
+}
+
+template <typename T>
+DIN_INLINE T lane_sum(const typename Vec<T>::type& v) {
+  T s = 0;
+  for (int j = 0; j < Vec<T>::lanes; ++j) s += v[j];
+  return s;
+}
+
+template <typename T>
+DIN_INLINE void deform_columns_impl(const T* xg, int64_t xs, const bl::Corners<T>* pts, int64_t KK,
+                                    int64_t Lt, int64_t Cs, T* col, int64_t ldl, int64_t ldt,
+                                    int64_t cs) {
+  if (cs == 1) {
+    deform_columns_run<T, true>(xg, xs, pts, KK, Lt, Cs, col, ldl, ldt, cs);
+  } else {
+    deform_columns_run<T, false>(xg, xs, pts, KK, Lt, Cs, col, ldl, ldt, cs);
+  }
+}
+
+template <typename T, bool kContig>
+DIN_INLINE void deform_points_backward_run(const T* xg, T* gxg, int64_t xs,
+                                           const bl::Corners<T>* pts, const T* mv, int64_t KK,
+                                           int64_t Lt, int64_t Cs, const T* gcol, T* col,
+                                           int64_t ldl, int64_t ldt, int64_t cs_, T* gmk, T* goy,
+                                           T* gox) {
+  using V = typename Vec<T>::type;
+  constexpr int S = Vec<T>::lanes;
+  const int64_t cs = kContig ? 1 : cs_, cf = Cs - Cs % S;
+  for (int64_t t = 0; t < KK; ++t) {
+    for (int64_t l = 0; l < Lt; ++l) {
+      const int64_t e = t * Lt + l;
+      const bl::Corners<T>& p = pts[e];
+      const T *r0 = xg + p.index[0] * xs, *r1 = xg + p.index[1] * xs;
+      const T *r2 = xg + p.index[2] * xs, *r3 = xg + p.index[3] * xs;
+      T *q0 = gxg + p.index[0] * xs, *q1 = gxg + p.index[1] * xs;
+      T *q2 = gxg + p.index[2] * xs, *q3 = gxg + p.index[3] * xs;
+      const T w0 = p.weight[0], w1 = p.weight[1], w2 = p.weight[2], w3 = p.weight[3];
+      const T y0 = p.dy[0], y1 = p.dy[1], y2 = p.dy[2], y3 = p.dy[3];
+      const T x0 = p.dx[0], x1 = p.dx[1], x2 = p.dx[2], x3 = p.dx[3];
+      const T m = mv[e];
+      const T m0 = m * w0, m1 = m * w1, m2 = m * w2, m3 = m * w3;
+      const T* gc = gcol + l * ldl + t * ldt;
+      T* out = col + l * ldl + t * ldt;
+      V sv = {}, sy = {}, sx = {};
+      for (int64_t cc = 0; cc < cf; cc += S) {
+        const V v0 = load(r0 + cc), v1 = load(r1 + cc), v2 = load(r2 + cc), v3 = load(r3 + cc);
+        const V g = load_cols<T, kContig>(gc + cc * cs, cs);
+        const V val = (w0 * v0 + w1 * v1) + (w2 * v2 + w3 * v3);
+        store_cols<T, kContig>(out + cc * cs, cs, m * val);
+        sv += g * val;
+        sy += g * ((y0 * v0 + y1 * v1) + (y2 * v2 + y3 * v3));
+        sx += g * ((x0 * v0 + x1 * v1) + (x2 * v2 + x3 * v3));
+        // The x-gradient onto the four corners, one after the other (corners outside the plane
+        // share index 0 with weight 0).
+        store(q0 + cc, load(q0 + cc) + m0 * g);
+        store(q1 + cc, load(q1 + cc) + m1 * g);
+        store(q2 + cc, load(q2 + cc) + m2 * g);
+        store(q3 + cc, load(q3 + cc) + m3 * g);
+      }
+      T tv = lane_sum<T>(sv), ty = lane_sum<T>(sy), tx = lane_sum<T>(sx);
+      for (int64_t cc = cf; cc < Cs; ++cc) {
+        const T v0 = r0[cc], v1 = r1[cc], v2 = r2[cc], v3 = r3[cc], g = gc[cc * cs];
+        const T val = (w0 * v0 + w1 * v1) + (w2 * v2 + w3 * v3);
+        out[cc * cs] = m * val;
+        tv += g * val;
+        ty += g * ((y0 * v0 + y1 * v1) + (y2 * v2 + y3 * v3));
+        tx += g * ((x0 * v0 + x1 * v1) + (x2 * v2 + x3 * v3));
+        q0[cc] += m0 * g;
+        q1[cc] += m1 * g;
+        q2[cc] += m2 * g;
+        q3[cc] += m3 * g;
+      }
+      gmk[e] += tv;
+      goy[e] += m * ty;
+      gox[e] += m * tx;
+    }
+  }
+}
+
+template <typename T>
+DIN_INLINE void deform_points_backward_impl(const T* xg, T* gxg, int64_t xs,
+                                            const bl::Corners<T>* pts, const T* mv, int64_t KK,
+                                            int64_t Lt, int64_t Cs, const T* gcol, T* col,
+                                            int64_t ldl, int64_t ldt, int64_t cs, T* gmk, T* goy,
+                                            T* gox) {
+  if (cs == 1) {
+    deform_points_backward_run<T, true>(xg, gxg, xs, pts, mv, KK, Lt, Cs, gcol, col, ldl, ldt, cs,
+                                        gmk, goy, gox);
+  } else {
+    deform_points_backward_run<T, false>(xg, gxg, xs, pts, mv, KK, Lt, Cs, gcol, col, ldl, ldt,
+                                         cs, gmk, goy, gox);
+  }
+}
+
+template <typename T>
+DIN_INLINE void gather_channels_impl(const T* const* parts, int64_t nparts, int64_t P, int64_t C,
+                                     int64_t c0, int64_t cb, T* out) {
+  constexpr int64_t kRows = 64;  // pixels per step: cb x kRows values stay in L1
+  T buf[kRows * 16];
+  for (int64_t i0 = 0; i0 < P; i0 += kRows) {
+    const int64_t ib = std::min(kRows, P - i0);
+    for (int64_t k = 0; k < nparts; ++k) {
+      const T* src = parts[k] + i0 * C + c0;
+      if (k == 0) {
+        transpose(src, C, ib, cb, out + i0, P);
+      } else {
+        transpose(src, C, ib, cb, buf, kRows);
+        for (int64_t cc = 0; cc < cb; ++cc) {
+          T* o = out + cc * P + i0;
+          const T* b = buf + cc * kRows;
+          for (int64_t i = 0; i < ib; ++i) o[i] += b[i];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+DIN_CLONES void deform_columns(const float* xg, int64_t xs, const bl::Corners<float>* pts,
+                               int64_t KK, int64_t Lt, int64_t Cs, float* col, int64_t ldl,
+                               int64_t ldt, int64_t cs) {
+  deform_columns_impl(xg, xs, pts, KK, Lt, Cs, col, ldl, ldt, cs);
+}
+DIN_CLONES void deform_columns(const double* xg, int64_t xs, const bl::Corners<double>* pts,
+                               int64_t KK, int64_t Lt, int64_t Cs, double* col, int64_t ldl,
+                               int64_t ldt, int64_t cs) {
+  deform_columns_impl(xg, xs, pts, KK, Lt, Cs, col, ldl, ldt, cs);
+}
+
+DIN_CLONES void deform_points_backward(const float* xg, float* gxg, int64_t xs,
+                                       const bl::Corners<float>* pts, const float* mv, int64_t KK,
+                                       int64_t Lt, int64_t Cs, const float* gcol, float* col,
+                                       int64_t ldl, int64_t ldt, int64_t cs, float* gmk,
+                                       float* goy, float* gox) {
+  deform_points_backward_impl(xg, gxg, xs, pts, mv, KK, Lt, Cs, gcol, col, ldl, ldt, cs, gmk,
+                              goy, gox);
+}
+DIN_CLONES void deform_points_backward(const double* xg, double* gxg, int64_t xs,
+                                       const bl::Corners<double>* pts, const double* mv,
+                                       int64_t KK, int64_t Lt, int64_t Cs, const double* gcol,
+                                       double* col, int64_t ldl, int64_t ldt, int64_t cs,
+                                       double* gmk, double* goy, double* gox) {
+  deform_points_backward_impl(xg, gxg, xs, pts, mv, KK, Lt, Cs, gcol, col, ldl, ldt, cs, gmk,
+                              goy, gox);
+}
+
+DIN_CLONES void gather_channels(const float* const* parts, int64_t nparts, int64_t P, int64_t C,
+                                int64_t c0, int64_t cb, float* out) {
+  gather_channels_impl(parts, nparts, P, C, c0, cb, out);
+}
+DIN_CLONES void gather_channels(const double* const* parts, int64_t nparts, int64_t P, int64_t C,
+                                int64_t c0, int64_t cb, double* out) {
+  gather_channels_impl(parts, nparts, P, C, c0, cb, out);
+}
+
+DIN_CLONES void transpose_matrix(const float* src, int64_t ss, int64_t rows, int64_t cols,
+                                 float* dst, int64_t ds) {
+  transpose(src, ss, rows, cols, dst, ds);
+}
+DIN_CLONES void transpose_matrix(const double* src, int64_t ss, int64_t rows, int64_t cols,
+                                 double* dst, int64_t ds) {
+  transpose(src, ss, rows, cols, dst, ds);
+}
+
+}  // namespace din_ops::cpu
