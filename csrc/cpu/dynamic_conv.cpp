@@ -15,8 +15,10 @@
 //   vectorized row updates; backward works on the same plane buffer (taps as dot products and
 //   transposed row updates), then applies the instance-norm backward while the plane is in cache.
 // - grouped or dense, stride 1: register-blocked direct convolution (direct_conv.h) on bands of
-//   normalized, zero-padded rows; the backward's input gradient is the same kernel run on grad_y
-//   with the flipped kernel, its weight gradient a register-blocked correlation of the same bands.
+//   normalized, zero-padded rows, or Winograd F(2x2, 3x3) on the same bands for 3 x 3 kernels
+//   without dilation (winograd.h); the backward's input gradient is the same convolution run on
+//   grad_y with the flipped kernel, its weight gradient a register-blocked correlation of the same
+//   bands (direct or in the Winograd domain).
 // - everything else (stride > 1): im2col of normalized tiles of output rows, one GEMM per tile with
 //   W[n, group] (forward), and per (n, group) task the weight-gradient GEMM, the W^T GEMM and
 //   col2im into the gradient planes (backward).
@@ -372,9 +374,10 @@ void statistics(const T* x, const Geometry& s, bool normalize, double eps, doubl
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stride 1, grouped or dense: register-blocked direct convolution (direct_conv.h) on bands of
-// normalized, zero-padded rows in the padded-width layout. No column matrix: each normalized input
-// value is written once per band and read from L1/L2 by every tap and output channel.
+// Stride 1, grouped or dense: register-blocked direct convolution (direct_conv.h) or Winograd
+// (winograd.h) on bands of normalized, zero-padded rows in the padded-width layout. No column
+// matrix: each normalized input value is written once per band and read from L1/L2 by every tap
+// and output channel.
 
 // Output rows per band: about 1.5k flat pixels, enough for long weight-gradient sweeps while the
 // band's input and output stay in L2.
