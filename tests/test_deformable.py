@@ -27,6 +27,16 @@ OPS = {
 }
 
 
+def assert_same_forward_backward(y, expected, leaves, expected_leaves, tol):
+    """y and expected agree, and so do the gradients of their leaves for one random grad_y."""
+    torch.testing.assert_close(y, expected, rtol=tol, atol=tol)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    expected.backward(gy)
+    for a, e in zip(leaves, expected_leaves):
+        torch.testing.assert_close(a.grad, e.grad, rtol=tol, atol=tol)
+
+
 def conv_kwargs(name):
     _c, _co, _k, stride, padding, dilation, groups, _g = CONFIGS[name]
     return dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
@@ -163,12 +173,7 @@ def test_borders_and_integer_positions(device, op):
     exact = [t.clone().requires_grad_() for t in (x, w, b, m)]
     y = ours(*mine[:3], offset=off, mask=mine[3], padding=1)
     expected = ref(*exact[:3], off, exact[3], padding=1)
-    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
-    gy = torch.randn_like(y)
-    y.backward(gy)
-    expected.backward(gy)
-    for a, e in zip(mine, exact):
-        torch.testing.assert_close(a.grad, e.grad, rtol=1e-12, atol=1e-12)
+    assert_same_forward_backward(y, expected, mine, exact, 1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -200,12 +205,7 @@ def test_zero_offsets_equal_the_kxk_op(device, op, name):
     plain = [t.clone().requires_grad_() for t in (x, w, b)]
     y = ours(*leaves, offset=zero, **kw)
     expected = ours(*plain, **kw)  # the grouped k x k kernel (no offset)
-    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
-    gy = torch.randn_like(y)
-    y.backward(gy)
-    expected.backward(gy)
-    for a, e in zip(leaves, plain):
-        torch.testing.assert_close(a.grad, e.grad, rtol=1e-12, atol=1e-12)
+    assert_same_forward_backward(y, expected, leaves, plain, 1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -219,12 +219,7 @@ def test_mask_of_ones_is_dcnv1(device, op):
     without = [t.clone().requires_grad_() for t in (x, w, b, off)]
     y1 = ours(*with_mask[:3], offset=with_mask[3], mask=ones, **kw)
     y2 = ours(*without[:3], offset=without[3], **kw)
-    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
-    gy = torch.randn_like(y1)
-    y1.backward(gy)
-    y2.backward(gy)
-    for a, e in zip(with_mask, without):
-        torch.testing.assert_close(a.grad, e.grad, rtol=0, atol=0)
+    assert_same_forward_backward(y1, y2, with_mask, without, 0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -469,12 +464,7 @@ def test_tile_of_one_pixel(device):
     exact = [t.clone().requires_grad_() for t in (x, w, b, off)]
     y = din_ops.dynamic_instance_norm(*mine[:3], offset=mine[3], padding=1)
     expected = reference.deformable_instance_norm(*exact, padding=1)
-    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
-    gy = torch.randn_like(y)
-    y.backward(gy)
-    expected.backward(gy)
-    for a, e in zip(mine, exact):
-        torch.testing.assert_close(a.grad, e.grad, rtol=1e-10, atol=1e-10)
+    assert_same_forward_backward(y, expected, mine, exact, 1e-10)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -498,9 +488,4 @@ def test_channel_runs(device, channels, groups, offset_groups):
     exact = [t.clone().requires_grad_() for t in (x, wt, b, off, m)]
     y = din_ops.dynamic_instance_norm(*mine[:3], offset=mine[3], mask=mine[4], padding=1, groups=groups)
     expected = reference.deformable_instance_norm(*exact, padding=1, groups=groups)
-    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
-    gy = torch.randn_like(y)
-    y.backward(gy)
-    expected.backward(gy)
-    for a, e in zip(mine, exact):
-        torch.testing.assert_close(a.grad, e.grad, rtol=1e-10, atol=1e-10)
+    assert_same_forward_backward(y, expected, mine, exact, 1e-10)

@@ -1,43 +1,27 @@
 #include "deformable_loops.h"
 
+#include "clones.h"
+#include "vec.h"
+
 #include <algorithm>
 #include <cstring>
 
-// Each exported loop is compiled for AVX-512 (x86-64-v4), AVX2+FMA (x86-64-v3) and the baseline
-// (as in loops.cpp); the dynamic loader picks one for the CPU it runs on. The loops use GCC/Clang
-// vector types of 32 bytes (8 floats or 4 doubles): one register with AVX2, two with SSE2.
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define DIN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DIN_CLONES
-#endif
-#define DIN_INLINE __attribute__((always_inline)) inline
-
-// The 32-byte vector helpers below are inlined into the exported loops and never cross a call
-// boundary, so GCC's note that their ABI differs without AVX does not apply.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
+// Each exported loop is compiled for AVX-512, AVX2 + FMA and the baseline (clones.h). The loops
+// use vector types of 32 bytes (vec.h; 8 floats or 4 doubles): one register with AVX2, two with
+// SSE2.
 
 namespace din_ops::cpu {
 namespace {
 
 namespace bl = din_ops::bilinear;
 
-typedef float f8 __attribute__((vector_size(32)));
-typedef double d4 __attribute__((vector_size(32)));
+using f8 = simd::VecOf<float, 32>::type;
+using d4 = simd::VecOf<double, 32>::type;
 
 template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  using type = f8;
-  static constexpr int lanes = 8;
-};
-template <>
-struct Vec<double> {
-  using type = d4;
-  static constexpr int lanes = 4;
+struct Vec {
+  using type = typename simd::VecOf<T, 32>::type;
+  static constexpr int lanes = 32 / sizeof(T);
 };
 
 template <typename T>

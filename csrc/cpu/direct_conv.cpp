@@ -10,8 +10,6 @@
 
 #include "vec.h"
 
-#define DIN_CLONES DIN_VEC_CLONES
-#define DIN_INLINE DIN_VEC_INLINE
 
 namespace din_ops::cpu {
 namespace {

@@ -1,18 +1,13 @@
 #include "loops.h"
 
+#include "clones.h"
+
 #include "din_ops/math.h"
 
 #include <algorithm>
 
 // The per-element formulas are those of din_ops/math.h, the functions the CUDA kernels run too.
-// Each exported loop is compiled for AVX-512 (x86-64-v4), AVX2+FMA (x86-64-v3) and the baseline, and
-// the dynamic loader picks one for the CPU it runs on.
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define DIN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DIN_CLONES
-#endif
-#define DIN_INLINE __attribute__((always_inline)) inline
+// Each exported loop is compiled for AVX-512, AVX2 + FMA and the baseline (clones.h).
 
 namespace din_ops::cpu {
 namespace {

@@ -27,17 +27,17 @@ template <typename T>
 struct Masks;
 template <>
 struct Masks<float> {
-  static constexpr simd::vint32 even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-  static constexpr simd::vint32 odd = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
-  static constexpr simd::vint32 lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
-  static constexpr simd::vint32 hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  static constexpr simd::index_t<float> even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+  static constexpr simd::index_t<float> odd = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+  static constexpr simd::index_t<float> lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+  static constexpr simd::index_t<float> hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
 };
 template <>
 struct Masks<double> {
-  static constexpr simd::vint64 even = {0, 2, 4, 6, 8, 10, 12, 14};
-  static constexpr simd::vint64 odd = {1, 3, 5, 7, 9, 11, 13, 15};
-  static constexpr simd::vint64 lo = {0, 8, 1, 9, 2, 10, 3, 11};
-  static constexpr simd::vint64 hi = {4, 12, 5, 13, 6, 14, 7, 15};
+  static constexpr simd::index_t<double> even = {0, 2, 4, 6, 8, 10, 12, 14};
+  static constexpr simd::index_t<double> odd = {1, 3, 5, 7, 9, 11, 13, 15};
+  static constexpr simd::index_t<double> lo = {0, 8, 1, 9, 2, 10, 3, 11};
+  static constexpr simd::index_t<double> hi = {4, 12, 5, 13, 6, 14, 7, 15};
 };
 
 // Geometry of the tile blocks of one band.
@@ -72,7 +72,7 @@ struct Tiles {
 
 // V[xi][ci][t] for the tile rows [th0, th1) of the band (t = (th - th0) * TWp + tile column).
 template <typename T>
-DIN_VEC_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp,
+DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp,
                                     const Tiles& k, int64_t th0, int64_t th1, T* V) {
   using Vt = vec_t<T>;
   using I = index_t<T>;
@@ -113,7 +113,7 @@ DIN_VEC_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_
 
 // Y = A^T M A (+ bias) for the tile rows [th0, th1), written to the padded-width output.
 template <typename T>
-DIN_VEC_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, int64_t th1,
+DIN_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, int64_t th1,
                                      int64_t Wp, const T* bias, int64_t cout, T* out, int64_t ld) {
   using Vt = vec_t<T>;
   using I = index_t<T>;
@@ -156,7 +156,7 @@ DIN_VEC_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, in
 // M[o, t] = sum_ci U[o, ci] V[ci, t] for one of the 16 transformed elements: B output channels x P
 // vectors of tiles in registers, the input channels streamed (rows of V at stride ldm).
 template <typename T, int B>
-DIN_VEC_INLINE void gemm(const T* V, int64_t cin, const T* packed, int64_t cout, int64_t L,
+DIN_INLINE void gemm(const T* V, int64_t cin, const T* packed, int64_t cout, int64_t L,
                          int64_t ldm, T* M) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>, P = 24 / B;
@@ -181,7 +181,7 @@ DIN_VEC_INLINE void gemm(const T* V, int64_t cin, const T* packed, int64_t cout,
 }
 
 template <typename T>
-DIN_VEC_INLINE void gemms(const T* V, int64_t cin, const T* packed, int64_t cout, int64_t L,
+DIN_INLINE void gemms(const T* V, int64_t cin, const T* packed, int64_t cout, int64_t L,
                           const Tiles& k, T* M) {
   for (int xi = 0; xi < 16; ++xi) {
     const T* v = V + xi * k.vs(cin);
@@ -197,7 +197,7 @@ DIN_VEC_INLINE void gemms(const T* V, int64_t cin, const T* packed, int64_t cout
 }
 
 template <typename T>
-DIN_VEC_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
+DIN_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
                                  int64_t Wo, const T* packed, const T* bias, int64_t cout, T* out,
                                  int64_t ld, T* work) {
   const Tiles k(cout, R, Wo, kLanes<T>, direct_step<T>(cout));
@@ -215,7 +215,7 @@ DIN_VEC_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t W
 // In-register transpose of n x n values (n = lanes): v[i][j] -> v[j][i], by log2(n) rounds of
 // interleaving vector i with vector i + n/2.
 template <typename T>
-DIN_VEC_INLINE void transpose(vec_t<T>* v) {
+DIN_INLINE void transpose(vec_t<T>* v) {
   using Vt = vec_t<T>;
   using I = index_t<T>;
   constexpr int n = kLanes<T>;
@@ -233,7 +233,7 @@ DIN_VEC_INLINE void transpose(vec_t<T>* v) {
 // The output gradient of tile rows [th0, th1) channels-last: gt[(r * 2 TWp + c) * cop + o] for
 // rows r < 2 (th1 - th0) and columns c < 2 TWp (zero past row R, column Wo and channel cout).
 template <typename T>
-DIN_VEC_INLINE void grad_channels_last(const T* g, int64_t ldg, int64_t cout, int64_t cop,
+DIN_INLINE void grad_channels_last(const T* g, int64_t ldg, int64_t cout, int64_t cop,
                                        int64_t Wp, int64_t R, int64_t Wo, const Tiles& k,
                                        int64_t th0, int64_t th1, T* gt) {
   using Vt = vec_t<T>;
@@ -266,7 +266,7 @@ DIN_VEC_INLINE void grad_channels_last(const T* g, int64_t ldg, int64_t cout, in
 
 // Zt[xi][t][o] = (A g A^T)[xi] for the tiles t of rows [th0, th1), vectorized over channels.
 template <typename T>
-DIN_VEC_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, int64_t th0,
+DIN_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, int64_t th0,
                                    int64_t th1, T* Zt) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
@@ -294,7 +294,7 @@ DIN_VEC_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, int
 // part[xi][ci][o] += sum_t V[xi][ci][t] Zt[xi][t][o]: 8 input channels x CV vectors of output
 // channels in registers, the tiles streamed.
 template <typename T, int CV>
-DIN_VEC_INLINE void grad_gemm_block(const T* V, int64_t ldm, int nci, const T* Zt, int64_t cop,
+DIN_INLINE void grad_gemm_block(const T* V, int64_t ldm, int nci, const T* Zt, int64_t cop,
                                     int64_t L, T* part) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
@@ -318,7 +318,7 @@ DIN_VEC_INLINE void grad_gemm_block(const T* V, int64_t ldm, int nci, const T* Z
 }
 
 template <typename T>
-DIN_VEC_INLINE void weight_grad_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
+DIN_INLINE void weight_grad_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
                                      int64_t Wo, const T* g, int64_t ldg, int64_t cout, T* part,
                                      T* work) {
   constexpr int n = kLanes<T>;
@@ -431,25 +431,25 @@ int64_t winograd_work_size(int64_t cout, int64_t cin, int64_t Wo, int64_t value_
   return std::max(fwd, bwd) + lanes;  // + alignment
 }
 
-DIN_VEC_CLONES void winograd_forward(const float* in, int64_t cs, int64_t cin, int64_t Wp,
+DIN_CLONES void winograd_forward(const float* in, int64_t cs, int64_t cin, int64_t Wp,
                                      int64_t R, int64_t Wo, const float* packed,
                                      const float* bias, int64_t cout, float* out, int64_t ld,
                                      float* work) {
   forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work);
 }
-DIN_VEC_CLONES void winograd_forward(const double* in, int64_t cs, int64_t cin, int64_t Wp,
+DIN_CLONES void winograd_forward(const double* in, int64_t cs, int64_t cin, int64_t Wp,
                                      int64_t R, int64_t Wo, const double* packed,
                                      const double* bias, int64_t cout, double* out, int64_t ld,
                                      double* work) {
   forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work);
 }
 
-DIN_VEC_CLONES void winograd_weight_grad(const float* in, int64_t cs, int64_t cin, int64_t Wp,
+DIN_CLONES void winograd_weight_grad(const float* in, int64_t cs, int64_t cin, int64_t Wp,
                                          int64_t R, int64_t Wo, const float* g, int64_t ldg,
                                          int64_t cout, float* part, float* work) {
   weight_grad_impl(in, cs, cin, Wp, R, Wo, g, ldg, cout, part, work);
 }
-DIN_VEC_CLONES void winograd_weight_grad(const double* in, int64_t cs, int64_t cin, int64_t Wp,
+DIN_CLONES void winograd_weight_grad(const double* in, int64_t cs, int64_t cin, int64_t Wp,
                                          int64_t R, int64_t Wo, const double* g, int64_t ldg,
                                          int64_t cout, double* part, double* work) {
   weight_grad_impl(in, cs, cin, Wp, R, Wo, g, ldg, cout, part, work);
