@@ -73,7 +73,7 @@ struct Tiles {
 // V[xi][ci][t] for the tile rows [th0, th1) of the band (t = (th - th0) * TWp + tile column).
 template <typename T>
 DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp,
-                                    const Tiles& k, int64_t th0, int64_t th1, T* V) {
+                                const Tiles& k, int64_t th0, int64_t th1, T* V) {
   using Vt = vec_t<T>;
   using I = index_t<T>;
   constexpr int n = kLanes<T>;
@@ -114,7 +114,7 @@ DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp
 // Y = A^T M A (+ bias) for the tile rows [th0, th1), written to the padded-width output.
 template <typename T>
 DIN_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, int64_t th1,
-                                     int64_t Wp, const T* bias, int64_t cout, T* out, int64_t ld) {
+                                 int64_t Wp, const T* bias, int64_t cout, T* out, int64_t ld) {
   using Vt = vec_t<T>;
   using I = index_t<T>;
   constexpr int n = kLanes<T>;
@@ -157,7 +157,7 @@ DIN_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, int64_
 // vectors of tiles in registers, the input channels streamed (rows of V at stride ldm).
 template <typename T, int B>
 DIN_INLINE void gemm(const T* V, int64_t cin, const T* packed, int64_t cout, int64_t L,
-                         int64_t ldm, T* M) {
+                     int64_t ldm, T* M) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>, P = 24 / B;
   for (int64_t blk = 0; blk * B < cout; ++blk) {
@@ -182,7 +182,7 @@ DIN_INLINE void gemm(const T* V, int64_t cin, const T* packed, int64_t cout, int
 
 template <typename T>
 DIN_INLINE void gemms(const T* V, int64_t cin, const T* packed, int64_t cout, int64_t L,
-                          const Tiles& k, T* M) {
+                      const Tiles& k, T* M) {
   for (int xi = 0; xi < 16; ++xi) {
     const T* v = V + xi * k.vs(cin);
     const T* u = packed + xi * k.cpad * cin;
@@ -198,8 +198,8 @@ DIN_INLINE void gemms(const T* V, int64_t cin, const T* packed, int64_t cout, in
 
 template <typename T>
 DIN_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
-                                 int64_t Wo, const T* packed, const T* bias, int64_t cout, T* out,
-                                 int64_t ld, T* work) {
+                             int64_t Wo, const T* packed, const T* bias, int64_t cout, T* out,
+                             int64_t ld, T* work) {
   const Tiles k(cout, R, Wo, kLanes<T>, direct_step<T>(cout));
   // V and M at a 64-byte boundary: their rows (ldm values) then start on cache lines.
   T* V = work + (-(reinterpret_cast<uintptr_t>(work) / sizeof(T))) % kLanes<T>;
@@ -234,8 +234,8 @@ DIN_INLINE void transpose(vec_t<T>* v) {
 // rows r < 2 (th1 - th0) and columns c < 2 TWp (zero past row R, column Wo and channel cout).
 template <typename T>
 DIN_INLINE void grad_channels_last(const T* g, int64_t ldg, int64_t cout, int64_t cop,
-                                       int64_t Wp, int64_t R, int64_t Wo, const Tiles& k,
-                                       int64_t th0, int64_t th1, T* gt) {
+                                   int64_t Wp, int64_t R, int64_t Wo, const Tiles& k,
+                                   int64_t th0, int64_t th1, T* gt) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
   const int64_t cols = 2 * k.TWp;
@@ -267,7 +267,7 @@ DIN_INLINE void grad_channels_last(const T* g, int64_t ldg, int64_t cout, int64_
 // Zt[xi][t][o] = (A g A^T)[xi] for the tiles t of rows [th0, th1), vectorized over channels.
 template <typename T>
 DIN_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, int64_t th0,
-                                   int64_t th1, T* Zt) {
+                               int64_t th1, T* Zt) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
   const int64_t cols = 2 * k.TWp, xs = k.zs(cop);
@@ -295,7 +295,7 @@ DIN_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, int64_t
 // channels in registers, the tiles streamed.
 template <typename T, int CV>
 DIN_INLINE void grad_gemm_block(const T* V, int64_t ldm, int nci, const T* Zt, int64_t cop,
-                                    int64_t L, T* part) {
+                                int64_t L, T* part) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
   Vt acc[8][CV] = {};
@@ -319,8 +319,8 @@ DIN_INLINE void grad_gemm_block(const T* V, int64_t ldm, int nci, const T* Zt, i
 
 template <typename T>
 DIN_INLINE void weight_grad_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
-                                     int64_t Wo, const T* g, int64_t ldg, int64_t cout, T* part,
-                                     T* work) {
+                                 int64_t Wo, const T* g, int64_t ldg, int64_t cout, T* part,
+                                 T* work) {
   constexpr int n = kLanes<T>;
   const Tiles k(cout, R, Wo, n, direct_step<T>(cout));
   const int64_t cop = round_up(cout, n);
@@ -432,26 +432,26 @@ int64_t winograd_work_size(int64_t cout, int64_t cin, int64_t Wo, int64_t value_
 }
 
 DIN_CLONES void winograd_forward(const float* in, int64_t cs, int64_t cin, int64_t Wp,
-                                     int64_t R, int64_t Wo, const float* packed,
-                                     const float* bias, int64_t cout, float* out, int64_t ld,
-                                     float* work) {
+                                 int64_t R, int64_t Wo, const float* packed,
+                                 const float* bias, int64_t cout, float* out, int64_t ld,
+                                 float* work) {
   forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work);
 }
 DIN_CLONES void winograd_forward(const double* in, int64_t cs, int64_t cin, int64_t Wp,
-                                     int64_t R, int64_t Wo, const double* packed,
-                                     const double* bias, int64_t cout, double* out, int64_t ld,
-                                     double* work) {
+                                 int64_t R, int64_t Wo, const double* packed,
+                                 const double* bias, int64_t cout, double* out, int64_t ld,
+                                 double* work) {
   forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work);
 }
 
 DIN_CLONES void winograd_weight_grad(const float* in, int64_t cs, int64_t cin, int64_t Wp,
-                                         int64_t R, int64_t Wo, const float* g, int64_t ldg,
-                                         int64_t cout, float* part, float* work) {
+                                     int64_t R, int64_t Wo, const float* g, int64_t ldg,
+                                     int64_t cout, float* part, float* work) {
   weight_grad_impl(in, cs, cin, Wp, R, Wo, g, ldg, cout, part, work);
 }
 DIN_CLONES void winograd_weight_grad(const double* in, int64_t cs, int64_t cin, int64_t Wp,
-                                         int64_t R, int64_t Wo, const double* g, int64_t ldg,
-                                         int64_t cout, double* part, double* work) {
+                                     int64_t R, int64_t Wo, const double* g, int64_t ldg,
+                                     int64_t cout, double* part, double* work) {
   weight_grad_impl(in, cs, cin, Wp, R, Wo, g, ldg, cout, part, work);
 }
 
