@@ -148,6 +148,15 @@ void pack_impl(const T* w, int64_t cout, int64_t cin, int64_t taps, T* packed) {
 
 }  // namespace
 
+bool direct_kernels_fast() {
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+  static const bool fast = __builtin_cpu_supports("x86-64-v4");
+  return fast;
+#else
+  return false;
+#endif
+}
+
 void direct_pack(const float* w, int64_t cout, int64_t cin, int64_t taps, float* packed) {
   pack_impl(w, cout, cin, taps, packed);
 }

@@ -15,6 +15,11 @@
 
 namespace din_ops::cpu {
 
+// True when the CPU runs these kernels (and winograd.h's) at speed: they keep 24 accumulators of
+// 64 bytes in registers, which needs AVX-512 (x86-64-v4). Elsewhere the compiler spills them and
+// runs 30-50x slower than im2col + GEMM, so the callers take that path instead.
+bool direct_kernels_fast();
+
 // Output channels computed together for `cout` channels: 8, or the smallest power of two >= cout.
 // Packed weights and output buffers have round_up(cout, direct_block(cout)) rows.
 constexpr int64_t direct_block(int64_t cout) { return cout > 4 ? 8 : cout > 2 ? 4 : cout; }

@@ -19,6 +19,7 @@
 //   without dilation (winograd.h); the backward's input gradient is the same convolution run on
 //   grad_y with the flipped kernel, its weight gradient a register-blocked correlation of the same
 //   bands (direct or in the Winograd domain).
+//   These need AVX-512 (direct_kernels_fast()); on other CPUs stride 1 takes the path below too.
 // - everything else (stride > 1): im2col of normalized tiles of output rows, one GEMM per tile with
 //   W[n, group] (forward), and per (n, group) task the weight-gradient GEMM, the W^T GEMM and
 //   col2im into the gradient planes (backward).
@@ -683,7 +684,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cpu(
       } else {
         double* mp = mean.mutable_data_ptr<double>();
         double* rp = rstd.mutable_data_ptr<double>();
-        if (s.sh == 1 && s.sw == 1) {
+        if (s.sh == 1 && s.sw == 1 && direct_kernels_fast()) {
           direct_grouped_forward(xp, w.const_data_ptr<scalar_t>(), bp,
                                  y.mutable_data_ptr<scalar_t>(), s, normalize, eps, mp, rp);
         } else {
@@ -727,7 +728,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_backward_cpu(
           const std::optional<Geometry> tg = transposed_geometry(s);
           if (s.depthwise()) {
             depthwise_backward(gyp, xp, wp, gxp, gwp, gbp, s, q, normalize);
-          } else if (tg) {
+          } else if (tg && direct_kernels_fast()) {
             direct_grouped_backward(gyp, xp, wp, gxp, gwp, gbp, s, *tg, q, normalize);
           } else {
             grouped_backward(gyp, xp, wp, gxp, gwp, gbp, s, q, normalize);
