@@ -59,6 +59,7 @@
 #include "../checks.h"
 #include "blas.h"
 #include "common.h"
+#include "conv_geometry.h"
 #include "deformable_loops.h"
 #include "din_ops/bilinear.h"
 
@@ -67,26 +68,16 @@ namespace {
 
 namespace bl = din_ops::bilinear;
 
-struct Geometry {
-  int64_t N, C, H, W, Co, groups, Cg, Cog, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, G, Cgo;
-  int64_t KK() const { return kh * kw; }
-  int64_t K() const { return Cg * kh * kw; }  // GEMM depth of one convolution group
-  int64_t P() const { return H * W; }
-  int64_t Q() const { return Ho * Wo; }
+// The convolution's geometry plus the offset groups: G groups of Cgo channels.
+struct Geometry : ConvGeometry {
+  int64_t G, Cgo;
 };
 
 Geometry geometry(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                   int64_t offset_groups) {
-  Geometry s{};
-  s.N = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3);
-  s.Co = w.size(1), s.groups = groups, s.Cg = s.C / groups, s.Cog = s.Co / groups;
-  s.kh = w.size(3), s.kw = w.size(4);
-  s.sh = stride[0], s.sw = stride[1], s.pt = padding[0], s.pl = padding[2];
-  s.dh = dilation[0], s.dw = dilation[1];
-  s.Ho = (s.H + padding[0] + padding[1] - s.dh * (s.kh - 1) - 1) / s.sh + 1;
-  s.Wo = (s.W + padding[2] + padding[3] - s.dw * (s.kw - 1) - 1) / s.sw + 1;
-  s.G = offset_groups, s.Cgo = s.C / offset_groups;
+  Geometry s{conv_geometry(x, w, stride, padding, dilation, groups), offset_groups,
+             x.size(1) / offset_groups};
   return s;
 }
 

@@ -37,32 +37,18 @@
 #include "../checks.h"
 #include "blas.h"
 #include "common.h"
+#include "conv_geometry.h"
 #include "direct_conv.h"
 #include "winograd.h"
 
 namespace din_ops::cpu {
 namespace {
 
-struct Geometry {
-  int64_t N, C, H, W, Co, groups, Cg, Cog, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo;
-  int64_t K() const { return Cg * kh * kw; }
-  int64_t P() const { return H * W; }
-  int64_t Q() const { return Ho * Wo; }
-  bool depthwise() const { return Cg == 1 && Cog == 1; }
-};
+using Geometry = ConvGeometry;
 
-// padding = (top, bottom, left, right).
 Geometry geometry(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  Geometry s{};
-  s.N = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3);
-  s.Co = w.size(1), s.groups = groups, s.Cg = s.C / groups, s.Cog = s.Co / groups;
-  s.kh = w.size(3), s.kw = w.size(4);
-  s.sh = stride[0], s.sw = stride[1], s.pt = padding[0], s.pl = padding[2];
-  s.dh = dilation[0], s.dw = dilation[1];
-  s.Ho = (s.H + padding[0] + padding[1] - s.dh * (s.kh - 1) - 1) / s.sh + 1;
-  s.Wo = (s.W + padding[2] + padding[3] - s.dw * (s.kw - 1) - 1) / s.sw + 1;
-  return s;
+  return conv_geometry(x, w, stride, padding, dilation, groups);
 }
 
 // Rows [r0, r1) of the zero-padded, normalized plane of one channel, into `pad` (width Wp, row r of
