@@ -92,5 +92,5 @@ def cuda_extension(cpu_sources):
 setup(
     packages=find_packages(include=["din_ops", "din_ops.*", "benchmarks"]),
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=False)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
