@@ -1,96 +1,190 @@
-"""Build din_ops._C, the C++ (and, where a CUDA toolchain and a CUDA build of torch exist, CUDA)
-kernels registered as torch operators.
+"""Build din_ops._C: the C++ kernels for the CPU and, where torch is a CUDA build and a CUDA toolkit
+is found, the CUDA kernels, all registered as torch operators.
 
-Build against the torch that is already installed:  pip install --no-build-isolation -e .
+Build against the torch that is already installed:  pip install --no-build-isolation .
+
+Environment variables read here:
+  DIN_OPS_FORCE_CUDA=1    build the CUDA kernels or stop with an error saying what is missing
+  DIN_OPS_FORCE_CUDA=0    build the CPU kernels only
+  CUDA_HOME / CUDA_PATH   the CUDA toolkit (default: the toolkit of the `nvcc` on PATH, found even
+                          when that nvcc is a wrapper script, then /usr/local/cuda)
+  TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "9.0" (default: the GPUs visible at build time,
+                          or DEFAULT_CUDA_ARCHS when none is visible)
+  MAX_JOBS                parallel compile jobs (default: the number of cores)
 """
+from __future__ import annotations
+
 import glob
 import os
+import re
+import shutil
+import subprocess
+import sys
 
 from setuptools import find_packages, setup
 import torch
-from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+INCLUDE_DIRS = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
+# Without a GPU at build time: Ampere and Hopper machine code, plus PTX that newer GPUs JIT-compile.
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 
-def cxx_flags():
+def say(message: str) -> None:
+    print(f"din_ops: {message}", flush=True)
+
+
+def fail(message: str) -> None:
+    """Stops the build at once (before anything is compiled) with `message`."""
+    sys.exit(f"din_ops: build stopped: {message}")
+
+
+def cxx_flags() -> list[str]:
     # -g0: setuptools adds -g, which doubles the compile time of ATen-heavy files.
     # -fopenmp: at::parallel_for is only parallel with OpenMP. No -march: the loops that matter are
     # compiled for several x86-64 levels and chosen at run time (csrc/cpu/loops.cpp).
     return ["-O3", "-g0", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
 
 
-def extension():
-    # The CPU sources: csrc/**/*.cpp without the C++ tests and the CUDA glue (paths relative to the
-    # repository, so the name of the folder it sits in does not matter).
-    sources = sorted(
+def cpu_sources() -> list[str]:
+    """csrc/**/*.cpp without the C++ tests and the CUDA glue, relative to the repository (so the name
+    of the folder it sits in does not matter)."""
+    return sorted(
         rel
         for rel in (
-            os.path.relpath(p, ROOT)
-            for p in glob.glob(os.path.join(ROOT, "csrc", "**", "*.cpp"), recursive=True)
+            os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "**", "*.cpp"), recursive=True)
         )
         if rel.split(os.sep)[1] not in ("tests", "cuda")
     )
-    if want_cuda():
-        return cuda_extension(sources)
-    return CppExtension(
-        name="din_ops._C",
-        sources=sources,
-        include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")],
-        extra_compile_args={"cxx": cxx_flags()},
-        extra_link_args=["-fopenmp"],
-        py_limited_api=False,
+
+
+def cuda_sources() -> list[str]:
+    cuda_dir = os.path.join(ROOT, "csrc", "cuda")
+    return sorted(
+        os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(cuda_dir, "*.cu")) + glob.glob(os.path.join(cuda_dir, "*.cpp"))
     )
 
 
-# ---- CUDA ------------------------------------------------------------------------------------
-# A CUDAExtension is built when torch is a CUDA build and the CUDA toolkit (nvcc) is found, or
-# when DIN_OPS_FORCE_CUDA=1 (e.g. to build on a machine without a GPU; it still needs a CUDA
-# torch to link against). DIN_OPS_FORCE_CUDA=0 forces a CPU-only build. The GPU architectures
-# follow TORCH_CUDA_ARCH_LIST (e.g. "8.0;9.0"), which torch's BuildExtension reads; without it,
-# the architectures of the GPUs visible at build time are used.
+# ---- Finding the CUDA toolkit ------------------------------------------------------------------
+# torch guesses CUDA_HOME as the parent of the folder holding `nvcc`: wrong where nvcc is a wrapper
+# script or a symlink farm (e.g. /usr/local/bin/nvcc exec'ing /usr/local/cuda-13.0/bin/nvcc). nvcc
+# itself knows where it lives: its dry run prints `#$ TOP=<toolkit>/bin/..`.
+
+
+def toolkit_of_nvcc(nvcc: str) -> str | None:
+    """The toolkit folder of the nvcc at `nvcc`, asked of nvcc itself; None if it does not answer."""
+    try:
+        out = subprocess.run(
+            [nvcc, "-dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+            capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.MULTILINE)
+    if match:
+        return os.path.realpath(match.group(1).strip())
+    # An nvcc that prints no TOP: the folder above the real file's bin/.
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+def find_toolkit() -> tuple[str | None, str]:
+    """(toolkit folder or None, where it came from)."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.path.realpath(os.environ[var]), var
+    nvcc = shutil.which("nvcc")
+    if nvcc is not None:
+        home = toolkit_of_nvcc(nvcc)
+        if home is not None:
+            return home, f"the nvcc on PATH ({nvcc})"
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return os.path.realpath("/usr/local/cuda"), "/usr/local/cuda"
+    return None, "nowhere: no CUDA_HOME/CUDA_PATH, no nvcc on PATH, no /usr/local/cuda"
+
+
+def missing_toolkit_parts(home: str) -> list[str]:
+    """What a CUDA build needs from the toolkit at `home` and does not find there."""
+    missing = []
+    if not os.path.isfile(os.path.join(home, "bin", "nvcc")):
+        missing.append(f"{home}/bin/nvcc")
+    if not os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")):
+        missing.append(f"{home}/include/cuda_runtime.h (the CUDA runtime headers)")
+    if not any(glob.glob(os.path.join(home, lib, "libcudart.so*")) for lib in ("lib64", "lib")):
+        missing.append(f"{home}/lib64/libcudart.so (the CUDA runtime library)")
+    return missing
 
 
 def want_cuda() -> bool:
+    """Whether to build the CUDA kernels. Stops the build where CUDA is wanted but cannot be built:
+    asked for with DIN_OPS_FORCE_CUDA=1, or torch is a CUDA build and a toolkit was found that lacks
+    its headers or libraries. Never starts a long CPU-only build silently."""
     force = os.environ.get("DIN_OPS_FORCE_CUDA", "")
     if force == "0":
-        print("din_ops: DIN_OPS_FORCE_CUDA=0, building the CPU kernels only")
+        say("DIN_OPS_FORCE_CUDA=0: building the CPU kernels only")
         return False
-    if force == "1":
-        print("din_ops: DIN_OPS_FORCE_CUDA=1, building the CUDA kernels")
-        return True
-    from torch.utils.cpp_extension import CUDA_HOME
-
     if torch.version.cuda is None:
-        print("din_ops: this torch has no CUDA support, building the CPU kernels only")
+        if force == "1":
+            fail(f"DIN_OPS_FORCE_CUDA=1, but torch {torch.__version__} is a CPU-only build: install a "
+                 "CUDA build of torch first (then build again with --no-build-isolation)")
+        say(f"torch {torch.__version__} has no CUDA support: building the CPU kernels only")
         return False
-    if CUDA_HOME is None:
-        print("din_ops: torch has CUDA but no CUDA toolkit (nvcc / CUDA_HOME) was found, building the CPU kernels only")
+    home, source = find_toolkit()
+    if home is None:
+        if force == "1":
+            fail(f"DIN_OPS_FORCE_CUDA=1, but no CUDA toolkit was found ({source}): set "
+                 "CUDA_HOME=/path/to/cuda (the folder with bin/nvcc, include/ and lib64/)")
+        say(f"torch {torch.__version__} is a CUDA build but no CUDA toolkit was found ({source}): "
+            "building the CPU kernels only (set CUDA_HOME to build the CUDA kernels)")
         return False
-    print(f"din_ops: building the CUDA kernels (CUDA {torch.version.cuda}, toolkit at {CUDA_HOME})")
+    missing = missing_toolkit_parts(home)
+    if missing:
+        fail(f"the CUDA toolkit at {home} (from {source}) lacks " + "; ".join(missing)
+             + ". Set CUDA_HOME to a complete CUDA toolkit (e.g. CUDA_HOME=/usr/local/cuda), or "
+             "DIN_OPS_FORCE_CUDA=0 for a CPU-only build")
+    # torch.utils.cpp_extension reads CUDA_HOME when first imported and keeps it in a module global.
+    os.environ["CUDA_HOME"] = home
+    import torch.utils.cpp_extension as cpp_extension
+
+    cpp_extension.CUDA_HOME = home
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+    say(f"building the CUDA kernels: torch {torch.__version__} (CUDA {torch.version.cuda}), toolkit {home} "
+        f"(from {source}), architectures {os.environ.get('TORCH_CUDA_ARCH_LIST') or 'of the visible GPUs'}")
     return True
 
 
-def cuda_extension(cpu_sources):
-    from torch.utils.cpp_extension import CUDAExtension
+# ---- The extension --------------------------------------------------------------------------------
 
-    cuda_dir = os.path.join(ROOT, "csrc", "cuda")
-    sources = cpu_sources + sorted(
-        os.path.relpath(p, ROOT)
-        for p in glob.glob(os.path.join(cuda_dir, "*.cu")) + glob.glob(os.path.join(cuda_dir, "*.cpp"))
-    )
-    return CUDAExtension(
+
+def extension():
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    common = dict(
         name="din_ops._C",
-        sources=sources,
-        include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")],
-        extra_compile_args={"cxx": cxx_flags(), "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
+        include_dirs=INCLUDE_DIRS,
         extra_link_args=["-fopenmp"],
         py_limited_api=False,
     )
+    if want_cuda():
+        return CUDAExtension(
+            sources=cpu_sources() + cuda_sources(),
+            extra_compile_args={"cxx": cxx_flags(), "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
+            **common,
+        )
+    return CppExtension(sources=cpu_sources(), extra_compile_args={"cxx": cxx_flags()}, **common)
+
+
+def build_ext_class():
+    from torch.utils.cpp_extension import BuildExtension, is_ninja_available
+
+    # ninja: parallel (MAX_JOBS jobs, all cores by default) and incremental.
+    if not is_ninja_available():
+        say("ninja not found (pip install ninja): compiling one file at a time, several times slower")
+    return BuildExtension.with_options(use_ninja=True)
 
 
 setup(
     packages=find_packages(include=["din_ops", "din_ops.*", "benchmarks"]),
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": build_ext_class()},
 )
