@@ -88,6 +88,24 @@ def assert_close_to_reference(actual: torch.Tensor, expected64: torch.Tensor, dt
         assert err <= 2 * torch_err + 0.5 * ulp * scale, (err, torch_err)
 
 
+GPU_FILES = ("test_cuda.py", "test_triton.py")
+
+
+def runs_on_gpu(item: pytest.Item) -> bool:
+    """A case of a device-parametrized test on "cuda", or a test of the CUDA or Triton files (which
+    run on the GPU where there is one)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(str(v) == "cuda" for v in params.values()) or item.path.name in GPU_FILES
+
+
+def pytest_collection_modifyitems(config, items):
+    # `pytest -m gpu` selects what a short GPU run needs (.ci/gpu_run.sh): the cuda cases and the
+    # CUDA/Triton files, not the CPU cases it would otherwise repeat.
+    for item in items:
+        if runs_on_gpu(item):
+            item.add_marker(pytest.mark.gpu)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

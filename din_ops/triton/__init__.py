@@ -39,6 +39,27 @@ def interpreting() -> bool:
 _FAMILIES = ("instance_norm", "dynamic_instance_norm", "spatially_adaptive_instance_norm")
 
 
+def _version(module) -> tuple[int, ...]:
+    return tuple(int(p) for p in module.__version__.split("+")[0].split(".")[:2] if p.isdigit())
+
+
+def _interpreter_broken() -> Optional[str]:
+    """Why the Triton interpreter cannot run the kernels with the installed packages, or None.
+    triton <= 3.6 under numpy >= 2.4: a loop with a run-time bound fails inside the interpreter
+    ("only 0-dimensional arrays can be converted to Python scalars")."""
+    if not interpreting():
+        return None
+    import numpy
+    import triton
+
+    if _version(triton) < (3, 7) and _version(numpy) >= (2, 4):
+        return (
+            f"the interpreter of triton {triton.__version__} fails with numpy {numpy.__version__} "
+            "(loops with a run-time bound); use numpy < 2.4 or triton >= 3.7 to interpret the kernels"
+        )
+    return None
+
+
 def _load() -> Optional[str]:
     """Imports triton and registers the operators; returns why that could not be done, or None."""
     if importlib.util.find_spec("triton") is None:
@@ -52,6 +73,9 @@ def _load() -> Optional[str]:
             "TRITON_INTERPRET=1 before importing din_ops to run the Triton kernels on CPU tensors "
             "with the Triton interpreter (slow; for testing)"
         )
+    broken = _interpreter_broken()
+    if broken:
+        return broken
     try:
         for family in _FAMILIES:
             importlib.import_module(f"{__name__}.{family}")

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.library import wrap_triton
 
 from . import interpreting
 
@@ -30,10 +31,23 @@ if FP32_DOT_PRECISION not in ("tf32x3", "ieee", "tf32"):
     )
 
 
+def launch(kernel):
+    """``kernel`` ready for ``[grid](...)``: through ``torch.library.wrap_triton`` on a GPU, where the
+    operators are ``triton_op`` and torch.compile traces into the kernel; the kernel itself under the
+    interpreter, where the operators are ``custom_op`` (and torch 2.11's ``wrap_triton`` cannot call
+    an interpreted kernel)."""
+    return kernel if INTERPRET else wrap_triton(kernel)
+
+
+# DIN_OPS_TRITON_AUTOTUNE=0: the first config only, on a GPU too (test runs: autotuning compiles
+# every config, which costs minutes over a test suite and checks nothing more).
+AUTOTUNE = os.environ.get("DIN_OPS_TRITON_AUTOTUNE", "1") != "0"
+
+
 def configs(gpu: list[triton.Config]) -> list[triton.Config]:
     """Autotune configs: all of them on a GPU, only the first under the interpreter (which fails
-    with more than one)."""
-    return gpu[:1] if INTERPRET else gpu
+    with more than one) or with DIN_OPS_TRITON_AUTOTUNE=0."""
+    return gpu if AUTOTUNE and not INTERPRET else gpu[:1]
 
 
 def out_format(x: Tensor) -> torch.memory_format:

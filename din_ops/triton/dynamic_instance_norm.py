@@ -25,10 +25,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 from ._common import (INTERPRET, acc_is_f64, addressable, configs, define_op, dot_acc, dot_precision,
-                      dot_upcast, out_format, register_no_double_backward, sm_count,
+                      dot_upcast, launch, out_format, register_no_double_backward, sm_count,
                       split_mean, strides, to_acc, to_dot)
 from .instance_norm import compute_stats
 
@@ -177,7 +176,7 @@ def _din_1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float) -> t
         return y, mean, rstd
     b = weight if bias is None else bias
     grid = lambda meta: (triton.cdiv(h * w, meta["BLOCK_N"]), triton.cdiv(co, meta["BLOCK_M"]), n)  # noqa: E731
-    wrap_triton(_forward_kernel)[grid](
+    launch(_forward_kernel)[grid](
         x, weight, b, mean, rstd, y, c, co, h * w,
         *strides(x), *weight.stride(), b.stride(0), b.stride(1), *strides(y),
         HAS_BIAS=bias is not None, ACC_F64=acc_is_f64(x), UPCAST=dot_upcast(x), PRECISION=dot_precision(x),
@@ -219,13 +218,13 @@ def _din_1x1_backward(grad_y: Tensor, x: Tensor, weight: Tensor, mean: Tensor,
     gb_part = x.new_empty((splits, n, co), dtype=acc_dtype)
     flags = dict(ACC_F64=acc_is_f64(x), UPCAST=dot_upcast(x), PRECISION=dot_precision(x))
     grid_w = lambda meta: (triton.cdiv(co, meta["BLOCK_M"]) * triton.cdiv(c, meta["BLOCK_N"]), splits, n)  # noqa: E731
-    wrap_triton(_grad_weight_kernel)[grid_w](
+    launch(_grad_weight_kernel)[grid_w](
         gy, x, mean, rstd, gw_part, gb_part, c, co, p, chunk, *strides(gy), *strides(x), **flags
     )
     # The partial sums, added in a fixed order (bitwise repeatable).
     gw32, gb32 = (gw_part[0], gb_part[0]) if splits == 1 else (gw_part.sum(0), gb_part.sum(0))
     grid_x = lambda meta: (triton.cdiv(p, meta["BLOCK_N"]), triton.cdiv(c, meta["BLOCK_M"]), n)  # noqa: E731
-    wrap_triton(_grad_x_kernel)[grid_x](
+    launch(_grad_x_kernel)[grid_x](
         gy, x, weight, gw32, gb32, mean, rstd, gx, c, co, p,
         *strides(gy), *strides(x), *weight.stride(), *strides(gx), **flags
     )

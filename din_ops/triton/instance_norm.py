@@ -19,10 +19,10 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
-from ._common import (acc_is_f64, addressable, configs, define_op, empty_stats, out_format,
-                      register_no_double_backward, split_eps, split_mean, strides, to_acc)
+from ._common import (acc_is_f64, addressable, configs, define_op, empty_stats, launch,
+                      out_format, register_no_double_backward, split_eps, split_mean, strides,
+                      to_acc)
 from ._planes import block_stats, channel_block, normalized_tile
 
 # First config: also the interpreter's (small, so the tests' shapes run the loops and the masks).
@@ -99,7 +99,7 @@ def compute_stats(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     n, c, h, w = x.shape
     if x.numel() == 0:
         return mean, rstd
-    wrap_triton(stats_kernel)[plane_grid(n, c)](
+    launch(stats_kernel)[plane_grid(n, c)](
         x, mean, rstd, c, h * w, *strides(x), *split_eps(eps), ACC_F64=acc_is_f64(x)
     )
     return mean, rstd
@@ -112,7 +112,7 @@ def _instance_norm(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     n, c, h, w = x.shape
     if x.numel() == 0:
         return y, mean, rstd
-    wrap_triton(_forward_kernel)[plane_grid(n, c)](
+    launch(_forward_kernel)[plane_grid(n, c)](
         x, y, mean, rstd, c, h * w, *strides(x), *strides(y), *split_eps(eps), ACC_F64=acc_is_f64(x)
     )
     return y, mean, rstd
@@ -129,7 +129,7 @@ def _instance_norm_backward(grad_y: Tensor, x: Tensor, mean: Tensor, rstd: Tenso
     n, c, h, w = x.shape
     if x.numel() == 0:
         return gx
-    wrap_triton(_backward_kernel)[plane_grid(n, c)](
+    launch(_backward_kernel)[plane_grid(n, c)](
         gy, x, mean, rstd, gx, c, h * w, *strides(gy), *strides(x), *strides(gx), ACC_F64=acc_is_f64(x)
     )
     return gx

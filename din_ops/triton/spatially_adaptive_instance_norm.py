@@ -20,9 +20,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
-from ._common import (acc_is_f64, addressable, define_op, empty_stats, out_format,
+from ._common import (acc_is_f64, addressable, define_op, empty_stats, launch, out_format,
                       register_no_double_backward, split_eps, split_mean, strides, to_acc)
 from ._planes import block_stats, channel_block, normalized_tile
 from .instance_norm import PLANE_CONFIGS, PLANE_KEY, plane_grid
@@ -116,7 +115,7 @@ def _sain(x: Tensor, gamma: Tensor, beta: Optional[Tensor], eps: float) -> tuple
     if x.numel() == 0:
         return y, mean, rstd
     b = gamma if beta is None else addressable(beta)
-    wrap_triton(_forward_kernel)[plane_grid(n, c)](
+    launch(_forward_kernel)[plane_grid(n, c)](
         x, gamma, b, y, mean, rstd, c, h * w,
         *strides(x), *_mod_strides(gamma), *_mod_strides(b), *strides(y), *split_eps(eps),
         GAMMA_FULL=_is_full(gamma, x), HAS_BETA=beta is not None,
@@ -149,7 +148,7 @@ def _sain_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd:
     if x.numel() == 0:
         return gx, grad_gamma.zero_(), grad_beta.zero_()
     full = _is_full(gamma, x)
-    wrap_triton(_backward_kernel)[plane_grid(n, c)](
+    launch(_backward_kernel)[plane_grid(n, c)](
         gy, x, gamma, mean, rstd, gx, grad_gamma, grad_beta if beta_defined else grad_gamma, c, h * w,
         *strides(gy), *strides(x), *_mod_strides(gamma), *strides(gx), *_mod_strides(grad_gamma),
         GAMMA_FULL=full, BETA_DEFINED=beta_defined, ACC_F64=acc_is_f64(x),
