@@ -5,13 +5,13 @@ TORCH_PIN ?= torch==2.13.0
 TRITON_PIN ?= triton==3.8.0
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: install test test-python test-cpp test-sanitize test-cuda-compile test-cuda-emulate bench bench-quick bench-sweep bench-pytest gpu clean
+.PHONY: install test test-python test-cpp test-sanitize test-cuda-compile test-cuda-emulate bench bench-quick bench-sweep bench-pytest gpu gpu-dry gpu-prebuild test-oldest clean
 
 # torch is installed only where none is (pinned: an unpinned torch would pull a multi-GB CUDA
 # build); an existing torch >= 2.11, e.g. a CUDA build on a GPU machine, is kept.
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_PIN)"
-	$(PYTHON) -m pip install --quiet numpy pillow pytest hypothesis expecttest "pytest-benchmark>=5.2" "matplotlib>=3.8"
+	$(PYTHON) -m pip install --quiet numpy pillow pytest hypothesis expecttest ninja "pytest-benchmark>=5.2" "matplotlib>=3.8"
 	@# triton (optional, backend="triton"; CI runs its kernels under the interpreter) only where none is:
 	@# GPU machines keep the triton their torch came with. --no-deps: pip must never resolve torch here.
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install --quiet --no-deps "$(TRITON_PIN)"
@@ -50,11 +50,40 @@ test-cuda-compile:
 test-cuda-emulate:
 	.ci/cuda_emulate.sh
 
-# On a GPU machine (CUDA build of torch + nvcc): build the CUDA extension, run the whole test suite
-# (the cuda cases included) and the GPU benchmarks; results go to benchmarks/results/ with the
-# device name, torch/CUDA versions and date.
+# On a GPU machine (CUDA build of torch, nvcc, the test tools installed; nothing is installed here):
+# build (or reuse a matching prebuilt library), check the CUDA kernels, run `pytest -m gpu` and the
+# GPU benchmarks, all within GPU_TIME_LIMIT seconds (480); each phase's output goes to
+# benchmarks/results/ as it finishes. `make gpu-dry` runs the same phases without a GPU, the CUDA
+# work skipped (results in build/gpu-dry/). See .ci/gpu_run.sh.
 gpu:
 	PYTHON=$(PYTHON) .ci/gpu_run.sh
+
+gpu-dry:
+	PYTHON=$(PYTHON) GPU_DRY=1 .ci/gpu_run.sh
+
+# The oldest supported versions, for the GPU machines' environment: a Python 3.12 venv with torch
+# 2.11.0 (CUDA 13.0 build, from PyPI: ~3 GB with its CUDA wheels) and triton 3.6.0.
+#   make gpu-prebuild  builds din_ops/_C.cpython-312-*.so with the CUDA kernels for GPU_ARCHS and
+#                      records what it was built from (.ci/build_info.py), so that `make gpu` on a GPU
+#                      machine with that environment loads it instead of compiling (never commit it)
+#   make test-oldest   the same build, then the CPU test suite and the Triton interpreter tests
+#                      under torch 2.11 / triton 3.6 (the pre-release check; not in CI: ~15 min)
+# numpy < 2.4 in that venv: triton 3.6's interpreter fails on numpy >= 2.4 (din_ops.triton says so
+# and the Triton tests skip with that reason where both meet).
+OLDEST_PYTHON ?= $(shell pyenv root 2>/dev/null)/versions/3.12.1/bin/python
+OLDEST_VENV ?= build/venv-oldest
+GPU_ARCHS ?= 8.0;9.0+PTX
+$(OLDEST_VENV)/bin/python:
+	$(OLDEST_PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install --quiet torch==2.11.0 triton==3.6.0 "numpy<2.4" pillow pytest hypothesis expecttest ninja
+
+gpu-prebuild: $(OLDEST_VENV)/bin/python
+	@if $(OLDEST_VENV)/bin/python .ci/build_info.py check; then echo "gpu-prebuild: up to date"; else \
+	  DIN_OPS_FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(GPU_ARCHS)" $(OLDEST_VENV)/bin/python setup.py build_ext --inplace \
+	    && TORCH_CUDA_ARCH_LIST="$(GPU_ARCHS)" $(OLDEST_VENV)/bin/python .ci/build_info.py write; fi
+
+test-oldest: gpu-prebuild
+	$(OLDEST_VENV)/bin/python -m pytest tests -q -p no:cacheprovider
 
 bench: install
 	$(PYTHON) -m benchmarks

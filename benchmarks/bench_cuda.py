@@ -11,8 +11,14 @@ Rows (each in bfloat16 and float32, CUDA-event timing, interleaved rounds, media
                        floor for reading x, gamma, beta and writing y (target: din_ops / floor <= 1.3);
                        forward+backward vs the reference.
   depthwise 3x3 DIN    (16, 256, 64, 64): forward and forward+backward vs the reference.
+  deformable 3x3 DIN   (8, 64, 64, 64), offsets and mask: forward and forward+backward vs
+                       F.instance_norm + torchvision.ops.deform_conv2d with the batch folded into
+                       the groups (one call for the per-sample weights; target: forward+backward
+                       torchvision / din_ops >= 3). Skipped, with the reason, without torchvision.
 
-python -m benchmarks.bench_cuda [--quick] [--json PATH]
+The last lines check every target (HOLDS / DOES NOT HOLD).
+
+python -m benchmarks.bench_cuda [--quick] [--dry] [--json PATH]
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ from .common import Table, compare, forward_backward, ms, ratio
 
 SHAPE = (16, 256, 128, 128)
 DW_SHAPE = (16, 256, 64, 64)
+DEFORM_SHAPE = (8, 64, 64, 64)
 QUICK_SHAPE = (2, 32, 32, 32)
 DTYPES = [torch.bfloat16, torch.float32]
 # The device of the rows. Only the tests change it, to "cpu", to run the row code without a GPU.
@@ -170,6 +177,73 @@ def bench_depthwise(shape, dtype, table) -> dict:
                 fwdbwd_torch_ms=tb["torch"] * 1e3)
 
 
+def torchvision_deformable(x, wt, b, offset, mask):
+    """The deformable DIN from PyTorch parts: F.instance_norm, then one torchvision deform_conv2d
+    call with the batch folded into the groups (sample n's channels form group n, its offsets
+    offset group n), which applies every sample's own weight."""
+    from torchvision.ops import deform_conv2d
+
+    n, c, h, w = x.shape
+    co = wt.shape[1]
+    xh = F.instance_norm(x).reshape(1, n * c, h, w)
+    off = offset.reshape(1, -1, *offset.shape[2:])
+    m = mask.reshape(1, -1, *mask.shape[2:])
+    y = deform_conv2d(xh, off, wt.reshape(n * co, *wt.shape[2:]), b.reshape(-1), padding=1, mask=m)
+    return y.reshape(n, co, *y.shape[2:])
+
+
+def bench_deformable(shape, dtype, table) -> dict:
+    try:
+        import torchvision.ops  # noqa: F401
+    except ImportError as error:
+        print(f"deformable 3x3 DIN: skipped: torchvision is not importable ({error})")
+        return {}
+    n, c, h, w = shape
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    x = torch.randn(n, c, h, w, device=DEVICE, dtype=dtype, generator=g)
+    wt = torch.randn(n, c, c, 3, 3, device=DEVICE, dtype=dtype, generator=g) / (9 * c) ** 0.5
+    b = torch.randn(n, c, device=DEVICE, dtype=dtype, generator=g)
+    offset = 2 * torch.randn(n, 18, h, w, device=DEVICE, dtype=dtype, generator=g)
+    mask = torch.rand(n, 9, h, w, device=DEVICE, dtype=dtype, generator=g)
+
+    def ours(x, wt, b, offset, mask):
+        return din_ops.dynamic_instance_norm(x, wt, b, offset=offset, mask=mask, padding=1)
+
+    args = [x, wt, b, offset, mask]
+    t = gpu_compare({"ours": lambda: ours(*args), "torch": lambda: torchvision_deformable(*args)})
+    tb = gpu_compare({"ours": forward_backward(ours, args), "torch": forward_backward(torchvision_deformable, args)})
+    table.row(["DIN deformable 3x3", ",".join(map(str, shape)), str(dtype)[6:], "fwd", ms(t["ours"]), ms(t["torch"]),
+               "", "torchvision", ratio(t["torch"], t["ours"]), "", ""])
+    table.row(["", "", "", "fwd+bwd", ms(tb["ours"]), ms(tb["torch"]), "", "", ratio(tb["torch"], tb["ours"]), "", ""])
+    return dict(op="cuda deformable 3x3", shape=list(shape), dtype=str(dtype), fwd_ms=t["ours"] * 1e3,
+                fwd_torch_ms=t["torch"] * 1e3, fwdbwd_ms=tb["ours"] * 1e3, fwdbwd_torch_ms=tb["torch"] * 1e3)
+
+
+# (op of a result, what is checked, the value from a result, the comparison, the threshold)
+TARGETS = [
+    ("cuda instance_norm", "fwd, fraction of x.clone() bandwidth", lambda r: r["copy_fraction"], ">=", 0.80),
+    ("cuda dynamic_instance_norm 1x1", "fwd, din_ops / bmm", lambda r: r["fwd_ms"] / r["bmm_ms"], "<=", 1.3),
+    ("cuda dynamic_instance_norm 1x1", "fwd+bwd, reference / din_ops",
+     lambda r: r["fwdbwd_torch_ms"] / r["fwdbwd_ms"], ">=", 2.0),
+    ("cuda spatially_adaptive full", "fwd, din_ops / addcmul floor", lambda r: r["fwd_ms"] / r["floor_ms"], "<=", 1.3),
+    ("cuda deformable 3x3", "fwd+bwd, torchvision / din_ops", lambda r: r["fwdbwd_torch_ms"] / r["fwdbwd_ms"], ">=", 3.0),
+]
+
+
+def targets(results: list[dict]) -> list[str]:
+    """One line per (target, result row): the value and whether the target holds."""
+    lines = []
+    for op, what, value, cmp, threshold in TARGETS:
+        for r in results:
+            if r.get("op") != op:
+                continue
+            v = value(r)
+            ok = v >= threshold if cmp == ">=" else v <= threshold
+            lines.append(f"{op} {tuple(r['shape'])} {r['dtype'][6:]}: {what} = {v:.2f} (target {cmp} {threshold}): "
+                         f"{'HOLDS' if ok else 'DOES NOT HOLD'}")
+    return lines
+
+
 def run(quick: bool = False) -> list[dict]:
     """The GPU rows; prints that they were skipped and returns [] without a CUDA build and a GPU."""
     if DEVICE == "cuda" and not available():
@@ -188,7 +262,14 @@ def run(quick: bool = False) -> list[dict]:
         results.append(bench_din_1x1(shape, dtype, table))
         results.append(bench_spatially_adaptive(shape, dtype, table))
         results.append(bench_depthwise(QUICK_SHAPE if quick else DW_SHAPE, dtype, table))
-        torch.cuda.empty_cache()
+        deformable = bench_deformable(QUICK_SHAPE if quick else DEFORM_SHAPE, dtype, table)
+        if deformable:
+            results.append(deformable)
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    print("\ntargets:")
+    for line in targets(results):
+        print("  " + line)
     return results
 
 
@@ -197,12 +278,21 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--dry", action="store_true", help="list the rows and targets; measure nothing")
     args = parser.parse_args(argv)
+    if args.dry:
+        dtypes = ", ".join(str(d)[6:] for d in DTYPES)
+        print(f"bench_cuda rows (dtypes {dtypes}; fwd and fwd+bwd): instance_norm, DIN 1x1 and spatially adaptive "
+              f"at {SHAPE}, DIN depthwise 3x3 at {DW_SHAPE}, DIN deformable 3x3 at {DEFORM_SHAPE}")
+        print("targets:")
+        for op, what, _, cmp, threshold in TARGETS:
+            print(f"  {op}: {what} {cmp} {threshold}")
+        return
     results = run(args.quick)
     if args.json and results:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"machine": device_line(), "results": results}, f, indent=1)
+            json.dump({"machine": device_line(), "results": results, "targets": targets(results)}, f, indent=1)
         print(f"\nwrote {args.json}")
 
 

@@ -28,6 +28,9 @@ from .common import Table, ms, ratio
 DIN_SHAPES = [(8, 64, 128, 128), (8, 128, 64, 64), (4, 256, 32, 32), (16, 256, 64, 64)]
 IN_SHAPES = [(8, 64, 128, 128), (8, 128, 64, 64), (4, 256, 32, 32), (16, 128, 128, 128)]
 QUICK_SHAPES = [(2, 16, 16, 16)]
+# --targets-only (the short GPU run): one larger-than-L2 shape of each table, where the targets are set.
+TARGET_DIN_SHAPES = [(16, 256, 64, 64)]
+TARGET_IN_SHAPES = [(16, 128, 128, 128)]
 DTYPES = [torch.float32, torch.bfloat16]
 
 
@@ -68,23 +71,34 @@ def _rows(op: str, shape, dtype, pass_name: str, times: dict) -> dict:
     return row
 
 
-def run(quick: bool = False) -> list[dict]:
+def shapes(quick: bool, targets_only: bool) -> tuple[list, list]:
+    """(1x1 DIN shapes, instance-norm shapes) of a run."""
+    if quick:
+        return QUICK_SHAPES, QUICK_SHAPES
+    if targets_only:
+        return TARGET_DIN_SHAPES, TARGET_IN_SHAPES
+    return DIN_SHAPES, IN_SHAPES
+
+
+def run(quick: bool = False, targets_only: bool = False) -> list[dict]:
     if not torch.cuda.is_available():
         print("\nbench_triton: needs a CUDA GPU (backend='triton' vs 'cuda' vs 'reference'); skipped here")
         return []
-    return measure(quick, "cuda", _gpu_ms)
+    return measure(quick, "cuda", _gpu_ms, targets_only=targets_only)
 
 
-def measure(quick: bool, device: str, timer: Callable[[Callable[[], object]], float]) -> list[dict]:
+def measure(quick: bool, device: str, timer: Callable[[Callable[[], object]], float],
+            targets_only: bool = False) -> list[dict]:
     """The rows and tables of :func:`run` on ``device`` with ``timer`` (fn -> ms); the tests drive it
     on CPU tensors under the interpreter with a stand-in timer, to check the bookkeeping."""
+    din_shapes, in_shapes = shapes(quick, targets_only)
     results = []
     din_table = Table(["N,C,H,W", "dtype", "pass", "triton", "cuda", "reference", "bmm", "vs cuda", "vs bmm"])
     print("\ndynamic_instance_norm 1x1, Co = C, GPU time in ms (median); vs cuda = triton / cuda "
           "(target <= 1.20x forward), vs bmm = triton / bmm")
     din_table.header()
     for dtype in DTYPES:
-        for n, c, h, w in QUICK_SHAPES if quick else DIN_SHAPES:
+        for n, c, h, w in din_shapes:
             torch.manual_seed(0)
             x = torch.randn(n, c, h, w, device=device, dtype=dtype)
             wt = (torch.randn(n, c, c, device=device, dtype=dtype) / c**0.5)
@@ -115,7 +129,7 @@ def measure(quick: bool, device: str, timer: Callable[[Callable[[], object]], fl
           "(target >= 75% forward)")
     in_table.header()
     for dtype in DTYPES:
-        for shape in QUICK_SHAPES if quick else IN_SHAPES:
+        for shape in in_shapes:
             torch.manual_seed(0)
             x = torch.randn(*shape, device=device, dtype=dtype)
             for pass_name, make, floor in [
@@ -130,3 +144,56 @@ def measure(quick: bool, device: str, timer: Callable[[Callable[[], object]], fl
                               vs_cuda, of_floor])
                 results.append(_rows("triton instance_norm", shape, dtype, pass_name, t))
     return results
+
+
+def targets(results: list[dict]) -> list[str]:
+    """One line per GPU target: triton 1x1 forward <= 1.2x cuda, triton instance norm forward >= 75%
+    of the copy floor."""
+    lines = []
+    for r in results:
+        if r["pass"] != "fwd":
+            continue
+        where = f"{tuple(r['shape'])} {r['dtype'].replace('torch.', '')}"
+        if r["op"].endswith("1x1") and "cuda_ms" in r:
+            v = r["triton_ms"] / r["cuda_ms"]
+            lines.append(f"triton 1x1 DIN fwd {where}: {v:.2f}x cuda (target <= 1.20): {'HOLDS' if v <= 1.2 else 'DOES NOT HOLD'}")
+        if r["op"].endswith("instance_norm") and "floor_ms" in r:
+            v = r["floor_ms"] / r["triton_ms"]
+            lines.append(f"triton instance_norm fwd {where}: {100 * v:.0f}% of copy (target >= 75%): "
+                         f"{'HOLDS' if v >= 0.75 else 'DOES NOT HOLD'}")
+    return lines
+
+
+def main(argv=None) -> None:
+    import argparse
+    import json
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_triton", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one small shape")
+    parser.add_argument("--targets-only", action="store_true", help="only the shapes the GPU targets are set at")
+    parser.add_argument("--dry", action="store_true", help="list the rows and targets; measure nothing")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    din_shapes, in_shapes = shapes(args.quick, args.targets_only)
+    if args.dry:
+        print("bench_triton rows (dtypes " + ", ".join(str(d).replace("torch.", "") for d in DTYPES) + "; fwd and fwd+bwd):")
+        print("  dynamic_instance_norm 1x1 at " + ", ".join(map(str, din_shapes)) + ": triton, cuda, reference, bmm floor")
+        print("  instance_norm at " + ", ".join(map(str, in_shapes)) + ": triton, cuda, reference, copy floor")
+        print("targets: triton 1x1 DIN forward <= 1.20x cuda; triton instance_norm forward >= 75% of the copy floor")
+        return
+    results = run(args.quick, args.targets_only)
+    if results:
+        print("\ntargets:")
+        for line in targets(results):
+            print("  " + line)
+    if args.json and results:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"machine": torch.cuda.get_device_name(0), "results": results, "targets": targets(results)}, f, indent=1)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

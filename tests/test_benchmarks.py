@@ -45,7 +45,7 @@ def quick_run(tmp_path_factory):
 def test_console_script_is_declared():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]
-    assert project["scripts"]["din-bench"] == "benchmarks.__main__:main"
+    assert project["scripts"]["din-bench"] == "din_ops.benchmarks.__main__:main"
     assert any(dep.startswith("pytest-benchmark") for dep in project["optional-dependencies"]["test"])
     assert any(dep.startswith("matplotlib") for dep in project["optional-dependencies"]["plot"])
 
@@ -265,3 +265,33 @@ def test_gpu_benchmark_rows_run(monkeypatch):
     for r in results:
         times = [v for k, v in r.items() if k.endswith("_ms")]
         assert times and all(t > 0 for t in times), r
+
+
+def test_gpu_targets_are_checked():
+    # The GPU run's verdicts: each target line says HOLDS or DOES NOT HOLD from the row's figures.
+    from benchmarks import bench_cuda
+
+    rows = [
+        dict(op="cuda instance_norm", shape=[16, 256, 128, 128], dtype="torch.float32", copy_fraction=0.85),
+        dict(op="cuda dynamic_instance_norm 1x1", shape=[16, 256, 128, 128], dtype="torch.bfloat16",
+             fwd_ms=1.5, bmm_ms=1.0, fwdbwd_ms=2.0, fwdbwd_torch_ms=5.0),
+        dict(op="cuda deformable 3x3", shape=[8, 64, 64, 64], dtype="torch.float32", fwdbwd_ms=2.0,
+             fwdbwd_torch_ms=5.0),
+    ]
+    lines = bench_cuda.targets(rows)
+    assert len(lines) == 4
+    assert "0.85" in lines[0] and lines[0].endswith(": HOLDS")
+    assert "1.50" in lines[1] and lines[1].endswith("DOES NOT HOLD")
+    assert "2.50" in lines[2] and lines[2].endswith(": HOLDS")
+    assert "2.50" in lines[3] and lines[3].endswith("DOES NOT HOLD")
+
+
+def test_gpu_benchmarks_dry_mode(capsys):
+    # `make gpu-dry` lists the GPU rows and targets without a GPU.
+    from benchmarks import bench_cuda, bench_triton
+
+    bench_cuda.main(["--dry"])
+    bench_triton.main(["--dry", "--targets-only"])
+    out = capsys.readouterr().out
+    assert "deformable" in out and "fwd+bwd, torchvision / din_ops >= 3.0" in out
+    assert "(16, 256, 64, 64)" in out and "75% of the copy floor" in out
