@@ -183,8 +183,11 @@ def build_ext_class():
     return BuildExtension.with_options(use_ninja=True)
 
 
+# The repository's benchmarks/ folder is installed as din_ops.benchmarks (`din-bench`, `python -m
+# din_ops.benchmarks`): nothing named `benchmarks` lands in site-packages.
 setup(
-    packages=find_packages(include=["din_ops", "din_ops.*", "benchmarks"]),
+    packages=find_packages(include=["din_ops", "din_ops.*"]) + ["din_ops.benchmarks"],
+    package_dir={"din_ops.benchmarks": "benchmarks"},
     ext_modules=[extension()],
     cmdclass={"build_ext": build_ext_class()},
 )
