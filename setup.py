@@ -185,9 +185,12 @@ def build_ext_class():
 
 # The repository's benchmarks/ folder is installed as din_ops.benchmarks (`din-bench`, `python -m
 # din_ops.benchmarks`): nothing named `benchmarks` lands in site-packages.
-setup(
-    packages=find_packages(include=["din_ops", "din_ops.*"]) + ["din_ops.benchmarks"],
-    package_dir={"din_ops.benchmarks": "benchmarks"},
-    ext_modules=[extension()],
-    cmdclass={"build_ext": build_ext_class()},
-)
+# `python setup.py ...` and pip's build backend both run this file as __main__; tests/test_build.py
+# imports it under another name to test the functions above.
+if __name__ == "__main__":
+    setup(
+        packages=find_packages(include=["din_ops", "din_ops.*"]) + ["din_ops.benchmarks"],
+        package_dir={"din_ops.benchmarks": "benchmarks"},
+        ext_modules=[extension()],
+        cmdclass={"build_ext": build_ext_class()},
+    )
