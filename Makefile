@@ -28,8 +28,8 @@ test-cpp:
 	cmake --build $(CMAKE_BUILD) -j2
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
 
-# The C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (the pre-release check; see the
-# README). LibTorch is not instrumented: leak detection is off (its registries live until exit), and
+# The C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (the pre-release check; see
+# docs/testing.md). LibTorch is not instrumented: leak detection is off (its registries live until exit), and
 # any report fails the run.
 SANITIZE_BUILD ?= build/cmake-sanitize
 test-sanitize:

@@ -1,8 +1,10 @@
-"""din-bench (also python -m benchmarks, make bench): every din_ops operator on every available backend
-beside the PyTorch composition and the floor, forward and forward+backward, with memory figures.
+"""din-bench (also python -m din_ops.benchmarks; in a source checkout python -m benchmarks or make
+bench): every din_ops operator on every available backend beside the PyTorch composition and the
+floor, forward and forward+backward, with memory figures.
 
 The tables go to stdout, progress to stderr; the rows and a description of the machine are saved as
-JSON (and the tables as text) under --out. See the README's "Benchmarks" section for the columns.
+JSON (and the tables as text) under --out: by default benchmarks/results/ in a source checkout, else
+./din-bench-results/. See docs/benchmarks.md for the columns.
 """
 from __future__ import annotations
 
@@ -24,7 +26,28 @@ from .runner import Progress, Settings, backends_for, check_targets, dtype_name,
 from .shapes import DEFAULT
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Where results go without --out: the committed benchmarks/results/ when this package is the
+# benchmarks/ folder of a source checkout, else (an installed din_ops.benchmarks) ./din-bench-results.
+USER_RESULTS = "din-bench-results"
+
+
+def checkout_results(package_dir: Optional[str] = None) -> Optional[str]:
+    """``benchmarks/results`` of the source checkout this package was loaded from, or None.
+
+    A checkout is recognized by the package being a folder named ``benchmarks`` with a ``results``
+    folder, beside a ``.git`` (a folder, or a file in a git worktree) in the folder above it.
+    """
+    here = os.path.dirname(os.path.abspath(__file__)) if package_dir is None else os.path.abspath(package_dir)
+    results = os.path.join(here, "results")
+    root = os.path.dirname(here)
+    if os.path.basename(here) == "benchmarks" and os.path.isdir(results) and os.path.exists(os.path.join(root, ".git")):
+        return results
+    return None
+
+
+def default_out() -> str:
+    """The folder for saved results when --out is not given (see :func:`checkout_results`)."""
+    return checkout_results() or os.path.join(os.getcwd(), USER_RESULTS)
 
 
 def _csv(text: Optional[str]) -> Optional[list[str]]:
@@ -45,7 +68,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="store_true", help="scaling sweeps over H*W, C and N instead of the table "
                    "(JSON and, with matplotlib, a PNG per op)")
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--out", default=RESULTS, help="folder for the saved results (default: benchmarks/results)")
+    p.add_argument("--out", help=f"folder for the saved results (default: benchmarks/results in a source "
+                   f"checkout, else ./{USER_RESULTS})")
     p.add_argument("--no-save", action="store_true", help="do not write anything under --out")
     p.add_argument("--min-time", type=float, help="seconds of timing per provider and pass (default 0.1, "
                    "quick 0.01); every provider runs at least --reps times")
@@ -98,6 +122,8 @@ def _write_json(path: str, data: dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
+    if args.out is None:
+        args.out = default_out()
     try:
         dtypes = [DTYPES[d] for d in _csv(args.dtypes) or ["float32"]]
     except KeyError as error:

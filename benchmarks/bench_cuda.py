@@ -18,7 +18,7 @@ Rows (each in bfloat16 and float32, CUDA-event timing, interleaved rounds, media
 
 The last lines check every target (HOLDS / DOES NOT HOLD).
 
-python -m benchmarks.bench_cuda [--quick] [--dry] [--json PATH]
+python -m benchmarks.bench_cuda [--quick] [--dry] [--json PATH]   (installed: python -m din_ops.benchmarks.bench_cuda)
 """
 from __future__ import annotations
 
@@ -274,7 +274,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cuda", description=__doc__,
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.bench_cuda", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")

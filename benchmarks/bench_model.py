@@ -29,10 +29,20 @@ SIZES = [(512, 256), (1024, 256)]
 QUICK_SIZES = [(64, 32)]
 
 
+# Kineto, the profiler's C++ side, logs "USDT: ... profiler_start" / "profiler_stop" lines to stderr
+# at every profile, in the middle of the table; KINETO_LOG_LEVEL=6 silences them (torch 2.13;
+# errors still raise). Kineto reads the variable once per process, at its first profile; a level
+# the user set is kept.
+QUIET_KINETO = "6"
+
+
 def _profile_top(fn, rows: int = 8) -> list[tuple[str, float]]:
     """The ops taking the most time in one call of fn: (name, share of the total)."""
+    import os
+
     from torch.profiler import profile
 
+    os.environ.setdefault("KINETO_LOG_LEVEL", QUIET_KINETO)
     with profile() as prof:
         fn()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)

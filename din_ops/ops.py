@@ -1,6 +1,6 @@
 """The public din_ops functions: argument checks, backend choice, and the call into the operators.
 
-Behaviour shared by every function (see the README, "Numerics, determinism and robustness"):
+Behaviour shared by every function (see docs/numerics.md):
 
 - eps = 0 and a plane of zero variance (constant, or a single pixel): the plane normalizes to 0 and
   its gradient is 0 (rstd is defined as 0), where ``F.instance_norm`` returns NaN. inf or NaN in a

@@ -6,6 +6,7 @@ in a subprocess, so the test process keeps its own allocator settings. About 20 
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -77,6 +78,8 @@ def test_quick_run_covers_every_op_and_backend(quick_run):
     # The table went to stdout, the progress to stderr.
     assert "vs torch" in run.stdout and "% floor" in run.stdout
     assert "[1/" in run.stderr and "[1/" not in run.stdout
+    # No profiler log lines (the model benchmark profiles one call) in either stream.
+    assert "profiler_start" not in run.stdout + run.stderr and "USDT" not in run.stdout + run.stderr
 
 
 def test_quick_run_times_and_ratios_are_consistent(quick_run):
@@ -295,3 +298,59 @@ def test_gpu_benchmarks_dry_mode(capsys):
     out = capsys.readouterr().out
     assert "deformable" in out and "fwd+bwd, torchvision / din_ops >= 3.0" in out
     assert "(16, 256, 64, 64)" in out and "75% of the copy floor" in out
+
+
+def test_results_go_to_the_checkout_only_from_a_checkout(tmp_path):
+    sys.path.insert(0, ROOT)
+    try:
+        from benchmarks.__main__ import USER_RESULTS, checkout_results, default_out
+    finally:
+        sys.path.remove(ROOT)
+    here = os.path.join(ROOT, "benchmarks")
+    if os.path.exists(os.path.join(ROOT, ".git")):  # the tests run from a clone (or a git worktree)
+        assert checkout_results() == os.path.join(here, "results") == default_out()
+    else:  # e.g. an unpacked sdist: not a checkout
+        assert checkout_results() is None and default_out() == os.path.join(os.getcwd(), USER_RESULTS)
+    repo = tmp_path / "repo"
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    assert checkout_results(str(repo / "benchmarks")) is None  # no .git: not a checkout
+    (repo / ".git").write_text("gitdir: elsewhere\n")  # a git worktree's .git is a file
+    assert checkout_results(str(repo / "benchmarks")) == str(repo / "benchmarks" / "results")
+    installed = tmp_path / "site" / "din_ops" / "benchmarks"
+    (installed / "results").mkdir(parents=True)
+    assert checkout_results(str(installed)) is None  # din_ops.benchmarks in site-packages: no .git above
+
+
+def test_installed_layout_runs_as_din_ops_benchmarks_and_saves_where_the_user_is(tmp_path):
+    # The package as an install lays it out: din_ops/ with the built extension and benchmarks/
+    # under it (without the committed results), imported from a site folder, run from an empty one.
+    site = tmp_path / "site"
+    shutil.copytree(os.path.join(ROOT, "din_ops"), site / "din_ops",
+                    ignore=shutil.ignore_patterns("__pycache__", "benchmarks"))
+    shutil.copytree(os.path.join(ROOT, "benchmarks"), site / "din_ops" / "benchmarks",
+                    ignore=shutil.ignore_patterns("__pycache__", "results"))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site))
+
+    def run(*args):
+        return subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    listed = run("-m", "din_ops.benchmarks", "--list")
+    assert listed.returncode == 0, listed.stderr
+    for name in ("instance_norm", "dynamic_instance_norm_1x1", "model"):
+        assert name in listed.stdout
+    assert "not importable" not in listed.stdout  # every bench_*.py imports under the new name
+    bench = run("-m", "din_ops.benchmarks", "--quick", "--device", "cpu", "--ops", "instance_norm",
+                "--backends", "cpu", "--shapes", "1x4x8x8", "--no-memory", "--no-progress")
+    assert bench.returncode == 0, bench.stderr
+    saved = sorted(os.listdir(work / "din-bench-results"))
+    assert [f for f in saved if f.endswith("-quick.json")] and [f for f in saved if f.endswith("-quick.txt")]
+    data = json.loads((work / "din-bench-results" / next(f for f in saved if f.endswith(".json"))).read_text())
+    assert {r["op"] for r in data["results"]} == {"instance_norm"}
+    assert not (site / "din_ops" / "benchmarks" / "results").exists()
+    assert str(work / "din-bench-results") in bench.stderr  # "wrote ..." names the files
+    # Nothing named benchmarks is importable from that layout.
+    found = run("-c", "import importlib.util; print(importlib.util.find_spec('benchmarks'))")
+    assert found.returncode == 0 and found.stdout.strip() == "None", found.stdout

@@ -6,6 +6,7 @@ import argparse
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -56,7 +57,7 @@ def files(tmp_path_factory) -> Path:
 
 def _read(path: Path) -> torch.Tensor:
     with Image.open(path) as img:
-        return torch.tensor(list(img.convert("RGB").getdata()), dtype=torch.float32).view(img.height, img.width, 3)
+        return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32).copy())  # (H, W, 3)
 
 
 def _run(files: Path, *argv: str) -> None:

@@ -25,7 +25,7 @@ DIN_INLINE void forward_block(const T* in, int64_t cs, int64_t cin, const int64_
                               int64_t taps, const T* w, const T* bias, T* out, int64_t ld) {
   using V = vec_t<T>;
   constexpr int n = kLanes<T>;
-  V acc[B][P];
+  V acc[B][P] = {};  // all set below; the initializer stops a false GCC 12 -Wmaybe-uninitialized
   for (int o = 0; o < B; ++o) {
     const V b = -V{} + (bias != nullptr ? bias[o] : T(0));
     for (int p = 0; p < P; ++p) acc[o][p] = b;

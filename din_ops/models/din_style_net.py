@@ -22,7 +22,7 @@ encoder's architecture instead (trained with the rest), for a network that is sm
 Widths. With c1, c2, c3 = 32, 96, 128 and 9x9 outer convolutions the multiply-accumulates at
 512x512 are 3.623 G for the encoder and 3.722 G for the decoder, the paper's Table 1 figures
 (3.62 G and 3.72 G), and the weight and bias nets (hidden width 2C, style features pooled to 4x4)
-take 19.7 M (paper: 19.97 M). The paper's table does not list the dynamic convolutions of the DIN
+take 19.6 M (paper: 19.97 M). The paper's table does not list the dynamic convolutions of the DIN
 layers themselves; they are counted separately (1x1 kernels: 1.14 G). See :func:`macs_breakdown`.
 
 Normalization inside encoder and decoder is an affine instance norm (:class:`din_ops.nn.InstanceNorm2d`).
