@@ -28,6 +28,8 @@ def ops_under_test(device, dtype=torch.float32, shape=(2, 6, 9, 11)):
     wg, bg = rand(n, 4, c // 2, 3, 3, scale=(9 * c / 2) ** -0.5), rand(n, 4)
     gamma, beta = rand(*shape) + 1.0, rand(*shape)
     gp, bp = rand(n, c, 1, 1) + 1.0, rand(n, c, 1, 1)
+    wf, bf = rand(n, 4, c, 3, 3, scale=(9 * c) ** -0.5), rand(n, 4)
+    off, msk = rand(n, 18, *shape[2:], scale=1.5), rand(n, 9, *shape[2:]) * 0.5 + 1.0
     sain = din_ops.spatially_adaptive_instance_norm
     return [
         ("instance_norm", lambda x, backend=None: din_ops.instance_norm(x, backend=backend), []),
@@ -44,6 +46,13 @@ def ops_under_test(device, dtype=torch.float32, shape=(2, 6, 9, 11)):
         ),
         ("sain_full", lambda x, g_, b_, backend=None: sain(x, g_, b_, backend=backend), [gamma, beta]),
         ("sain_plane", lambda x, g_, b_, backend=None: sain(x, g_, b_, backend=backend), [gp, bp]),
+        (
+            "deformable_din",
+            lambda x, w, b, o, m, backend=None: din_ops.dynamic_instance_norm(
+                x, w, b, offset=o, mask=m, padding=1, backend=backend
+            ),
+            [wf, bf, off, msk],
+        ),
     ]
 
 
@@ -87,7 +96,7 @@ def test_unaligned_storage_offset(device):
 
 
 @needs_cuda
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_runs_on_the_current_stream(index):
     # The side stream first sleeps, then writes x, then runs the op. A kernel launched on any other
     # stream would read x before it is written.

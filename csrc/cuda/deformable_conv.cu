@@ -17,8 +17,9 @@
 // is folded into the corner weights for the columns, as on the CPU.
 //
 // Work. The output positions are cut into steps: B whole samples at a time when their columns fit
-// the column budget (DeformGeometry::column_budget elements, 2^23 by default), else one sample and
-// L positions at a time. A step runs:
+// the column budget (DeformGeometry::column_budget elements, 2^23 by default; the entry lists of the
+// backward, 4 per point and offset group, count against it too), else one sample and L positions
+// at a time. A step runs:
 //   forward : columns (one thread per sample point and run of up to 8 channels of its offset group,
 //             corners computed once per point), then a tiled GEMM per (sample, convolution group)
 //             that adds the bias and writes y in x's dtype;
@@ -42,7 +43,7 @@
 //
 // Accumulation: float for float/half/bfloat16, double for double; statistics, gb and the
 // instance-norm backward sums in double (instance_norm.cu). Indices are 64-bit except the entry
-// keys and per-pixel counts of one step (int32; plan() keeps kh * kw * L * 4 below 2^31).
+// keys and per-pixel counts of one step (int32; plan() keeps kh * kw * L * 4 below 2^30).
 #include <algorithm>
 
 #include "common.cuh"
@@ -76,14 +77,15 @@ int64_t out_positions(const DeformGeometry& g) { return g.Ho * g.Wo; }
 Plan plan(const DeformGeometry& g) {
   const int64_t budget = g.column_budget > 0 ? g.column_budget : kDefaultBudget;
   const int64_t rows = g.C * taps(g), Q = out_positions(g);
-  int64_t L = std::max<int64_t>(1, std::min(Q, budget / rows));
-  L = std::min<int64_t>(L, (int64_t(1) << 29) / taps(g));  // int32 keys (point * 4 + corner)
+  // The column tile, and the backward's entry lists (4 per point and offset group) within the
+  // budget too; keys (t * L + l) * 4 + k and per-plane offsets below 2^30 (int32).
+  const int64_t per_position = std::max(rows, 4 * g.offset_groups * taps(g));
+  int64_t L = std::max<int64_t>(1, std::min(Q, budget / per_position));
+  L = std::min<int64_t>(L, (int64_t(1) << 28) / taps(g));
   int64_t B = 1;
   if (L == Q) {
-    B = std::max<int64_t>(1, std::min(g.N, budget / (rows * Q)));
-    B = std::min<int64_t>(B, 65535 / g.groups);  // GEMM grid z = B * groups
-    B = std::min<int64_t>(B, (int64_t(1) << 29) / (taps(g) * Q * g.offset_groups));
-    B = std::max<int64_t>(B, 1);
+    B = std::max<int64_t>(1, std::min(g.N, budget / (per_position * Q)));
+    B = std::max<int64_t>(1, std::min<int64_t>(B, 65535 / g.groups));  // GEMM grid z = B * groups
   }
   return {B, L};
 }
