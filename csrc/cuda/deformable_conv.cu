@@ -229,12 +229,16 @@ __global__ void __launch_bounds__(kGemmSide * kGemmSide)
 #pragma unroll
     for (int v = 0; v < 4; ++v) sum[u][v] = acc(0);
   }
+  // Consecutive threads load along the operand's unit-stride dimension (coalesced).
+  const bool a_along_rows = a.rs == 1, b_along_k = bo.rs == 1 && bo.cs != 1;
   for (int64_t k0 = 0; k0 < K; k0 += kTileK) {
     for (int e = tid; e < kTile * kTileK; e += kGemmSide * kGemmSide) {
-      const int r = e / kTileK, kk = e % kTileK;  // A: consecutive threads along k
+      const int r = a_along_rows ? e % kTile : e / kTileK;
+      const int kk = a_along_rows ? e / kTile : e % kTileK;
       const int64_t gi = i0 + r, gk = k0 + kk;
       As[kk][r] = gi < M && gk < K ? to_acc(Ap[gi * a.rs + gk * a.cs]) : acc(0);
-      const int kb = e / kTile, cc = e % kTile;  // B: consecutive threads along the columns
+      const int kb = b_along_k ? e % kTileK : e / kTile;
+      const int cc = b_along_k ? e / kTileK : e % kTile;
       const int64_t gkb = k0 + kb, gj = j0 + cc;
       Bs[kb][cc] = gkb < K && gj < Nc ? to_acc(Bp[gkb * bo.rs + gj * bo.cs]) : acc(0);
     }
