@@ -39,7 +39,13 @@
 // also when every point falls on one pixel), which makes the list order independent of the
 // schedule, (5) one thread per (channel, pixel) sums coefficient * gcol over its pixel's sorted
 // list and adds the sum to gxh, steps in order. Nothing depends on
-// torch.are_deterministic_algorithms_enabled(): the deterministic path is the only one.
+// torch.are_deterministic_algorithms_enabled(): the deterministic path is the only one. Its cost is
+// a few passes over the step's points and pixels; a pixel sampled by very many points (offsets
+// that all point at one place) makes its sorting thread the step's critical path.
+//
+// Performance has not been measured on a GPU yet. The GEMMs are plain SIMT tiles in the
+// accumulation type (no tensor cores, also for half/bfloat16), chosen for exact float32
+// accumulation and for the host emulation tests (csrc/tests/test_cuda_emulated.cpp).
 //
 // Accumulation: float for float/half/bfloat16, double for double; statistics, gb and the
 // instance-norm backward sums in double (instance_norm.cu). Indices are 64-bit except the entry
