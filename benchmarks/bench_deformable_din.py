@@ -102,7 +102,7 @@ BENCHES = [
         + [Target(None, "fwd+bwd", "cuda", "speedup", 3.0, "issue 9", versus="torchvision")],
         extras=[Extra("grid_sample", lambda device: True, grid_sample_way),
                 Extra("torchvision", _torchvision_available, torchvision_deform)],
-        backends=("cpu", "cuda", "reference"),  # no Triton kernel; no CUDA kernel yet either
+        backends=("cpu", "cuda", "reference"),  # no Triton kernel
         # The reference and grid_sample compositions materialize C * 9 samples per pixel (2.4 GiB
         # for (1, 32, 1024, 1024)) and take seconds to minutes per call beyond the target shapes'
         # 2^20 values: larger shapes are left out.

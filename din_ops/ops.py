@@ -390,11 +390,6 @@ def _deformable(x, w, bias, offset, mask, stride, pad, dilation, groups, normali
         raise ValueError(
             "din_ops: backend 'triton' has no deformable kernels; use backend='cpu' or 'reference'"
         )
-    if chosen == "cuda" and not backends.has_kernel("din_ops::deformable_conv", "CUDA"):
-        raise RuntimeError(
-            "din_ops: the deformable dynamic convolution has no CUDA kernel yet; pass "
-            "backend='reference' for CUDA tensors (or move the tensors to the CPU)"
-        )
     if chosen == "reference":
         kw = dict(stride=tuple(stride), padding=(pad[0], pad[2]), dilation=tuple(dilation), groups=groups)
         if normalize:

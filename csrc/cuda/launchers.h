@@ -67,4 +67,29 @@ cudaError_t dynamic_conv_grad_weight(DType dtype, const ConvGeometry& g, const v
 cudaError_t dynamic_conv_grad_input(DType dtype, const ConvGeometry& g, const void* gy,
                                     const void* weight, void* gxh_acc, cudaStream_t stream);
 
+// ---- deformable_conv.cu ----------------------------------------------------------------------
+// The deformable convolution (offset groups G = offset_groups; offset (N, 2 * G * kh * kw, Ho, Wo)
+// and mask (N, G * kh * kw, Ho, Wo) as the CPU operator). column_budget: the most column elements
+// one step of the kernels holds (0: the default, 2^23); smaller values cut the work into more steps.
+struct DeformGeometry {
+  int64_t N, C, H, W, Co, groups, offset_groups, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo;
+  int64_t column_budget;
+};
+
+// Bytes of device workspace the forward (backward = false) or backward launcher needs.
+int64_t deformable_workspace_bytes(DType dtype, const DeformGeometry& g, bool backward);
+// y = deformable conv of xh (x normalized with the given float64 statistics; pass mean 0 and
+// rstd 1 for the plain convolution). bias and mask may be null.
+cudaError_t deformable_conv_forward(DType dtype, const DeformGeometry& g, const void* x,
+                                    const void* weight, const void* bias, const void* offset,
+                                    const void* mask, const double* mean, const double* rstd,
+                                    void* y, void* workspace, cudaStream_t stream);
+// All gradients: gx (like x), gw (like weight), gb (N, Co), goffset (like offset) and gmask (like
+// mask; null when mask is null). normalize selects the instance-norm backward for gx.
+cudaError_t deformable_conv_backward(DType dtype, const DeformGeometry& g, const void* grad_y,
+                                     const void* x, const void* weight, const void* offset,
+                                     const void* mask, const double* mean, const double* rstd,
+                                     bool normalize, void* gx, void* gw, void* gb, void* goffset,
+                                     void* gmask, void* workspace, cudaStream_t stream);
+
 }  // namespace din_ops::gpu

@@ -349,6 +349,120 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_
   return {in_layout_of(gx, cl), full ? in_layout_of(ggamma, cl) : ggamma, gbeta};
 }
 
+// ---- deformable_conv ------------------------------------------------------------------------
+// The kernels (deformable_conv.cu) take the statistics from the instance-norm statistics kernel
+// (mean 0 and rstd 1 without normalization, as the CPU op returns them) and one byte workspace
+// sized by deformable_workspace_bytes. Every result is bitwise repeatable on one stream (no
+// floating-point atomics), so nothing changes under torch.use_deterministic_algorithms(True).
+
+DeformGeometry deformable_geometry(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, at::IntArrayRef dilation,
+                                   int64_t groups, int64_t offset_groups) {
+  const ConvGeometry c = geometry(x, w, stride, padding, dilation, groups);
+  return DeformGeometry{c.N,  c.C,  c.H,  c.W,  c.Co, c.groups, offset_groups, c.kh, c.kw,
+                        c.sh, c.sw, c.pt, c.pl, c.dh, c.dw,     c.Ho,          c.Wo, 0};
+}
+
+// The checks of the CPU operator: the k x k convolution's, offset_groups dividing C, and the
+// offset and mask shapes, dtypes and devices.
+void check_deformable_args(const at::Tensor& x, const at::Tensor& w,
+                           const c10::optional<at::Tensor>& b, const at::Tensor& offset,
+                           const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                           int64_t offset_groups) {
+  check_conv_args(x, w, b, stride, padding, dilation, groups);
+  TORCH_CHECK_VALUE(offset_groups > 0 && x.size(1) % offset_groups == 0,
+                    "din_ops: expected offset_groups to divide C = ", x.size(1),
+                    ", got offset_groups = ", offset_groups);
+  const ConvGeometry c = geometry(x, w, stride, padding, dilation, groups);
+  check_deformable_offset_mask(x, offset, mask, offset_groups, c.kh * c.kw, c.Ho, c.Wo);
+  check_on_cuda(x);
+}
+
+at::Tensor defined_contiguous(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+}
+
+at::Tensor deformable_workspace(const at::Tensor& x, const DeformGeometry& g, bool backward) {
+  return at::empty({deformable_workspace_bytes(dtype_of(x), g, backward)},
+                   x.options().dtype(at::kByte));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_conv_cuda(
+    const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+    const at::Tensor& offset_in, const c10::optional<at::Tensor>& mask_in, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
+    bool normalize, double eps) {
+  check_deformable_args(x_in, weight, bias, offset_in, mask_in, stride, padding, dilation, groups,
+                        offset_groups);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const bool cl = is_channels_last(x_in);
+  const at::Tensor x = x_in.contiguous(), w = weight.contiguous(), offset = offset_in.contiguous();
+  const at::Tensor b = defined_contiguous(bias), mask = defined_contiguous(mask_in);
+  const DeformGeometry g =
+      deformable_geometry(x, w, stride, padding, dilation, groups, offset_groups);
+  auto y = at::empty({g.N, g.Co, g.Ho, g.Wo}, x.options());
+  auto [mean, rstd] = empty_stats(x);
+  if (g.N == 0) return {in_layout_of(y, cl), mean, rstd};
+  const DType dt = dtype_of(x);
+  if (normalize) {
+    check_launch(instance_norm_forward(dt, x.const_data_ptr(), nullptr,
+                                       mean.mutable_data_ptr<double>(),
+                                       rstd.mutable_data_ptr<double>(), g.N * g.C, g.H * g.W, eps,
+                                       stream()),
+                 "deformable_conv (statistics)");
+  } else {
+    mean.zero_();
+    rstd.fill_(1.0);
+  }
+  at::Tensor ws = deformable_workspace(x, g, false);
+  check_launch(deformable_conv_forward(dt, g, x.const_data_ptr(), w.const_data_ptr(),
+                                       b.defined() ? b.const_data_ptr() : nullptr,
+                                       offset.const_data_ptr(),
+                                       mask.defined() ? mask.const_data_ptr() : nullptr,
+                                       mean.const_data_ptr<double>(), rstd.const_data_ptr<double>(),
+                                       y.mutable_data_ptr(), ws.mutable_data_ptr(), stream()),
+               "deformable_conv");
+  return {in_layout_of(y, cl), mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+deformable_conv_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_in,
+                              const at::Tensor& weight, const at::Tensor& offset_in,
+                              const c10::optional<at::Tensor>& mask_in, const at::Tensor& mean,
+                              const at::Tensor& rstd, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                              int64_t offset_groups, bool normalize) {
+  check_deformable_args(x_in, weight, c10::nullopt, offset_in, mask_in, stride, padding, dilation,
+                        groups, offset_groups);
+  check_stats(x_in, mean, rstd);
+  check_stats_device(x_in, mean, rstd);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const bool cl = is_channels_last(x_in);
+  const at::Tensor x = x_in.contiguous(), w = weight.contiguous(), offset = offset_in.contiguous();
+  const at::Tensor mask = defined_contiguous(mask_in);
+  const DeformGeometry g =
+      deformable_geometry(x, w, stride, padding, dilation, groups, offset_groups);
+  check_grad_y(grad_y, x, g.N, g.Co, g.Ho, g.Wo);
+  const at::Tensor gy = grad_y.contiguous(), m = mean.contiguous(), r = rstd.contiguous();
+  auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto gw = at::empty(w.sizes(), x.options());
+  auto gb = at::empty({g.N, g.Co}, x.options());
+  auto goffset = at::empty(offset.sizes(), x.options());
+  auto gmask = mask.defined() ? at::empty(mask.sizes(), x.options()) : at::empty({0}, x.options());
+  if (g.N == 0) return {in_layout_of(gx, cl), gw, gb, goffset, gmask};
+  at::Tensor ws = deformable_workspace(x, g, true);
+  check_launch(deformable_conv_backward(
+                   dtype_of(x), g, gy.const_data_ptr(), x.const_data_ptr(), w.const_data_ptr(),
+                   offset.const_data_ptr(), mask.defined() ? mask.const_data_ptr() : nullptr,
+                   m.const_data_ptr<double>(), r.const_data_ptr<double>(), normalize,
+                   gx.mutable_data_ptr(), gw.mutable_data_ptr(), gb.mutable_data_ptr(),
+                   goffset.mutable_data_ptr(), mask.defined() ? gmask.mutable_data_ptr() : nullptr,
+                   ws.mutable_data_ptr(), stream()),
+               "deformable_conv_backward");
+  return {in_layout_of(gx, cl), gw, gb, goffset, gmask};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(din_ops, CUDA, m) {
@@ -361,6 +475,8 @@ TORCH_LIBRARY_IMPL(din_ops, CUDA, m) {
   m.impl("spatially_adaptive_instance_norm", &spatially_adaptive_instance_norm_cuda);
   m.impl("spatially_adaptive_instance_norm_backward",
          &spatially_adaptive_instance_norm_backward_cuda);
+  m.impl("deformable_conv", &deformable_conv_cuda);
+  m.impl("deformable_conv_backward", &deformable_conv_backward_cuda);
 }
 
 }  // namespace din_ops::gpu

@@ -462,6 +462,324 @@ DIN_TEST(empty_and_invalid) {
   check_emulation_clean();
 }
 
+// ---- deformable conv --------------------------------------------------------------------------
+// The launchers of deformable_conv.cu against a double-precision reference written from the
+// definition (din_ops.reference.deformable_conv2d with DCN's border convention, as
+// din_ops/bilinear.h documents it): forward and every gradient, with sample points far outside,
+// exactly on the lines -1, H - 1, H (and W), on integer positions and at random fractional ones.
+using din_ops::gpu::DeformGeometry;
+
+// The bilinear corners of (y, x) in an H x W plane: a point on or beyond -1 / H / W samples
+// nothing (zero value and derivatives); otherwise the corners inside the plane with their weights
+// and the (right-sided) derivatives of the weights along y and x.
+struct RefPoint {
+  int64_t idx[4];
+  double w[4], wy[4], wx[4];
+};
+
+RefPoint ref_point(double y, double x, int64_t H, int64_t W) {
+  RefPoint p{};
+  if (!(y > -1.0 && y < double(H) && x > -1.0 && x < double(W))) return p;
+  const double fy = std::floor(y), fx = std::floor(x), ly = y - fy, lx = x - fx;
+  for (int a = 0; a < 2; ++a) {
+    for (int b = 0; b < 2; ++b) {
+      const int k = 2 * a + b;
+      const int64_t yy = int64_t(fy) + a, xx = int64_t(fx) + b;
+      if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+      const double wy = a ? ly : 1.0 - ly, wx = b ? lx : 1.0 - lx;
+      p.idx[k] = yy * W + xx;
+      p.w[k] = wy * wx;
+      p.wy[k] = (a ? 1.0 : -1.0) * wx;
+      p.wx[k] = wy * (b ? 1.0 : -1.0);
+    }
+  }
+  return p;
+}
+
+// Largest |got - want| / max |want| per output seen so far, per dtype (reported by the tests).
+struct DeformErrors {
+  double y = 0, gx = 0, gw = 0, gb = 0, goffset = 0, gmask = 0;
+  int cases = 0;
+};
+
+template <typename T>
+DeformErrors& deform_errors() {
+  static DeformErrors e;
+  return e;
+}
+
+// Compares got (T values) with want over a tensor with the tolerance tol relative to the largest
+// |want|; returns the relative error, reports the first miss.
+template <typename T>
+double compare_tensor(const Buf<T>& got, const std::vector<double>& want, double tol,
+                      const std::string& label) {
+  double scale = 0, err = 0;
+  for (double v : want) scale = std::max(scale, std::abs(v));
+  scale = std::max(scale, 1e-6);
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double e = std::abs(got.at(int64_t(i)) - want[i]);
+    if (!(e <= tol * scale)) {
+      ::din_ops::test::fail(__FILE__, __LINE__,
+                            label + " at " + std::to_string(i) + ": got " +
+                                std::to_string(got.at(int64_t(i))) + ", expected " +
+                                std::to_string(want[i]) + " (scale " + std::to_string(scale) + ")");
+      return e / scale;
+    }
+    err = std::max(err, e);
+  }
+  return err / scale;
+}
+
+template <typename T>
+void deform_case(DeformGeometry g, int64_t pb, int64_t pr, bool with_mask, bool normalize,
+                 const char* name, bool check_repeatable) {
+  using Tr = Traits<T>;
+  g.Ho = (g.H + g.pt + pb - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.Wo = (g.W + g.pl + pr - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  std::mt19937 rng(g.C * 131 + g.H * 17 + g.offset_groups * 7 + g.groups * 3 + with_mask +
+                   2 * normalize);
+  const int64_t G = g.offset_groups, KK = g.kh * g.kw, Cg = g.C / g.groups, Cog = g.Co / g.groups;
+  const int64_t Cgo = g.C / G, P = g.H * g.W, Q = g.Ho * g.Wo;
+  const int64_t nx = g.N * g.C * P, nw = g.N * g.Co * Cg * KK, ny = g.N * g.Co * Q;
+  const int64_t noff = g.N * 2 * G * KK * Q, nm = g.N * G * KK * Q;
+  Buf<T> x(nx, 0, rng, -1.7, 2.3), w(nw, 0, rng, -0.5, 0.5), b(g.N * g.Co, 0, rng);
+  Buf<T> offset(noff, 0, rng), mask(nm, 0, rng, 0.0, 1.0), gy(ny, 0, rng);
+  Buf<T> y(ny, 0, rng), gx(nx, 0, rng), gw(nw, 0, rng), gb(g.N * g.Co, 0, rng);
+  Buf<T> goffset(noff, 0, rng), gmask(nm, 0, rng);
+  // Offsets: 40% of the points on special positions (per axis), the others at random fractional
+  // offsets of up to 3 pixels (some of them outside the plane).
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  auto special = [&](int64_t size) {
+    const double s = double(size);
+    const double list[] = {-1.0, -1.0, -3.0, -0.5, 0.0, s - 1.0, s - 1.0, s - 0.5, s, s, s + 2.0,
+                           std::floor(u(rng) * s), -1.0 + 1.0 / 64, s - 1.0 / 64};
+    return list[std::uniform_int_distribution<int>(0, 13)(rng)];
+  };
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t go = 0; go < G; ++go)
+      for (int64_t t = 0; t < KK; ++t)
+        for (int64_t q = 0; q < Q; ++q) {
+          const int64_t base = ((n * G + go) * KK + t) * 2 * Q + q;
+          const int64_t gy0 = (q / g.Wo) * g.sh - g.pt + (t / g.kw) * g.dh;
+          const int64_t gx0 = (q % g.Wo) * g.sw - g.pl + (t % g.kw) * g.dw;
+          for (int axis = 0; axis < 2; ++axis) {
+            const int64_t grid = axis == 0 ? gy0 : gx0, size = axis == 0 ? g.H : g.W;
+            double off;
+            if (u(rng) < 0.4) {
+              off = special(size) - double(grid);
+            } else {
+              off = std::floor(u(rng) * 7.0) - 3.0 + 0.1 + 0.8 * u(rng);
+            }
+            offset.v[base + axis * Q] = Tr::put(off);
+          }
+        }
+  const std::string label = std::string("deformable ") + Tr::name() + " " + name +
+                            (with_mask ? " mask" : " no-mask") +
+                            (normalize ? " normalized" : " plain");
+
+  // Statistics as the glue computes them (or mean 0, rstd 1), and the reference's own.
+  std::vector<double> mean(g.N * g.C, 0.0), rstd(g.N * g.C, 1.0);
+  if (normalize) {
+    DIN_CHECK(din_ops::gpu::instance_norm_forward(Tr::dtype, x.ptr(), nullptr, mean.data(),
+                                                  rstd.data(), g.N * g.C, P, 1e-5, nullptr) ==
+              cudaSuccess);
+  }
+  Stats r{std::vector<double>(g.N * g.C, 0.0), std::vector<double>(g.N * g.C, 1.0)};
+  if (normalize) r = ref_stats(x, g.N * g.C, P, 1e-5);
+  const void* mp = with_mask ? static_cast<const void*>(mask.ptr()) : nullptr;
+
+  std::vector<double> ws_fwd(din_ops::gpu::deformable_workspace_bytes(Tr::dtype, g, false) / 8 + 1);
+  DIN_CHECK(din_ops::gpu::deformable_conv_forward(Tr::dtype, g, x.ptr(), w.ptr(), b.ptr(),
+                                                  offset.ptr(), mp, mean.data(), rstd.data(),
+                                                  y.ptr(), ws_fwd.data(), nullptr) == cudaSuccess);
+  check_emulation_clean();
+  std::vector<double> ws(din_ops::gpu::deformable_workspace_bytes(Tr::dtype, g, true) / 8 + 1);
+  DIN_CHECK(din_ops::gpu::deformable_conv_backward(
+                Tr::dtype, g, gy.ptr(), x.ptr(), w.ptr(), offset.ptr(), mp, mean.data(),
+                rstd.data(), normalize, gx.ptr(), gw.ptr(), gb.ptr(), goffset.ptr(),
+                with_mask ? static_cast<void*>(gmask.ptr()) : nullptr, ws.data(),
+                nullptr) == cudaSuccess);
+  check_emulation_clean();
+
+  // The reference: columns, their position derivatives, then every output from the definition.
+  auto xh = [&](int64_t nc, int64_t pix) { return (x.at(nc * P + pix) - r.mean[nc]) * r.rstd[nc]; };
+  auto widx = [&](int64_t n, int64_t o, int64_t cc, int64_t t) {
+    return ((n * g.Co + o) * Cg + cc) * KK + t;
+  };
+  const int64_t ncol = g.N * g.C * KK * Q;
+  std::vector<double> S(ncol), Sy(ncol), Sx(ncol), M(ncol);
+  std::vector<RefPoint> pts(g.N * G * KK * Q);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t go = 0; go < G; ++go)
+      for (int64_t t = 0; t < KK; ++t)
+        for (int64_t q = 0; q < Q; ++q) {
+          const int64_t pi = ((n * G + go) * KK + t) * Q + q;
+          const int64_t ob = ((n * G + go) * KK + t) * 2 * Q + q;
+          const double py = double((q / g.Wo) * g.sh - g.pt + (t / g.kw) * g.dh) + offset.at(ob);
+          const double px = double((q % g.Wo) * g.sw - g.pl + (t % g.kw) * g.dw) + offset.at(ob + Q);
+          const RefPoint p = ref_point(py, px, g.H, g.W);
+          pts[pi] = p;
+          const double m = with_mask ? mask.at(pi) : 1.0;
+          for (int64_t c = go * Cgo; c < (go + 1) * Cgo; ++c) {
+            const int64_t ci = ((n * g.C + c) * KK + t) * Q + q;
+            double s = 0, sy = 0, sx = 0;
+            for (int k = 0; k < 4; ++k) {
+              if (p.w[k] == 0 && p.wy[k] == 0 && p.wx[k] == 0) continue;
+              const double v = xh(n * g.C + c, p.idx[k]);
+              s += p.w[k] * v, sy += p.wy[k] * v, sx += p.wx[k] * v;
+            }
+            S[ci] = s, Sy[ci] = sy, Sx[ci] = sx, M[ci] = m;
+          }
+        }
+  std::vector<double> ry(ny), rgw(nw, 0.0), rgb(g.N * g.Co, 0.0), rgoff(noff, 0.0), rgm(nm, 0.0);
+  std::vector<double> gcol(ncol, 0.0), gxh(nx, 0.0), rgx(nx);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t o = 0; o < g.Co; ++o) {
+      const int64_t grp = o / Cog;
+      for (int64_t q = 0; q < Q; ++q) {
+        const double gyv = gy.at((n * g.Co + o) * Q + q);
+        double s = b.at(n * g.Co + o);
+        for (int64_t cc = 0; cc < Cg; ++cc)
+          for (int64_t t = 0; t < KK; ++t) {
+            const int64_t ci = ((n * g.C + grp * Cg + cc) * KK + t) * Q + q;
+            const double wv = w.at(widx(n, o, cc, t));
+            s += wv * M[ci] * S[ci];
+            rgw[widx(n, o, cc, t)] += gyv * M[ci] * S[ci];
+            gcol[ci] += wv * gyv;
+          }
+        ry[(n * g.Co + o) * Q + q] = s;
+        rgb[n * g.Co + o] += gyv;
+      }
+    }
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t c = 0; c < g.C; ++c) {
+      const int64_t go = c / Cgo;
+      for (int64_t t = 0; t < KK; ++t)
+        for (int64_t q = 0; q < Q; ++q) {
+          const int64_t ci = ((n * g.C + c) * KK + t) * Q + q, pi = ((n * G + go) * KK + t) * Q + q;
+          const int64_t ob = ((n * G + go) * KK + t) * 2 * Q + q;
+          rgm[pi] += gcol[ci] * S[ci];
+          rgoff[ob] += gcol[ci] * M[ci] * Sy[ci];
+          rgoff[ob + Q] += gcol[ci] * M[ci] * Sx[ci];
+          const RefPoint& p = pts[pi];
+          for (int k = 0; k < 4; ++k) {
+            if (p.w[k] != 0) gxh[(n * g.C + c) * P + p.idx[k]] += gcol[ci] * M[ci] * p.w[k];
+          }
+        }
+    }
+  for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
+    double sg = 0, sgx = 0;
+    for (int64_t i = 0; i < P; ++i) sg += gxh[nc * P + i], sgx += gxh[nc * P + i] * xh(nc, i);
+    for (int64_t i = 0; i < P; ++i) {
+      rgx[nc * P + i] = normalize ? r.rstd[nc] * (gxh[nc * P + i] - sg / P - xh(nc, i) * sgx / P)
+                                  : gxh[nc * P + i];
+    }
+  }
+  DeformErrors& e = deform_errors<T>();
+  const double tol = 4 * Tr::tol;
+  e.y = std::max(e.y, compare_tensor(y, ry, tol, label + " y"));
+  e.gx = std::max(e.gx, compare_tensor(gx, rgx, tol, label + " gx"));
+  e.gw = std::max(e.gw, compare_tensor(gw, rgw, tol, label + " gw"));
+  e.gb = std::max(e.gb, compare_tensor(gb, rgb, tol, label + " gb"));
+  e.goffset = std::max(e.goffset, compare_tensor(goffset, rgoff, tol, label + " goffset"));
+  if (with_mask) e.gmask = std::max(e.gmask, compare_tensor(gmask, rgm, tol, label + " gmask"));
+  ++e.cases;
+
+  // Bitwise repeatable: a second backward (whose entry lists fill in another thread order).
+  if (!check_repeatable) return;
+  Buf<T> gx2(nx, 0, rng), goffset2(noff, 0, rng);
+  DIN_CHECK(din_ops::gpu::deformable_conv_backward(
+                Tr::dtype, g, gy.ptr(), x.ptr(), w.ptr(), offset.ptr(), mp, mean.data(),
+                rstd.data(), normalize, gx2.ptr(), gw.ptr(), gb.ptr(), goffset2.ptr(),
+                with_mask ? static_cast<void*>(gmask.ptr()) : nullptr, ws.data(),
+                nullptr) == cudaSuccess);
+  check_emulation_clean();
+  DIN_CHECK(std::memcmp(gx.ptr(), gx2.ptr(), nx * sizeof(T)) == 0);
+  DIN_CHECK(std::memcmp(goffset.ptr(), goffset2.ptr(), noff * sizeof(T)) == 0);
+}
+
+struct DeformCase {
+  const char* name;
+  DeformGeometry g;  // Ho, Wo computed from pb, pr
+  int64_t pb, pr;
+};
+
+// N, C, H, W, Co, groups, offset_groups, kh, kw, sh, sw, pt, pl, dh, dw, (Ho, Wo), column_budget.
+const DeformCase kDeformCases[] = {
+    {"3x3", {2, 4, 7, 8, 5, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0}, 1, 1},
+    {"offset_groups2_groups2", {2, 4, 9, 10, 6, 2, 2, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0}, 1, 1},
+    {"groups2_offset_groups1", {1, 4, 6, 7, 4, 2, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0}, 1, 1},
+    {"stride2_asymmetric_padding", {1, 3, 9, 11, 4, 1, 1, 3, 3, 2, 2, 1, 2, 1, 1, 0, 0, 0}, 0, 2},
+    // Several steps per sample (10 positions each, the last one shorter).
+    {"dilation2_steps", {2, 4, 8, 8, 4, 1, 2, 3, 3, 1, 1, 2, 2, 2, 2, 0, 0, 4 * 9 * 10}, 2, 2},
+    {"5x3_stride1x2_dilation1x2", {1, 2, 7, 9, 3, 1, 1, 5, 3, 1, 2, 2, 1, 1, 2, 0, 0, 0}, 1, 0},
+    {"depthwise", {1, 4, 6, 7, 4, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0}, 1, 1},
+    // Beyond every tile: Co = 40 and 37-position steps > the 32 x 32 GEMM tile, K = 72 > 16,
+    // 156 pixels per plane > the 128 scan threads.
+    {"large_plane_steps", {1, 8, 12, 13, 40, 1, 2, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 8 * 9 * 37}, 1, 1},
+    {"1x1", {2, 3, 5, 5, 2, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0}, 0, 0},
+    // Two whole samples per step, then one.
+    {"samples_per_step", {3, 2, 5, 6, 3, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 2 * 9 * 30 * 2}, 1, 1},
+};
+
+template <typename T>
+void deform_report() {
+  const DeformErrors& e = deform_errors<T>();
+  std::printf("  deformable %s: %d cases, max |error| / max |reference|: y %.2e gx %.2e gw %.2e "
+              "gb %.2e goffset %.2e gmask %.2e\n",
+              Traits<T>::name(), e.cases, e.y, e.gx, e.gw, e.gb, e.goffset, e.gmask);
+}
+
+// Variant v of a case: 0 mask and normalized, 1 neither, 2 mask only, 3 normalized only.
+template <typename T>
+void deform_variant(const DeformCase& c, int v) {
+  deform_case<T>(c.g, c.pb, c.pr, v == 0 || v == 2, v == 0 || v == 3, c.name, v == 0);
+}
+
+// float: variants 0 and 1 of every case, and 2 or 3 of every other case; double: one variant per
+// case in turn (the emulation runs one std::thread per CUDA thread: this keeps the run short).
+DIN_TEST(deformable_float) {
+  int i = 0;
+  for (const auto& c : kDeformCases) {
+    deform_variant<float>(c, 0);
+    deform_variant<float>(c, 1);
+    if (i % 2 == 0) deform_variant<float>(c, 2 + (i / 2) % 2);
+    ++i;
+  }
+  deform_report<float>();
+}
+DIN_TEST(deformable_double) {
+  int i = 0;
+  for (const auto& c : kDeformCases) deform_variant<double>(c, i++ % 4);
+  deform_report<double>();
+}
+DIN_TEST(deformable_half) {
+  deform_variant<__half>(kDeformCases[1], 0);
+  deform_variant<__half>(kDeformCases[7], 1);
+  deform_report<__half>();
+}
+DIN_TEST(deformable_bfloat16) {
+  deform_variant<__nv_bfloat16>(kDeformCases[3], 0);
+  deform_report<__nv_bfloat16>();
+}
+
+DIN_TEST(deformable_empty_and_invalid) {
+  float f = 0;
+  double m = 0, r = 1;
+  const int64_t before = emu::launches();
+  DeformGeometry g{0, 4, 5, 5, 4, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 0};
+  DIN_CHECK(din_ops::gpu::deformable_workspace_bytes(DType::Float, g, true) == 0);
+  DIN_CHECK(din_ops::gpu::deformable_conv_forward(DType::Float, g, &f, &f, nullptr, &f, nullptr,
+                                                  &m, &r, &f, nullptr, nullptr) == cudaSuccess);
+  g.N = 1;
+  g.offset_groups = 3;  // does not divide C
+  DIN_CHECK(din_ops::gpu::deformable_conv_backward(DType::Float, g, &f, &f, &f, &f, nullptr, &m,
+                                                   &r, true, &f, &f, &f, &f, nullptr, nullptr,
+                                                   nullptr) == cudaErrorInvalidValue);
+  DIN_CHECK(emu::launches() == before);
+  check_emulation_clean();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) { return din_ops::test::run_all(argc, argv); }

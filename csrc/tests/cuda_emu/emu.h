@@ -16,6 +16,7 @@
 // by .ci/cuda_emulate.sh before compiling.
 #pragma once
 
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -264,4 +265,11 @@ inline cudaError_t cudaGetLastError() {
   const cudaError_t e = emu::last_error();
   emu::last_error() = cudaSuccess;
   return e;
+}
+
+// atomicAdd on int (the per-pixel entry counters of the deformable backward): an atomic fetch-add
+// that returns the old value, as on the device. Blocks run one after another, so only the threads
+// of one block race here.
+inline int atomicAdd(int* address, int value) {
+  return std::atomic_ref<int>(*address).fetch_add(value);
 }
