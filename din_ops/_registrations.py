@@ -80,33 +80,42 @@ if backends.extension_loaded():
         mean, _var = output
         ctx.save_for_backward(x, mean)
 
+    @torch.library.register_fake("din_ops::instance_stats_backward")
+    def _instance_stats_backward_fake(grad_mean, grad_var, x: Tensor, mean):
+        return torch.empty_like(x, memory_format=_out_format(x))
+
     def _instance_stats_backward(ctx, grad_mean, grad_var):
         # mean = sum(x) / M, var = sum((x - mean)^2) / M:
         # dL/dx = (grad_mean + 2 * grad_var * (x - mean)) / M   (the mean's own term sums to 0).
         x, mean = ctx.saved_tensors
-        m = x.shape[2] * x.shape[3]
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        gx = torch.zeros(x.shape[:2], dtype=torch.float64, device=x.device)
-        gx = (gx if grad_mean is None else grad_mean) / m
-        gx = gx.to(acc)[:, :, None, None].expand(x.shape)
-        if grad_var is not None:
-            centered = x.to(acc) - mean.to(acc)[:, :, None, None]
-            gx = gx + centered * (2.0 * grad_var / m).to(acc)[:, :, None, None]
-        return gx.to(x.dtype)
+        grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
+        grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+        return _ops.instance_stats_backward(grad_mean, grad_var, x, mean)
 
     torch.library.register_autograd(
         "din_ops::instance_stats", _instance_stats_backward, setup_context=_instance_stats_setup
     )
 
+    # CUDA has no dedicated kernels for these two (csrc/cuda is unchanged): the statistics of the
+    # instance_norm kernel with eps = 0 (rstd = 1 / sqrt(var), 0 for a zero variance; its y is
+    # written and dropped), and the backward formula in plain PyTorch.
     if not backends.has_kernel("din_ops::instance_stats", "CUDA"):
 
         @torch.library.impl("din_ops::instance_stats", "CUDA")
         def _instance_stats_cuda(x: Tensor):
-            # Without a dedicated CUDA kernel: the statistics of the instance_norm kernel with
-            # eps = 0 (rstd = 1 / sqrt(var), 0 for a zero variance); its y is written and dropped.
             _y, mean, rstd = _ops.instance_norm(x, 0.0)
             var = torch.where(rstd == 0, torch.zeros_like(rstd), 1.0 / (rstd * rstd))
             return mean, var
+
+    if not backends.has_kernel("din_ops::instance_stats_backward", "CUDA"):
+
+        @torch.library.impl("din_ops::instance_stats_backward", "CUDA")
+        def _instance_stats_backward_cuda(grad_mean, grad_var, x: Tensor, mean):
+            m = x.shape[2] * x.shape[3]
+            acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+            centered = x.to(acc) - mean.to(acc)[:, :, None, None]
+            gx = centered * (2.0 * grad_var / m).to(acc)[:, :, None, None]
+            return (gx + (grad_mean / m).to(acc)[:, :, None, None]).to(x.dtype)
 
     def _instance_norm_setup(ctx, inputs, output):
         x, _eps = inputs
@@ -271,6 +280,7 @@ if backends.extension_loaded():
     )
 
     for _name in (
+        "instance_stats_backward",
         "instance_norm_backward",
         "dynamic_instance_norm_1x1_backward",
         "dynamic_conv_backward",

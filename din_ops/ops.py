@@ -206,15 +206,12 @@ def _check_weight_bias(
     if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0 or c % groups:
         raise ValueError(f"din_ops: expected groups to be a positive int dividing C = {c}, got {groups!r}")
     w = weight[..., None, None] if weight.dim() == 3 else weight
-    if w.dim() != 5 or w.shape[2] != c // groups or w.shape[1] % groups:
+    if w.dim() != 5 or w.shape[0] not in (n, 1) or w.shape[2] != c // groups or w.shape[1] % groups:
         raise ValueError(
             f"din_ops: expected weight of shape (N, Co, C // groups, kh, kw) or (N, Co, C // groups) "
-            f"with N = {n} (or 1) and C // groups = {c // groups} (from x and groups = {groups}) and "
-            f"Co divisible by groups, got {_shape(weight)}"
-        )
-    if w.shape[0] not in (n, 1):
-        raise ValueError(
-            f"din_ops: expected weight with {_batch_hint('weight', n)}, got {_shape(weight)}"
+            f"with N = {n} and C // groups = {c // groups} (from x and groups = {groups}) and Co "
+            f"divisible by groups, or N = 1 for one weight applied to every sample (expand weight "
+            f"to N or pass batch 1), got {_shape(weight)}"
         )
     if bias is not None:
         bias = _per_channel(bias, "bias", x, w.shape[1])

@@ -236,9 +236,40 @@ def test_instance_stats(dtype, memory_format):
     assert torch.allclose(var, x64.var(2, unbiased=False), rtol=1e-10 if dtype == torch.float64 else 1e-3, atol=0)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_instance_stats_backward(memory_format):
+    x = features((2, 5, 4, 6)).contiguous(memory_format=memory_format).requires_grad_()
+    gm, gv = torch.randn(2, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    mean, var = torch.ops.din_ops.instance_stats(x)
+    (gx,) = torch.autograd.grad((mean * gm).sum() + (var * gv).sum(), x)
+    x64 = x.detach().clone().requires_grad_()
+    m64 = x64.mean(dim=(2, 3))
+    v64 = x64.var(dim=(2, 3), unbiased=False)
+    (ex,) = torch.autograd.grad((m64 * gm).sum() + (v64 * gv).sum(), x64)
+    assert rel_err(gx, ex) <= 1e-12
+    assert gx.is_contiguous(memory_format=memory_format)
+    # float32 with a large mean: the split mean keeps x - mean accurate.
+    xf = (x.detach() + 1e4).float().requires_grad_()
+    mean, var = torch.ops.din_ops.instance_stats(xf)
+    (gf,) = torch.autograd.grad((var * gv).sum(), xf)
+    xd = xf.detach().double().requires_grad_()
+    (ed,) = torch.autograd.grad((xd.var(dim=(2, 3), unbiased=False) * gv).sum(), xd)
+    assert rel_err(gf, ed) <= 1e-5
+
+
+def test_style_stats_large_mean_float32():
+    style = features((2, 8, 16, 16)) + 1e4
+    mean, std = din_ops.style_stats(style.float(), unbiased=True)
+    m64, s64 = calc_mean_std(style.float().double())
+    assert rel_err(mean, m64) <= 1e-7 and rel_err(std, s64) <= 1e-6
+
+
 def test_instance_stats_opcheck_and_compile():
     x = features((2, 3, 4, 5)).requires_grad_()
     torch.library.opcheck(torch.ops.din_ops.instance_stats, (x,))
+    grads = (torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64))
+    mean = torch.ops.din_ops.instance_stats(x)[0].detach()
+    torch.library.opcheck(torch.ops.din_ops.instance_stats_backward, (*grads, x.detach(), mean))
     content, style = features((2, 3, 4, 5)), features((1, 3, 6, 6))
     compiled = torch.compile(lambda c, s: din_ops.adain(c, s, alpha=0.5, unbiased=True), fullgraph=True)
     assert rel_err(compiled(content, style), din_ops.adain(content, style, alpha=0.5, unbiased=True)) <= 1e-13
