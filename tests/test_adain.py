@@ -204,6 +204,14 @@ def test_unbiased_instance_norm_matches_torch_var(shape):
     w3 = features((n, 4, c, 3, 3))
     y = din_ops.dynamic_instance_norm(x, w3, None, padding=1, unbiased=True)
     assert rel_err(y, reference.dynamic_conv2d(expected, w3, None, padding=1)) <= 1e-12
+    offset = 0.3 * torch.randn(n, 2 * 9, *shape[2:], dtype=torch.float64)
+    for backend in ("cpu", "reference"):
+        y = din_ops.dynamic_instance_norm(x, w3, None, padding=1, offset=offset, unbiased=True, backend=backend)
+        e = reference.deformable_conv2d(expected, w3, None, offset, padding=1)
+        assert rel_err(y, e) <= 1e-12
+    d = features((1, c))
+    y = din_ops.dynamic_instance_norm(x, d, b[:, :c], unbiased=True)
+    assert rel_err(y, d[..., None, None] * expected + b[:, :c, None, None]) <= 1e-12
 
 
 def test_single_pixel_unbiased_is_defined_as_zero_variance():

@@ -188,10 +188,13 @@ def test_eps_and_reference_backend():
 
 # Errors ------------------------------------------------------------------------------------------
 
-SHAPE_MSG = r"expected {} of shape \(N, C, H, W\) = \(2, 3, 5, 7\) or \(N, C, 1, 1\) = \(2, 3, 1, 1\), got {}"
+SHAPE_MSG = (r"expected {} of shape \(N, C, H, W\) = \(2, 3, 5, 7\), \(N, C, 1, 1\) = \(2, 3, 1, 1\) or "
+             r"\(N, C\) = \(2, 3\), with a batch of N = 2 .* expand .* to N or pass batch 1, got {}")
 
 
-@pytest.mark.parametrize("bad", [(2, 3, 5, 1), (2, 3, 1, 7), (2, 3), (2, 4, 1, 1), (1, 3, 5, 7), (2, 3, 5, 7, 1)])
+# (N, C) and a batch of 1 are valid forms (test_batch1_gamma_beta_broadcast); a batch of 3 is not.
+@pytest.mark.parametrize("bad", [(2, 3, 5, 1), (2, 3, 1, 7), (2, 4), (2, 4, 1, 1), (3, 3, 5, 7), (3, 3),
+                                 (2, 3, 5, 7, 1), (2, 3, 1)])
 def test_bad_gamma_and_beta_shapes(bad):
     x = torch.randn(2, 3, 5, 7)
     shown = str(bad).replace("(", r"\(").replace(")", r"\)")

@@ -4,6 +4,9 @@
 // of tap t = i * kw + j of offset group g at channels 2 * (g * kh * kw + t) + {0, 1}; mask
 // (N, G * kh * kw, Ho, Wo). Channel c belongs to offset group c / (C / G).
 //
+// A weight or bias of batch 1 applies to every sample (read with a batch stride of 0; backward
+// returns per-sample gW and gb, which autograd sums).
+//
 //   forward : col[c, t, q] = m[g, t, q] * S(xh[c], p(t, q))      S: bilinear sample, 0 outside
 //             y[n]        = W[n] @ col + b[n]                    (per convolution group)
 //             p(t, q)     = (oh * sh - pt + i * dh + dy, ow * sw - pl + j * dw + dx)

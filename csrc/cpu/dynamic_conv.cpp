@@ -8,6 +8,9 @@
 //             g          = conv_transpose2d(gy[n], W[n])     (gradient with respect to xh)
 //             gx         = rstd * (g - mean_p(g) - xh * mean_p(g * xh))  (identity when not normalizing)
 //
+// A weight or bias of batch 1 applies to every sample: the kernels read it with a batch stride of 0
+// (ConvGeometry::ws, bs), and backward returns the per-sample gW and gb, which autograd sums.
+//
 // The mean cannot be folded into the weights here: zero padding of xh is padding x with the mean.
 // So the kernels read x and normalize in registers, per tile:
 // - depthwise (one input and one output channel per group): one task per (n, c) plane builds the

@@ -15,6 +15,9 @@
 // beta_defined, and an empty (0,) tensor otherwise. The gradient of a full-size beta is gy itself;
 // autograd passes grad_y on for it (din_ops/_registrations.py) instead of the op writing a copy.
 //
+// gamma and beta of batch 1 apply to every sample: read in place (Modulation::period); backward
+// returns per-sample ggamma and gbeta, which autograd sums over the batch.
+//
 // NCHW: one task per plane: the shifted-sum statistics, then one fused elementwise pass while the
 // plane of x is still in L1/L2, so x, gamma and beta are read from memory once and y written once.
 // Backward likewise: the sums over gy, x, gamma, then gx (and a full-size ggamma) from cache.
