@@ -301,3 +301,25 @@ def test_errors_say_what_fits():
         din_ops.adain(content, content, unbiased=1)
     with pytest.raises(TypeError, match="dtype"):
         din_ops.adain(content, content.float())
+
+
+def test_batch1_operands_opcheck_and_compile():
+    """The operators with batch-1 weight, bias, gamma and beta: fake kernels (per-sample gradients
+    of batch N) and autograd (summed to batch 1) agree with the CPU kernels."""
+    x = features((3, 4, 5, 5)).requires_grad_()
+    w = features((1, 6, 4)).requires_grad_()
+    b = features((1, 6)).requires_grad_()
+    torch.library.opcheck(torch.ops.din_ops.dynamic_instance_norm_1x1, (x, w, b, 1e-5))
+    w5 = features((1, 6, 2, 3, 3)).requires_grad_()
+    torch.library.opcheck(torch.ops.din_ops.dynamic_conv, (x, w5, b, [1, 1], [1, 1, 1, 1], [1, 1], 2, True, 1e-5))
+    g, be = features((1, 4, 5, 5)).requires_grad_(), features((1, 4, 1, 1)).requires_grad_()
+    torch.library.opcheck(torch.ops.din_ops.spatially_adaptive_instance_norm, (x, g, be, 1e-5))
+    off = (0.5 * torch.randn(3, 18, 5, 5, dtype=torch.float64)).requires_grad_()
+    w3 = features((1, 6, 4, 3, 3)).requires_grad_()
+    torch.library.opcheck(torch.ops.din_ops.deformable_conv,
+                          (x, w3, b, off, None, [1, 1], [1, 1, 1, 1], [1, 1], 1, 1, True, 1e-5))
+    compiled = torch.compile(lambda x, w, b: din_ops.dynamic_instance_norm(x, w, b, unbiased=True), fullgraph=True)
+    y = compiled(x, w, b)
+    assert rel_err(y, din_ops.dynamic_instance_norm(x, w, b, unbiased=True)) <= 1e-13
+    (gw,) = torch.autograd.grad(y.sum(), w)
+    assert gw.shape == (1, 6, 4)
