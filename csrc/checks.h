@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "din_ops/math.h"
 
 namespace din_ops {
@@ -30,20 +32,35 @@ inline void check_input(const at::Tensor& x) {
                     x.sizes());
 }
 
-// weight (N, Co, C), bias (N, Co) or undefined.
+// Whether the leading (batch) dimension of a per-sample operand fits x: N, or 1 for one operand
+// broadcast over the batch (the kernels then read it with a batch stride of 0, never copying it).
+// `broadcast` is false for backends whose kernels read every operand with batch N.
+inline bool batch_fits(const at::Tensor& t, const at::Tensor& x, bool broadcast) {
+  return t.dim() > 0 && (t.size(0) == x.size(0) || (broadcast && t.size(0) == 1));
+}
+
+// Elements between consecutive samples of a per-sample operand: 0 when it is broadcast (batch 1).
+inline int64_t batch_stride(const at::Tensor& t) {
+  return t.size(0) == 1 ? 0 : t.numel() / std::max<int64_t>(t.size(0), 1);
+}
+
+// weight (N, Co, C) or (1, Co, C), bias (N, Co), (1, Co) or undefined.
 inline void check_weight_1x1(const at::Tensor& x, const at::Tensor& weight,
-                             const c10::optional<at::Tensor>& bias) {
+                             const c10::optional<at::Tensor>& bias, bool broadcast = false) {
   check_input(x);
   check_same_dtype_device(weight, "weight", x);
-  TORCH_CHECK_VALUE(weight.dim() == 3 && weight.size(0) == x.size(0) && weight.size(2) == x.size(1),
+  TORCH_CHECK_VALUE(weight.dim() == 3 && batch_fits(weight, x, broadcast) &&
+                        weight.size(2) == x.size(1),
                     "din_ops: expected weight of shape (N, Co, C) = (", x.size(0), ", Co, ",
-                    x.size(1), "), got ", weight.sizes());
+                    x.size(1), ") or (1, Co, C) for one weight applied to every sample, got ",
+                    weight.sizes());
   if (bias.has_value() && bias->defined()) {
     check_same_dtype_device(*bias, "bias", x);
-    TORCH_CHECK_VALUE(bias->dim() == 2 && bias->size(0) == x.size(0) &&
+    TORCH_CHECK_VALUE(bias->dim() == 2 && batch_fits(*bias, x, broadcast) &&
                           bias->size(1) == weight.size(1),
                       "din_ops: expected bias of shape (N, Co) = (", x.size(0), ", ",
-                      weight.size(1), "), got ", bias->sizes());
+                      weight.size(1), ") or (1, Co) for one bias applied to every sample, got ",
+                      bias->sizes());
   }
 }
 
@@ -65,22 +82,28 @@ inline void check_grad(const at::Tensor& grad, const at::Tensor& x, int64_t chan
                     x.size(2), ", ", x.size(3), "), got ", grad.sizes());
 }
 
-// gamma / beta of spatially_adaptive_instance_norm: (N, C, H, W) like x, or (N, C, 1, 1).
-inline void check_modulation(const at::Tensor& x, const at::Tensor& t, const char* name) {
+// gamma / beta of spatially_adaptive_instance_norm: (N, C, H, W) like x, or (N, C, 1, 1); either
+// with batch 1 (broadcast over the samples of x).
+inline void check_modulation(const at::Tensor& x, const at::Tensor& t, const char* name,
+                             bool broadcast = false) {
   check_same_dtype_device(t, name, x);
-  const bool per_plane = t.dim() == 4 && t.size(0) == x.size(0) && t.size(1) == x.size(1) &&
-                         t.size(2) == 1 && t.size(3) == 1;
-  TORCH_CHECK_VALUE(t.sizes() == x.sizes() || per_plane, "din_ops: expected ", name,
-                    " of shape (N, C, H, W) = ", x.sizes(), " or (N, C, 1, 1) = [", x.size(0),
-                    ", ", x.size(1), ", 1, 1], got ", t.sizes());
+  const bool fits = t.dim() == 4 && batch_fits(t, x, broadcast) && t.size(1) == x.size(1) &&
+                   ((t.size(2) == 1 && t.size(3) == 1) ||
+                    (t.size(2) == x.size(2) && t.size(3) == x.size(3)));
+  TORCH_CHECK_VALUE(fits, "din_ops: expected ", name, " of shape (N, C, H, W) = ", x.sizes(),
+                    " or (N, C, 1, 1) = [", x.size(0), ", ", x.size(1),
+                    ", 1, 1], or either with batch 1 for one value applied to every sample, got ",
+                    t.sizes());
 }
 
 // Arguments of dynamic_conv / dynamic_conv_backward (every backend): weight (N, Co, C / groups,
-// kh, kw), bias (N, Co) or undefined, stride and dilation of 2 values, padding (top, bottom, left,
-// right), and a kernel that fits the padded input.
+// kh, kw), bias (N, Co) or undefined (either with batch 1 when `broadcast`: one operand for every
+// sample), stride and dilation of 2 values, padding (top, bottom, left, right), and a kernel that
+// fits the padded input.
 inline void check_conv_args(const at::Tensor& x, const at::Tensor& w,
                             const c10::optional<at::Tensor>& b, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                            bool broadcast = false) {
   check_input(x);
   check_same_dtype_device(w, "weight", x);
   TORCH_CHECK_VALUE(stride.size() == 2 && dilation.size() == 2 && padding.size() == 4,
@@ -92,16 +115,17 @@ inline void check_conv_args(const at::Tensor& x, const at::Tensor& w,
   for (auto p : padding) TORCH_CHECK_VALUE(p >= 0, "din_ops: expected padding >= 0, got ", padding);
   TORCH_CHECK_VALUE(groups > 0 && x.size(1) % groups == 0,
                     "din_ops: expected groups to divide C = ", x.size(1), ", got groups = ", groups);
-  TORCH_CHECK_VALUE(w.dim() == 5 && w.size(0) == x.size(0) && w.size(2) == x.size(1) / groups &&
-                        w.size(1) % groups == 0 && w.size(3) > 0 && w.size(4) > 0,
+  TORCH_CHECK_VALUE(w.dim() == 5 && batch_fits(w, x, broadcast) &&
+                        w.size(2) == x.size(1) / groups && w.size(1) % groups == 0 &&
+                        w.size(3) > 0 && w.size(4) > 0,
                     "din_ops: expected weight of shape (N, Co, C / groups, kh, kw) with N = ",
-                    x.size(0), ", C / groups = ", x.size(1) / groups,
-                    " and Co divisible by groups, got ", w.sizes());
+                    x.size(0), " (or 1 for one weight applied to every sample), C / groups = ",
+                    x.size(1) / groups, " and Co divisible by groups, got ", w.sizes());
   if (b.has_value() && b->defined()) {
     check_same_dtype_device(*b, "bias", x);
-    TORCH_CHECK_VALUE(b->dim() == 2 && b->size(0) == x.size(0) && b->size(1) == w.size(1),
+    TORCH_CHECK_VALUE(b->dim() == 2 && batch_fits(*b, x, broadcast) && b->size(1) == w.size(1),
                       "din_ops: expected bias of shape (N, Co) = (", x.size(0), ", ", w.size(1),
-                      "), got ", b->sizes());
+                      ") or (1, Co) for one bias applied to every sample, got ", b->sizes());
   }
   // Bounded so that the size arithmetic below cannot overflow int64_t.
   for (auto v : {stride[0], stride[1], dilation[0], dilation[1], padding[0], padding[1],

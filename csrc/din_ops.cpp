@@ -16,6 +16,14 @@ TORCH_LIBRARY(din_ops, m) {
   m.def("instance_norm(Tensor x, float eps) -> (Tensor y, Tensor mean, Tensor rstd)", tags);
   m.def("instance_norm_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd) -> Tensor",
         tags);
+  // The statistics alone, without writing a normalized tensor (e.g. the style features of AdaIN):
+  // the mean and the biased variance of each (n, c) plane, (N, C) float64, from the same shifted
+  // sums as instance_norm.
+  m.def("instance_stats(Tensor x) -> (Tensor mean, Tensor var)", tags);
+  // Its backward: grad_x = (grad_mean + 2 * grad_var * (x - mean)) / (H * W), one pass over x.
+  m.def(
+      "instance_stats_backward(Tensor grad_mean, Tensor grad_var, Tensor x, Tensor mean) -> Tensor",
+      tags);
   m.def(
       "dynamic_instance_norm_1x1(Tensor x, Tensor weight, Tensor? bias, float eps)"
       " -> (Tensor y, Tensor mean, Tensor rstd)",

@@ -1,10 +1,13 @@
 """din_ops: fused Dynamic Instance Normalization kernels as PyTorch custom operators.
 
 Public API:
-    dynamic_instance_norm(x, weight, bias=None, *, stride, padding, dilation, groups, eps, backend)
+    dynamic_instance_norm(x, weight, bias=None, *, stride, padding, dilation, groups, eps, unbiased,
+                          backend)
     dynamic_conv2d(x, weight, bias=None, *, stride, padding, dilation, groups, backend)
-    instance_norm(x, eps=1e-5, *, backend=None)
-    spatially_adaptive_instance_norm(x, gamma, beta=None, *, eps=1e-5, backend=None)
+    instance_norm(x, eps=1e-5, *, unbiased=False, backend=None)
+    spatially_adaptive_instance_norm(x, gamma, beta=None, *, eps=1e-5, unbiased=False, backend=None)
+    adain(content, style, *, alpha=1.0, eps=1e-5, unbiased=False, backend=None)
+    style_stats(style, *, eps=1e-5, unbiased=False, backend=None) -> (mean, std)
     available_backends()
     reference            pure-PyTorch implementations of every op (the test oracle)
 """
@@ -12,17 +15,19 @@ from . import _registrations  # noqa: F401  (fake kernels and autograd of the op
 from . import reference
 from .backends import available_backends
 from .ops import dynamic_conv2d, dynamic_instance_norm, instance_norm
-from .ops import spatially_adaptive_instance_norm
+from .ops import adain, spatially_adaptive_instance_norm, style_stats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "adain",
     "available_backends",
     "dynamic_conv2d",
     "dynamic_instance_norm",
     "instance_norm",
     "reference",
     "spatially_adaptive_instance_norm",
+    "style_stats",
     "__version__",
 ]
 

@@ -27,6 +27,14 @@ def _stats_like(x: Tensor) -> tuple[Tensor, Tensor]:
     return x.new_empty(shape, dtype=torch.float64), x.new_empty(shape, dtype=torch.float64)
 
 
+def _sum_to_batch(grad: Tensor, like: Tensor) -> Tensor:
+    """The backward ops return per-sample gradients (batch N); an operand of batch 1 that was
+    applied to every sample gets their sum over the batch."""
+    if like.shape[0] == 1 and grad.shape[0] != 1:
+        return grad.sum(0, keepdim=True)
+    return grad
+
+
 def _no_double_backward(name: str):
     def backward(ctx, *grads):
         raise RuntimeError(
@@ -55,12 +63,59 @@ if backends.extension_loaded():
 
     @torch.library.register_fake("din_ops::dynamic_instance_norm_1x1_backward")
     def _din_1x1_backward_fake(grad_y, x, weight, mean, rstd):
-        n, co = weight.shape[0], weight.shape[1]
+        # Per-sample gradients (batch N of x, also for a batch-1 weight).
+        n, co = x.shape[0], weight.shape[1]
         return (
             torch.empty_like(x, memory_format=_out_format(x)),
-            weight.new_empty(weight.shape),
+            weight.new_empty((n, co, weight.shape[2])),
             weight.new_empty((n, co)),
         )
+
+    @torch.library.register_fake("din_ops::instance_stats")
+    def _instance_stats_fake(x: Tensor):
+        return _stats_like(x)
+
+    def _instance_stats_setup(ctx, inputs, output):
+        (x,) = inputs
+        mean, _var = output
+        ctx.save_for_backward(x, mean)
+
+    @torch.library.register_fake("din_ops::instance_stats_backward")
+    def _instance_stats_backward_fake(grad_mean, grad_var, x: Tensor, mean):
+        return torch.empty_like(x, memory_format=_out_format(x))
+
+    def _instance_stats_backward(ctx, grad_mean, grad_var):
+        # mean = sum(x) / M, var = sum((x - mean)^2) / M:
+        # dL/dx = (grad_mean + 2 * grad_var * (x - mean)) / M   (the mean's own term sums to 0).
+        x, mean = ctx.saved_tensors
+        grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
+        grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+        return _ops.instance_stats_backward(grad_mean, grad_var, x, mean)
+
+    torch.library.register_autograd(
+        "din_ops::instance_stats", _instance_stats_backward, setup_context=_instance_stats_setup
+    )
+
+    # CUDA has no dedicated kernels for these two (csrc/cuda is unchanged): the statistics of the
+    # instance_norm kernel with eps = 0 (rstd = 1 / sqrt(var), 0 for a zero variance; its y is
+    # written and dropped), and the backward formula in plain PyTorch.
+    if not backends.has_kernel("din_ops::instance_stats", "CUDA"):
+
+        @torch.library.impl("din_ops::instance_stats", "CUDA")
+        def _instance_stats_cuda(x: Tensor):
+            _y, mean, rstd = _ops.instance_norm(x, 0.0)
+            var = torch.where(rstd == 0, torch.zeros_like(rstd), 1.0 / (rstd * rstd))
+            return mean, var
+
+    if not backends.has_kernel("din_ops::instance_stats_backward", "CUDA"):
+
+        @torch.library.impl("din_ops::instance_stats_backward", "CUDA")
+        def _instance_stats_backward_cuda(grad_mean, grad_var, x: Tensor, mean):
+            m = x.shape[2] * x.shape[3]
+            acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+            centered = x.to(acc) - mean.to(acc)[:, :, None, None]
+            gx = centered * (2.0 * grad_var / m).to(acc)[:, :, None, None]
+            return (gx + (grad_mean / m).to(acc)[:, :, None, None]).to(x.dtype)
 
     def _instance_norm_setup(ctx, inputs, output):
         x, _eps = inputs
@@ -80,13 +135,14 @@ if backends.extension_loaded():
         x, weight, bias, _eps = inputs
         _y, mean, rstd = output
         ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.has_bias = bias is not None
+        ctx.bias_batch = None if bias is None else bias.shape[0]
         ctx.mark_non_differentiable(mean, rstd)
 
     def _din_1x1_backward(ctx, grad_y, _grad_mean, _grad_rstd):
         x, weight, mean, rstd = ctx.saved_tensors
         gx, gw, gb = _ops.dynamic_instance_norm_1x1_backward(grad_y, x, weight, mean, rstd)
-        return gx, gw, gb if ctx.has_bias else None, None
+        gb = None if ctx.bias_batch is None else _sum_to_batch(gb, gb[: ctx.bias_batch])
+        return gx, _sum_to_batch(gw, weight), gb, None
 
     torch.library.register_autograd(
         "din_ops::dynamic_instance_norm_1x1", _din_1x1_backward, setup_context=_din_1x1_setup
@@ -107,8 +163,8 @@ if backends.extension_loaded():
     ):
         return (
             torch.empty_like(x, memory_format=_out_format(x)),
-            weight.new_empty(weight.shape),
-            weight.new_empty((weight.shape[0], weight.shape[1])),
+            weight.new_empty((x.shape[0], *weight.shape[1:])),
+            weight.new_empty((x.shape[0], weight.shape[1])),
         )
 
     def _dynamic_conv_setup(ctx, inputs, output):
@@ -116,13 +172,14 @@ if backends.extension_loaded():
         _y, mean, rstd = output
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.conv = (stride, padding, dilation, groups, normalize)
-        ctx.has_bias = bias is not None
+        ctx.bias_batch = None if bias is None else bias.shape[0]
         ctx.mark_non_differentiable(mean, rstd)
 
     def _dynamic_conv_backward(ctx, grad_y, _grad_mean, _grad_rstd):
         x, weight, mean, rstd = ctx.saved_tensors
         gx, gw, gb = _ops.dynamic_conv_backward(grad_y, x, weight, mean, rstd, *ctx.conv)
-        return gx, gw, gb if ctx.has_bias else None, None, None, None, None, None, None
+        gb = None if ctx.bias_batch is None else _sum_to_batch(gb, gb[: ctx.bias_batch])
+        return gx, _sum_to_batch(gw, weight), gb, None, None, None, None, None, None
 
     torch.library.register_autograd(
         "din_ops::dynamic_conv", _dynamic_conv_backward, setup_context=_dynamic_conv_setup
@@ -153,6 +210,7 @@ if backends.extension_loaded():
         _y, mean, rstd = output
         ctx.save_for_backward(x, gamma, mean, rstd)
         ctx.beta_form = None if beta is None else ("full" if _sain_full(beta, x) else "plane")
+        ctx.beta_batch = None if beta is None else beta.shape[0]
         ctx.mark_non_differentiable(mean, rstd)
 
     def _sain_backward(ctx, grad_y, _grad_mean, _grad_rstd):
@@ -164,7 +222,9 @@ if backends.extension_loaded():
             gbeta = grad_y  # dy/dbeta is the identity: pass grad_y on, no copy
         elif ctx.beta_form is None:
             gbeta = None
-        return gx, ggamma, gbeta, None
+        if gbeta is not None:
+            gbeta = _sum_to_batch(gbeta, gbeta[: ctx.beta_batch])
+        return gx, _sum_to_batch(ggamma, gamma), gbeta, None
 
     torch.library.register_autograd(
         "din_ops::spatially_adaptive_instance_norm", _sain_backward, setup_context=_sain_setup
@@ -185,8 +245,8 @@ if backends.extension_loaded():
     ):
         return (
             torch.empty_like(x, memory_format=_out_format(x)),
-            weight.new_empty(weight.shape),
-            weight.new_empty((weight.shape[0], weight.shape[1])),
+            weight.new_empty((x.shape[0], *weight.shape[1:])),
+            weight.new_empty((x.shape[0], weight.shape[1])),
             offset.new_empty(offset.shape),
             mask.new_empty(mask.shape) if mask is not None else x.new_empty((0,)),
         )
@@ -196,7 +256,7 @@ if backends.extension_loaded():
         _y, mean, rstd = output
         ctx.save_for_backward(x, weight, offset, mask, mean, rstd)
         ctx.conv = (stride, padding, dilation, groups, offset_groups, normalize)
-        ctx.has_bias = bias is not None
+        ctx.bias_batch = None if bias is None else bias.shape[0]
         ctx.mark_non_differentiable(mean, rstd)
 
     def _deformable_conv_backward(ctx, grad_y, _grad_mean, _grad_rstd):
@@ -204,8 +264,9 @@ if backends.extension_loaded():
         gx, gw, gb, goffset, gmask = _ops.deformable_conv_backward(
             grad_y, x, weight, offset, mask, mean, rstd, *ctx.conv
         )
+        gb = None if ctx.bias_batch is None else _sum_to_batch(gb, gb[: ctx.bias_batch])
         return (
-            gx, gw, gb if ctx.has_bias else None, goffset, gmask if mask is not None else None,
+            gx, _sum_to_batch(gw, weight), gb, goffset, gmask if mask is not None else None,
             None, None, None, None, None, None, None,
         )
 
@@ -219,6 +280,7 @@ if backends.extension_loaded():
     )
 
     for _name in (
+        "instance_stats_backward",
         "instance_norm_backward",
         "dynamic_instance_norm_1x1_backward",
         "dynamic_conv_backward",

@@ -10,6 +10,8 @@ passed on to the ops.
 
 :class:`InstanceNorm2d` is an affine instance normalization on the fused
 ``spatially_adaptive_instance_norm`` kernel (used by :mod:`din_ops.models`).
+
+:class:`AdaIN` is the AdaIN layer of style-transfer models (:func:`din_ops.adain`) as a module.
 """
 from __future__ import annotations
 
@@ -63,9 +65,10 @@ class InstanceNorm2d(nn.Module):
         self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
-        n, c = x.shape[0], x.shape[1]
-        gamma = self.weight.to(x.dtype).view(1, c, 1, 1).expand(n, c, 1, 1)
-        beta = self.bias.to(x.dtype).view(1, c, 1, 1).expand(n, c, 1, 1)
+        # Batch 1: one gamma and beta for every sample, read in place by the kernels.
+        c = x.shape[1]
+        gamma = self.weight.to(x.dtype).view(1, c, 1, 1)
+        beta = self.bias.to(x.dtype).view(1, c, 1, 1)
         return ops.spatially_adaptive_instance_norm(x, gamma, beta, eps=self.eps, backend=self.backend)
 
 
@@ -272,3 +275,35 @@ def set_backend(module: nn.Module, backend: Optional[str]) -> nn.Module:
         if isinstance(m, (DynamicInstanceNorm2d, InstanceNorm2d)):
             m.backend = backend
     return module
+
+
+class AdaIN(nn.Module):
+    """Adaptive instance normalization as a layer: ``forward(content, style)`` is
+    :func:`din_ops.adain` with this layer's ``alpha``, ``eps`` and ``unbiased``.
+
+    A drop-in for the AdaIN function of pytorch-AdaIN-style models: their
+    ``adaptive_instance_normalization(content_feat, style_feat)`` (unbiased ``torch.var``, eps 1e-5
+    inside the square root) is ``AdaIN(unbiased=True)(content_feat, style_feat)``. ``style`` may be
+    style features (batch N or 1) or precomputed ``(mean, std)`` from :func:`din_ops.style_stats`;
+    ``alpha`` may also be given per call. No parameters.
+    """
+
+    def __init__(
+        self, alpha: float = 1.0, eps: float = 1e-5, unbiased: bool = False,
+        backend: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        _check_backend(backend)
+        self.alpha, self.eps, self.unbiased, self.backend = alpha, eps, unbiased, backend
+
+    def forward(
+        self, content: Tensor, style: Union[Tensor, tuple[Tensor, Tensor]],
+        alpha: Optional[float] = None,
+    ) -> Tensor:
+        return ops.adain(
+            content, style, alpha=self.alpha if alpha is None else alpha, eps=self.eps,
+            unbiased=self.unbiased, backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, eps={self.eps}, unbiased={self.unbiased}"

@@ -8,9 +8,18 @@ Behaviour shared by every function (see docs/numerics.md):
 - torch.autocast: the compiled ops compute in float32 and return the autocast dtype; float16,
   bfloat16 and float32 arguments may then be mixed; float64 calls are unchanged.
 - The CPU kernels are deterministic (bitwise, for a fixed thread count) and thread-safe.
+- Variance: every normalizing function uses the biased variance of each (n, c) plane (as
+  ``F.instance_norm``) unless ``unbiased=True``: then ``var * M / (M - 1)`` over the M = H * W
+  values (as ``torch.var``, and AdaIN code built on it), defined as 0 for M = 1. eps is added to the
+  variance used, inside the square root: ``(x - mean) / sqrt(var + eps)``.
+- Batch 1: per-sample operands (weight, bias, gamma, beta, the style of :func:`adain`) with a
+  leading dimension of 1 apply to every sample of x; the CPU kernels read them in place (nothing is
+  repeated N times), and their gradient is the sum over the batch.
 """
 
 from __future__ import annotations
+
+import math
 
 from typing import Optional, Union
 
@@ -46,6 +55,41 @@ def _check_eps(eps: float) -> None:
         raise ValueError(f"din_ops: expected eps >= 0, got {eps}")
 
 
+def _check_unbiased(unbiased: bool) -> None:
+    if not isinstance(unbiased, bool):
+        raise TypeError(f"din_ops: expected unbiased to be a bool, got {type(unbiased).__name__}")
+
+
+def _unbiased_scale(x: Tensor, eps: float, unbiased: bool) -> tuple[float, float]:
+    """(scale, eps') such that the unbiased normalization of x equals ``scale`` times the biased one
+    with eps'. With k = (M - 1) / M, M = H * W:
+
+        (x - mu) / sqrt(var * M / (M - 1) + eps) = sqrt(k) * (x - mu) / sqrt(var + eps * k)
+
+    so the kernels (biased variance) run with eps' = eps * k and the scale goes into the affine
+    weight (gamma, weight). M = 1: x - mu = 0, both normalize to 0; scale 1, eps unchanged.
+    """
+    m = x.shape[2] * x.shape[3]
+    if not unbiased or m == 1:
+        return 1.0, float(eps)
+    k = (m - 1) / m
+    return math.sqrt(k), float(eps) * k
+
+
+def _batch_hint(name: str, n: int) -> str:
+    return (
+        f"a batch of N = {n} (one {name} per sample) or of 1 (one {name} for every sample); "
+        f"expand {name} to N or pass batch 1"
+    )
+
+
+def _expand_batch(t: Optional[Tensor], n: int) -> Optional[Tensor]:
+    """t with its batch of 1 repeated to n: for the backends whose kernels read batch N only (CUDA,
+    Triton, and the reference formulas, whose folded-batch conv needs it)."""
+    if t is None or t.shape[0] == n:
+        return t
+    return t.expand(n, *t.shape[1:]).contiguous()
+
 _AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -68,18 +112,23 @@ def _check_like_x(t: Tensor, name: str, x: Tensor) -> None:
         raise ValueError(f"din_ops: expected {name} on the device of x ({x.device}), got {t.device}")
 
 
-def instance_norm(x: Tensor, eps: float = 1e-5, *, backend: Optional[str] = None) -> Tensor:
+def instance_norm(
+    x: Tensor, eps: float = 1e-5, *, unbiased: bool = False, backend: Optional[str] = None
+) -> Tensor:
     """Instance normalization without affine parameters.
 
-    ``y[n, c] = (x[n, c] - mean) / sqrt(var + eps)`` over each (n, c) plane (biased variance),
-    matching ``torch.nn.functional.instance_norm(x, eps=eps)``.
+    ``y[n, c] = (x[n, c] - mean) / sqrt(var + eps)`` over each (n, c) plane, with the biased
+    variance by default, matching ``torch.nn.functional.instance_norm(x, eps=eps)``.
 
     Args:
         x: (N, C, H, W) float32/float64/float16/bfloat16 tensor, contiguous or channels_last (other
             strides are copied once). Statistics are accumulated in float32 (float64 for float64)
             with a shifted sum, so a large mean does not cost precision.
-        eps: added to the variance, >= 0. With eps = 0 a plane of zero variance (constant, or one
-            pixel) normalizes to 0 with a zero gradient, not NaN.
+        eps: added to the variance (inside the square root), >= 0. With eps = 0 a plane of zero
+            variance (constant, or one pixel) normalizes to 0 with a zero gradient, not NaN.
+        unbiased: False (default): the biased variance (divide by M = H * W), as
+            ``F.instance_norm``. True: the unbiased ``var * M / (M - 1)`` of ``torch.var`` (what
+            AdaIN code computes); for M = 1 it is defined as 0 (the plane normalizes to 0).
         backend: None (the compiled kernels for x's device), "cpu", "cuda" or "reference".
 
     Returns:
@@ -87,12 +136,18 @@ def instance_norm(x: Tensor, eps: float = 1e-5, *, backend: Optional[str] = None
     """
     _check_x(x)
     _check_eps(eps)
+    _check_unbiased(unbiased)
     chosen = backends.resolve(backend, x.device)
     if chosen == "reference":
-        return reference.instance_norm(x, eps)
+        return reference.instance_norm(x, eps, unbiased)
+    scale, eps_ = _unbiased_scale(x, eps, unbiased)
+    if scale != 1.0:
+        # The scale rides on a per-channel gamma of batch 1: still one fused pass over x.
+        gamma = torch.full((1, x.shape[1], 1, 1), scale, dtype=x.dtype, device=x.device)
+        return _sain_call(x, gamma, None, eps_, chosen)
     if chosen == "triton":
-        return torch.ops.din_ops.triton_instance_norm(x, float(eps))[0]
-    return torch.ops.din_ops.instance_norm(x, float(eps))[0]
+        return torch.ops.din_ops.triton_instance_norm(x, eps_)[0]
+    return torch.ops.din_ops.instance_norm(x, eps_)[0]
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -126,26 +181,41 @@ def _padding(
     return (pair[0], pair[0], pair[1], pair[1])
 
 
-def _check_weight_bias(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> Tensor:
-    """Validates weight and bias; returns weight as (N, Co, C // groups, kh, kw)."""
+def _per_channel(t: Tensor, name: str, x: Tensor, channels: int) -> Tensor:
+    """A per-channel, per-sample vector given as (N, C) or (N, C, 1, 1) (the shape statistics come
+    in), batch N or 1, returned as (N or 1, C)."""
+    _check_like_x(t, name, x)
+    n = x.shape[0]
+    shape = _shape(t)
+    fits = (len(shape) == 2 or (len(shape) == 4 and shape[2:] == (1, 1))) and shape[1] == channels
+    if not fits or shape[0] not in (n, 1):
+        raise ValueError(
+            f"din_ops: expected {name} of shape (N, {channels}) or (N, {channels}, 1, 1) with "
+            f"{_batch_hint(name, n)}, got {shape}"
+        )
+    return t.reshape(shape[0], channels)
+
+
+def _check_weight_bias(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Validates weight and bias; returns weight as (N or 1, Co, C // groups, kh, kw) and bias as
+    (N or 1, Co) or None."""
     _check_like_x(weight, "weight", x)
     n, c = x.shape[0], x.shape[1]
     if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0 or c % groups:
         raise ValueError(f"din_ops: expected groups to be a positive int dividing C = {c}, got {groups!r}")
     w = weight[..., None, None] if weight.dim() == 3 else weight
-    if w.dim() != 5 or w.shape[0] != n or w.shape[2] != c // groups or w.shape[1] % groups:
+    if w.dim() != 5 or w.shape[0] not in (n, 1) or w.shape[2] != c // groups or w.shape[1] % groups:
         raise ValueError(
             f"din_ops: expected weight of shape (N, Co, C // groups, kh, kw) or (N, Co, C // groups) "
             f"with N = {n} and C // groups = {c // groups} (from x and groups = {groups}) and Co "
-            f"divisible by groups, got {_shape(weight)}"
+            f"divisible by groups, or N = 1 for one weight applied to every sample (expand weight "
+            f"to N or pass batch 1), got {_shape(weight)}"
         )
     if bias is not None:
-        _check_like_x(bias, "bias", x)
-        if _shape(bias) != (n, w.shape[1]):
-            raise ValueError(
-                f"din_ops: expected bias of shape (N, Co) = ({n}, {w.shape[1]}), got {_shape(bias)}"
-            )
-    return w
+        bias = _per_channel(bias, "bias", x, w.shape[1])
+    return w, bias
 
 
 def _conv_args(x: Tensor, w: Tensor, stride, padding, dilation):
@@ -167,12 +237,17 @@ def _conv_args(x: Tensor, w: Tensor, stride, padding, dilation):
 
 
 def _prepare_conv(x, weight, bias, stride, padding, dilation, groups, backend):
-    """Checks of the conv-style entry points; returns the 5-D weight, the operator's stride,
-    padding (top, bottom, left, right) and dilation lists, and the chosen backend."""
+    """Checks of the conv-style entry points; returns the 5-D weight, the (N or 1, Co) bias, the
+    operator's stride, padding (top, bottom, left, right) and dilation lists, and the chosen
+    backend. Batch-1 weight and bias stay batch 1 for the CPU kernels and are expanded for the
+    others."""
     _check_x(x)
-    w = _check_weight_bias(x, weight, bias, groups)
+    w, b = _check_weight_bias(x, weight, bias, groups)
     stride_, pad, dilation_ = _conv_args(x, w, stride, padding, dilation)
-    return w, stride_, pad, dilation_, backends.resolve(backend, x.device)
+    chosen = backends.resolve(backend, x.device)
+    if chosen != "cpu":
+        w, b = _expand_batch(w, x.shape[0]), _expand_batch(b, x.shape[0])
+    return w, b, stride_, pad, dilation_, chosen
 
 
 def dynamic_instance_norm(
@@ -185,6 +260,7 @@ def dynamic_instance_norm(
     dilation: Union[int, tuple[int, int]] = 1,
     groups: int = 1,
     eps: float = 1e-5,
+    unbiased: bool = False,
     backend: Optional[str] = None,
     offset: Optional[Tensor] = None,
     mask: Optional[Tensor] = None,
@@ -207,10 +283,19 @@ def dynamic_instance_norm(
             channels_last (other strides are copied once; the k x k kernels compute in NCHW, so a
             channels_last x costs a conversion there).
         weight: (N, Co, C // groups, kh, kw), or (N, Co, C) for a 1x1 kernel; dtype and device of x.
-        bias: (N, Co) or None.
+            A batch of 1 applies the same weight to every sample (the CPU kernels read it in
+            place; its gradient is the sum over the batch). (N, C) or (1, C): a diagonal 1x1
+            weight, ``y[n, c] = weight[n, c] * IN(x)[n, c] + bias[n, c]`` (AdaIN with
+            ``weight = sigma_style``, ``bias = mu_style``), computed by the fused per-channel
+            kernel of :func:`spatially_adaptive_instance_norm` rather than a C x C GEMM; it needs
+            stride 1, no padding, groups 1 and no offset.
+        bias: (N, Co), (N, Co, 1, 1) (the shape of instance statistics), batch 1 for all samples, or
+            None.
         stride, padding, dilation, groups: as in ``F.conv2d`` (padding may be "same" or "valid").
-        eps: added to the variance of each (n, c) plane, >= 0. With eps = 0 a plane of zero
-            variance normalizes to 0 (not NaN).
+        eps: added to the variance of each (n, c) plane (inside the square root), >= 0. With
+            eps = 0 a plane of zero variance normalizes to 0 (not NaN).
+        unbiased: the variance of the normalization: biased (default, as ``F.instance_norm``) or
+            unbiased (``torch.var``'s default; see :func:`instance_norm`).
         backend: None (the compiled kernels for x's device), "cpu", "cuda" or "reference".
         offset: None, or the sampling offsets of a deformable convolution (DCNv1), in the layout of
             ``torchvision.ops.deform_conv2d``: (N, 2 * G * kh * kw, Ho, Wo), the (dy, dx) pair of
@@ -230,15 +315,32 @@ def dynamic_instance_norm(
         features = din_ops.dynamic_instance_norm(content, w, b)
     """
     _check_eps(eps)
-    w, stride_, pad, dilation_, chosen = _prepare_conv(
+    _check_unbiased(unbiased)
+    if isinstance(weight, Tensor) and weight.dim() == 2:
+        return _diagonal_1x1(x, weight, bias, stride, padding, groups, eps, unbiased, backend,
+                             offset, mask)
+    w, bias, stride_, pad, dilation_, chosen = _prepare_conv(
         x, weight, bias, stride, padding, dilation, groups, backend
     )
+    if chosen == "reference":
+        if offset is not None or mask is not None:
+            _check_offset_mask(x, w, offset, mask, stride_, pad, dilation_)
+            kw = dict(stride=tuple(stride_), padding=(pad[0], pad[2]), dilation=tuple(dilation_),
+                      groups=groups)
+            return reference.deformable_conv2d(
+                reference.instance_norm(x, eps, unbiased), w, bias, offset, mask, **kw
+            )
+        return reference.dynamic_instance_norm(
+            x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups, eps=eps,
+            unbiased=unbiased,
+        )
+    # Unbiased variance: the biased kernels with eps * k and the weight scaled by sqrt(k) (the
+    # convolution is linear in IN(x), and its zero padding is unchanged by the scale).
+    scale, eps = _unbiased_scale(x, eps, unbiased)
+    if scale != 1.0:
+        w = w * scale
     if offset is not None or mask is not None:
         return _deformable(x, w, bias, offset, mask, stride_, pad, dilation_, groups, True, eps, chosen)
-    if chosen == "reference":
-        return reference.dynamic_instance_norm(
-            x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups, eps=eps
-        )
     if chosen == "triton":
         if not (w.shape[3:] == (1, 1) and stride_ == [1, 1] and pad == [0, 0, 0, 0] and groups == 1):
             raise ValueError(
@@ -271,7 +373,7 @@ def dynamic_conv2d(
     Same arguments, layouts and dtypes as :func:`dynamic_instance_norm` (without ``eps``); with
     ``offset`` (and ``mask``) it is ``torchvision.ops.deform_conv2d`` with a per-sample weight.
     """
-    w, stride_, pad, dilation_, chosen = _prepare_conv(
+    w, bias, stride_, pad, dilation_, chosen = _prepare_conv(
         x, weight, bias, stride, padding, dilation, groups, backend
     )
     if chosen == "triton":
@@ -289,15 +391,60 @@ def dynamic_conv2d(
     return torch.ops.din_ops.dynamic_conv(x, w, bias, stride_, pad, dilation_, groups, False, 0.0)[0]
 
 
-def _check_modulation(t: Tensor, name: str, x: Tensor) -> None:
-    """gamma/beta of spatially_adaptive_instance_norm: (N, C, H, W) like x, or (N, C, 1, 1)."""
+def _check_modulation(t: Tensor, name: str, x: Tensor) -> Tensor:
+    """gamma/beta of spatially_adaptive_instance_norm: (N, C, H, W) like x, (N, C, 1, 1) or (N, C),
+    each with batch N or 1; returned 4-D."""
     _check_like_x(t, name, x)
     n, c, h, w = x.shape
-    if _shape(t) not in ((n, c, h, w), (n, c, 1, 1)):
+    shape = _shape(t)
+    fits = len(shape) in (2, 4) and shape[1] == c and (len(shape) == 2 or shape[2:] in ((h, w), (1, 1)))
+    if not fits or shape[0] not in (n, 1):
         raise ValueError(
-            f"din_ops: expected {name} of shape (N, C, H, W) = ({n}, {c}, {h}, {w}) or "
-            f"(N, C, 1, 1) = ({n}, {c}, 1, 1), got {_shape(t)}"
+            f"din_ops: expected {name} of shape (N, C, H, W) = ({n}, {c}, {h}, {w}), "
+            f"(N, C, 1, 1) = ({n}, {c}, 1, 1) or (N, C) = ({n}, {c}), with "
+            f"{_batch_hint(name, n)}, got {shape}"
         )
+    return t.reshape(shape[0], c, 1, 1) if len(shape) == 2 else t
+
+
+def _sain_call(x: Tensor, gamma: Tensor, beta: Optional[Tensor], eps: float, chosen: str) -> Tensor:
+    """The fused gamma * IN(x) + beta operator of the chosen compiled backend (checked arguments;
+    gamma and beta 4-D, batch N or 1)."""
+    if chosen == "cpu":
+        return torch.ops.din_ops.spatially_adaptive_instance_norm(x, gamma, beta, eps)[0]
+    n = x.shape[0]
+    gamma, beta = _expand_batch(gamma, n), _expand_batch(beta, n)
+    if chosen == "triton":
+        return torch.ops.din_ops.triton_spatially_adaptive_instance_norm(x, gamma, beta, eps)[0]
+    return torch.ops.din_ops.spatially_adaptive_instance_norm(x, gamma, beta, eps)[0]
+
+
+def _diagonal_1x1(x, weight, bias, stride, padding, groups, eps, unbiased, backend, offset, mask):
+    """dynamic_instance_norm with a diagonal 1x1 weight given as its diagonal (N or 1, C)."""
+    _check_x(x)
+    n, c = x.shape[0], x.shape[1]
+    _check_like_x(weight, "weight", x)
+    if weight.shape[1] != c or weight.shape[0] not in (n, 1):
+        raise ValueError(
+            f"din_ops: expected a diagonal 1x1 weight of shape (N, C) = ({n}, {c}) (or (1, C) for "
+            f"every sample), got {_shape(weight)}; for a full channel mixing pass (N, Co, C)"
+        )
+    geometry_ok = (
+        offset is None and mask is None and groups == 1
+        and _pair(stride, "stride") == (1, 1)
+        and (padding in ("valid", "same") or _padding(padding, (1, 1), (1, 1), (1, 1)) == (0, 0, 0, 0))
+    )
+    if not geometry_ok:
+        raise ValueError(
+            "din_ops: a diagonal weight (N, C) is a 1x1 kernel without padding, stride, groups or "
+            "offset; for those pass it as a depthwise kernel, weight.reshape(N, C, 1, 1, 1) with "
+            "groups=C"
+        )
+    return spatially_adaptive_instance_norm(
+        x, weight.reshape(weight.shape[0], c, 1, 1),
+        None if bias is None else _per_channel(bias, "bias", x, c),
+        eps=eps, unbiased=unbiased, backend=backend,
+    )
 
 
 def spatially_adaptive_instance_norm(
@@ -306,6 +453,7 @@ def spatially_adaptive_instance_norm(
     beta: Optional[Tensor] = None,
     *,
     eps: float = 1e-5,
+    unbiased: bool = False,
     backend: Optional[str] = None,
 ) -> Tensor:
     """Spatially adaptive instance normalization (SPADE-style; AdaIN for per-channel gamma/beta)::
@@ -320,11 +468,17 @@ def spatially_adaptive_instance_norm(
         x: (N, C, H, W) float32/float64/float16/bfloat16, contiguous or channels_last (other strides
             are copied once). Statistics are accumulated in float32 (float64 for float64) with a
             shifted sum, so a large mean does not cost precision.
-        gamma: (N, C, H, W), or (N, C, 1, 1) for one scale per plane; same dtype and device as x.
-            A full-size gamma in another layout than x is copied once into x's layout.
+        gamma: (N, C, H, W), or (N, C, 1, 1) or (N, C) for one scale per plane; same dtype and
+            device as x. A batch of 1 applies to every sample (read in place by the CPU kernels;
+            its gradient is the sum over the batch). A full-size gamma in another layout than x is
+            copied once into x's layout.
         beta: like gamma (either form, independently of gamma), or None for zero.
-        eps: added to the variance of each (n, c) plane, >= 0. With eps = 0 a plane of zero
-            variance normalizes to 0 (not NaN).
+        eps: added to the variance of each (n, c) plane (inside the square root), >= 0. With
+            eps = 0 a plane of zero variance normalizes to 0 (not NaN).
+        unbiased: the variance of the normalization: biased (default, as ``F.instance_norm``) or
+            unbiased (``torch.var``'s default; see :func:`instance_norm`). Implemented as gamma
+            times sqrt((M - 1) / M) with eps * (M - 1) / M, which costs a scaled copy of a
+            full-size gamma.
         backend: None (the compiled kernels for x's device), "cpu", "cuda" or "reference".
 
     Returns:
@@ -337,15 +491,17 @@ def spatially_adaptive_instance_norm(
     """
     _check_x(x)
     _check_eps(eps)
-    _check_modulation(gamma, "gamma", x)
+    _check_unbiased(unbiased)
+    gamma = _check_modulation(gamma, "gamma", x)
     if beta is not None:
-        _check_modulation(beta, "beta", x)
+        beta = _check_modulation(beta, "beta", x)
     chosen = backends.resolve(backend, x.device)
     if chosen == "reference":
-        return reference.spatially_adaptive_instance_norm(x, gamma, beta, eps)
-    if chosen == "triton":
-        return torch.ops.din_ops.triton_spatially_adaptive_instance_norm(x, gamma, beta, float(eps))[0]
-    return torch.ops.din_ops.spatially_adaptive_instance_norm(x, gamma, beta, float(eps))[0]
+        return reference.spatially_adaptive_instance_norm(x, gamma, beta, eps, unbiased)
+    scale, eps_ = _unbiased_scale(x, eps, unbiased)
+    if scale != 1.0:
+        gamma = gamma * scale
+    return _sain_call(x, gamma, beta, eps_, chosen)
 
 
 def _check_offset_mask(x: Tensor, w: Tensor, offset: Optional[Tensor], mask: Optional[Tensor],
@@ -398,3 +554,133 @@ def _deformable(x, w, bias, offset, mask, stride, pad, dilation, groups, normali
     return torch.ops.din_ops.deformable_conv(
         x, w, bias, offset, mask, stride, pad, dilation, groups, g, normalize, float(eps)
     )[0]
+
+
+def _check_unit_interval(alpha: float) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"din_ops: expected alpha to be a float, got {type(alpha).__name__}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"din_ops: expected alpha in [0, 1], got {alpha}")
+
+
+def _instance_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean, biased variance) of each (n, c) plane, (N, C) float64, with autograd: one pass over x
+    that writes nothing of x's size (din_ops::instance_stats)."""
+    return torch.ops.din_ops.instance_stats(x)
+
+
+def style_stats(
+    style: Tensor,
+    *,
+    eps: float = 1e-5,
+    unbiased: bool = False,
+    backend: Optional[str] = None,
+) -> tuple[Tensor, Tensor]:
+    """AdaIN's style statistics: the mean and the standard deviation ``sqrt(var + eps)`` of each
+    (n, c) plane of ``style``, each of shape (N, C, 1, 1) and style's dtype (the shapes of
+    ``calc_mean_std`` in AdaIN code).
+
+    Computed once here, they can be passed to :func:`adain` as ``style=(mean, std)`` for many
+    contents (or mixed first, for style interpolation). Differentiable with respect to ``style``.
+
+    Args:
+        style: (N, C, H, W) style features, float32/float64/float16/bfloat16, contiguous or
+            channels_last. Statistics come from din_ops' statistics kernel in one pass (shifted
+            sums, float64 results), without writing a normalized copy of ``style``.
+        eps: added to the variance inside the square root, >= 0.
+        unbiased: False (default): the biased variance (divide by M = H * W, as
+            ``F.instance_norm``); True: ``torch.var``'s unbiased variance (divide by M - 1), which
+            pytorch-AdaIN's ``calc_mean_std`` uses. For M = 1 the unbiased variance is defined as 0
+            (``torch.var`` gives NaN), so the std is ``sqrt(eps)``.
+        backend: None (the compiled kernels for style's device), "cpu", "cuda" or "reference".
+
+    Returns:
+        (mean, std), each (N, C, 1, 1).
+    """
+    _check_x(style)
+    _check_eps(eps)
+    _check_unbiased(unbiased)
+    chosen = backends.resolve(backend, style.device)
+    if chosen == "reference":
+        return reference.style_stats(style, eps, unbiased)
+    n, c, h, w = style.shape
+    mean, var = _instance_stats(style)
+    if unbiased:
+        var = reference.unbiased_variance(var, h * w)
+    std = torch.sqrt(var + eps)
+    return mean.to(style.dtype).reshape(n, c, 1, 1), std.to(style.dtype).reshape(n, c, 1, 1)
+
+
+def _style_operands(content: Tensor, style, eps, unbiased, backend) -> tuple[Tensor, Tensor]:
+    """The (mean, std) of adain's style argument, each (N or 1, C, 1, 1)."""
+    n, c = content.shape[0], content.shape[1]
+    if isinstance(style, Tensor):
+        _check_like_x(style, "style", content)
+        if style.dim() != 4 or style.shape[1] != c or style.shape[0] not in (n, 1):
+            raise ValueError(
+                f"din_ops: expected style features of shape (N, C, Hs, Ws) with C = {c} and "
+                f"{_batch_hint('style', n)}, got {_shape(style)}"
+            )
+        return style_stats(style, eps=eps, unbiased=unbiased, backend=backend)
+    if isinstance(style, (tuple, list)) and len(style) == 2:
+        mean = _per_channel(style[0], "style mean", content, c)
+        std = _per_channel(style[1], "style std", content, c)
+        return mean.reshape(-1, c, 1, 1), std.reshape(-1, c, 1, 1)
+    raise TypeError(
+        "din_ops: expected style to be the style features (a tensor (N, C, Hs, Ws)) or their "
+        f"statistics (mean, std) from din_ops.style_stats, got {type(style).__name__}"
+    )
+
+
+def adain(
+    content: Tensor,
+    style: Union[Tensor, tuple[Tensor, Tensor]],
+    *,
+    alpha: float = 1.0,
+    eps: float = 1e-5,
+    unbiased: bool = False,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Adaptive instance normalization (AdaIN, Huang & Belongie, ICCV 2017) in one call::
+
+        t   = std_s * (content - mean_c) / sqrt(var_c + eps) + mean_s,   std_s = sqrt(var_s + eps)
+        out = alpha * t + (1 - alpha) * content
+
+    per (n, c) plane: DIN with ``W = diag(std_s)``, ``b = mean_s``. The style statistics come from
+    din_ops' statistics kernel (one pass over the style features), then the normalization and the
+    affine map run fused in the kernel of :func:`spatially_adaptive_instance_norm` (one pass over
+    the content). Differentiable with respect to content, style and precomputed statistics.
+
+    Args:
+        content: (N, C, H, W) content features, float32/float64/float16/bfloat16, contiguous or
+            channels_last (the output follows).
+        style: the style features (N, C, Hs, Ws) (any spatial size), or their statistics
+            ``(mean, std)`` as returned by :func:`style_stats`, each (N, C, 1, 1) or (N, C). A batch
+            of 1 applies one style to every content sample (read in place, not repeated).
+        alpha: style strength in [0, 1]; 1 is the plain AdaIN output, 0 returns the content.
+        eps: added to each variance inside the square root (content and style alike), >= 0.
+        unbiased: the variance of content and style: biased (default, as ``F.instance_norm``), or
+            unbiased as ``torch.var`` and pytorch-AdaIN's ``calc_mean_std`` (pass ``unbiased=True``
+            to match such code exactly). For H * W = 1 the unbiased variance is defined as 0.
+            Ignored for the style when its statistics are passed.
+        backend: None (the compiled kernels for content's device), "cpu", "cuda" or "reference".
+
+    Returns:
+        A tensor like content.
+
+    Example::
+
+        # pytorch-AdaIN: t = adaptive_instance_normalization(content_f, style_f)
+        t = din_ops.adain(content_f, style_f, unbiased=True)
+    """
+    _check_x(content)
+    _check_eps(eps)
+    _check_unbiased(unbiased)
+    _check_unit_interval(alpha)
+    mean_s, std_s = _style_operands(content, style, eps, unbiased, backend)
+    t = spatially_adaptive_instance_norm(
+        content, std_s, mean_s, eps=eps, unbiased=unbiased, backend=backend
+    )
+    if alpha == 1.0:
+        return t
+    return torch.lerp(content, t, float(alpha))

@@ -16,18 +16,32 @@ from torch import Tensor
 _Size = Union[int, tuple[int, int]]
 
 
-def instance_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
+def unbiased_variance(var: Tensor, count: int) -> Tensor:
+    """The unbiased variance ``var * M / (M - 1)`` from the biased one of ``count = M`` values.
+
+    One value (M = 1) has no unbiased variance (``torch.var`` returns NaN there); din_ops defines it
+    as 0, the variance of the one value about itself, so such a plane normalizes to 0 (as with the
+    biased variance) and its standard deviation is ``sqrt(eps)``. NaN in ``var`` stays NaN.
+    """
+    return var * (count / (count - 1) if count > 1 else 0.0)
+
+
+def instance_norm(x: Tensor, eps: float = 1e-5, unbiased: bool = False) -> Tensor:
     """Instance normalization of ``x`` (N, C, H, W) without affine parameters.
 
     ``(x - mean) / sqrt(var + eps)`` with the mean and the biased variance of each (n, c) plane, as
-    ``torch.nn.functional.instance_norm``, with one defined edge case: a plane whose
-    ``var + eps`` is 0 (constant, or a single pixel, with ``eps = 0``) normalizes to 0 with a zero
-    gradient, where the plain formula gives 0 / 0 = NaN. An inf or NaN in a plane makes that whole
-    plane NaN.
+    ``torch.nn.functional.instance_norm`` (``unbiased=True``: the unbiased variance
+    ``var * M / (M - 1)`` of the M = H * W values, as ``torch.var`` computes by default, 0 for
+    M = 1; eps is added to whichever variance is used, inside the square root), with one defined
+    edge case: a plane whose ``var + eps`` is 0 (constant, or a single pixel, with ``eps = 0``)
+    normalizes to 0 with a zero gradient, where the plain formula gives 0 / 0 = NaN. An inf or NaN
+    in a plane makes that whole plane NaN.
     """
     mean = x.mean(dim=(2, 3), keepdim=True)
     centered = x - mean
     var = centered.square().mean(dim=(2, 3), keepdim=True)
+    if unbiased:
+        var = unbiased_variance(var, x.shape[2] * x.shape[3])
     # A plane whose values are all equal has variance exactly 0 (its float mean may be off by a
     # rounding, which would leave a tiny positive one).
     constant = (x == x[:, :, :1, :1]).all(dim=(2, 3), keepdim=True)
@@ -90,23 +104,48 @@ def dynamic_instance_norm(
     dilation: _Size = 1,
     groups: int = 1,
     eps: float = 1e-5,
+    unbiased: bool = False,
 ) -> Tensor:
     """Dynamic instance normalization (Jing et al., AAAI 2020): instance norm, then a per-sample
     dynamic convolution whose weight and bias were predicted from a style image."""
     return dynamic_conv2d(
-        instance_norm(x, eps), weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups
+        instance_norm(x, eps, unbiased), weight, bias, stride=stride, padding=padding,
+        dilation=dilation, groups=groups,
     )
 
+
 def spatially_adaptive_instance_norm(
-    x: Tensor, gamma: Tensor, beta: Optional[Tensor] = None, eps: float = 1e-5
+    x: Tensor, gamma: Tensor, beta: Optional[Tensor] = None, eps: float = 1e-5,
+    unbiased: bool = False,
 ) -> Tensor:
     """Spatially adaptive instance normalization: ``gamma * instance_norm(x) + beta``.
 
-    ``gamma`` and ``beta`` are (N, C, H, W) or (N, C, 1, 1) (broadcast over the plane); ``beta=None``
-    means zero.
+    ``gamma`` and ``beta`` are (N, C, H, W) or (N, C, 1, 1) (broadcast over the plane, and over the
+    batch when their batch is 1); ``beta=None`` means zero.
     """
-    y = gamma * instance_norm(x, eps)
+    y = gamma * instance_norm(x, eps, unbiased)
     return y if beta is None else y + beta
+
+
+def style_stats(style: Tensor, eps: float = 1e-5, unbiased: bool = False) -> tuple[Tensor, Tensor]:
+    """Per-(n, c) mean and standard deviation ``sqrt(var + eps)`` of ``style`` (N, C, H, W), each
+    (N, C, 1, 1): AdaIN's style statistics (``unbiased`` as in :func:`instance_norm`)."""
+    mean = style.mean(dim=(2, 3), keepdim=True)
+    var = (style - mean).square().mean(dim=(2, 3), keepdim=True)
+    if unbiased:
+        var = unbiased_variance(var, style.shape[2] * style.shape[3])
+    return mean, torch.sqrt(var + eps)
+
+
+def adain(
+    content: Tensor, style_mean: Tensor, style_std: Tensor, alpha: float = 1.0,
+    eps: float = 1e-5, unbiased: bool = False,
+) -> Tensor:
+    """Adaptive instance normalization (Huang & Belongie, 2017) from the style's statistics:
+    ``t = style_std * instance_norm(content) + style_mean``, then ``alpha * t + (1 - alpha) *
+    content``. ``style_mean`` and ``style_std`` are (N, C, 1, 1) or (1, C, 1, 1)."""
+    t = spatially_adaptive_instance_norm(content, style_std, style_mean, eps, unbiased)
+    return t if alpha == 1.0 else alpha * t + (1.0 - alpha) * content
 
 
 def _pair_of(value: _Size) -> tuple[int, int]:

@@ -138,3 +138,28 @@ _HYPOTHESIS_COMMON = dict(
 settings.register_profile("ci", max_examples=12, derandomize=True, database=None, **_HYPOTHESIS_COMMON)
 settings.register_profile("long", max_examples=1000, **_HYPOTHESIS_COMMON)
 settings.load_profile(os.environ.get("DIN_OPS_HYPOTHESIS_PROFILE", "ci"))
+
+
+def assert_batch1_broadcast(fn, x: torch.Tensor, batch1: dict, tol: float = 1e-10) -> None:
+    """fn(x, **batch1), where the tensors in ``batch1`` have batch 1, equals fn with them expanded to
+    x's batch (values), and the gradients agree: a batch-1 operand's gradient is the sum over the
+    batch (what autograd gives the expand). float64 inputs; None values are passed through."""
+    n = x.shape[0]
+    leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in batch1.items()}
+    xa = x.detach().clone().requires_grad_()
+    ya = fn(xa, **leaves)
+    twins = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in batch1.items()}
+    xb = x.detach().clone().requires_grad_()
+    expanded = {k: (v.expand(n, *v.shape[1:]) if v is not None else None) for k, v in twins.items()}
+    yb = fn(xb, **expanded)
+    assert ya.shape == yb.shape
+    torch.testing.assert_close(ya, yb, rtol=tol, atol=tol)
+    gy = torch.randn_like(ya)
+    ya.backward(gy)
+    yb.backward(gy)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=tol, atol=tol)
+    for k, v in leaves.items():
+        if v is None:
+            continue
+        assert v.grad.shape == v.shape, (k, v.grad.shape)
+        torch.testing.assert_close(v.grad, twins[k].grad, rtol=tol, atol=tol)

@@ -489,3 +489,22 @@ def test_channel_runs(device, channels, groups, offset_groups):
     y = din_ops.dynamic_instance_norm(*mine[:3], offset=mine[3], mask=mine[4], padding=1, groups=groups)
     expected = reference.deformable_instance_norm(*exact, padding=1, groups=groups)
     assert_same_forward_backward(y, expected, mine, exact, 1e-10)
+
+
+# ---- batch 1 weight and bias, broadcast over the samples ----
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("name", ["3x3", "3x3_groups2_offset_groups1", "depthwise3x3"])
+def test_batch1_weight_and_bias_broadcast(op, name):
+    from conftest import assert_batch1_broadcast
+
+    fn, ref = OPS[op]
+    x, wt, b, offset, mask = make(name, n=3)
+    kw = conv_kwargs(name)
+    assert_batch1_broadcast(
+        lambda x, weight, bias: fn(x, weight, bias, offset=offset, mask=mask, **kw), x,
+        {"weight": wt[:1].clone(), "bias": b[:1].clone()},
+    )
+    y = fn(x, wt[:1], b[:1], offset=offset, mask=mask, **kw)
+    e = ref(x, wt[:1].expand(3, -1, -1, -1, -1), b[:1].expand(3, -1), offset, mask, **kw)
+    torch.testing.assert_close(y, e, rtol=1e-10, atol=1e-10)

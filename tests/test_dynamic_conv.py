@@ -223,3 +223,28 @@ def test_compile(device):
     (e,) = torch.autograd.grad(expected.sum(), x)
     torch.testing.assert_close(g, e)
     torch._dynamo.reset()
+
+
+# ---- batch 1 weight and bias, broadcast over the samples ----
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("name", ["depthwise3x3", "grouped3x3_g2", "dense3x3_stride2", "dense3x3_co40",
+                                  "dense3x3_pad3"])
+def test_batch1_weight_and_bias_broadcast(op, name):
+    from conftest import assert_batch1_broadcast
+
+    fn, ref = OPS[op]
+    x, wt, b = make(name, n=3)
+    kw = conv_kwargs(name)
+    assert_batch1_broadcast(lambda x, weight, bias: fn(x, weight, bias, **kw), x,
+                            {"weight": wt[:1].clone(), "bias": b[:1].clone()})
+    y = fn(x, wt[:1], b, **kw)  # weight batch 1, bias batch N
+    torch.testing.assert_close(y, ref(x, wt[:1].expand(3, -1, -1, -1, -1), b, **kw), rtol=1e-10, atol=1e-10)
+
+
+def test_batch1_weight_gradcheck():
+    x, wt, b = make("grouped3x3_g2", h=4, w=5, n=2)
+    torch.autograd.gradcheck(
+        lambda x, w, b: din_ops.dynamic_instance_norm(x, w, b, **conv_kwargs("grouped3x3_g2")),
+        (x.requires_grad_(), wt[:1].clone().requires_grad_(), b[:1].clone().requires_grad_()),
+    )

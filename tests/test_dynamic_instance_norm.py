@@ -6,6 +6,7 @@ import din_ops
 from din_ops import reference
 
 from conftest import DEVICES, DTYPES, LAYOUTS, LOW_PRECISION, SHAPES, assert_close_to_reference, layout
+from conftest import assert_batch1_broadcast
 
 
 def make(shape, co=None, dtype=torch.float64, device="cpu", bias=True, x_mean=0.0):
@@ -162,3 +163,79 @@ def test_double_backward_raises_clearly():
     (g,) = torch.autograd.grad(din_ops.dynamic_instance_norm(x, w, b).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.sum().backward()
+
+
+# ---- batch 1 broadcast, (N, C, 1, 1) bias, the diagonal weight ----
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("which", ["weight", "bias", "both"])
+@pytest.mark.parametrize("name", ["contiguous", "channels_last"])
+def test_batch1_weight_and_bias_broadcast(n, which, name):
+    x, w, b = make((n, 6, 5, 7), co=4)
+    x = layout(x, name)
+    w1, b1 = w[:1].clone(), b[:1].clone()
+    args = {"weight": w1 if which != "bias" else None, "bias": b1 if which != "weight" else None}
+
+    def fn(x, weight=None, bias=None):
+        return din_ops.dynamic_instance_norm(
+            x, weight if weight is not None else w, bias if bias is not None else b
+        )
+
+    assert_batch1_broadcast(fn, x, {k: v for k, v in args.items() if v is not None})
+    # And against the float64 reference with the operands expanded.
+    we = w1.expand(n, -1, -1) if which != "bias" else w
+    be = b1.expand(n, -1) if which != "weight" else b
+    y = fn(x, args["weight"], args["bias"])
+    assert_close_to_reference(y, expected(x, we, be), torch.float64)
+
+
+def test_batch1_weight_gradcheck():
+    x, w, b = make((3, 4, 3, 3), co=3)
+    leaves = [t.requires_grad_() for t in (x, w[:1].clone(), b[:1].clone())]
+    torch.autograd.gradcheck(lambda x, w, b: din_ops.dynamic_instance_norm(x, w, b), leaves)
+
+
+def test_bias_shaped_like_statistics():
+    x, w, b = make((2, 5, 4, 4))
+    y = din_ops.dynamic_instance_norm(x, w, b.reshape(2, 5, 1, 1))
+    assert torch.equal(y, din_ops.dynamic_instance_norm(x, w, b))
+
+
+@pytest.mark.parametrize("batch", [2, 1])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_diagonal_vector_weight_is_the_dense_diagonal(batch, dtype):
+    x, _, _ = make((2, 6, 5, 5), dtype=dtype)
+    d = torch.randn(batch, 6, dtype=torch.float64).to(dtype)
+    b = torch.randn(batch, 6, dtype=torch.float64).to(dtype)
+    dense = torch.diag_embed(d.double()).expand(2, -1, -1)
+    y = din_ops.dynamic_instance_norm(x, d, b)
+    assert_close_to_reference(y, expected(x, dense, b.double().expand(2, -1)), dtype)
+    for unbiased in (False, True):
+        y = din_ops.dynamic_instance_norm(x, d, b, unbiased=unbiased)
+        z = din_ops.dynamic_instance_norm(x, torch.diag_embed(d).expand(2, -1, -1).contiguous(),
+                                          b.expand(2, -1).contiguous(), unbiased=unbiased)
+        torch.testing.assert_close(y, z, rtol=1e-5, atol=1e-5)
+    # The per-channel kernel (spatially adaptive, per-plane gamma) does the work.
+    sain = din_ops.spatially_adaptive_instance_norm(x, d.reshape(batch, 6, 1, 1), b.reshape(batch, 6, 1, 1))
+    assert torch.equal(din_ops.dynamic_instance_norm(x, d, b), sain)
+
+
+def test_diagonal_vector_weight_gradcheck():
+    x, _, _ = make((2, 3, 4, 3))
+    d = torch.randn(1, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda x, d, b: din_ops.dynamic_instance_norm(x, d, b, unbiased=True),
+                             (x.requires_grad_(), d, b))
+
+
+def test_broadcast_errors_say_what_fits():
+    x, w, b = make((4, 6, 5, 5))
+    with pytest.raises(ValueError, match="expand weight to N or pass batch 1"):
+        din_ops.dynamic_instance_norm(x, w[:2], b)
+    with pytest.raises(ValueError, match="expand bias to N or pass batch 1"):
+        din_ops.dynamic_instance_norm(x, w, b[:3])
+    with pytest.raises(ValueError, match="groups=C"):
+        din_ops.dynamic_instance_norm(x, torch.randn(4, 6, dtype=torch.float64), padding=1)
+    # Direct operator calls check batch 1 / N too.
+    with pytest.raises(ValueError, match="or \\(1, Co, C\\)"):
+        torch.ops.din_ops.dynamic_instance_norm_1x1(x, w[:2], None, 1e-5)

@@ -365,8 +365,8 @@ def grad_x_condition(fn: Callable, case: Case, gy_seed: int, dtype: torch.dtype)
     captured = []
     plain = reference.instance_norm
 
-    def spy(x, eps=1e-5):
-        xh = plain(x, eps)
+    def spy(x, eps=1e-5, unbiased=False):
+        xh = plain(x, eps, unbiased)
         xh.retain_grad()
         captured.append((x.detach(), eps, xh))
         return xh

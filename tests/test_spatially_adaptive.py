@@ -188,10 +188,13 @@ def test_eps_and_reference_backend():
 
 # Errors ------------------------------------------------------------------------------------------
 
-SHAPE_MSG = r"expected {} of shape \(N, C, H, W\) = \(2, 3, 5, 7\) or \(N, C, 1, 1\) = \(2, 3, 1, 1\), got {}"
+SHAPE_MSG = (r"expected {} of shape \(N, C, H, W\) = \(2, 3, 5, 7\), \(N, C, 1, 1\) = \(2, 3, 1, 1\) or "
+             r"\(N, C\) = \(2, 3\), with a batch of N = 2 .* expand .* to N or pass batch 1, got {}")
 
 
-@pytest.mark.parametrize("bad", [(2, 3, 5, 1), (2, 3, 1, 7), (2, 3), (2, 4, 1, 1), (1, 3, 5, 7), (2, 3, 5, 7, 1)])
+# (N, C) and a batch of 1 are valid forms (test_batch1_gamma_beta_broadcast); a batch of 3 is not.
+@pytest.mark.parametrize("bad", [(2, 3, 5, 1), (2, 3, 1, 7), (2, 4), (2, 4, 1, 1), (3, 3, 5, 7), (3, 3),
+                                 (2, 3, 5, 7, 1), (2, 3, 1)])
 def test_bad_gamma_and_beta_shapes(bad):
     x = torch.randn(2, 3, 5, 7)
     shown = str(bad).replace("(", r"\(").replace(")", r"\)")
@@ -281,3 +284,39 @@ def test_double_backward_raises_clearly():
     (g,) = torch.autograd.grad(sain(x, gamma).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.sum().backward()
+
+
+# ---- batch 1 broadcast and (N, C) statistics ----
+
+@pytest.mark.parametrize("forms", FORMS, ids=str)
+@pytest.mark.parametrize("name", ["contiguous", "channels_last"])
+def test_batch1_gamma_beta_broadcast(forms, name):
+    from conftest import assert_batch1_broadcast
+
+    x, gamma, beta = inputs((3, 5, 4, 6), torch.float64, "cpu", forms)
+    x = layout(x, name)
+    ops = {"gamma": gamma[:1].clone()}
+    if beta is not None:
+        ops["beta"] = beta[:1].clone()
+    assert_batch1_broadcast(lambda x, gamma, beta=None: sain(x, gamma, beta), x, ops)
+    # One of the two batch 1, the other batch N.
+    if beta is not None:
+        y = sain(x, gamma, beta[:1])
+        torch.testing.assert_close(y, reference64(x, gamma, beta[:1].expand(3, -1, -1, -1)), rtol=1e-12, atol=1e-12)
+
+
+def test_batch1_gradcheck_and_statistics_shape():
+    x = torch.randn(3, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    gamma = torch.randn(1, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    beta = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda x, g, b: sain(x, g, b), (x, gamma, beta))
+    g2 = torch.randn(3, 4, dtype=torch.float64)
+    assert torch.equal(sain(x, g2, beta), sain(x, g2.reshape(3, 4, 1, 1), beta.reshape(1, 4, 1, 1)))
+
+
+def test_batch1_error_says_what_fits():
+    x = torch.randn(4, 3, 5, 5)
+    with pytest.raises(ValueError, match="expand gamma to N or pass batch 1"):
+        sain(x, torch.randn(2, 3, 1, 1))
+    with pytest.raises(ValueError, match="batch 1"):
+        torch.ops.din_ops.spatially_adaptive_instance_norm(x, torch.randn(2, 3, 1, 1), None, 1e-5)

@@ -4,6 +4,9 @@
 // of tap t = i * kw + j of offset group g at channels 2 * (g * kh * kw + t) + {0, 1}; mask
 // (N, G * kh * kw, Ho, Wo). Channel c belongs to offset group c / (C / G).
 //
+// A weight or bias of batch 1 applies to every sample (read with a batch stride of 0; backward
+// returns per-sample gW and gb, which autograd sums).
+//
 //   forward : col[c, t, q] = m[g, t, q] * S(xh[c], p(t, q))      S: bilinear sample, 0 outside
 //             y[n]        = W[n] @ col + b[n]                    (per convolution group)
 //             p(t, q)     = (oh * sh - pt + i * dh + dy, ow * sw - pl + j * dw + dx)
@@ -75,8 +78,8 @@ struct Geometry : ConvGeometry {
 
 Geometry geometry(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                  int64_t offset_groups) {
-  Geometry s{conv_geometry(x, w, stride, padding, dilation, groups), offset_groups,
+                  int64_t offset_groups, const at::Tensor& b = at::Tensor()) {
+  Geometry s{conv_geometry(x, w, stride, padding, dilation, groups, b), offset_groups,
              x.size(1) / offset_groups};
   return s;
 }
@@ -85,7 +88,8 @@ void check_args(const at::Tensor& x, const at::Tensor& w, const c10::optional<at
                 const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                 int64_t groups, int64_t offset_groups) {
-  check_conv_args(x, w, b, stride, padding, dilation, groups);  // the k x k convolution's checks
+  // The k x k convolution's checks; weight and bias may have batch 1 (one for every sample).
+  check_conv_args(x, w, b, stride, padding, dilation, groups, /*broadcast=*/true);
   TORCH_CHECK_VALUE(offset_groups > 0 && x.size(1) % offset_groups == 0,
                     "din_ops: expected offset_groups to divide C = ", x.size(1),
                     ", got offset_groups = ", offset_groups);
@@ -247,7 +251,7 @@ template <typename T>
 const acc_t<T>* tap_major_weight(const T* w, const Geometry& s, int64_t n, acc_t<T>* buf) {
   using acc = acc_t<T>;
   const int64_t K = s.K(), KK = s.KK();
-  const T* wn = w + n * s.Co * K;
+  const T* wn = w + s.w_at(n, 0);
   for (int64_t o = 0; o < s.Co; ++o) {
     for (int64_t cc = 0; cc < s.Cg; ++cc) {
       for (int64_t t = 0; t < KK; ++t) {
@@ -308,7 +312,7 @@ void forward(const T* x, const T* w, const T* b, const T* offset, const T* mask,
           transpose_matrix(ytile, s.Cog, Lt, s.Cog, yo, ys);
           for (int64_t o = 0; o < s.Cog; ++o) {
             if (b != nullptr) {
-              add_scalar(yo + o * ys, Lt, static_cast<acc>(b[n * s.Co + grp * s.Cog + o]));
+              add_scalar(yo + o * ys, Lt, static_cast<acc>(b[s.b_at(n, grp * s.Cog + o)]));
             }
             store<T>(yo + o * ys, Lt, yp + o * s.Q());
           }
@@ -554,7 +558,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_conv_cpu(
   const at::Tensor x = x_in.contiguous();  // computed in NCHW (a copy for channels_last)
   const at::Tensor w = weight.contiguous(), offset = offset_in.contiguous();
   const at::Tensor b = contiguous_or_empty(bias), mask = contiguous_or_empty(mask_in);
-  const Geometry s = geometry(x, w, stride, padding, dilation, groups, offset_groups);
+  const Geometry s = geometry(x, w, stride, padding, dilation, groups, offset_groups, b);
   auto y = at::empty({s.N, s.Co, s.Ho, s.Wo}, x.options());
   auto [mean, rstd] = empty_stats(x);
   if (s.N > 0) {
@@ -600,7 +604,8 @@ Five deformable_conv_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x_
   const at::Tensor gy = grad_y.contiguous();
   const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
   auto gx = at::empty_like(x, x.options().memory_format(at::MemoryFormat::Contiguous));
-  auto gw = at::empty(w.sizes(), x.options());
+  // Per-sample weight gradients (N, ...), also for a batch-1 weight: autograd sums those.
+  auto gw = at::empty({s.N, w.size(1), w.size(2), w.size(3), w.size(4)}, x.options());
   auto gb = at::empty({s.N, s.Co}, x.options());
   auto goffset = at::empty(offset.sizes(), x.options());
   auto gmask = mask.defined() ? at::empty(mask.sizes(), x.options()) : at::empty({0}, x.options());

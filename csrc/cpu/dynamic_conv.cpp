@@ -8,6 +8,9 @@
 //             g          = conv_transpose2d(gy[n], W[n])     (gradient with respect to xh)
 //             gx         = rstd * (g - mean_p(g) - xh * mean_p(g * xh))  (identity when not normalizing)
 //
+// A weight or bias of batch 1 applies to every sample: the kernels read it with a batch stride of 0
+// (ConvGeometry::ws, bs), and backward returns the per-sample gW and gb, which autograd sums.
+//
 // The mean cannot be folded into the weights here: zero padding of xh is padding x with the mean.
 // So the kernels read x and normalize in registers, per tile:
 // - depthwise (one input and one output channel per group): one task per (n, c) plane builds the
@@ -47,8 +50,9 @@ namespace {
 using Geometry = ConvGeometry;
 
 Geometry geometry(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
-                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  return conv_geometry(x, w, stride, padding, dilation, groups);
+                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                  const at::Tensor& b = at::Tensor()) {
+  return conv_geometry(x, w, stride, padding, dilation, groups, b);
 }
 
 // Rows [r0, r1) of the zero-padded, normalized plane of one channel, into `pad` (width Wp, row r of
@@ -93,8 +97,10 @@ void depthwise_forward(const T* x, const T* w, const T* b, T* y, const Geometry&
       }
       const PlaneNorm<acc> q = plane_norm<acc>(mean[plane], rstd[plane]);
       padded_rows(x + plane * s.P(), s, Wp, 0, Hp, q.hi, q.lo, q.rstd, pad.data(), conv.data());
-      for (int64_t i = 0; i < s.kh * s.kw; ++i) wv[i] = static_cast<acc>(w[plane * s.kh * s.kw + i]);
-      const acc bias = b != nullptr ? static_cast<acc>(b[plane]) : acc(0);
+      const T* wp = w + s.w_at(plane / s.C, plane % s.C);
+      for (int64_t i = 0; i < s.kh * s.kw; ++i) wv[i] = static_cast<acc>(wp[i]);
+      const acc bias =
+          b != nullptr ? static_cast<acc>(b[s.b_at(plane / s.C, plane % s.C)]) : acc(0);
       T* yp = y + plane * s.Q();
       acc* o = out_ptr(yp, out.data());
       depthwise_plane(pad.data(), Wp, wv.data(), s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.Ho, s.Wo,
@@ -124,7 +130,8 @@ void depthwise_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb
     for (int64_t plane = p0; plane < p1; ++plane) {
       const acc hi = q.hi[plane], lo = q.lo[plane], r = q.rstd[plane];
       padded_rows(x + plane * s.P(), s, Wp, 0, Hp, hi, lo, r, pad.data(), conv.data());
-      for (int64_t i = 0; i < s.kh * s.kw; ++i) wv[i] = static_cast<acc>(w[plane * s.kh * s.kw + i]);
+      const T* wp = w + s.w_at(plane / s.C, plane % s.C);
+      for (int64_t i = 0; i < s.kh * s.kw; ++i) wv[i] = static_cast<acc>(wp[i]);
       const acc* gp = load(gy + plane * s.Q(), s.Q(), g.data());
       gb[plane] = static_cast<T>(sum(gp, s.Q()));
       // Weight gradient: each tap is a dot product of gy with a shifted view of the padded plane.
@@ -258,7 +265,7 @@ void grouped_forward(const T* x, const T* w, const T* b, T* y, const Geometry& s
       const int64_t ng = t / tiles, n = ng / s.groups, g = ng % s.groups;
       const int64_t r0 = (t % tiles) * R, r1 = std::min(s.Ho, r0 + R), L = (r1 - r0) * s.Wo;
       im2col(x + n * s.C * s.P(), s, g, r0, r1, q, n * s.C, cols.data(), strip.data(), conv.data());
-      const T* wg = w + (n * s.Co + g * s.Cog) * K;
+      const T* wg = w + s.w_at(n, g * s.Cog);
       for (int64_t i = 0; i < s.Cog * K; ++i) wbuf[i] = static_cast<acc>(wg[i]);
       T* yp = y + (n * s.Co + g * s.Cog) * s.Q() + r0 * s.Wo;
       Mat<acc> yt;
@@ -270,7 +277,9 @@ void grouped_forward(const T* x, const T* w, const T* b, T* y, const Geometry& s
       gemm(Mat<const acc>{wbuf.data(), s.Cog, K, K, 1}, Mat<const acc>{cols.data(), K, L, L, 1},
            acc(0), yt);
       for (int64_t o = 0; o < s.Cog; ++o) {
-        if (b != nullptr) add_scalar(yt.data + o * yt.rs, L, static_cast<acc>(b[n * s.Co + g * s.Cog + o]));
+        if (b != nullptr) {
+          add_scalar(yt.data + o * yt.rs, L, static_cast<acc>(b[s.b_at(n, g * s.Cog + o)]));
+        }
         store<T>(yt.data + o * yt.rs, L, yp + o * s.Q());
       }
     }
@@ -310,7 +319,7 @@ void grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, 
     std::vector<double> gbd(s.Cog);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / s.groups, g = t % s.groups;
-      const T* wg = w + (n * s.Co + g * s.Cog) * K;
+      const T* wg = w + s.w_at(n, g * s.Cog);
       for (int64_t i = 0; i < s.Cog * K; ++i) wbuf[i] = static_cast<acc>(wg[i]);
       std::fill(gplanes.begin(), gplanes.end(), acc(0));
       std::fill(gwacc.begin(), gwacc.end(), acc(0));
@@ -539,11 +548,11 @@ void direct_grouped_forward(const T* x, const T* w, const T* b, T* y, const Geom
       const int64_t ng = t * bands_per_task / bd.count, n = ng / s.groups, g = ng % s.groups;
       const int64_t b0 = per_group ? 0 : t % bd.count, b1 = per_group ? bd.count : b0 + 1;
       if (ng != packed_for) {
-        const T* wg = w + (n * s.Co + g * s.Cog) * K;
+        const T* wg = w + s.w_at(n, g * s.Cog);
         for (int64_t i = 0; i < s.Cog * K; ++i) wnat[i] = static_cast<acc>(wg[i]);
         conv2d.pack(wnat.data());
         for (int64_t o = 0; o < s.Cog && b != nullptr; ++o)
-          bias[o] = static_cast<acc>(b[n * s.Co + g * s.Cog + o]);
+          bias[o] = static_cast<acc>(b[s.b_at(n, g * s.Cog + o)]);
         for (int64_t ci = 0; ci < s.Cg; ++ci) {
           const int64_t i = n * s.C + g * s.Cg + ci;
           if (per_group && normalize) {
@@ -622,7 +631,7 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
       for (int64_t i = 0; i < s.Cog * K; ++i) gwp[i] = static_cast<T>(gwacc[i]);
       for (int64_t o = 0; o < s.Cog; ++o) gb[n * s.Co + g * s.Cog + o] = static_cast<T>(gbd[o]);
       // 2. g = dL/dxh: wt[ci, co, t'] = W[co, ci, taps - 1 - t'].
-      const T* wg = w + (n * s.Co + g * s.Cog) * K;
+      const T* wg = w + s.w_at(n, g * s.Cog);
       for (int64_t co = 0; co < s.Cog; ++co)
         for (int64_t ci = 0; ci < s.Cg; ++ci)
           for (int64_t k = 0; k < taps; ++k)
@@ -649,13 +658,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cpu(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     bool normalize, double eps) {
-  check_conv_args(x_in, weight, bias, stride, padding, dilation, groups);
+  check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, /*broadcast=*/true);
   const Layout l = layout_of(x_in);
   const at::Tensor x = x_in.contiguous();  // computed in NCHW (a copy for channels_last)
   const at::Tensor w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
-  const Geometry s = geometry(x, w, stride, padding, dilation, groups);
+  const Geometry s = geometry(x, w, stride, padding, dilation, groups, b);
   auto y = at::empty({s.N, s.Co, s.Ho, s.Wo}, x.options());
   auto [mean, rstd] = empty_stats(x);
   if (s.N > 0) {
@@ -688,7 +697,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& weight,
     const at::Tensor& mean, const at::Tensor& rstd, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool normalize) {
-  check_conv_args(x_in, weight, c10::nullopt, stride, padding, dilation, groups);
+  check_conv_args(x_in, weight, c10::nullopt, stride, padding, dilation, groups,
+                  /*broadcast=*/true);
   check_stats(x_in, mean, rstd);
   const Layout l = layout_of(x_in);
   const at::Tensor x = x_in.contiguous();
@@ -698,7 +708,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_backward_cpu(
   const at::Tensor gy = grad_y.contiguous();
   const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
   auto gx = at::empty_like(x, x.options().memory_format(at::MemoryFormat::Contiguous));
-  auto gw = at::empty(w.sizes(), x.options());
+  // Per-sample weight gradients (N, ...), also for a batch-1 weight: autograd sums those.
+  auto gw = at::empty({s.N, w.size(1), w.size(2), w.size(3), w.size(4)}, x.options());
   auto gb = at::empty({s.N, s.Co}, x.options());
   if (s.N > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -5,6 +5,9 @@
 //             gW[n] = gy[n] @ xh[n]^T
 //             gx    = rstd * (W^T gy - m1 - xh * m2),  m1 = (W^T gb) / P,  m2 = sum_o W * gW / P
 //
+// A weight (1, Co, C) and a bias (1, Co) apply to every sample (read with a batch stride of 0);
+// backward then returns the per-sample gW and gb, (N, Co, C) and (N, Co), which autograd sums.
+//
 // (m1 and m2 are mean_p(W^T gy) and mean_p(W^T gy * xh), written without another pass over P;
 // see MATH.md.) Samples are processed in groups whose x fits in cache: first the statistics of the
 // group, then tasks over (sample, pixel tile). A task normalizes its tile of x into a small
@@ -144,17 +147,23 @@ T* at_pixel(T* base, int64_t rows, int64_t p0, Layout l) {
   return l == Layout::NCHW ? base + p0 : base + p0 * rows;
 }
 
-// weight[n] (Co x C) as a contiguous acc_t matrix for every sample of a group.
+// weight[n] (Co x C) as a contiguous acc_t matrix for every sample of a group; `ws` is the batch
+// stride of weight (Co * C, or 0 for one weight broadcast over the batch).
 template <typename T>
-std::vector<acc_t<T>> weights_as_acc(const T* w, int64_t n0, int64_t n1, int64_t Co, int64_t C) {
+std::vector<acc_t<T>> weights_as_acc(const T* w, int64_t ws, int64_t n0, int64_t n1, int64_t Co,
+                                     int64_t C) {
   std::vector<acc_t<T>> out((n1 - n0) * Co * C);
-  for (int64_t i = 0; i < (n1 - n0) * Co * C; ++i) out[i] = static_cast<acc_t<T>>(w[n0 * Co * C + i]);
+  for (int64_t n = n0; n < n1; ++n) {
+    const T* wn = w + n * ws;
+    acc_t<T>* o = out.data() + (n - n0) * Co * C;
+    for (int64_t i = 0; i < Co * C; ++i) o[i] = static_cast<acc_t<T>>(wn[i]);
+  }
   return out;
 }
 
 template <typename T>
-void forward(const T* x, const T* w, const T* b, T* y, Layout l, int64_t N, int64_t C, int64_t Co,
-             int64_t P, double eps, double* mean, double* rstd) {
+void forward(const T* x, const T* w, int64_t ws, const T* b, int64_t bs, T* y, Layout l, int64_t N,
+             int64_t C, int64_t Co, int64_t P, double eps, double* mean, double* rstd) {
   using acc = acc_t<T>;
   const int64_t L = tile_pixels(C, Co, P), tiles = (P + L - 1) / L;
   const int64_t G = group_samples(N, C, Co, P);
@@ -168,9 +177,9 @@ void forward(const T* x, const T* w, const T* b, T* y, Layout l, int64_t N, int6
     at::parallel_for(0, ng * Co, std::max<int64_t>(1, 4096 / C), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = n0 + r / Co;
-        const T* wrow = w + (n0 * Co + r) * C;
+        const T* wrow = w + n * ws + (r % Co) * C;
         acc* out = wg.data() + r * C;
-        double bias = b != nullptr ? double(b[n0 * Co + r]) : 0.0;
+        double bias = b != nullptr ? double(b[n * bs + r % Co]) : 0.0;
         if (fold[r / Co]) {
           for (int64_t c = 0; c < C; ++c) {
             out[c] = static_cast<acc>(double(wrow[c]) * rstd[n * C + c]);
@@ -205,8 +214,9 @@ void forward(const T* x, const T* w, const T* b, T* y, Layout l, int64_t N, int6
 }
 
 template <typename T>
-void backward(const T* gy, const T* x, const T* w, const double* mean, const double* rstd, T* gx,
-              T* gw, T* gb, Layout l, int64_t N, int64_t C, int64_t Co, int64_t P) {
+void backward(const T* gy, const T* x, const T* w, int64_t ws, const double* mean,
+              const double* rstd, T* gx, T* gw, T* gb, Layout l, int64_t N, int64_t C, int64_t Co,
+              int64_t P) {
   using acc = acc_t<T>;
   const int64_t L = tile_pixels(C, Co, P), tiles = (P + L - 1) / L;
   const int64_t G = group_samples(N, C, Co, P);
@@ -214,10 +224,12 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
   for (int64_t n0 = 0; n0 < N; n0 += G) {
     const int64_t n1 = std::min(N, n0 + G), ng = n1 - n0;
     const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, ng * C);
-    std::vector<acc> wconv;  // W of the group as acc_t (a view of weight itself for float/double)
-    const acc* wacc = reinterpret_cast<const acc*>(w) + n0 * Co * C;
-    if constexpr (!std::is_same_v<T, acc>) {
-      wconv = weights_as_acc(w, n0, n1, Co, C);
+    // W of the group as acc_t: a view of weight itself for float/double with a weight per sample;
+    // converted, or repeated for a broadcast weight (a group's copy is bounded by group_samples).
+    std::vector<acc> wconv;
+    const acc* wacc = reinterpret_cast<const acc*>(w) + n0 * ws;
+    if (!std::is_same_v<T, acc> || (ws == 0 && ng > 1)) {
+      wconv = weights_as_acc(w, ws, n0, n1, Co, C);
       wacc = wconv.data();
     }
     const std::vector<char> fold = fold_flags<T>(mean, rstd, n0, n1, C);
@@ -342,7 +354,7 @@ void backward(const T* gy, const T* x, const T* w, const double* mean, const dou
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_cpu(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     double eps) {
-  check_weight_1x1(x_in, weight, bias);
+  check_weight_1x1(x_in, weight, bias, /*broadcast=*/true);
   const Layout l = layout_of(x_in);
   const at::Tensor x = in_layout(x_in, l);
   const at::Tensor w = weight.contiguous();
@@ -354,10 +366,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_cpu(
   if (N == 0) return {y, mean, rstd};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, x.scalar_type(), "dynamic_instance_norm_1x1", [&] {
-        forward(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                has_bias ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
-                l, N, C, Co, P, eps, mean.mutable_data_ptr<double>(),
-                rstd.mutable_data_ptr<double>());
+        forward(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), batch_stride(w),
+                has_bias ? b.const_data_ptr<scalar_t>() : nullptr,
+                has_bias ? batch_stride(b) : 0, y.mutable_data_ptr<scalar_t>(), l, N, C, Co, P,
+                eps, mean.mutable_data_ptr<double>(), rstd.mutable_data_ptr<double>());
       });
   return {y, mean, rstd};
 }
@@ -365,7 +377,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& weight,
     const at::Tensor& mean, const at::Tensor& rstd) {
-  check_weight_1x1(x_in, weight, c10::nullopt);
+  check_weight_1x1(x_in, weight, c10::nullopt, /*broadcast=*/true);
   check_grad(grad_y, x_in, weight.size(1));
   check_stats(x_in, mean, rstd);
   const Layout l = layout_of(x_in);
@@ -380,7 +392,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_backwar
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, x.scalar_type(), "dynamic_instance_norm_1x1_backward", [&] {
         backward(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                 w.const_data_ptr<scalar_t>(), m.const_data_ptr<double>(),
+                 w.const_data_ptr<scalar_t>(), batch_stride(w), m.const_data_ptr<double>(),
                  r.const_data_ptr<double>(), gx.mutable_data_ptr<scalar_t>(),
                  gw.mutable_data_ptr<scalar_t>(), gb.mutable_data_ptr<scalar_t>(), l, N, C, Co, P);
       });

@@ -194,9 +194,98 @@ at::Tensor instance_norm_backward_cpu(const at::Tensor& grad_y, const at::Tensor
   return gx;
 }
 
+// Mean and biased variance per (n, c) plane, (N, C) float64, reading x once and writing nothing
+// else. The shifted sums give rstd = 1 / sqrt(var) (with eps = 0, and 0 for a zero variance);
+// var = 1 / rstd^2 is then within a few ulp of the double-precision variance of the sums.
+std::tuple<at::Tensor, at::Tensor> instance_stats_cpu(const at::Tensor& x_in) {
+  check_input(x_in);
+  const Layout layout = layout_of(x_in);
+  const at::Tensor x = in_layout(x_in, layout);
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  auto [mean, var] = empty_stats(x);
+  if (x.numel() == 0) return {mean, var};
+  double* m = mean.mutable_data_ptr<double>();
+  double* v = var.mutable_data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "instance_stats", [&] {
+    instance_stats(x.const_data_ptr<scalar_t>(), layout, 0, N, C, P, 0.0, m, v);
+  });
+  for (int64_t i = 0; i < N * C; ++i) v[i] = v[i] == 0.0 ? 0.0 : 1.0 / (v[i] * v[i]);
+  return {mean, var};
+}
+
+// gx = (gm + 2 * gv * (x - mean)) / P per plane: the elementwise pass of a per-plane affine map,
+// ((x - hi) - lo) * s + b0 with s = 2 gv / P and b0 = gm / P (mean split as hi + lo, so a large
+// mean does not cost precision), in x's layout.
+template <typename T>
+void stats_backward(const T* x, const double* gm, const double* gv, const double* mean, T* gx,
+                    Layout l, int64_t N, int64_t C, int64_t P) {
+  using acc = acc_t<T>;
+  if (l == Layout::NCHW) {
+    const int64_t grain = std::max<int64_t>(1, 32768 / P);
+    at::parallel_for(0, N * C, grain, [&](int64_t b, int64_t e) {
+      auto in = scratch<T>(kBlock), out = scratch<T>(kBlock);
+      for (int64_t plane = b; plane < e; ++plane) {
+        const PlaneNorm<acc> q = plane_norm<acc>(mean[plane], 1.0);
+        const acc s = static_cast<acc>(2.0 * gv[plane] / double(P));
+        const acc b0 = static_cast<acc>(gm[plane] / double(P));
+        for (int64_t i = 0; i < P; i += kBlock) {
+          const int64_t len = std::min(kBlock, P - i), off = plane * P + i;
+          acc* o = out_ptr(gx + off, out.data());
+          normalize_scale_shift(load(x + off, len, in.data()), len, q.hi, q.lo, s, nullptr, b0, o);
+          store<T>(o, len, gx + off);
+        }
+      }
+    });
+    return;
+  }
+  const int64_t rows = std::max<int64_t>(1, kBlock * 16 / C);
+  const int64_t chunks = (P + rows - 1) / rows;
+  const std::vector<double> ones(C, 1.0);
+  for (int64_t n = 0; n < N; ++n) {
+    const NormParams<acc> q(mean + n * C, ones.data(), C);
+    std::vector<acc> s(C), b0(C);
+    for (int64_t c = 0; c < C; ++c) {
+      s[c] = static_cast<acc>(2.0 * gv[n * C + c] / double(P));
+      b0[c] = static_cast<acc>(gm[n * C + c] / double(P));
+    }
+    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+      auto in = scratch<T>(rows * C), out = scratch<T>(rows * C);
+      for (int64_t k = b; k < e; ++k) {
+        const int64_t r0 = k * rows, len = std::min(rows, P - r0), off = (n * P + r0) * C;
+        acc* o = out_ptr(gx + off, out.data());
+        normalize_scale_shift_rows(load(x + off, len * C, in.data()), len, C, q.hi.data(),
+                                   q.lo.data(), s.data(), nullptr, b0.data(), o);
+        store<T>(o, len * C, gx + off);
+      }
+    });
+  }
+}
+
+at::Tensor instance_stats_backward_cpu(const at::Tensor& grad_mean, const at::Tensor& grad_var,
+                                       const at::Tensor& x_in, const at::Tensor& mean) {
+  check_input(x_in);
+  check_stats(x_in, grad_mean, grad_var);
+  check_stats(x_in, mean, mean);
+  const Layout layout = layout_of(x_in);
+  const at::Tensor x = in_layout(x_in, layout);
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  auto gx = at::empty_like(x, x.options().memory_format(memory_format(layout)));
+  if (x.numel() == 0) return gx;
+  const at::Tensor gm = grad_mean.contiguous(), gv = grad_var.contiguous(), m = mean.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "instance_stats_backward", [&] {
+        stats_backward(x.const_data_ptr<scalar_t>(), gm.const_data_ptr<double>(),
+                       gv.const_data_ptr<double>(), m.const_data_ptr<double>(),
+                       gx.mutable_data_ptr<scalar_t>(), layout, N, C, P);
+      });
+  return gx;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(din_ops, CPU, m) {
+  m.impl("instance_stats", &instance_stats_cpu);
+  m.impl("instance_stats_backward", &instance_stats_backward_cpu);
   m.impl("instance_norm", &instance_norm_cpu);
   m.impl("instance_norm_backward", &instance_norm_backward_cpu);
 }

@@ -15,6 +15,9 @@
 // beta_defined, and an empty (0,) tensor otherwise. The gradient of a full-size beta is gy itself;
 // autograd passes grad_y on for it (din_ops/_registrations.py) instead of the op writing a copy.
 //
+// gamma and beta of batch 1 apply to every sample: read in place (Modulation::period); backward
+// returns per-sample ggamma and gbeta, which autograd sums over the batch.
+//
 // NCHW: one task per plane: the shifted-sum statistics, then one fused elementwise pass while the
 // plane of x is still in L1/L2, so x, gamma and beta are read from memory once and y written once.
 // Backward likewise: the sums over gy, x, gamma, then gx (and a full-size ggamma) from cache.
@@ -36,11 +39,17 @@ namespace din_ops::cpu {
 namespace {
 
 // A gamma or beta operand as the kernels read it: full size in x's layout, or one value per plane
-// (N * C contiguous values). `data` is null for an absent beta.
+// (N * C contiguous values). `data` is null for an absent beta. A batch-1 operand (one gamma or
+// beta for every sample) is read in place: element i of the batch-N operand is element
+// i % period of the batch-1 one (period = C * P when full, C per plane; 0 when not broadcast).
+// Kernels index it at the start of a block that lies within one sample, then advance linearly.
 template <typename T>
 struct Modulation {
   const T* data = nullptr;
   bool full = false;
+  int64_t period = 0;
+  const T* at(int64_t i) const { return data + (period != 0 ? i % period : i); }
+  T operator[](int64_t i) const { return *at(i); }
 };
 
 template <typename T>
@@ -56,17 +65,17 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
       plane_stats(x + base, P, eps, mean + plane, rstd + plane, in.data());
       const PlaneNorm<acc> q = plane_norm<acc>(mean[plane], rstd[plane]);
       // Per-plane gamma folds into the scale: ((x - hi) - lo) * (rstd * gamma).
-      const acc s = gamma.full ? acc(0) : static_cast<acc>(rstd[plane] * double(gamma.data[plane]));
+      const acc s = gamma.full ? acc(0) : static_cast<acc>(rstd[plane] * double(gamma[plane]));
       const bool b_plane = beta.data != nullptr && !beta.full;
-      const acc b0 = b_plane ? static_cast<acc>(beta.data[plane]) : acc(0);
+      const acc b0 = b_plane ? static_cast<acc>(beta[plane]) : acc(0);
       for (int64_t i = 0; i < P; i += kBlock) {
         const int64_t len = std::min(kBlock, P - i);
         const acc* xin = load(x + base + i, len, in.data());
-        const acc* bb = beta.full ? load(beta.data + base + i, len, bbuf.data()) : nullptr;
+        const acc* bb = beta.full ? load(beta.at(base + i), len, bbuf.data()) : nullptr;
         acc* o = out_ptr(y + base + i, out.data());
         if (gamma.full) {
-          normalize_affine(xin, len, q.hi, q.lo, q.rstd,
-                           load(gamma.data + base + i, len, gbuf.data()), bb, b0, o);
+          normalize_affine(xin, len, q.hi, q.lo, q.rstd, load(gamma.at(base + i), len, gbuf.data()),
+                           bb, b0, o);
         } else {
           normalize_scale_shift(xin, len, q.hi, q.lo, s, bb, b0, o);
         }
@@ -88,8 +97,8 @@ void forward_nhwc(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
     const NormParams<acc> q(mean + n * C, rstd + n * C, C);
     std::vector<acc> s(C, acc(0)), b0(C, acc(0));
     for (int64_t c = 0; c < C; ++c) {
-      if (!gamma.full) s[c] = static_cast<acc>(rstd[n * C + c] * double(gamma.data[n * C + c]));
-      if (beta.data != nullptr && !beta.full) b0[c] = static_cast<acc>(beta.data[n * C + c]);
+      if (!gamma.full) s[c] = static_cast<acc>(rstd[n * C + c] * double(gamma[n * C + c]));
+      if (beta.data != nullptr && !beta.full) b0[c] = static_cast<acc>(beta[n * C + c]);
     }
     at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
       auto in = scratch<T>(rows * C), gbuf = scratch<T>(rows * C), bbuf = scratch<T>(rows * C),
@@ -98,11 +107,11 @@ void forward_nhwc(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
         const int64_t r0 = k * rows, len = std::min(rows, P - r0);
         const int64_t off = (n * P + r0) * C;
         const acc* xin = load(x + off, len * C, in.data());
-        const acc* bb = beta.full ? load(beta.data + off, len * C, bbuf.data()) : nullptr;
+        const acc* bb = beta.full ? load(beta.at(off), len * C, bbuf.data()) : nullptr;
         acc* o = out_ptr(y + off, out.data());
         if (gamma.full) {
           normalize_affine_rows(xin, len, C, q.hi.data(), q.lo.data(), q.rstd.data(),
-                                load(gamma.data + off, len * C, gbuf.data()), bb, b0.data(), o);
+                                load(gamma.at(off), len * C, gbuf.data()), bb, b0.data(), o);
         } else {
           normalize_scale_shift_rows(xin, len, C, q.hi.data(), q.lo.data(), s.data(), bb,
                                      b0.data(), o);
@@ -141,7 +150,7 @@ void backward_nchw(const T* gy, const T* x, Modulation<T> gamma, const double* m
           const int64_t len = std::min(kBlock, P - i);
           affine_grad_sums(load(gy + base + i, len, gbuf.data()),
                            load(x + base + i, len, xbuf.data()),
-                           load(gamma.data + base + i, len, wbuf.data()), len, hi, lo, r, &sg,
+                           load(gamma.at(base + i), len, wbuf.data()), len, hi, lo, r, &sg,
                            &sgxh, &sgy);
         }
         const acc mg = static_cast<acc>(sg / double(P)), mgxh = static_cast<acc>(sgxh / double(P));
@@ -151,7 +160,7 @@ void backward_nchw(const T* gy, const T* x, Modulation<T> gamma, const double* m
           acc* ogg = out_ptr(out.ggamma + base + i, pbuf.data());
           normalize_affine_backward(load(gy + base + i, len, gbuf.data()),
                                     load(x + base + i, len, xbuf.data()),
-                                    load(gamma.data + base + i, len, wbuf.data()), len, hi, lo, r,
+                                    load(gamma.at(base + i), len, wbuf.data()), len, hi, lo, r,
                                     mg, mgxh, ogx, ogg);
           store<T>(ogx, len, out.gx + base + i);
           store<T>(ogg, len, out.ggamma + base + i);
@@ -165,7 +174,7 @@ void backward_nchw(const T* gy, const T* x, Modulation<T> gamma, const double* m
           grad_sums(load(gy + base + i, len, gbuf.data()), load(x + base + i, len, xbuf.data()),
                     len, hi, lo, r, &sgy, &sgyxh);
         }
-        const double g = double(gamma.data[plane]);
+        const double g = double(gamma[plane]);
         const acc mg = static_cast<acc>(g * sgy / double(P));
         const acc mgxh = static_cast<acc>(g * sgyxh / double(P));
         for (int64_t i = 0; i < P; i += kBlock) {
@@ -205,7 +214,7 @@ void backward_nhwc(const T* gy, const T* x, Modulation<T> gamma, const double* m
         const acc* g = load(gy + off, len * C, gbuf.data());
         const acc* xv = load(x + off, len * C, xbuf.data());
         if (gamma.full) {
-          affine_grad_sums_rows(g, xv, load(gamma.data + off, len * C, wbuf.data()), len, C,
+          affine_grad_sums_rows(g, xv, load(gamma.at(off), len * C, wbuf.data()), len, C,
                                 q.hi.data(), q.lo.data(), q.rstd.data(), pk, pk + C, pk + 2 * C);
         } else {
           grad_sums_rows(g, xv, len, C, q.hi.data(), q.lo.data(), q.rstd.data(), pk, pk + C);
@@ -224,7 +233,7 @@ void backward_nhwc(const T* gy, const T* x, Modulation<T> gamma, const double* m
         mgxh[c] = static_cast<acc>(s[1] / double(P));
         if (out.gbeta != nullptr) out.gbeta[plane] = static_cast<T>(static_cast<acc>(s[2]));
       } else {
-        const double g = double(gamma.data[plane]);
+        const double g = double(gamma[plane]);
         gam[c] = static_cast<acc>(g);
         mg[c] = static_cast<acc>(g * s[0] / double(P));
         mgxh[c] = static_cast<acc>(g * s[1] / double(P));
@@ -243,7 +252,7 @@ void backward_nhwc(const T* gy, const T* x, Modulation<T> gamma, const double* m
         acc* ogx = out_ptr(out.gx + off, obuf.data());
         if (gamma.full) {
           acc* ogg = out_ptr(out.ggamma + off, pbuf.data());
-          normalize_affine_backward_rows(g, xv, load(gamma.data + off, len * C, wbuf.data()), len,
+          normalize_affine_backward_rows(g, xv, load(gamma.at(off), len * C, wbuf.data()), len,
                                          C, q.hi.data(), q.lo.data(), q.rstd.data(), mg.data(),
                                          mgxh.data(), ogx, ogg);
           store<T>(ogg, len * C, out.ggamma + off);
@@ -261,15 +270,20 @@ bool is_full(const at::Tensor& t, const at::Tensor& x) {
   return t.size(2) == x.size(2) && t.size(3) == x.size(3);
 }
 
-// gamma or beta prepared for the kernels: full size in layout l, or (N * C) contiguous values.
+// gamma or beta prepared for the kernels: full size in layout l, or (N * C) contiguous values
+// (C for a batch-1 operand, which stays batch 1).
 at::Tensor prepare(const at::Tensor& t, const at::Tensor& x, Layout l) {
-  return is_full(t, x) ? in_layout(t, l) : t.reshape({x.size(0) * x.size(1)}).contiguous();
+  return is_full(t, x) ? in_layout(t, l) : t.reshape({t.size(0) * x.size(1)}).contiguous();
 }
 
 template <typename T>
-Modulation<T> modulation(const at::Tensor& prepared) {
+Modulation<T> modulation(const at::Tensor& prepared, const at::Tensor& x) {
   if (!prepared.defined()) return {};
-  return {prepared.const_data_ptr<T>(), prepared.dim() == 4};
+  const bool full = prepared.dim() == 4;
+  const bool broadcast = prepared.numel() != 0 &&
+                         (full ? prepared.size(0) : prepared.numel() / x.size(1)) != x.size(0);
+  const int64_t period = broadcast ? (full ? x.size(1) * x.size(2) * x.size(3) : x.size(1)) : 0;
+  return {prepared.const_data_ptr<T>(), full, period};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_cpu(
@@ -277,8 +291,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_
     double eps) {
   check_input(x_in);
   const bool has_beta = beta_in.has_value() && beta_in->defined();
-  check_modulation(x_in, gamma_in, "gamma");
-  if (has_beta) check_modulation(x_in, *beta_in, "beta");
+  check_modulation(x_in, gamma_in, "gamma", /*broadcast=*/true);
+  if (has_beta) check_modulation(x_in, *beta_in, "beta", /*broadcast=*/true);
   const Layout l = layout_of(x_in);
   const at::Tensor x = in_layout(x_in, l);
   const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
@@ -289,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_
   const at::Tensor beta = has_beta ? prepare(*beta_in, x, l) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, x.scalar_type(), "spatially_adaptive_instance_norm", [&] {
-        const auto g = modulation<scalar_t>(gamma), b = modulation<scalar_t>(beta);
+        const auto g = modulation<scalar_t>(gamma, x), b = modulation<scalar_t>(beta, x);
         if (l == Layout::NCHW) {
           forward_nchw(x.const_data_ptr<scalar_t>(), g, b, y.mutable_data_ptr<scalar_t>(), N * C,
                        P, eps, mean.mutable_data_ptr<double>(), rstd.mutable_data_ptr<double>());
@@ -301,13 +315,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_
   return {y, mean, rstd};
 }
 
-// grad_gamma has gamma's shape: full size in x's output layout, or (N, C, 1, 1) contiguous.
+// grad_gamma has gamma's shape with batch N: full size in x's output layout, or (N, C, 1, 1)
+// contiguous; for a batch-1 gamma these are the per-sample gradients, which autograd sums over the
+// batch (din_ops/_registrations.py).
 // grad_beta is (N, C, 1, 1), the per-plane sums of grad_y, when beta_defined; else shape (0,).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& gamma_in,
     const at::Tensor& mean, const at::Tensor& rstd, bool beta_defined) {
   check_input(x_in);
-  check_modulation(x_in, gamma_in, "gamma");
+  check_modulation(x_in, gamma_in, "gamma", /*broadcast=*/true);
   check_grad(grad_y, x_in, x_in.size(1));
   check_stats(x_in, mean, rstd);
   const Layout l = layout_of(x_in);
@@ -324,7 +340,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_
   const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, x.scalar_type(), "spatially_adaptive_instance_norm_backward", [&] {
-        const auto g = modulation<scalar_t>(gamma);
+        const auto g = modulation<scalar_t>(gamma, x);
         const Grads<scalar_t> out{gx.mutable_data_ptr<scalar_t>(),
                                   ggamma.mutable_data_ptr<scalar_t>(),
                                   beta_defined ? gbeta.mutable_data_ptr<scalar_t>() : nullptr};
