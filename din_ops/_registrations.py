@@ -96,27 +96,6 @@ if backends.extension_loaded():
         "din_ops::instance_stats", _instance_stats_backward, setup_context=_instance_stats_setup
     )
 
-    # CUDA has no dedicated kernels for these two (csrc/cuda is unchanged): the statistics of the
-    # instance_norm kernel with eps = 0 (rstd = 1 / sqrt(var), 0 for a zero variance; its y is
-    # written and dropped), and the backward formula in plain PyTorch.
-    if not backends.has_kernel("din_ops::instance_stats", "CUDA"):
-
-        @torch.library.impl("din_ops::instance_stats", "CUDA")
-        def _instance_stats_cuda(x: Tensor):
-            _y, mean, rstd = _ops.instance_norm(x, 0.0)
-            var = torch.where(rstd == 0, torch.zeros_like(rstd), 1.0 / (rstd * rstd))
-            return mean, var
-
-    if not backends.has_kernel("din_ops::instance_stats_backward", "CUDA"):
-
-        @torch.library.impl("din_ops::instance_stats_backward", "CUDA")
-        def _instance_stats_backward_cuda(grad_mean, grad_var, x: Tensor, mean):
-            m = x.shape[2] * x.shape[3]
-            acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-            centered = x.to(acc) - mean.to(acc)[:, :, None, None]
-            gx = centered * (2.0 * grad_var / m).to(acc)[:, :, None, None]
-            return (gx + (grad_mean / m).to(acc)[:, :, None, None]).to(x.dtype)
-
     def _instance_norm_setup(ctx, inputs, output):
         x, _eps = inputs
         _y, mean, rstd = output

@@ -349,6 +349,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_
   return {in_layout_of(gx, cl), full ? in_layout_of(ggamma, cl) : ggamma, gbeta};
 }
 
+// ---- instance_stats --------------------------------------------------------------------------
+// The style statistics of AdaIN: the statistics kernel of instance_norm with eps = 0 and no output
+// tensor, var = 1 / rstd^2 (0 for a zero variance, whose rstd is infinite or 0).
+
+std::tuple<at::Tensor, at::Tensor> instance_stats_cuda(const at::Tensor& x_in) {
+  check_input(x_in);
+  check_on_cuda(x_in);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  auto [mean, rstd] = empty_stats(x);
+  if (x.numel() == 0) return {mean, rstd};
+  check_launch(instance_norm_forward(dtype_of(x), x.const_data_ptr(), nullptr,
+                                     mean.mutable_data_ptr<double>(),
+                                     rstd.mutable_data_ptr<double>(), x.size(0) * x.size(1),
+                                     x.size(2) * x.size(3), 0.0, stream()),
+               "instance_stats");
+  const at::Tensor degenerate = at::logical_or(at::isinf(rstd), rstd == 0);
+  const at::Tensor var = at::where(degenerate, at::zeros_like(rstd), at::reciprocal(rstd * rstd));
+  return {mean, var};
+}
+
+// gx = (gm + 2 gv (x - mean)) / P, with the mean split as hi + lo in the accumulation type (so a
+// large mean costs no precision), in x's memory layout.
+at::Tensor instance_stats_backward_cuda(const at::Tensor& grad_mean, const at::Tensor& grad_var,
+                                        const at::Tensor& x, const at::Tensor& mean) {
+  check_input(x);
+  check_on_cuda(x);
+  check_stats(x, grad_mean, grad_var);
+  check_stats(x, mean, mean);
+  check_stats_device(x, grad_mean, grad_var);
+  check_stats_device(x, mean, mean);
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (x.numel() == 0) return at::empty_like(x);
+  const at::ScalarType acc = acc_dtype(x);
+  const double P = static_cast<double>(x.size(2) * x.size(3));
+  const auto plane = [&](const at::Tensor& t) { return t.unsqueeze(-1).unsqueeze(-1); };
+  const at::Tensor hi = mean.to(acc), lo = (mean - hi.to(at::kDouble)).to(acc);
+  const at::Tensor centered = (x.to(acc) - plane(hi)) - plane(lo);
+  const at::Tensor gx = centered * plane((grad_var * (2.0 / P)).to(acc)) + plane((grad_mean / P).to(acc));
+  return gx.to(x.scalar_type());
+}
+
 // ---- deformable_conv ------------------------------------------------------------------------
 // The kernels (deformable_conv.cu) take the statistics from the instance-norm statistics kernel
 // (mean 0 and rstd 1 without normalization, as the CPU op returns them) and one byte workspace
@@ -468,6 +510,8 @@ deformable_conv_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_in,
 TORCH_LIBRARY_IMPL(din_ops, CUDA, m) {
   m.impl("instance_norm", &instance_norm_cuda);
   m.impl("instance_norm_backward", &instance_norm_backward_cuda);
+  m.impl("instance_stats", &instance_stats_cuda);
+  m.impl("instance_stats_backward", &instance_stats_backward_cuda);
   m.impl("dynamic_instance_norm_1x1", &dynamic_instance_norm_1x1_cuda);
   m.impl("dynamic_instance_norm_1x1_backward", &dynamic_instance_norm_1x1_backward_cuda);
   m.impl("dynamic_conv", &dynamic_conv_cuda);
