@@ -141,7 +141,8 @@ __global__ void __launch_bounds__(kGemmThreads)
     for (int i = 0; i < kTile / kRows; ++i) {
       const int64_t m = m0 + ty + kRows * i, j = j0 + tx;
       if (m >= d.M || j >= d.J) continue;
-      const double v = total[i] + (bias != nullptr ? static_cast<double>(to_acc(bias[n * d.M + m])) : 0.0);
+      double v = total[i];
+      if (bias != nullptr) v += static_cast<double>(to_acc(bias[n * d.M + m]));
       on[m * d.o_m + j * d.o_j] = from_acc<T>(static_cast<acc>(v));
     }
   }

@@ -205,7 +205,9 @@ __device__ __forceinline__ CoeffState<T, VEC> coeffs_of(const double* mean, cons
                                                         int64_t nc0) {
   CoeffState<T, VEC> st;
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) st.q[j] = math::norm_coeffs<acc_t<T>>(mean[nc0 + j], rstd[nc0 + j]);
+  for (int j = 0; j < VEC; ++j) {
+    st.q[j] = math::norm_coeffs<acc_t<T>>(mean[nc0 + j], rstd[nc0 + j]);
+  }
   return st;
 }
 
@@ -217,13 +219,16 @@ struct NormalizeOp {
   const double* mean;
   const double* rstd;
   using State = CoeffState<T, VEC>;
-  __device__ State channel(int64_t nc0, int64_t) const { return coeffs_of<T, VEC>(mean, rstd, nc0); }
+  __device__ State channel(int64_t nc0, int64_t) const {
+    return coeffs_of<T, VEC>(mean, rstd, nc0);
+  }
   __device__ void apply(const State& st, int64_t slot) const {
     const Vec<T, VEC> xv = load_vec<T, VEC>(x, slot);
     Vec<T, VEC> out;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      out.v[j] = from_acc<T>(math::normalize(to_acc(xv.v[j]), st.q[j].hi, st.q[j].lo, st.q[j].rstd));
+      const auto& q = st.q[j];
+      out.v[j] = from_acc<T>(math::normalize(to_acc(xv.v[j]), q.hi, q.lo, q.rstd));
     }
     store_vec<T, VEC>(y, slot, out);
   }
@@ -237,7 +242,9 @@ struct GradSumsOp {
   const double* mean;
   const double* rstd;
   using State = CoeffState<T, VEC>;
-  __device__ State channel(int64_t nc0, int64_t) const { return coeffs_of<T, VEC>(mean, rstd, nc0); }
+  __device__ State channel(int64_t nc0, int64_t) const {
+    return coeffs_of<T, VEC>(mean, rstd, nc0);
+  }
   __device__ void add(const State& st, int64_t slot, double (&v)[2 * VEC]) const {
     const Vec<G, VEC> gv = load_vec<G, VEC>(g, slot);
     const Vec<T, VEC> xv = load_vec<T, VEC>(x, slot);

@@ -22,10 +22,10 @@
 
 namespace din_ops::gpu {
 
-constexpr int kNhwcThreads = 256;          // threads per block (TC * TR)
+constexpr int kNhwcThreads = 256;            // threads per block (TC * TR)
 constexpr int64_t kNhwcTargetBlocks = 1024;  // pixels are chunked until about this many blocks
 constexpr int64_t kNhwcMinChunk = 64;        // but a chunk has at least this many pixels
-constexpr int kNhwcMaxSums = 3;              // reductions per channel (the workspace is sized for it)
+constexpr int kNhwcMaxSums = 3;              // sums per channel the workspace has room for
 
 // Pixel chunks of an (N, P, C) reduction. Independent of the vector width, so the workspace size
 // (nhwc_workspace_size) is known before the dtype dispatch.

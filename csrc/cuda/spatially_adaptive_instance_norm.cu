@@ -279,7 +279,9 @@ struct SaSumsOp {
   __device__ Coeffs channel(int64_t nc0, int64_t) const {
     Coeffs st;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) st.q[j] = math::norm_coeffs<acc_t<T>>(mean[nc0 + j], rstd[nc0 + j]);
+    for (int j = 0; j < VEC; ++j) {
+      st.q[j] = math::norm_coeffs<acc_t<T>>(mean[nc0 + j], rstd[nc0 + j]);
+    }
     return st;
   }
   __device__ void add(const Coeffs& st, int64_t slot, double (&v)[(FULL ? 3 : 2) * VEC]) const {
@@ -367,7 +369,8 @@ struct SaGradOp {
       const acc xh = math::normalize(to_acc(xv.v[j]), q.hi, q.lo, q.rstd);
       const acc g = to_acc(gyv.v[j]);
       const acc gm = FULL ? to_acc(gv.v[j]) : st.gam[j];
-      ox.v[j] = from_acc<T>(math::normalize_backward_scaled(g, gm, xh, q.rstd, st.mg[j], st.mgxh[j]));
+      ox.v[j] =
+          from_acc<T>(math::normalize_backward_scaled(g, gm, xh, q.rstd, st.mg[j], st.mgxh[j]));
       if constexpr (FULL) og.v[j] = from_acc<T>(g * xh);
     }
     store_vec<T, VEC>(gx, slot, ox);

@@ -434,7 +434,8 @@ void nhwc_instance_norm_case(int64_t N, int64_t C, int64_t P, int64_t off, doubl
 template <typename T>
 void nhwc_instance_norm_all() {
   // (N, C, P, misalignment): vectorized (C a multiple of 16 bytes), C not a multiple of the vector
-  // width, C = 1, P = 1, a misaligned start, many pixel chunks, several channel tiles, C < 32 slots.
+  // width, C = 1, P = 1, a misaligned start, many pixel chunks, several channel tiles, fewer
+  // than 32 slots.
   const int64_t cases[][4] = {{2, 8, 50, 0},  {2, 13, 37, 0}, {1, 1, 300, 0}, {3, 6, 1, 0},
                               {2, 16, 20, 1}, {1, 4, 1000, 0}, {1, 260, 9, 0}, {2, 64, 130, 0},
                               {1, 3, 5000, 0}, {2, 24, 7, 0}};
@@ -678,7 +679,8 @@ void din1x1_case(int64_t N, int64_t C, int64_t Co, int64_t P, bool nhwc, bool bi
         for (int64_t p = 0; p < P; ++p) {
           acc s = 0;
           for (int64_t c = 0; c < C; ++c) {
-            s += static_cast<acc>(wf.at((n * Co + o) * C + c)) * static_cast<acc>(x.at(xi(n, c, p)));
+            s += static_cast<acc>(wf.at((n * Co + o) * C + c)) *
+                 static_cast<acc>(x.at(xi(n, c, p)));
           }
           y.v[yi(n, o, p)] = Tr::put(double(s + static_cast<acc>(bf.at(n * Co + o))));
         }
