@@ -165,12 +165,24 @@ at::Tensor instance_norm_backward_cuda(const at::Tensor& grad_y, const at::Tenso
 
 // ---- dynamic_instance_norm_1x1 ---------------------------------------------------------------
 
+// Whether cuBLAS may run float32 GEMMs in TF32 (or lower) now. torch refuses to answer when its
+// old and new precision settings disagree; then it may.
+bool reduced_float32_matmul() {
+  auto& ctx = at::globalContext();
+  if (ctx.float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST) return true;
+  try {
+    return ctx.allowTF32CuBLAS();
+  } catch (const c10::Error&) {
+    return true;
+  }
+}
+
 // Whether x's dtype folds the normalization into the weights (per sample, subject to the flags):
 // double, and float when cuBLAS keeps float32 products. With TF32 the GEMM rounds its operands to
 // 10 bits, and the folded products W' x are up to fold_limit() times larger than y.
 bool may_fold(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ||
-         (x.scalar_type() == at::kFloat && !at::globalContext().allowTF32CuBLAS());
+         (x.scalar_type() == at::kFloat && !reduced_float32_matmul());
 }
 
 // The GEMM operand of a 1x1 DIN: (N, C, P) for NCHW data, (N, P, C) for channels_last; a view.
