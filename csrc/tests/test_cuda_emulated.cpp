@@ -438,7 +438,7 @@ void nhwc_instance_norm_all() {
   // than 32 slots.
   const int64_t cases[][4] = {{2, 8, 50, 0},  {2, 13, 37, 0}, {1, 1, 300, 0}, {3, 6, 1, 0},
                               {2, 16, 20, 1}, {1, 4, 1000, 0}, {1, 260, 9, 0}, {2, 64, 130, 0},
-                              {1, 3, 5000, 0}, {2, 24, 7, 0}};
+                              {1, 3, 2000, 0}, {2, 24, 7, 0}};
   for (const auto& c : cases) nhwc_instance_norm_case<T>(c[0], c[1], c[2], c[3], 0.0);
   // |mean| >> std: the shifted sums keep the variance.
   const bool wide = std::is_same_v<T, float> || std::is_same_v<T, double>;
@@ -538,12 +538,17 @@ template <typename T>
 void nhwc_spatially_adaptive_all() {
   const int64_t cases[][4] = {{2, 8, 30, 0}, {2, 13, 21, 0}, {1, 1, 200, 0},  {3, 5, 1, 0},
                               {1, 16, 9, 1}, {1, 4, 900, 0}, {1, 130, 3, 0}, {1, 64, 40, 0}};
+  // Every gamma / beta combination on the small shapes; full/full and plane/plane on the larger
+  // ones (the emulation runs one thread per CUDA thread: keep it quick).
+  int k = 0;
   for (const auto& c : cases) {
     for (int gf = 0; gf < 2; ++gf) {
       for (int bm = 0; bm < 3; ++bm) {
+        if (k >= 4 && bm != 1 + gf) continue;
         nhwc_spatially_adaptive_case<T>(c[0], c[1], c[2], c[3], gf == 1, bm, 0.0);
       }
     }
+    ++k;
   }
   const bool wide = std::is_same_v<T, float> || std::is_same_v<T, double>;
   nhwc_spatially_adaptive_case<T>(2, 8, 150, 0, true, 2, wide ? 1e4 : 8.0);
