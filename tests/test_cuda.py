@@ -103,6 +103,44 @@ def test_unaligned_storage_offset(device):
         check_against_reference(op, x, params)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_din_1x1_samples_on_both_sides_of_the_fold_limit(device, layout, dtype):
+    # The 1x1 DIN folds the normalization into the weights only for the samples whose every channel
+    # has |mean| * rstd <= 16, decided per sample on the device on CUDA. One batch mixes a centred
+    # sample, one at 1e4 + noise, one with a single channel off centre (both refused) and one at
+    # 8 + noise (folded): every sample must match the reference, forward and backward, and
+    # channels_last inputs must give channels_last outputs and gradients.
+    g = torch.Generator().manual_seed(3)
+    n, c, co, h, w = 4, 6, 5, 9, 7
+    x64 = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    x64[1] += 1e4
+    x64[2, 3] += 100.0
+    x64[3] += 8.0
+    weight = torch.randn(n, co, c, generator=g, dtype=torch.float64) * c**-0.5
+    bias = torch.randn(n, co, generator=g, dtype=torch.float64)
+    gy = torch.randn(n, co, h, w, generator=g, dtype=torch.float64)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = x64.to(dtype)  # the reference sees the same rounded input
+
+    def run(dev, dt, backend):
+        xx = x.to(dev, dt).contiguous(memory_format=fmt).detach().requires_grad_()
+        ww = weight.to(dev, dt).detach().requires_grad_()
+        bb = bias.to(dev, dt).detach().requires_grad_()
+        y = din_ops.dynamic_instance_norm(xx, ww, bb, backend=backend)
+        y.backward(gy.to(dev, dt))
+        return y, xx.grad, ww.grad, bb.grad
+
+    ours = run(device, dtype, None)
+    exact = run("cpu", torch.float64, "reference")
+    for a, e in zip(ours, exact):
+        assert_close_to_reference(a.cpu(), e, dtype)
+    if layout == "channels_last":
+        assert ours[0].is_contiguous(memory_format=torch.channels_last)
+        assert ours[1].is_contiguous(memory_format=torch.channels_last)
+
+
 @needs_cuda
 @pytest.mark.parametrize("index", range(7))
 def test_runs_on_the_current_stream(index):

@@ -4,14 +4,23 @@
 // .cu files behind plain launchers (launchers.h), so this file needs the ATen/c10 headers and the
 // CUDA runtime header, but no CUDA device code.
 //
-// Layouts: the kernels work on contiguous NCHW tensors. A channels_last x (and any other strided
-// input) is copied to NCHW on entry and the result copied back to channels_last: one extra read
-// and write of x and of the output (documented cost; channels_last-native kernels are future work).
+// Layouts: instance_norm, spatially_adaptive_instance_norm and dynamic_instance_norm_1x1 (forward
+// and backward) run a channels_last x in place, with the NHWC kernels (the *_nhwc launchers) and
+// cuBLAS on x viewed as (N, P, C); their outputs are channels_last then, as the op convention
+// says. Other strided inputs are made contiguous NCHW first. dynamic_conv still copies a
+// channels_last x to NCHW on entry and its results back (one extra read and write of x and of
+// the output).
 //
-// DIN 1x1: the instance-norm kernel writes xh, then cuBLAS (through at::bmm / at::baddbmm) runs
-// the per-sample GEMM with the bias as its beta = 1 epilogue; backward recomputes xh from the
-// saved statistics, takes gW = gy xh^T and W^T gy from cuBLAS, gb from a plane-sum kernel, and
-// applies the instance-norm backward kernel to W^T gy.
+// DIN 1x1, float (unless TF32 is allowed for cuBLAS) and double: the normalization is folded into
+// the weights (MATH.md): statistics, a flag per sample (fold allowed: every channel has
+// |mean| * rstd <= math::fold_limit()), W' = W * rstd and b' = b - W' mean, then one cuBLAS GEMM
+// on x itself with b' as its beta = 1 input; no normalized copy of x is written. The samples whose
+// flag is 0 are then recomputed by a kernel that normalizes x on load, its blocks for the other
+// samples returning at once: the decision stays on the device, nothing waits for the host.
+// Backward: gb by a sum kernel, gW = rstd * (gy x^T - gb mean^T) from cuBLAS and a correction
+// kernel (recomputed with normalization on load for flag-0 samples), W^T gy from cuBLAS, and the
+// instance-norm backward kernel applied to it. Half and bfloat16 (and float with TF32) never fold,
+// as on the CPU: the instance-norm kernel writes xh and cuBLAS multiplies that.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -54,6 +63,25 @@ bool is_channels_last(const at::Tensor& x) {
   return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+at::MemoryFormat memory_format(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// t as the kernels take it: contiguous channels_last (NHWC) or contiguous NCHW.
+at::Tensor in_layout(const at::Tensor& t, bool channels_last) {
+  return t.contiguous(memory_format(channels_last));
+}
+
+// Scratch for the NHWC reductions of an (N, C, P) tensor (see nhwc_workspace_size).
+at::Tensor nhwc_workspace(const at::Tensor& x, int64_t N, int64_t C, int64_t P) {
+  return at::empty({nhwc_workspace_size(N, C, P)}, x.options().dtype(at::kDouble));
+}
+
+// A channels_last (N, C, H, W) tensor as its (N, P, C) matrix; a view.
+at::Tensor nhwc_matrix(const at::Tensor& t) {
+  return t.permute({0, 2, 3, 1}).view({t.size(0), t.size(2) * t.size(3), t.size(1)});
+}
+
 // An NCHW result returned in the layout the CPU backend would use for this x.
 at::Tensor in_layout_of(const at::Tensor& t, bool channels_last) {
   return channels_last ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
@@ -86,17 +114,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cuda(const at::Tens
   check_on_cuda(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
-  const at::Tensor x = x_in.contiguous();
-  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const at::Tensor x = in_layout(x_in, cl);
+  auto y = at::empty_like(x, memory_format(cl));
   auto [mean, rstd] = empty_stats(x);
-  if (x.numel() == 0) return {in_layout_of(y, cl), mean, rstd};
-  const int64_t P = x.size(2) * x.size(3);
-  check_launch(instance_norm_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(),
-                                     mean.mutable_data_ptr<double>(),
-                                     rstd.mutable_data_ptr<double>(), x.size(0) * x.size(1), P,
-                                     eps, stream()),
-               "instance_norm");
-  return {in_layout_of(y, cl), mean, rstd};
+  if (x.numel() == 0) return {y, mean, rstd};
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  if (cl) {
+    const at::Tensor ws = nhwc_workspace(x, N, C, P);
+    check_launch(instance_norm_forward_nhwc(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(),
+                                            mean.mutable_data_ptr<double>(),
+                                            rstd.mutable_data_ptr<double>(), N, C, P, eps,
+                                            ws.mutable_data_ptr<double>(), stream()),
+                 "instance_norm");
+  } else {
+    check_launch(instance_norm_forward(dtype_of(x), x.const_data_ptr(), y.mutable_data_ptr(),
+                                       mean.mutable_data_ptr<double>(),
+                                       rstd.mutable_data_ptr<double>(), N * C, P, eps, stream()),
+                 "instance_norm");
+  }
+  return {y, mean, rstd};
 }
 
 at::Tensor instance_norm_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_in,
@@ -105,19 +141,106 @@ at::Tensor instance_norm_backward_cuda(const at::Tensor& grad_y, const at::Tenso
   check_backward_on_cuda(grad_y, x_in, x_in.size(1), mean, rstd);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
-  const at::Tensor x = x_in.contiguous(), gy = grad_y.contiguous();
+  const at::Tensor x = in_layout(x_in, cl), gy = in_layout(grad_y, cl);
   const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
-  auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
-  if (x.numel() == 0) return in_layout_of(gx, cl);
-  check_launch(instance_norm_backward(dtype_of(x), gy.const_data_ptr(), false, x.const_data_ptr(),
-                                      m.const_data_ptr<double>(), r.const_data_ptr<double>(),
-                                      gx.mutable_data_ptr(), x.size(0) * x.size(1),
-                                      x.size(2) * x.size(3), stream()),
-               "instance_norm_backward");
-  return in_layout_of(gx, cl);
+  auto gx = at::empty_like(x, memory_format(cl));
+  if (x.numel() == 0) return gx;
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  if (cl) {
+    const at::Tensor ws = nhwc_workspace(x, N, C, P);
+    check_launch(instance_norm_backward_nhwc(dtype_of(x), gy.const_data_ptr(), false,
+                                             x.const_data_ptr(), m.const_data_ptr<double>(),
+                                             r.const_data_ptr<double>(), gx.mutable_data_ptr(), N,
+                                             C, P, ws.mutable_data_ptr<double>(), stream()),
+                 "instance_norm_backward");
+  } else {
+    check_launch(instance_norm_backward(dtype_of(x), gy.const_data_ptr(), false,
+                                        x.const_data_ptr(), m.const_data_ptr<double>(),
+                                        r.const_data_ptr<double>(), gx.mutable_data_ptr(), N * C,
+                                        P, stream()),
+                 "instance_norm_backward");
+  }
+  return gx;
 }
 
 // ---- dynamic_instance_norm_1x1 ---------------------------------------------------------------
+
+// Whether cuBLAS may run float32 GEMMs in TF32 (or lower) now. torch refuses to answer when its
+// old and new precision settings disagree; then it may.
+bool reduced_float32_matmul() {
+  auto& ctx = at::globalContext();
+  if (ctx.float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST) return true;
+  try {
+    return ctx.allowTF32CuBLAS();
+  } catch (const c10::Error&) {
+    return true;
+  }
+}
+
+// Whether x's dtype folds the normalization into the weights (per sample, subject to the flags):
+// double, and float when cuBLAS keeps float32 products. With TF32 the GEMM rounds its operands to
+// 10 bits, and the folded products W' x are up to fold_limit() times larger than y.
+bool may_fold(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ||
+         (x.scalar_type() == at::kFloat && !reduced_float32_matmul());
+}
+
+// The GEMM operand of a 1x1 DIN: (N, C, P) for NCHW data, (N, P, C) for channels_last; a view.
+at::Tensor matrix(const at::Tensor& t, bool channels_last) {
+  return channels_last ? nhwc_matrix(t) : t.view({t.size(0), t.size(1), t.size(2) * t.size(3)});
+}
+
+// y = w[n] @ a[n] + b[n] per sample, a the operand of `matrix`: (N, Co, P), or (N, P, Co) for
+// channels_last. The bias (undefined: none) is the GEMM's beta = 1 input, a stride-0 view.
+at::Tensor gemm_1x1(const at::Tensor& a, const at::Tensor& w, const at::Tensor& b, bool cl) {
+  const int64_t N = w.size(0), Co = w.size(1), P = cl ? a.size(1) : a.size(2);
+  at::Tensor y;
+  if (cl) {
+    const at::Tensor wt = w.transpose(1, 2);
+    y = b.defined() ? at::baddbmm(b.unsqueeze(1).expand({N, P, Co}), a, wt) : at::bmm(a, wt);
+  } else {
+    y = b.defined() ? at::baddbmm(b.unsqueeze(2).expand({N, Co, P}), w, a) : at::bmm(w, a);
+  }
+  // The unfolded kernels write into y by its (N, Co, P) / (N, P, Co) layout.
+  TORCH_INTERNAL_ASSERT(y.is_contiguous(), "din_ops: expected a contiguous GEMM result");
+  return y;
+}
+
+// The (N, Co, H, W) output of a gemm_1x1 result: NCHW, or channels_last for channels_last.
+at::Tensor output_1x1(const at::Tensor& y3, int64_t N, int64_t Co, int64_t H, int64_t W,
+                      bool cl) {
+  return cl ? y3.view({N, H, W, Co}).permute({0, 3, 1, 2}) : y3.view({N, Co, H, W});
+}
+
+at::Tensor fold_flags(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd) {
+  auto flags = at::empty({x.size(0)}, x.options().dtype(at::kInt));
+  check_launch(dynamic_1x1_fold_flags(dtype_of(x), mean.const_data_ptr<double>(),
+                                      rstd.const_data_ptr<double>(),
+                                      flags.mutable_data_ptr<int32_t>(), x.size(0), x.size(1),
+                                      stream()),
+               "dynamic_instance_norm_1x1 (fold flags)");
+  return flags;
+}
+
+// Statistics of x (N, C, P) and, when xh is defined, xh in x's layout.
+void stats_1x1(const at::Tensor& x, at::Tensor& xh, at::Tensor& mean, at::Tensor& rstd,
+               double eps, bool cl) {
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  void* out = xh.defined() ? xh.mutable_data_ptr() : nullptr;
+  if (cl) {
+    const at::Tensor ws = nhwc_workspace(x, N, C, P);
+    check_launch(instance_norm_forward_nhwc(dtype_of(x), x.const_data_ptr(), out,
+                                            mean.mutable_data_ptr<double>(),
+                                            rstd.mutable_data_ptr<double>(), N, C, P, eps,
+                                            ws.mutable_data_ptr<double>(), stream()),
+                 "dynamic_instance_norm_1x1 (statistics)");
+  } else {
+    check_launch(instance_norm_forward(dtype_of(x), x.const_data_ptr(), out,
+                                       mean.mutable_data_ptr<double>(),
+                                       rstd.mutable_data_ptr<double>(), N * C, P, eps, stream()),
+                 "dynamic_instance_norm_1x1 (statistics)");
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_cuda(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -126,24 +249,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_cuda(
   check_on_cuda(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
-  const at::Tensor x = x_in.contiguous();
+  const at::Tensor x = in_layout(x_in, cl);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
   const int64_t Co = weight.size(1);
   auto [mean, rstd] = empty_stats(x);
   if (N == 0) {
-    return {in_layout_of(at::empty({N, Co, H, W}, x.options()), cl), mean, rstd};
+    return {at::empty({N, Co, H, W}, x.options().memory_format(memory_format(cl))), mean, rstd};
   }
-  auto xh = at::empty_like(x, at::MemoryFormat::Contiguous);
-  check_launch(instance_norm_forward(dtype_of(x), x.const_data_ptr(), xh.mutable_data_ptr(),
-                                     mean.mutable_data_ptr<double>(),
-                                     rstd.mutable_data_ptr<double>(), N * C, P, eps, stream()),
-               "dynamic_instance_norm_1x1 (statistics)");
-  const at::Tensor xh3 = xh.view({N, C, P});
+  const DType dt = dtype_of(x);
   const bool has_bias = bias.has_value() && bias->defined();
-  // y[n] = W[n] @ xh[n] (+ b[n] as the GEMM's beta = 1 input, a stride-0 view over the pixels).
-  at::Tensor y3 = has_bias ? at::baddbmm(bias->unsqueeze(2).expand({N, Co, P}), weight, xh3)
-                           : at::bmm(weight, xh3);
-  return {in_layout_of(y3.view({N, Co, H, W}), cl), mean, rstd};
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  if (!may_fold(x) || Co == 0) {
+    // xh from the statistics kernel, then y = W xh + b.
+    at::Tensor xh = at::empty_like(x, memory_format(cl));
+    stats_1x1(x, xh, mean, rstd, eps, cl);
+    return {output_1x1(gemm_1x1(matrix(xh, cl), w, b, cl), N, Co, H, W, cl), mean, rstd};
+  }
+  at::Tensor none;
+  stats_1x1(x, none, mean, rstd, eps, cl);
+  const at::Tensor flags = fold_flags(x, mean, rstd);
+  auto wf = at::empty_like(w);
+  auto bf = at::empty({N, Co}, x.options());
+  check_launch(dynamic_1x1_fold_weights(dt, w.const_data_ptr(),
+                                        has_bias ? b.const_data_ptr() : nullptr,
+                                        mean.const_data_ptr<double>(),
+                                        rstd.const_data_ptr<double>(), wf.mutable_data_ptr(),
+                                        bf.mutable_data_ptr(), N, Co, C, stream()),
+               "dynamic_instance_norm_1x1 (folded weights)");
+  // Every sample through cuBLAS on x; the flag-0 samples recomputed on top.
+  at::Tensor y3 = gemm_1x1(matrix(x, cl), wf, bf, cl);
+  check_launch(dynamic_1x1_forward_unfolded(dt, x.const_data_ptr(), w.const_data_ptr(),
+                                            has_bias ? b.const_data_ptr() : nullptr,
+                                            mean.const_data_ptr<double>(),
+                                            rstd.const_data_ptr<double>(),
+                                            flags.const_data_ptr<int32_t>(), y3.mutable_data_ptr(),
+                                            N, C, Co, P, cl, stream()),
+               "dynamic_instance_norm_1x1 (unfolded samples)");
+  return {output_1x1(y3, N, Co, H, W, cl), mean, rstd};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_backward_cuda(
@@ -153,28 +296,83 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_backwar
   check_backward_on_cuda(grad_y, x_in, weight.size(1), mean, rstd);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
-  const at::Tensor x = x_in.contiguous(), gy = grad_y.contiguous();
+  const at::Tensor x = in_layout(x_in, cl), gy = in_layout(grad_y, cl);
   const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
   const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), Co = weight.size(1);
-  auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto gx = at::empty_like(x, memory_format(cl));
   auto gb = at::empty({N, Co}, x.options());
-  if (N == 0) return {in_layout_of(gx, cl), at::empty({N, Co, C}, x.options()), gb};
+  if (N == 0) return {gx, at::empty({N, Co, C}, x.options()), gb};
   const DType dt = dtype_of(x);
-  auto xh = at::empty_like(x, at::MemoryFormat::Contiguous);
-  check_launch(instance_norm_apply(dt, x.const_data_ptr(), m.const_data_ptr<double>(),
-                                   r.const_data_ptr<double>(), xh.mutable_data_ptr(), N * C, P,
+  const at::Tensor w = weight.contiguous();
+  // One workspace for the two NHWC reductions (over gy's Co and over x's C channels).
+  const at::Tensor ws =
+      cl ? at::empty({std::max(nhwc_workspace_size(N, C, P), nhwc_workspace_size(N, Co, P))},
+                     x.options().dtype(at::kDouble))
+         : at::Tensor();
+  double* wsp = cl ? ws.mutable_data_ptr<double>() : nullptr;
+  // gy and x as GEMM operands: (N, Co, P) and (N, C, P), or (N, P, Co) and (N, P, C).
+  const at::Tensor gy3 = matrix(gy, cl), x3 = matrix(x, cl);
+  if (cl) {
+    check_launch(channel_sums_nhwc(dt, gy.const_data_ptr(), gb.mutable_data_ptr(), N, Co, P, wsp,
                                    stream()),
-               "dynamic_instance_norm_1x1_backward (normalize)");
-  const at::Tensor gy3 = gy.view({N, Co, P}), xh3 = xh.view({N, C, P});
-  at::Tensor gw = at::bmm(gy3, xh3.transpose(1, 2));                       // (N, Co, C)
-  const at::Tensor gxh = at::bmm(weight.transpose(1, 2), gy3).contiguous();  // (N, C, P)
-  check_launch(plane_sums(dt, gy.const_data_ptr(), gb.mutable_data_ptr(), N * Co, P, stream()),
-               "dynamic_instance_norm_1x1_backward (bias gradient)");
-  check_launch(instance_norm_backward(dt, gxh.const_data_ptr(), false, x.const_data_ptr(),
-                                      m.const_data_ptr<double>(), r.const_data_ptr<double>(),
-                                      gx.mutable_data_ptr(), N * C, P, stream()),
-               "dynamic_instance_norm_1x1_backward (normalization)");
-  return {in_layout_of(gx, cl), gw, gb};
+                 "dynamic_instance_norm_1x1_backward (bias gradient)");
+  } else {
+    check_launch(plane_sums(dt, gy.const_data_ptr(), gb.mutable_data_ptr(), N * Co, P, stream()),
+                 "dynamic_instance_norm_1x1_backward (bias gradient)");
+  }
+  // gW = gy xh^T, (N, Co, C).
+  auto gy_times = [&](const at::Tensor& a3) {
+    return (cl ? at::bmm(gy3.transpose(1, 2), a3) : at::bmm(gy3, a3.transpose(1, 2))).contiguous();
+  };
+  at::Tensor gw;
+  if (may_fold(x) && Co > 0) {
+    // gy x^T from cuBLAS, corrected to gy xh^T for the flag-1 samples, recomputed for the others.
+    const at::Tensor flags = fold_flags(x, m, r);
+    gw = gy_times(x3);
+    check_launch(dynamic_1x1_grad_weight_folded(dt, gw.mutable_data_ptr(), gb.const_data_ptr(),
+                                                m.const_data_ptr<double>(),
+                                                r.const_data_ptr<double>(),
+                                                flags.const_data_ptr<int32_t>(), N, Co, C,
+                                                stream()),
+                 "dynamic_instance_norm_1x1_backward (folded weight gradient)");
+    check_launch(dynamic_1x1_grad_weight_unfolded(dt, gy.const_data_ptr(), x.const_data_ptr(),
+                                                  m.const_data_ptr<double>(),
+                                                  r.const_data_ptr<double>(),
+                                                  flags.const_data_ptr<int32_t>(),
+                                                  gw.mutable_data_ptr(), N, C, Co, P, cl,
+                                                  stream()),
+                 "dynamic_instance_norm_1x1_backward (unfolded weight gradient)");
+  } else {
+    auto xh = at::empty_like(x, memory_format(cl));
+    if (cl) {
+      check_launch(instance_norm_apply_nhwc(dt, x.const_data_ptr(), m.const_data_ptr<double>(),
+                                            r.const_data_ptr<double>(), xh.mutable_data_ptr(), N,
+                                            C, P, stream()),
+                   "dynamic_instance_norm_1x1_backward (normalize)");
+    } else {
+      check_launch(instance_norm_apply(dt, x.const_data_ptr(), m.const_data_ptr<double>(),
+                                       r.const_data_ptr<double>(), xh.mutable_data_ptr(), N * C,
+                                       P, stream()),
+                   "dynamic_instance_norm_1x1_backward (normalize)");
+    }
+    gw = gy_times(matrix(xh, cl));
+  }
+  // gxh = W^T gy in x's layout: (N, C, P), or (N, P, C) = gy3 @ W for channels_last.
+  const at::Tensor gxh =
+      (cl ? at::bmm(gy3, w) : at::bmm(w.transpose(1, 2), gy3)).contiguous();
+  if (cl) {
+    check_launch(instance_norm_backward_nhwc(dt, gxh.const_data_ptr(), false, x.const_data_ptr(),
+                                             m.const_data_ptr<double>(),
+                                             r.const_data_ptr<double>(), gx.mutable_data_ptr(), N,
+                                             C, P, wsp, stream()),
+                 "dynamic_instance_norm_1x1_backward (normalization)");
+  } else {
+    check_launch(instance_norm_backward(dt, gxh.const_data_ptr(), false, x.const_data_ptr(),
+                                        m.const_data_ptr<double>(), r.const_data_ptr<double>(),
+                                        gx.mutable_data_ptr(), N * C, P, stream()),
+                 "dynamic_instance_norm_1x1_backward (normalization)");
+  }
+  return {gx, gw, gb};
 }
 
 // ---- dynamic_conv ----------------------------------------------------------------------------
@@ -283,9 +481,9 @@ bool is_full(const at::Tensor& t, const at::Tensor& x) {
   return t.size(2) == x.size(2) && t.size(3) == x.size(3);
 }
 
-// gamma or beta for the kernels: full size as contiguous NCHW, or N * C contiguous values.
-at::Tensor prepare(const at::Tensor& t, const at::Tensor& x) {
-  return is_full(t, x) ? t.contiguous() : t.reshape({x.size(0) * x.size(1)}).contiguous();
+// gamma or beta for the kernels: full size in x's layout, or N * C contiguous values.
+at::Tensor prepare(const at::Tensor& t, const at::Tensor& x, bool cl) {
+  return is_full(t, x) ? in_layout(t, cl) : t.reshape({x.size(0) * x.size(1)}).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_cuda(
@@ -298,20 +496,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_
   if (has_beta) check_modulation(x_in, *beta_in, "beta");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
-  const at::Tensor x = x_in.contiguous();
-  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const at::Tensor x = in_layout(x_in, cl);
+  auto y = at::empty_like(x, memory_format(cl));
   auto [mean, rstd] = empty_stats(x);
-  if (x.numel() == 0) return {in_layout_of(y, cl), mean, rstd};
-  const at::Tensor gamma = prepare(gamma_in, x);
-  const at::Tensor beta = has_beta ? prepare(*beta_in, x) : at::Tensor();
-  check_launch(spatially_adaptive_forward(
-                   dtype_of(x), x.const_data_ptr(), gamma.const_data_ptr(), is_full(gamma_in, x),
-                   has_beta ? beta.const_data_ptr() : nullptr, has_beta && is_full(*beta_in, x),
-                   y.mutable_data_ptr(), mean.mutable_data_ptr<double>(),
-                   rstd.mutable_data_ptr<double>(), x.size(0) * x.size(1), x.size(2) * x.size(3),
-                   eps, stream()),
-               "spatially_adaptive_instance_norm");
-  return {in_layout_of(y, cl), mean, rstd};
+  if (x.numel() == 0) return {y, mean, rstd};
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  const at::Tensor gamma = prepare(gamma_in, x, cl);
+  const at::Tensor beta = has_beta ? prepare(*beta_in, x, cl) : at::Tensor();
+  const bool gamma_full = is_full(gamma_in, x), beta_full = has_beta && is_full(*beta_in, x);
+  const void* beta_ptr = has_beta ? beta.const_data_ptr() : nullptr;
+  if (cl) {
+    const at::Tensor ws = nhwc_workspace(x, N, C, P);
+    check_launch(spatially_adaptive_forward_nhwc(
+                     dtype_of(x), x.const_data_ptr(), gamma.const_data_ptr(), gamma_full, beta_ptr,
+                     beta_full, y.mutable_data_ptr(), mean.mutable_data_ptr<double>(),
+                     rstd.mutable_data_ptr<double>(), N, C, P, eps, ws.mutable_data_ptr<double>(),
+                     stream()),
+                 "spatially_adaptive_instance_norm");
+  } else {
+    check_launch(spatially_adaptive_forward(dtype_of(x), x.const_data_ptr(), gamma.const_data_ptr(),
+                                            gamma_full, beta_ptr, beta_full, y.mutable_data_ptr(),
+                                            mean.mutable_data_ptr<double>(),
+                                            rstd.mutable_data_ptr<double>(), N * C, P, eps,
+                                            stream()),
+                 "spatially_adaptive_instance_norm");
+  }
+  return {y, mean, rstd};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_backward_cuda(
@@ -325,28 +535,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_
   check_stats_device(x_in, mean, rstd);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
-  const at::Tensor x = x_in.contiguous();
+  const at::Tensor x = in_layout(x_in, cl);
   const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const bool full = is_full(gamma_in, x);
-  auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
-  auto ggamma = full ? at::empty_like(x, at::MemoryFormat::Contiguous)
-                     : at::empty({N, C, 1, 1}, x.options());
+  auto gx = at::empty_like(x, memory_format(cl));
+  auto ggamma = full ? at::empty_like(x, memory_format(cl)) : at::empty({N, C, 1, 1}, x.options());
   auto gbeta = beta_defined ? at::empty({N, C, 1, 1}, x.options()) : at::empty({0}, x.options());
-  if (x.numel() == 0) {
-    return {in_layout_of(gx, cl), full ? in_layout_of(ggamma, cl) : ggamma, gbeta};
-  }
-  const at::Tensor gy = grad_y.contiguous();
-  const at::Tensor gamma = prepare(gamma_in, x);
+  if (x.numel() == 0) return {gx, ggamma, gbeta};
+  const at::Tensor gy = in_layout(grad_y, cl);
+  const at::Tensor gamma = prepare(gamma_in, x, cl);
   const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
-  check_launch(spatially_adaptive_backward(
-                   dtype_of(x), gy.const_data_ptr(), x.const_data_ptr(), gamma.const_data_ptr(),
-                   full, m.const_data_ptr<double>(), r.const_data_ptr<double>(),
-                   gx.mutable_data_ptr(), ggamma.mutable_data_ptr(),
-                   beta_defined ? gbeta.mutable_data_ptr() : nullptr, N * C, P, stream()),
-               "spatially_adaptive_instance_norm_backward");
+  void* gbeta_ptr = beta_defined ? gbeta.mutable_data_ptr() : nullptr;
+  if (cl) {
+    const at::Tensor ws = nhwc_workspace(x, N, C, P);
+    check_launch(spatially_adaptive_backward_nhwc(
+                     dtype_of(x), gy.const_data_ptr(), x.const_data_ptr(), gamma.const_data_ptr(),
+                     full, m.const_data_ptr<double>(), r.const_data_ptr<double>(),
+                     gx.mutable_data_ptr(), ggamma.mutable_data_ptr(), gbeta_ptr, N, C, P,
+                     ws.mutable_data_ptr<double>(), stream()),
+                 "spatially_adaptive_instance_norm_backward");
+  } else {
+    check_launch(spatially_adaptive_backward(
+                     dtype_of(x), gy.const_data_ptr(), x.const_data_ptr(), gamma.const_data_ptr(),
+                     full, m.const_data_ptr<double>(), r.const_data_ptr<double>(),
+                     gx.mutable_data_ptr(), ggamma.mutable_data_ptr(), gbeta_ptr, N * C, P,
+                     stream()),
+                 "spatially_adaptive_instance_norm_backward");
+  }
   // One pixel per plane: x - mean is identically 0 and gx exactly 0 (as the CPU backend).
   if (P == 1) gx.zero_();
-  return {in_layout_of(gx, cl), full ? in_layout_of(ggamma, cl) : ggamma, gbeta};
+  return {gx, ggamma, gbeta};
 }
 
 // ---- instance_stats --------------------------------------------------------------------------

@@ -6,6 +6,8 @@
 // padding. The emulation also reports barriers in divergent code and bad launch configurations.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -286,6 +288,570 @@ DIN_TEST(spatially_adaptive_float) { spatially_adaptive_all<float>(); }
 DIN_TEST(spatially_adaptive_double) { spatially_adaptive_all<double>(); }
 DIN_TEST(spatially_adaptive_half) { spatially_adaptive_all<__half>(); }
 DIN_TEST(spatially_adaptive_bfloat16) { spatially_adaptive_all<__nv_bfloat16>(); }
+
+// ---- largest errors seen, per family and dtype ------------------------------------------------
+// |got - want| / (scale + |want|), the quantity CHECK_CLOSE bounds by the dtype tolerance; printed
+// by the report_max_errors case.
+std::map<std::string, double>& max_errors() {
+  static std::map<std::string, double> m;
+  return m;
+}
+
+void note_error(const std::string& key, double got, double want, double scale) {
+  const double e = std::abs(got - want) / (scale + std::abs(want));
+  double& worst = max_errors()[key];
+  if (!(e <= worst)) worst = e;  // NaN sticks
+}
+
+#define CHECK_NOTE(key, got, want, tol, scale, label)     \
+  do {                                                    \
+    note_error((key), (got), (want), (scale));            \
+    CHECK_CLOSE((got), (want), (tol), (scale), (label)); \
+  } while (0)
+
+// ---- channels last (NHWC) ---------------------------------------------------------------------
+// x of shape (N, C, H, W) stored as (N, P, C).
+inline int64_t nhwc_index(int64_t C, int64_t P, int64_t n, int64_t c, int64_t p) {
+  return (n * P + p) * C + c;
+}
+
+template <typename T>
+Stats ref_stats_nhwc(const Buf<T>& x, int64_t N, int64_t C, int64_t P, double eps) {
+  Stats s{std::vector<double>(N * C), std::vector<double>(N * C)};
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      long double sum = 0, sq = 0;
+      for (int64_t p = 0; p < P; ++p) sum += x.at(nhwc_index(C, P, n, c, p));
+      const long double m = sum / P;
+      for (int64_t p = 0; p < P; ++p) {
+        const long double d = x.at(nhwc_index(C, P, n, c, p)) - m;
+        sq += d * d;
+      }
+      s.mean[n * C + c] = double(m);
+      s.rstd[n * C + c] = 1.0 / std::sqrt(double(sq / P) + eps);
+    }
+  }
+  return s;
+}
+
+// A workspace filled with garbage: the launchers must not depend on its content.
+std::vector<double> workspace(int64_t N, int64_t C, int64_t P) {
+  return std::vector<double>(din_ops::gpu::nhwc_workspace_size(N, C, P), std::nan(""));
+}
+
+template <typename T>
+void nhwc_instance_norm_case(int64_t N, int64_t C, int64_t P, int64_t off, double shift) {
+  using Tr = Traits<T>;
+  using acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  std::mt19937 rng(N * 7919 + C * 131 + P * 3 + off);
+  const double eps = 1e-5;
+  const int64_t total = N * C * P, NC = N * C;
+  Buf<T> x(total, off, rng, shift - 2.0, shift + 2.0), y(total, off, rng);
+  std::vector<double> ws = workspace(N, C, P), mean(NC, -7), rstd(NC, -7);
+  const std::string label = std::string("nhwc instance_norm ") + Tr::name() + " N " +
+                            std::to_string(N) + " C " + std::to_string(C) + " P " +
+                            std::to_string(P) + " off " + std::to_string(off);
+  const std::string key = std::string("nhwc instance_norm ") + Tr::name();
+  DIN_CHECK(din_ops::gpu::instance_norm_forward_nhwc(Tr::dtype, x.ptr(), y.ptr(), mean.data(),
+                                                     rstd.data(), N, C, P, eps, ws.data(),
+                                                     nullptr) == cudaSuccess);
+  check_emulation_clean();
+  const Stats r = ref_stats_nhwc(x, N, C, P, eps);
+  for (int64_t nc = 0; nc < NC; ++nc) {
+    CHECK_NOTE(key + " mean", mean[nc], r.mean[nc], Tr::tol, 1.0, label + " mean");
+    CHECK_NOTE(key + " rstd", rstd[nc], r.rstd[nc], Tr::tol, 0.0, label + " rstd");
+  }
+  auto xh = [&](int64_t n, int64_t c, int64_t p) {
+    return (x.at(nhwc_index(C, P, n, c, p)) - r.mean[n * C + c]) * r.rstd[n * C + c];
+  };
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t p = 0; p < P; ++p) {
+        CHECK_NOTE(key + " y", y.at(nhwc_index(C, P, n, c, p)), xh(n, c, p), Tr::tol, 1.0,
+                   label + " y");
+      }
+  // Statistics only: the same values bit for bit.
+  std::vector<double> mean2(NC), rstd2(NC);
+  DIN_CHECK(din_ops::gpu::instance_norm_forward_nhwc(Tr::dtype, x.ptr(), nullptr, mean2.data(),
+                                                     rstd2.data(), N, C, P, eps, ws.data(),
+                                                     nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t nc = 0; nc < NC; ++nc) DIN_CHECK(mean2[nc] == mean[nc] && rstd2[nc] == rstd[nc]);
+
+  Buf<T> y2(total, off, rng);
+  DIN_CHECK(din_ops::gpu::instance_norm_apply_nhwc(Tr::dtype, x.ptr(), r.mean.data(),
+                                                   r.rstd.data(), y2.ptr(), N, C, P,
+                                                   nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t p = 0; p < P; ++p) {
+        CHECK_NOTE(key + " apply", y2.at(nhwc_index(C, P, n, c, p)), xh(n, c, p), Tr::tol, 1.0,
+                   label + " apply");
+      }
+
+  // Backward with g in T and in the accumulation type.
+  Buf<T> g(total, off, rng), gx(total, off, rng);
+  std::vector<acc> gacc(total + off);
+  for (int64_t i = 0; i < total; ++i) gacc[off + i] = static_cast<acc>(g.at(i));
+  for (int as_acc = 0; as_acc < 2; ++as_acc) {
+    const void* gp = as_acc ? static_cast<const void*>(gacc.data() + off) : g.ptr();
+    DIN_CHECK(din_ops::gpu::instance_norm_backward_nhwc(Tr::dtype, gp, as_acc == 1, x.ptr(),
+                                                        r.mean.data(), r.rstd.data(), gx.ptr(), N,
+                                                        C, P, ws.data(), nullptr) == cudaSuccess);
+    check_emulation_clean();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        long double sg = 0, sgx = 0;
+        for (int64_t p = 0; p < P; ++p) {
+          sg += g.at(nhwc_index(C, P, n, c, p));
+          sgx += g.at(nhwc_index(C, P, n, c, p)) * xh(n, c, p);
+        }
+        const double rs = r.rstd[n * C + c];
+        for (int64_t p = 0; p < P; ++p) {
+          const double want = rs * (g.at(nhwc_index(C, P, n, c, p)) - double(sg / P) -
+                                    xh(n, c, p) * double(sgx / P));
+          CHECK_NOTE(key + " backward", gx.at(nhwc_index(C, P, n, c, p)), want, Tr::tol,
+                     4.0 * std::min(rs, 1e3), label + (as_acc ? " backward (acc g)" : " backward"));
+        }
+      }
+  }
+
+  // Channel sums.
+  Buf<T> sums(NC, 0, rng);
+  DIN_CHECK(din_ops::gpu::channel_sums_nhwc(Tr::dtype, x.ptr(), sums.ptr(), N, C, P, ws.data(),
+                                            nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      long double s = 0;
+      for (int64_t p = 0; p < P; ++p) s += x.at(nhwc_index(C, P, n, c, p));
+      CHECK_NOTE(key + " sums", sums.at(n * C + c), double(s), Tr::tol,
+                 1.0 + std::abs(shift) * P * 1e-3, label + " sums");
+    }
+}
+
+template <typename T>
+void nhwc_instance_norm_all() {
+  // (N, C, P, misalignment): vectorized (C a multiple of 16 bytes), C not a multiple of the vector
+  // width, C = 1, P = 1, a misaligned start, many pixel chunks, several channel tiles, fewer
+  // than 32 slots.
+  const int64_t cases[][4] = {{2, 8, 50, 0},  {2, 13, 37, 0}, {1, 1, 300, 0}, {3, 6, 1, 0},
+                              {2, 16, 20, 1}, {1, 4, 1000, 0}, {1, 260, 9, 0}, {2, 64, 130, 0},
+                              {1, 3, 2000, 0}, {2, 24, 7, 0}};
+  for (const auto& c : cases) nhwc_instance_norm_case<T>(c[0], c[1], c[2], c[3], 0.0);
+  // |mean| >> std: the shifted sums keep the variance.
+  const bool wide = std::is_same_v<T, float> || std::is_same_v<T, double>;
+  nhwc_instance_norm_case<T>(2, 16, 200, 0, wide ? 1e4 : 8.0);
+  nhwc_instance_norm_case<T>(1, 5, 300, 0, wide ? 1e4 : 8.0);
+}
+
+DIN_TEST(nhwc_instance_norm_float) { nhwc_instance_norm_all<float>(); }
+DIN_TEST(nhwc_instance_norm_double) { nhwc_instance_norm_all<double>(); }
+DIN_TEST(nhwc_instance_norm_half) { nhwc_instance_norm_all<__half>(); }
+DIN_TEST(nhwc_instance_norm_bfloat16) { nhwc_instance_norm_all<__nv_bfloat16>(); }
+
+// gamma_full / beta_mode (0 none, 1 per plane, 2 full); full-size gamma and beta in x's layout.
+template <typename T>
+void nhwc_spatially_adaptive_case(int64_t N, int64_t C, int64_t P, int64_t off, bool gamma_full,
+                                  int beta_mode, double shift) {
+  using Tr = Traits<T>;
+  std::mt19937 rng(N * 17 + C * 5 + P * 3 + off + gamma_full * 11 + beta_mode);
+  const double eps = 1e-5;
+  const int64_t n_all = N * C * P, NC = N * C;
+  Buf<T> x(n_all, off, rng, shift - 2.0, shift + 2.0), y(n_all, off, rng), gy(n_all, off, rng);
+  Buf<T> gx(n_all, off, rng);
+  Buf<T> gamma(gamma_full ? n_all : NC, gamma_full ? off : 0, rng, 0.5, 1.5);
+  Buf<T> beta(beta_mode == 2 ? n_all : NC, beta_mode == 2 ? off : 0, rng);
+  Buf<T> ggamma(gamma_full ? n_all : NC, gamma_full ? off : 0, rng), gbeta(NC, 0, rng);
+  std::vector<double> ws = workspace(N, C, P), mean(NC), rstd(NC);
+  const std::string label = std::string("nhwc spatially_adaptive ") + Tr::name() + " N " +
+                            std::to_string(N) + " C " + std::to_string(C) + " P " +
+                            std::to_string(P) + " off " + std::to_string(off) + " gamma_full " +
+                            std::to_string(gamma_full) + " beta " + std::to_string(beta_mode);
+  const std::string key = std::string("nhwc spatially_adaptive ") + Tr::name();
+  DIN_CHECK(din_ops::gpu::spatially_adaptive_forward_nhwc(
+                Tr::dtype, x.ptr(), gamma.ptr(), gamma_full, beta_mode ? beta.ptr() : nullptr,
+                beta_mode == 2, y.ptr(), mean.data(), rstd.data(), N, C, P, eps, ws.data(),
+                nullptr) == cudaSuccess);
+  check_emulation_clean();
+  const Stats r = ref_stats_nhwc(x, N, C, P, eps);
+  auto gam = [&](int64_t n, int64_t c, int64_t p) {
+    return gamma.at(gamma_full ? nhwc_index(C, P, n, c, p) : n * C + c);
+  };
+  auto bet = [&](int64_t n, int64_t c, int64_t p) {
+    return beta_mode == 0 ? 0.0 : beta.at(beta_mode == 2 ? nhwc_index(C, P, n, c, p) : n * C + c);
+  };
+  auto xh = [&](int64_t n, int64_t c, int64_t p) {
+    return (x.at(nhwc_index(C, P, n, c, p)) - r.mean[n * C + c]) * r.rstd[n * C + c];
+  };
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      CHECK_NOTE(key + " mean", mean[n * C + c], r.mean[n * C + c], Tr::tol, 1.0, label + " mean");
+      CHECK_NOTE(key + " rstd", rstd[n * C + c], r.rstd[n * C + c], Tr::tol, 0.0, label + " rstd");
+      for (int64_t p = 0; p < P; ++p) {
+        CHECK_NOTE(key + " y", y.at(nhwc_index(C, P, n, c, p)),
+                   xh(n, c, p) * gam(n, c, p) + bet(n, c, p), Tr::tol, 2.0, label + " y");
+      }
+    }
+  const bool want_gbeta = beta_mode != 0;
+  DIN_CHECK(din_ops::gpu::spatially_adaptive_backward_nhwc(
+                Tr::dtype, gy.ptr(), x.ptr(), gamma.ptr(), gamma_full, r.mean.data(),
+                r.rstd.data(), gx.ptr(), ggamma.ptr(), want_gbeta ? gbeta.ptr() : nullptr, N, C,
+                P, ws.data(), nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      long double sg = 0, sgxh = 0, sgy = 0, sgyxh = 0;
+      for (int64_t p = 0; p < P; ++p) {
+        const double g = gy.at(nhwc_index(C, P, n, c, p));
+        sg += g * gam(n, c, p);
+        sgxh += g * gam(n, c, p) * xh(n, c, p);
+        sgy += g;
+        sgyxh += g * xh(n, c, p);
+      }
+      const double rs = r.rstd[n * C + c];
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t i = nhwc_index(C, P, n, c, p);
+        const double want =
+            rs * (gy.at(i) * gam(n, c, p) - double(sg / P) - xh(n, c, p) * double(sgxh / P));
+        if (P > 1) {
+          CHECK_NOTE(key + " gx", gx.at(i), want, Tr::tol, 4.0 * std::min(rs, 1e3), label + " gx");
+        }
+        if (gamma_full) {
+          CHECK_NOTE(key + " ggamma", ggamma.at(i), gy.at(i) * xh(n, c, p), Tr::tol, 1.0,
+                     label + " ggamma");
+        }
+      }
+      if (!gamma_full) {
+        CHECK_NOTE(key + " ggamma", ggamma.at(n * C + c), double(sgyxh), Tr::tol,
+                   1.0 + std::sqrt(double(P)), label + " ggamma");
+      }
+      if (want_gbeta) {
+        CHECK_NOTE(key + " gbeta", gbeta.at(n * C + c), double(sgy), Tr::tol,
+                   1.0 + std::sqrt(double(P)), label + " gbeta");
+      }
+    }
+}
+
+template <typename T>
+void nhwc_spatially_adaptive_all() {
+  const int64_t cases[][4] = {{2, 8, 30, 0}, {2, 13, 21, 0}, {1, 1, 200, 0},  {3, 5, 1, 0},
+                              {1, 16, 9, 1}, {1, 4, 900, 0}, {1, 130, 3, 0}, {1, 64, 40, 0}};
+  // Every gamma / beta combination on the small shapes; full/full and plane/plane on the larger
+  // ones (the emulation runs one thread per CUDA thread: keep it quick).
+  int k = 0;
+  for (const auto& c : cases) {
+    for (int gf = 0; gf < 2; ++gf) {
+      for (int bm = 0; bm < 3; ++bm) {
+        if (k >= 4 && bm != 1 + gf) continue;
+        nhwc_spatially_adaptive_case<T>(c[0], c[1], c[2], c[3], gf == 1, bm, 0.0);
+      }
+    }
+    ++k;
+  }
+  const bool wide = std::is_same_v<T, float> || std::is_same_v<T, double>;
+  nhwc_spatially_adaptive_case<T>(2, 8, 150, 0, true, 2, wide ? 1e4 : 8.0);
+  nhwc_spatially_adaptive_case<T>(2, 8, 150, 0, false, 1, wide ? 1e4 : 8.0);
+}
+
+DIN_TEST(nhwc_spatially_adaptive_float) { nhwc_spatially_adaptive_all<float>(); }
+DIN_TEST(nhwc_spatially_adaptive_double) { nhwc_spatially_adaptive_all<double>(); }
+DIN_TEST(nhwc_spatially_adaptive_half) { nhwc_spatially_adaptive_all<__half>(); }
+DIN_TEST(nhwc_spatially_adaptive_bfloat16) { nhwc_spatially_adaptive_all<__nv_bfloat16>(); }
+
+// ---- 1x1 DIN: folding and its on-device fallback ----------------------------------------------
+// The glue runs: statistics, fold flags, folded weights, the cuBLAS GEMM on x, then the unfolded
+// kernel for the samples whose flag is 0. Here the GEMM is a host product that accumulates in the
+// accumulation type, as cuBLAS does, so the folded samples show the fold's real rounding.
+template <typename T>
+void din1x1_case(int64_t N, int64_t C, int64_t Co, int64_t P, bool nhwc, bool bias) {
+  using Tr = Traits<T>;
+  using acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  const bool wide = std::is_same_v<T, float> || std::is_same_v<T, double>;
+  std::mt19937 rng(N * 101 + C * 37 + Co * 11 + P + nhwc * 5 + bias);
+  const double eps = 1e-5;
+  const int64_t NC = N * C, nx = N * C * P, ny = N * Co * P;
+  // Sample n is x = shift(n, c) + U(-2, 2): sample 0 centred, sample 1 far off centre (|mean| *
+  // rstd ~ 8700 for float/double, ~26 for half/bfloat16), sample 2 with one channel off centre,
+  // sample 3 near the fold limit (|mean| * rstd ~ 13).
+  auto shift = [&](int64_t n, int64_t c) {
+    switch (n % 4) {
+      case 1:
+        return wide ? 1e4 : 30.0;
+      case 2:
+        return c == C / 2 ? 100.0 : 0.0;
+      case 3:
+        return 11.0;
+      default:
+        return 0.0;
+    }
+  };
+  auto xi = [&](int64_t n, int64_t c, int64_t p) {
+    return nhwc ? (n * P + p) * C + c : (n * C + c) * P + p;
+  };
+  auto yi = [&](int64_t n, int64_t o, int64_t p) {
+    return nhwc ? (n * P + p) * Co + o : (n * Co + o) * P + p;
+  };
+  Buf<T> x(nx, 0, rng);
+  {
+    std::uniform_real_distribution<double> d(-2.0, 2.0);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t p = 0; p < P; ++p) x.v[xi(n, c, p)] = Tr::put(shift(n, c) + d(rng));
+  }
+  Buf<T> w(N * Co * C, 0, rng, -1.0, 1.0), b(N * Co, 0, rng), y(ny, 0, rng), gy(ny, 0, rng);
+  const std::string label = std::string("1x1 ") + Tr::name() + " N " + std::to_string(N) + " C " +
+                            std::to_string(C) + " Co " + std::to_string(Co) + " P " +
+                            std::to_string(P) + (nhwc ? " nhwc" : " nchw") +
+                            (bias ? " bias" : "");
+  const std::string key = std::string("1x1 ") + Tr::name();
+  const T* bp = bias ? b.ptr() : nullptr;
+
+  // Statistics as the glue computes them.
+  std::vector<double> mean(NC), rstd(NC), ws = workspace(N, C, P);
+  if (nhwc) {
+    DIN_CHECK(din_ops::gpu::instance_norm_forward_nhwc(Tr::dtype, x.ptr(), nullptr, mean.data(),
+                                                       rstd.data(), N, C, P, eps, ws.data(),
+                                                       nullptr) == cudaSuccess);
+  } else {
+    DIN_CHECK(din_ops::gpu::instance_norm_forward(Tr::dtype, x.ptr(), nullptr, mean.data(),
+                                                  rstd.data(), NC, P, eps, nullptr) == cudaSuccess);
+  }
+  check_emulation_clean();
+  // Reference statistics and xh, in long double.
+  std::vector<double> rm(NC), rr(NC);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      long double s = 0, sq = 0;
+      for (int64_t p = 0; p < P; ++p) s += x.at(xi(n, c, p));
+      const long double m = s / P;
+      for (int64_t p = 0; p < P; ++p) sq += (x.at(xi(n, c, p)) - m) * (x.at(xi(n, c, p)) - m);
+      rm[n * C + c] = double(m);
+      rr[n * C + c] = 1.0 / std::sqrt(double(sq / P) + eps);
+    }
+  auto xh = [&](int64_t n, int64_t c, int64_t p) {
+    return (x.at(xi(n, c, p)) - rm[n * C + c]) * rr[n * C + c];
+  };
+
+  // Flags: the criterion on the kernel's statistics, for float/double only.
+  std::vector<int32_t> flag(N, -1);
+  DIN_CHECK(din_ops::gpu::dynamic_1x1_fold_flags(Tr::dtype, mean.data(), rstd.data(), flag.data(),
+                                                 N, C, nullptr) == cudaSuccess);
+  check_emulation_clean();
+  int folded = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    bool ok = wide;
+    for (int64_t c = 0; c < C; ++c) ok = ok && std::abs(mean[n * C + c]) * rstd[n * C + c] <= 16.0;
+    DIN_CHECK(flag[n] == (ok ? 1 : 0));
+    folded += flag[n];
+    // With enough pixels the statistics are close to those of U(-2, 2) around the shift.
+    if (P >= 30) DIN_CHECK(flag[n] == (wide && (n % 4 == 0 || n % 4 == 3) ? 1 : 0));
+  }
+
+  // Folded weights and bias, and the GEMM on x with them (only float and double fold: for half and
+  // bfloat16 every flag is 0 and y is left as it is, random, for the unfolded kernel to overwrite).
+  auto y_ref = [&](int64_t n, int64_t o, int64_t p) {
+    double s = bias ? b.at(n * Co + o) : 0.0;
+    for (int64_t c = 0; c < C; ++c) s += w.at((n * Co + o) * C + c) * xh(n, c, p);
+    return s;
+  };
+  const double yscale = 1.0 + std::sqrt(double(C));
+  if (wide) {
+    Buf<T> wf(N * Co * C, 0, rng), bf(N * Co, 0, rng);
+    DIN_CHECK(din_ops::gpu::dynamic_1x1_fold_weights(Tr::dtype, w.ptr(), bp, mean.data(),
+                                                     rstd.data(), wf.ptr(), bf.ptr(), N, Co, C,
+                                                     nullptr) == cudaSuccess);
+    check_emulation_clean();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t o = 0; o < Co; ++o) {
+        long double s = 0, mag = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = (n * Co + o) * C + c;
+          CHECK_NOTE(key + " folded W", wf.at(i), w.at(i) * rstd[n * C + c], Tr::tol, 0.0,
+                     label + " folded W");
+          s += (long double)wf.at(i) * mean[n * C + c];
+          mag += std::abs((long double)wf.at(i) * mean[n * C + c]);
+        }
+        const double want = (bias ? b.at(n * Co + o) : 0.0) - double(s);
+        CHECK_NOTE(key + " folded b", bf.at(n * Co + o), want, Tr::tol, 1.0 + double(mag) * 1e-3,
+                   label + " folded b");
+      }
+
+    // The GEMM on x with the folded weights, for every sample.
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t o = 0; o < Co; ++o)
+        for (int64_t p = 0; p < P; ++p) {
+          acc s = 0;
+          for (int64_t c = 0; c < C; ++c) {
+            s += static_cast<acc>(wf.at((n * Co + o) * C + c)) *
+                 static_cast<acc>(x.at(xi(n, c, p)));
+          }
+          y.v[yi(n, o, p)] = Tr::put(double(s + static_cast<acc>(bf.at(n * Co + o))));
+        }
+    // Informative: how far the fold is off where the flag refuses it.
+    for (int64_t n = 0; n < N; ++n) {
+      if (flag[n] == 1) continue;
+      for (int64_t o = 0; o < Co; ++o)
+        for (int64_t p = 0; p < P; ++p) {
+          note_error(key + " y if folded where the flag refuses (not used)", y.at(yi(n, o, p)),
+                     y_ref(n, o, p), yscale);
+        }
+    }
+  }
+  const std::vector<T> y_folded = y.v;
+  DIN_CHECK(din_ops::gpu::dynamic_1x1_forward_unfolded(Tr::dtype, x.ptr(), w.ptr(), bp,
+                                                       mean.data(), rstd.data(), flag.data(),
+                                                       y.ptr(), N, C, Co, P, nhwc,
+                                                       nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < Co; ++o)
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t i = yi(n, o, p);
+        if (flag[n] == 1) {  // gated: untouched
+          DIN_CHECK(std::memcmp(&y.v[i], &y_folded[i], sizeof(T)) == 0);
+          CHECK_NOTE(key + " y folded", y.at(i), y_ref(n, o, p), Tr::tol, yscale,
+                     label + " y folded");
+        } else {
+          CHECK_NOTE(key + " y unfolded", y.at(i), y_ref(n, o, p), Tr::tol, yscale,
+                     label + " y unfolded");
+        }
+      }
+  // Without flags: every sample normalized on load (the half / bfloat16 path's arithmetic).
+  Buf<T> y2(ny, 0, rng);
+  DIN_CHECK(din_ops::gpu::dynamic_1x1_forward_unfolded(Tr::dtype, x.ptr(), w.ptr(), bp,
+                                                       mean.data(), rstd.data(), nullptr,
+                                                       y2.ptr(), N, C, Co, P, nhwc,
+                                                       nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < Co; ++o)
+      for (int64_t p = 0; p < P; ++p) {
+        CHECK_NOTE(key + " y unfolded", y2.at(yi(n, o, p)), y_ref(n, o, p), Tr::tol, yscale,
+                   label + " y all unfolded");
+      }
+
+  // Backward: gb, then gW folded (gy @ x^T from the host GEMM, then the correction) with the
+  // unfolded kernel for the flag-0 samples.
+  Buf<T> gb(N * Co, 0, rng);
+  if (nhwc) {
+    DIN_CHECK(din_ops::gpu::channel_sums_nhwc(Tr::dtype, gy.ptr(), gb.ptr(), N, Co, P, ws.data(),
+                                              nullptr) == cudaSuccess);
+  } else {
+    DIN_CHECK(din_ops::gpu::plane_sums(Tr::dtype, gy.ptr(), gb.ptr(), N * Co, P, nullptr) ==
+              cudaSuccess);
+  }
+  check_emulation_clean();
+  const double pscale = 1.0 + std::sqrt(double(P));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < Co; ++o) {
+      double s = 0;
+      for (int64_t p = 0; p < P; ++p) s += gy.at(yi(n, o, p));
+      CHECK_NOTE(key + " gb", gb.at(n * Co + o), s, Tr::tol, pscale, label + " gb");
+    }
+  Buf<T> gw(N * Co * C, 0, rng);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < Co; ++o)
+      for (int64_t c = 0; c < C; ++c) {
+        acc s = 0;
+        for (int64_t p = 0; p < P; ++p) {
+          s += static_cast<acc>(gy.at(yi(n, o, p))) * static_cast<acc>(x.at(xi(n, c, p)));
+        }
+        gw.v[(n * Co + o) * C + c] = Tr::put(double(s));
+      }
+  DIN_CHECK(din_ops::gpu::dynamic_1x1_grad_weight_folded(Tr::dtype, gw.ptr(), gb.ptr(),
+                                                         mean.data(), rstd.data(), flag.data(), N,
+                                                         Co, C, nullptr) == cudaSuccess);
+  check_emulation_clean();
+  const std::vector<T> gw_folded = gw.v;
+  DIN_CHECK(din_ops::gpu::dynamic_1x1_grad_weight_unfolded(Tr::dtype, gy.ptr(), x.ptr(),
+                                                           mean.data(), rstd.data(), flag.data(),
+                                                           gw.ptr(), N, C, Co, P, nhwc,
+                                                           nullptr) == cudaSuccess);
+  check_emulation_clean();
+  auto gw_ref = [&](int64_t n, int64_t o, int64_t c) {
+    double s = 0;
+    for (int64_t p = 0; p < P; ++p) s += gy.at(yi(n, o, p)) * xh(n, c, p);
+    return s;
+  };
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < Co; ++o)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t i = (n * Co + o) * C + c;
+        if (flag[n] == 1) {
+          DIN_CHECK(std::memcmp(&gw.v[i], &gw_folded[i], sizeof(T)) == 0);
+          CHECK_NOTE(key + " gW folded", gw.at(i), gw_ref(n, o, c), Tr::tol, pscale,
+                     label + " gW folded");
+        } else {
+          CHECK_NOTE(key + " gW unfolded", gw.at(i), gw_ref(n, o, c), Tr::tol, pscale,
+                     label + " gW unfolded");
+        }
+      }
+  Buf<T> gw2(N * Co * C, 0, rng);
+  DIN_CHECK(din_ops::gpu::dynamic_1x1_grad_weight_unfolded(Tr::dtype, gy.ptr(), x.ptr(),
+                                                           mean.data(), rstd.data(), nullptr,
+                                                           gw2.ptr(), N, C, Co, P, nhwc,
+                                                           nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < Co; ++o)
+      for (int64_t c = 0; c < C; ++c) {
+        CHECK_NOTE(key + " gW unfolded", gw2.at((n * Co + o) * C + c), gw_ref(n, o, c), Tr::tol,
+                   pscale, label + " gW all unfolded");
+      }
+}
+
+template <typename T>
+void din1x1_all() {
+  // (N, C, Co, P): one tile; several output, channel and pixel tiles (K steps); C = 1; P = 1
+  // (rstd = 1 / sqrt(eps): no sample folds).
+  const int64_t cases[][4] = {{4, 5, 3, 37}, {4, 40, 33, 70}, {2, 1, 2, 45}, {3, 3, 4, 1},
+                              {5, 7, 2, 33}};
+  for (const auto& c : cases) {
+    for (int nhwc = 0; nhwc < 2; ++nhwc) {
+      din1x1_case<T>(c[0], c[1], c[2], c[3], nhwc == 1, (c[0] + nhwc) % 2 == 0);
+    }
+  }
+}
+
+DIN_TEST(din1x1_fold_float) { din1x1_all<float>(); }
+DIN_TEST(din1x1_fold_double) { din1x1_all<double>(); }
+DIN_TEST(din1x1_fold_half) { din1x1_all<__half>(); }
+DIN_TEST(din1x1_fold_bfloat16) { din1x1_all<__nv_bfloat16>(); }
+
+DIN_TEST(nhwc_and_1x1_empty_and_invalid) {
+  double m = 0, r = 0, ws = 0;
+  float x = 0;
+  int32_t f = 0;
+  const int64_t before = emu::launches();
+  DIN_CHECK(din_ops::gpu::nhwc_workspace_size(0, 4, 4) == 0);
+  DIN_CHECK(din_ops::gpu::instance_norm_forward_nhwc(DType::Float, &x, &x, &m, &r, 0, 4, 4, 1e-5,
+                                                     &ws, nullptr) == cudaSuccess);
+  DIN_CHECK(din_ops::gpu::instance_norm_backward_nhwc(DType::Float, &x, false, &x, &m, &r, &x, 2,
+                                                      4, 0, &ws, nullptr) ==
+            cudaErrorInvalidConfiguration);
+  DIN_CHECK(din_ops::gpu::spatially_adaptive_forward_nhwc(DType::Half, &x, nullptr, false, nullptr,
+                                                          false, &x, &m, &r, 1, 1, 1, 1e-5, &ws,
+                                                          nullptr) ==
+            cudaErrorInvalidConfiguration);
+  DIN_CHECK(din_ops::gpu::dynamic_1x1_fold_flags(DType::Float, &m, &r, &f, 0, 4, nullptr) ==
+            cudaSuccess);
+  DIN_CHECK(din_ops::gpu::dynamic_1x1_forward_unfolded(DType::Float, &x, &x, nullptr, &m, &r, &f,
+                                                       &x, 1, 0, 1, 1, false, nullptr) ==
+            cudaErrorInvalidConfiguration);
+  DIN_CHECK(din_ops::gpu::dynamic_1x1_fold_weights(DType::Float, &x, nullptr, &m, &r, &x, &x,
+                                                   int64_t(1) << 20, int64_t(1) << 12, 4,
+                                                   nullptr) == cudaErrorInvalidConfiguration);
+  DIN_CHECK(emu::launches() == before);
+  check_emulation_clean();
+}
+
+DIN_TEST(report_max_errors) {
+  for (const auto& [key, worst] : max_errors()) {
+    std::printf("  max error %-60s %.3g\n", key.c_str(), worst);
+  }
+}
 
 // ---- dynamic conv -----------------------------------------------------------------------------
 template <typename T>

@@ -143,3 +143,19 @@ DIN_HD int64_t transposed_tap(int64_t in, int64_t k, int64_t pad, int64_t stride
 }
 
 }  // namespace din_ops::math
+
+// ---------------------------------------------------------------------------------------------
+// Folding the normalization of a 1x1 DIN into its weights (MATH.md): W' = W * rstd per input
+// channel, b' = b - W' mean, y = W' x + b'. W' x and b' are up to |mean| * rstd times larger than y
+// and cancel, so a sample folds only when every channel has |mean| * rstd <= fold_limit(): the
+// rounding error is then at most about fold_limit() times that of normalizing first. Same limit as
+// the CPU kernel (csrc/cpu/dynamic_instance_norm.cpp, kFoldLimit). False for NaN statistics.
+namespace din_ops::math {
+
+DIN_HD double fold_limit() { return 16.0; }
+
+DIN_HD bool fold_channel_ok(double mean, double rstd) {
+  return std::fabs(mean) * rstd <= fold_limit();
+}
+
+}  // namespace din_ops::math
