@@ -575,14 +575,24 @@ std::tuple<at::Tensor, at::Tensor> instance_stats_cuda(const at::Tensor& x_in) {
   check_input(x_in);
   check_on_cuda(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();
+  const bool cl = is_channels_last(x_in);
+  const at::Tensor x = in_layout(x_in, cl);
   auto [mean, rstd] = empty_stats(x);
   if (x.numel() == 0) return {mean, rstd};
-  check_launch(instance_norm_forward(dtype_of(x), x.const_data_ptr(), nullptr,
-                                     mean.mutable_data_ptr<double>(),
-                                     rstd.mutable_data_ptr<double>(), x.size(0) * x.size(1),
-                                     x.size(2) * x.size(3), 0.0, stream()),
-               "instance_stats");
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  if (cl) {
+    const at::Tensor ws = nhwc_workspace(x, N, C, P);
+    check_launch(instance_norm_forward_nhwc(dtype_of(x), x.const_data_ptr(), nullptr,
+                                            mean.mutable_data_ptr<double>(),
+                                            rstd.mutable_data_ptr<double>(), N, C, P, 0.0,
+                                            ws.mutable_data_ptr<double>(), stream()),
+                 "instance_stats");
+  } else {
+    check_launch(instance_norm_forward(dtype_of(x), x.const_data_ptr(), nullptr,
+                                       mean.mutable_data_ptr<double>(),
+                                       rstd.mutable_data_ptr<double>(), N * C, P, 0.0, stream()),
+                 "instance_stats");
+  }
   const at::Tensor degenerate = at::logical_or(at::isinf(rstd), rstd == 0);
   const at::Tensor var = at::where(degenerate, at::zeros_like(rstd), at::reciprocal(rstd * rstd));
   return {mean, var};
