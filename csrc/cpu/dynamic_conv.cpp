@@ -657,7 +657,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cpu(
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   const Geometry s = geometry(x, w, stride, padding, dilation, groups);
   auto y = at::empty({s.N, s.Co, s.Ho, s.Wo}, x.options());
-  auto [mean, rstd] = empty_stats(x);
+  at::Tensor mean, rstd;
+  std::tie(mean, rstd) = empty_stats(x);
   if (s.N > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dynamic_conv", [&] {
       using acc = acc_t<scalar_t>;

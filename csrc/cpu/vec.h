@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #include "clones.h"
 
@@ -20,7 +22,7 @@
 namespace din_ops::cpu::simd {
 
 // VecOf<T, Bytes>::type: a vector of Bytes / sizeof(T) values of T; ::index: the integer vector of
-// the same lanes, for __builtin_shuffle masks.
+// the same lanes (shuffle masks).
 template <typename T, int Bytes>
 struct VecOf;
 template <>
@@ -62,6 +64,41 @@ DIN_INLINE vec_t<T> loadu(const T* p) {
 template <typename T>
 DIN_INLINE void storeu(T* p, vec_t<T> v) {
   std::memcpy(p, &v, sizeof(v));
+}
+
+// Lane selections from the concatenation (a, b) of two n-lane vectors: the even / odd elements, and
+// the low / high halves of the interleaving a0 b0 a1 b1 ...
+enum class Pick { even, odd, lo, hi };
+
+// Index of the concatenation that lane i of selection K takes.
+template <Pick K, int n>
+constexpr int pick_index(int i) {
+  switch (K) {
+    case Pick::even: return 2 * i;
+    case Pick::odd: return 2 * i + 1;
+    case Pick::lo: return i / 2 + (i % 2) * n;
+    default: return n / 2 + i / 2 + (i % 2) * n;
+  }
+}
+
+template <Pick K, typename V, int... I>
+DIN_INLINE V shuffle_lanes(V a, V b, std::integer_sequence<int, I...>) {
+#if defined(__clang__) || __GNUC__ >= 12
+  // Both compilers (GCC from 12) take the lane indices as constants.
+  return __builtin_shufflevector(a, b, pick_index<K, sizeof...(I)>(I)...);
+#else
+  // Older GCC only has __builtin_shuffle, with a mask vector.
+  typedef typename std::conditional<sizeof(a[0]) == 8, int64_t, int32_t>::type E;
+  typedef E Mask __attribute__((vector_size(sizeof(V))));
+  return __builtin_shuffle(a, b, Mask{pick_index<K, sizeof...(I)>(I)...});
+#endif
+}
+
+// shuffle<K>(a, b): the lanes of selection K, for any vector type of vec.h.
+template <Pick K, typename V>
+DIN_INLINE V shuffle(V a, V b) {
+  constexpr int n = sizeof(V) / sizeof(a[0]);
+  return shuffle_lanes<K>(a, b, std::make_integer_sequence<int, n>{});
 }
 
 }  // namespace din_ops::cpu::simd

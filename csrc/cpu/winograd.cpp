@@ -13,32 +13,14 @@
 namespace din_ops::cpu {
 namespace {
 
-using simd::index_t;
+using simd::Pick;
+using simd::shuffle;
 using simd::kLanes;
 using simd::loadu;
 using simd::storeu;
 using simd::vec_t;
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
-
-// Lane masks over the concatenation (a, b) of two vectors: even / odd elements, and the low / high
-// halves of the interleaving a0 b0 a1 b1 ...
-template <typename T>
-struct Masks;
-template <>
-struct Masks<float> {
-  static constexpr simd::index_t<float> even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-  static constexpr simd::index_t<float> odd = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
-  static constexpr simd::index_t<float> lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
-  static constexpr simd::index_t<float> hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-};
-template <>
-struct Masks<double> {
-  static constexpr simd::index_t<double> even = {0, 2, 4, 6, 8, 10, 12, 14};
-  static constexpr simd::index_t<double> odd = {1, 3, 5, 7, 9, 11, 13, 15};
-  static constexpr simd::index_t<double> lo = {0, 8, 1, 9, 2, 10, 3, 11};
-  static constexpr simd::index_t<double> hi = {4, 12, 5, 13, 6, 14, 7, 15};
-};
 
 // Geometry of the tile blocks of one band.
 struct Tiles {
@@ -75,9 +57,7 @@ template <typename T>
 DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp,
                                 const Tiles& k, int64_t th0, int64_t th1, T* V) {
   using Vt = vec_t<T>;
-  using I = index_t<T>;
   constexpr int n = kLanes<T>;
-  const I even = Masks<T>::even, odd = Masks<T>::odd;
   for (int64_t ci = 0; ci < cin; ++ci) {
     for (int64_t th = th0; th < th1; ++th) {
       for (int64_t tv = 0; tv < k.TWp; tv += n) {
@@ -86,10 +66,10 @@ DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp
         for (int r = 0; r < 4; ++r) {
           const T* row = base + r * Wp;
           const Vt a = loadu(row), b = loadu(row + n), a2 = loadu(row + 2), b2 = loadu(row + n + 2);
-          d[r][0] = __builtin_shuffle(a, b, even);
-          d[r][1] = __builtin_shuffle(a, b, odd);
-          d[r][2] = __builtin_shuffle(a2, b2, even);
-          d[r][3] = __builtin_shuffle(a2, b2, odd);
+          d[r][0] = shuffle<Pick::even>(a, b);
+          d[r][1] = shuffle<Pick::odd>(a, b);
+          d[r][2] = shuffle<Pick::even>(a2, b2);
+          d[r][3] = shuffle<Pick::odd>(a2, b2);
         }
         Vt t[4][4];
         for (int c = 0; c < 4; ++c) {  // B^T d
@@ -116,9 +96,7 @@ template <typename T>
 DIN_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, int64_t th1,
                                  int64_t Wp, const T* bias, int64_t cout, T* out, int64_t ld) {
   using Vt = vec_t<T>;
-  using I = index_t<T>;
   constexpr int n = kLanes<T>;
-  const I lo = Masks<T>::lo, hi = Masks<T>::hi;
   const int64_t xs = k.ms();
   for (int64_t co = 0; co < cout; ++co) {
     const Vt bv = -Vt{} + (bias != nullptr ? bias[co] : T(0));
@@ -136,7 +114,7 @@ DIN_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, int64_
         for (int i = 0; i < 2; ++i) {  // (A^T M) A: two output rows of 2 n values
           const Vt y0 = s[i][0] + s[i][1] + s[i][2] + bv;
           const Vt y1 = s[i][1] - s[i][2] - s[i][3] + bv;
-          const Vt first = __builtin_shuffle(y0, y1, lo), second = __builtin_shuffle(y0, y1, hi);
+          const Vt first = shuffle<Pick::lo>(y0, y1), second = shuffle<Pick::hi>(y0, y1);
           T* dst = out + co * ld + (2 * th + i) * Wp + 2 * tv;
           if (count == 2 * n) {
             storeu(dst, first);
@@ -217,14 +195,12 @@ DIN_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, i
 template <typename T>
 DIN_INLINE void transpose(vec_t<T>* v) {
   using Vt = vec_t<T>;
-  using I = index_t<T>;
   constexpr int n = kLanes<T>;
-  const I lo = Masks<T>::lo, hi = Masks<T>::hi;
   for (int round = 1; round < n; round *= 2) {
     Vt t[n];
     for (int i = 0; i < n / 2; ++i) {
-      t[2 * i] = __builtin_shuffle(v[i], v[i + n / 2], lo);
-      t[2 * i + 1] = __builtin_shuffle(v[i], v[i + n / 2], hi);
+      t[2 * i] = shuffle<Pick::lo>(v[i], v[i + n / 2]);
+      t[2 * i + 1] = shuffle<Pick::hi>(v[i], v[i + n / 2]);
     }
     for (int i = 0; i < n; ++i) v[i] = t[i];
   }
