@@ -6,11 +6,12 @@ Public API:
     instance_norm(x, eps=1e-5, *, backend=None)
     spatially_adaptive_instance_norm(x, gamma, beta=None, *, eps=1e-5, backend=None)
     available_backends()
+    cpu_capability(), cpu_capabilities()   the CPU kernels' instruction-set level (DIN_OPS_CPU_CAPABILITY)
     reference            pure-PyTorch implementations of every op (the test oracle)
 """
 from . import _registrations  # noqa: F401  (fake kernels and autograd of the operators)
 from . import reference
-from .backends import available_backends
+from .backends import available_backends, cpu_capabilities, cpu_capability
 from .ops import dynamic_conv2d, dynamic_instance_norm, instance_norm
 from .ops import spatially_adaptive_instance_norm
 
@@ -18,6 +19,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "available_backends",
+    "cpu_capabilities",
+    "cpu_capability",
     "dynamic_conv2d",
     "dynamic_instance_norm",
     "instance_norm",

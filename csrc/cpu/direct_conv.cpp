@@ -8,10 +8,11 @@
 #include <algorithm>
 #include <cstring>
 
+#include "isa.h"
 #include "vec.h"
 
 
-namespace din_ops::cpu {
+DIN_ISA_BEGIN
 namespace {
 
 using simd::kLanes;
@@ -148,15 +149,6 @@ void pack_impl(const T* w, int64_t cout, int64_t cin, int64_t taps, T* packed) {
 
 }  // namespace
 
-bool direct_kernels_fast() {
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-  static const bool fast = __builtin_cpu_supports("x86-64-v4");
-  return fast;
-#else
-  return false;
-#endif
-}
-
 void direct_pack(const float* w, int64_t cout, int64_t cin, int64_t taps, float* packed) {
   pack_impl(w, cout, cin, taps, packed);
 }
@@ -164,27 +156,27 @@ void direct_pack(const double* w, int64_t cout, int64_t cin, int64_t taps, doubl
   pack_impl(w, cout, cin, taps, packed);
 }
 
-DIN_CLONES void direct_forward(const float* in, int64_t cs, int64_t cin, const int64_t* shift,
-                               int64_t taps, const float* packed, const float* bias, int64_t cout,
-                               int64_t L, float* out, int64_t ld) {
+void direct_forward(const float* in, int64_t cs, int64_t cin, const int64_t* shift,
+                    int64_t taps, const float* packed, const float* bias, int64_t cout,
+                    int64_t L, float* out, int64_t ld) {
   forward_impl(in, cs, cin, shift, taps, packed, bias, cout, L, out, ld);
 }
-DIN_CLONES void direct_forward(const double* in, int64_t cs, int64_t cin, const int64_t* shift,
-                               int64_t taps, const double* packed, const double* bias,
-                               int64_t cout, int64_t L, double* out, int64_t ld) {
+void direct_forward(const double* in, int64_t cs, int64_t cin, const int64_t* shift,
+                    int64_t taps, const double* packed, const double* bias,
+                    int64_t cout, int64_t L, double* out, int64_t ld) {
   forward_impl(in, cs, cin, shift, taps, packed, bias, cout, L, out, ld);
 }
 
-DIN_CLONES void direct_weight_grad(const float* g, int64_t ldg, int64_t cout, const float* in,
-                                   const int64_t* off, int64_t K, int64_t L, float* part) {
+void direct_weight_grad(const float* g, int64_t ldg, int64_t cout, const float* in,
+                        const int64_t* off, int64_t K, int64_t L, float* part) {
   weight_grad_impl(g, ldg, cout, in, off, K, L, part);
 }
-DIN_CLONES void direct_weight_grad(const double* g, int64_t ldg, int64_t cout, const double* in,
-                                   const int64_t* off, int64_t K, int64_t L, double* part) {
+void direct_weight_grad(const double* g, int64_t ldg, int64_t cout, const double* in,
+                        const int64_t* off, int64_t K, int64_t L, double* part) {
   weight_grad_impl(g, ldg, cout, in, off, K, L, part);
 }
 
 void direct_reduce(const float* part, int64_t count, float* gw) { reduce_impl(part, count, gw); }
 void direct_reduce(const double* part, int64_t count, double* gw) { reduce_impl(part, count, gw); }
 
-}  // namespace din_ops::cpu
+DIN_ISA_END  // namespace din_ops::cpu::DIN_ISA

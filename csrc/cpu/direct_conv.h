@@ -15,9 +15,10 @@
 
 namespace din_ops::cpu {
 
-// True when the CPU runs these kernels (and winograd.h's) at speed: they keep 24 accumulators of
-// 64 bytes in registers, which needs AVX-512 (x86-64-v4). Elsewhere the compiler spills them and
-// runs 30-50x slower than im2col + GEMM, so the callers take that path instead.
+// True when these kernels (and winograd.h's) run at speed at the chosen instruction-set level
+// (isa.h): they keep 24 accumulators of 64 bytes in registers, which needs AVX-512 (level avx512).
+// Elsewhere the compiler spills them and runs 30-50x slower than im2col + GEMM, so the callers take
+// that path instead. Defined in isa.cpp.
 bool direct_kernels_fast();
 
 // Output channels computed together for `cout` channels: 8, or the smallest power of two >= cout.

@@ -1,9 +1,8 @@
 // GCC vector types for the CPU kernels: 64 bytes for the register-blocked kernels (direct_conv.cpp,
-// winograd.cpp), 32 bytes for the deformable loops. Compiled inside a function cloned for AVX-512
-// (clones.h) a 64-byte vector is one zmm register; for the AVX2 and baseline clones the compiler
-// splits it. Broadcasts are written `-V{} + a` inline in the kernels (a + -0 ==
-// a for every a, so it folds to one broadcast; GCC 12 expands it lane by lane when it comes from a
-// helper function inlined into a cloned one).
+// winograd.cpp), 32 bytes for the deformable loops. In the avx512 build of a file (isa.h) a 64-byte
+// vector is one zmm register; in the avx2 and baseline builds the compiler splits it. Broadcasts are
+// written `-V{} + a` inline in the kernels (a + -0 == a for every a, so it folds to one broadcast;
+// GCC 12 expands it lane by lane when it comes from a helper function inlined into another one).
 #pragma once
 
 #include <cstdint>
@@ -11,7 +10,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "clones.h"
+#include "isa.h"
 
 // The vector helpers are inlined and never cross a call, so GCC's note that their ABI differs
 // without AVX does not apply.

@@ -8,9 +8,10 @@
 #include <vector>
 
 #include "direct_conv.h"
+#include "isa.h"
 #include "vec.h"
 
-namespace din_ops::cpu {
+DIN_ISA_BEGIN
 namespace {
 
 using simd::Pick;
@@ -407,27 +408,27 @@ int64_t winograd_work_size(int64_t cout, int64_t cin, int64_t Wo, int64_t value_
   return std::max(fwd, bwd) + lanes;  // + alignment
 }
 
-DIN_CLONES void winograd_forward(const float* in, int64_t cs, int64_t cin, int64_t Wp,
-                                 int64_t R, int64_t Wo, const float* packed,
-                                 const float* bias, int64_t cout, float* out, int64_t ld,
-                                 float* work) {
+void winograd_forward(const float* in, int64_t cs, int64_t cin, int64_t Wp,
+                      int64_t R, int64_t Wo, const float* packed,
+                      const float* bias, int64_t cout, float* out, int64_t ld,
+                      float* work) {
   forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work);
 }
-DIN_CLONES void winograd_forward(const double* in, int64_t cs, int64_t cin, int64_t Wp,
-                                 int64_t R, int64_t Wo, const double* packed,
-                                 const double* bias, int64_t cout, double* out, int64_t ld,
-                                 double* work) {
+void winograd_forward(const double* in, int64_t cs, int64_t cin, int64_t Wp,
+                      int64_t R, int64_t Wo, const double* packed,
+                      const double* bias, int64_t cout, double* out, int64_t ld,
+                      double* work) {
   forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work);
 }
 
-DIN_CLONES void winograd_weight_grad(const float* in, int64_t cs, int64_t cin, int64_t Wp,
-                                     int64_t R, int64_t Wo, const float* g, int64_t ldg,
-                                     int64_t cout, float* part, float* work) {
+void winograd_weight_grad(const float* in, int64_t cs, int64_t cin, int64_t Wp,
+                          int64_t R, int64_t Wo, const float* g, int64_t ldg,
+                          int64_t cout, float* part, float* work) {
   weight_grad_impl(in, cs, cin, Wp, R, Wo, g, ldg, cout, part, work);
 }
-DIN_CLONES void winograd_weight_grad(const double* in, int64_t cs, int64_t cin, int64_t Wp,
-                                     int64_t R, int64_t Wo, const double* g, int64_t ldg,
-                                     int64_t cout, double* part, double* work) {
+void winograd_weight_grad(const double* in, int64_t cs, int64_t cin, int64_t Wp,
+                          int64_t R, int64_t Wo, const double* g, int64_t ldg,
+                          int64_t cout, double* part, double* work) {
   weight_grad_impl(in, cs, cin, Wp, R, Wo, g, ldg, cout, part, work);
 }
 
@@ -442,4 +443,4 @@ void winograd_weight_grad_finish(const double* part, int64_t cout, int64_t cin, 
   weight_grad_finish_impl(part, cout, cin, gw);
 }
 
-}  // namespace din_ops::cpu
+DIN_ISA_END  // namespace din_ops::cpu::DIN_ISA
