@@ -14,7 +14,7 @@
 // chooses one table once, when the library is loaded (the best level the CPU supports, or the one
 // the environment variable DIN_OPS_CPU_CAPABILITY=default|avx2|avx512 asks for), and defines the
 // public functions of loops.h, deformable_loops.h, direct_conv.h and winograd.h as calls through
-// it. The list of dispatched functions is isa_kernels.def.
+// it. The list of dispatched functions is isa_kernels.h.
 #pragma once
 
 #include <cstdint>

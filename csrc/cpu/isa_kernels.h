@@ -4,7 +4,7 @@
 // deformable_loops.h, direct_conv.h or winograd.h) in namespace din_ops::cpu, and defined in the
 // file of the hot loops in namespace din_ops::cpu::DIN_ISA (between DIN_ISA_BEGIN and DIN_ISA_END);
 // a missing or mismatched definition is a link error. No include guard: isa.cpp includes it once
-// per use, with its own DIN_KERNEL.
+// per use, with its own DIN_KERNEL (an X-macro list).
 
 // loops.h
 DIN_KERNEL(shifted_sums_0, void, shifted_sums,
