@@ -11,6 +11,8 @@ from typing import Callable, Optional
 
 import torch
 
+import din_ops
+
 
 def steady_allocations() -> bool:
     """Keep freed memory in the process (glibc): no mmap per large tensor, no trimming.
@@ -36,7 +38,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return (
-        f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{cpu} (din_ops CPU kernels: {din_ops.cpu_capability()}), {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, "
         f"{datetime.date.today().isoformat()}"
     )
 

@@ -214,6 +214,9 @@ def _physical_cores() -> Optional[int]:
 
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+# Settings that cap the instruction set of din_ops and of PyTorch's own CPU kernels (oneDNN, MKL,
+# ATen), e.g. to measure AVX2 on an AVX-512 machine.
+ISA_ENV = ("DIN_OPS_CPU_CAPABILITY", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def machine_info(device: torch.device) -> dict:
@@ -228,12 +231,15 @@ def machine_info(device: torch.device) -> dict:
         "torch": torch.__version__,
         "din_ops": din_ops.__version__,
         "backends": din_ops.available_backends(),
+        # The instruction-set levels the CPU kernels run at: din_ops' and ATen's.
+        "din_ops_cpu_capability": din_ops.cpu_capability(),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         # Settings that change the timings: thread counts and how idle OpenMP threads wait.
-        "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+        "env": {k: os.environ[k] for k in THREAD_ENV + ISA_ENV if k in os.environ},
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -249,7 +255,10 @@ def describe(info: dict) -> str:
     if load is not None and info.get("usable_cpus") and load > 0.5 * info["usable_cpus"]:
         busy = f", loaded machine (load {load:.1f} on {info['usable_cpus']} CPUs)"
     env = "".join(f", {k}={v}" for k, v in info.get("env", {}).items())
+    isa = ""
+    if info.get("device") == "cpu" and info.get("din_ops_cpu_capability"):
+        isa = f" (CPU kernels: din_ops {info['din_ops_cpu_capability']}, ATen {info.get('aten_cpu_capability')})"
     return (
-        f"{where}, {info['usable_cpus']} CPUs, {info['threads']} threads, torch {info['torch']}, "
+        f"{where}{isa}, {info['usable_cpus']} CPUs, {info['threads']} threads, torch {info['torch']}, "
         f"din_ops {info['din_ops']}, {info['date'][:10]}{busy}{env}"
     )

@@ -13,6 +13,10 @@
 
 TORCH_LIBRARY(din_ops, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
+  // The instruction-set level the CPU kernels run at ("default", "avx2" or "avx512"; chosen when
+  // the library is loaded, DIN_OPS_CPU_CAPABILITY overrides it) and the levels this CPU can run.
+  m.def("cpu_capability() -> str");
+  m.def("cpu_capabilities() -> str[]");
   m.def("instance_norm(Tensor x, float eps) -> (Tensor y, Tensor mean, Tensor rstd)", tags);
   m.def("instance_norm_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd) -> Tensor",
         tags);

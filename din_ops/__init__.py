@@ -9,11 +9,12 @@ Public API:
     adain(content, style, *, alpha=1.0, eps=1e-5, unbiased=False, backend=None)
     style_stats(style, *, eps=1e-5, unbiased=False, backend=None) -> (mean, std)
     available_backends()
+    cpu_capability(), cpu_capabilities()   the CPU kernels' instruction-set level (DIN_OPS_CPU_CAPABILITY)
     reference            pure-PyTorch implementations of every op (the test oracle)
 """
 from . import _registrations  # noqa: F401  (fake kernels and autograd of the operators)
 from . import reference
-from .backends import available_backends
+from .backends import available_backends, cpu_capabilities, cpu_capability
 from .ops import dynamic_conv2d, dynamic_instance_norm, instance_norm
 from .ops import adain, spatially_adaptive_instance_norm, style_stats
 
@@ -22,6 +23,8 @@ __version__ = "0.1.0"
 __all__ = [
     "adain",
     "available_backends",
+    "cpu_capabilities",
+    "cpu_capability",
     "dynamic_conv2d",
     "dynamic_instance_norm",
     "instance_norm",

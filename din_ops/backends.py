@@ -72,6 +72,28 @@ def available_backends() -> list[str]:
     return list(_AVAILABLE)
 
 
+def cpu_capability() -> Optional[str]:
+    """The instruction-set level the CPU kernels run at: ``"default"`` (the architecture's baseline),
+    ``"avx2"`` or ``"avx512"``, or None when the compiled extension is not loaded.
+
+    The best level the CPU supports is chosen once, when the extension loads; the environment
+    variable ``DIN_OPS_CPU_CAPABILITY=default|avx2|avx512``, set before that, forces one. Raises
+    RuntimeError when the variable names an unknown level or one this CPU lacks (every CPU kernel
+    then raises the same error).
+    """
+    if not extension_loaded():
+        return None
+    return torch.ops.din_ops.cpu_capability()
+
+
+def cpu_capabilities() -> list[str]:
+    """The levels this CPU and this build can run, lowest first (e.g. ``["default", "avx2"]``); empty
+    when the compiled extension is not loaded. Each can be forced with ``DIN_OPS_CPU_CAPABILITY``."""
+    if not extension_loaded():
+        return []
+    return list(torch.ops.din_ops.cpu_capabilities())
+
+
 def _why_unavailable(backend: str) -> str:
     if backend == "triton":
         return _triton.why_unavailable()

@@ -560,7 +560,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_conv_cpu(
   const at::Tensor b = contiguous_or_empty(bias), mask = contiguous_or_empty(mask_in);
   const Geometry s = geometry(x, w, stride, padding, dilation, groups, offset_groups, b);
   auto y = at::empty({s.N, s.Co, s.Ho, s.Wo}, x.options());
-  auto [mean, rstd] = empty_stats(x);
+  at::Tensor mean, rstd;
+  std::tie(mean, rstd) = empty_stats(x);
   if (s.N > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "deformable_conv", [&] {
       using acc = acc_t<scalar_t>;

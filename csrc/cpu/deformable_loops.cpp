@@ -1,16 +1,17 @@
 #include "deformable_loops.h"
 
-#include "clones.h"
+#include "isa.h"
 #include "vec.h"
 
 #include <algorithm>
 #include <cstring>
 
-// Each exported loop is compiled for AVX-512, AVX2 + FMA and the baseline (clones.h). The loops
+// Each exported loop is compiled for AVX-512, AVX2 + FMA and the baseline (isa.h; the wrappers
+// deformable_loops_avx2.cpp and deformable_loops_avx512.cpp include this file). The loops
 // use vector types of 32 bytes (vec.h; 8 floats or 4 doubles): one register with AVX2, two with
 // SSE2.
 
-namespace din_ops::cpu {
+DIN_ISA_BEGIN
 namespace {
 
 namespace bl = din_ops::bilinear;
@@ -247,50 +248,50 @@ DIN_INLINE void gather_channels_impl(const T* const* parts, int64_t nparts, int6
 
 }  // namespace
 
-DIN_CLONES void deform_columns(const float* xg, int64_t xs, const bl::Corners<float>* pts,
-                               int64_t KK, int64_t Lt, int64_t Cs, float* col, int64_t ldl,
-                               int64_t ldt, int64_t cs) {
+void deform_columns(const float* xg, int64_t xs, const bl::Corners<float>* pts,
+                    int64_t KK, int64_t Lt, int64_t Cs, float* col, int64_t ldl,
+                    int64_t ldt, int64_t cs) {
   deform_columns_impl(xg, xs, pts, KK, Lt, Cs, col, ldl, ldt, cs);
 }
-DIN_CLONES void deform_columns(const double* xg, int64_t xs, const bl::Corners<double>* pts,
-                               int64_t KK, int64_t Lt, int64_t Cs, double* col, int64_t ldl,
-                               int64_t ldt, int64_t cs) {
+void deform_columns(const double* xg, int64_t xs, const bl::Corners<double>* pts,
+                    int64_t KK, int64_t Lt, int64_t Cs, double* col, int64_t ldl,
+                    int64_t ldt, int64_t cs) {
   deform_columns_impl(xg, xs, pts, KK, Lt, Cs, col, ldl, ldt, cs);
 }
 
-DIN_CLONES void deform_points_backward(const float* xg, float* gxg, int64_t xs,
-                                       const bl::Corners<float>* pts, const float* mv, int64_t KK,
-                                       int64_t Lt, int64_t Cs, const float* gcol, float* col,
-                                       int64_t ldl, int64_t ldt, int64_t cs, float* gmk,
-                                       float* goy, float* gox) {
+void deform_points_backward(const float* xg, float* gxg, int64_t xs,
+                            const bl::Corners<float>* pts, const float* mv, int64_t KK,
+                            int64_t Lt, int64_t Cs, const float* gcol, float* col,
+                            int64_t ldl, int64_t ldt, int64_t cs, float* gmk,
+                            float* goy, float* gox) {
   deform_points_backward_impl(xg, gxg, xs, pts, mv, KK, Lt, Cs, gcol, col, ldl, ldt, cs, gmk,
                               goy, gox);
 }
-DIN_CLONES void deform_points_backward(const double* xg, double* gxg, int64_t xs,
-                                       const bl::Corners<double>* pts, const double* mv,
-                                       int64_t KK, int64_t Lt, int64_t Cs, const double* gcol,
-                                       double* col, int64_t ldl, int64_t ldt, int64_t cs,
-                                       double* gmk, double* goy, double* gox) {
+void deform_points_backward(const double* xg, double* gxg, int64_t xs,
+                            const bl::Corners<double>* pts, const double* mv,
+                            int64_t KK, int64_t Lt, int64_t Cs, const double* gcol,
+                            double* col, int64_t ldl, int64_t ldt, int64_t cs,
+                            double* gmk, double* goy, double* gox) {
   deform_points_backward_impl(xg, gxg, xs, pts, mv, KK, Lt, Cs, gcol, col, ldl, ldt, cs, gmk,
                               goy, gox);
 }
 
-DIN_CLONES void gather_channels(const float* const* parts, int64_t nparts, int64_t P, int64_t C,
-                                int64_t c0, int64_t cb, float* out) {
+void gather_channels(const float* const* parts, int64_t nparts, int64_t P, int64_t C,
+                     int64_t c0, int64_t cb, float* out) {
   gather_channels_impl(parts, nparts, P, C, c0, cb, out);
 }
-DIN_CLONES void gather_channels(const double* const* parts, int64_t nparts, int64_t P, int64_t C,
-                                int64_t c0, int64_t cb, double* out) {
+void gather_channels(const double* const* parts, int64_t nparts, int64_t P, int64_t C,
+                     int64_t c0, int64_t cb, double* out) {
   gather_channels_impl(parts, nparts, P, C, c0, cb, out);
 }
 
-DIN_CLONES void transpose_matrix(const float* src, int64_t ss, int64_t rows, int64_t cols,
-                                 float* dst, int64_t ds) {
+void transpose_matrix(const float* src, int64_t ss, int64_t rows, int64_t cols,
+                      float* dst, int64_t ds) {
   transpose(src, ss, rows, cols, dst, ds);
 }
-DIN_CLONES void transpose_matrix(const double* src, int64_t ss, int64_t rows, int64_t cols,
-                                 double* dst, int64_t ds) {
+void transpose_matrix(const double* src, int64_t ss, int64_t rows, int64_t cols,
+                      double* dst, int64_t ds) {
   transpose(src, ss, rows, cols, dst, ds);
 }
 
-}  // namespace din_ops::cpu
+DIN_ISA_END  // namespace din_ops::cpu::DIN_ISA

@@ -1,9 +1,9 @@
 // Inner loops of the deformable convolution (deformable_conv.cpp) on the CPU: the bilinear
 // interpolation of sample points vectorized over channels into (and, in backward, the gradients out
 // of) channels-last column tiles, and the gather of the chunks' channels-last x-gradients. Float
-// and double (the accumulation types) only. deformable_loops.cpp compiles each loop for several
-// x86-64 levels and the dynamic loader picks one at run time, like loops.cpp, so no -march is
-// needed.
+// and double (the accumulation types) only. deformable_loops.cpp is compiled once per
+// instruction-set level and the level is chosen at run time (isa.h), like loops.cpp, so no -march
+// is needed.
 //
 // Channels are the vector lanes: a point's four corners are runs of Cs contiguous values in the
 // normalized channels-last sample (rows of stride `xs`, one row per input pixel). Sums over the

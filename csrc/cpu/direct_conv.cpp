@@ -1,17 +1,20 @@
 // Register-blocked direct convolution kernels (see direct_conv.h for the layout).
 //
-// Written with the 64-byte vector types of vec.h: a block of B output channels x P vectors of pixels
-// (B * P = 24 accumulators) stays in AVX-512 registers while the loops over input channels and taps
-// run. The compiler fuses the multiply-adds.
+// Written with the vector types of vec.h: a block of BR output channels x P vectors of pixels stays in
+// registers while the loops over input channels and taps run: BR * P = 24 accumulators of 64 bytes
+// in the 32 zmm registers of AVX-512 (8 x 3 for 8 or more output channels), 12 of 32 bytes in the 16
+// ymm registers of AVX2 (4 x 3, leaving 3 for the pixel vectors and 1 for the broadcast weight).
+// The compiler fuses the multiply-adds.
 #include "direct_conv.h"
 
 #include <algorithm>
 #include <cstring>
 
+#include "isa.h"
 #include "vec.h"
 
 
-namespace din_ops::cpu {
+DIN_ISA_BEGIN
 namespace {
 
 using simd::kLanes;
@@ -19,8 +22,14 @@ using simd::loadu;
 using simd::storeu;
 using simd::vec_t;
 
-// One block: B output channels x P vectors of pixels starting at `in` (already offset by q0).
-template <typename T, int B, int P>
+// Accumulators per register block and most output channels in one (vec.h); the rest of a packed
+// block of direct_block(cout) channels is done by another pass over the same pixels.
+using simd::kAcc;
+using simd::kRows;
+
+// One block: B output channels x P vectors of pixels starting at `in` (already offset by q0), with
+// weights w[(ci * taps + t) * BP + o] (BP: the packed block, B <= BP).
+template <typename T, int BP, int B, int P>
 DIN_INLINE void forward_block(const T* in, int64_t cs, int64_t cin, const int64_t* shift,
                               int64_t taps, const T* w, const T* bias, T* out, int64_t ld) {
   using V = vec_t<T>;
@@ -40,7 +49,7 @@ DIN_INLINE void forward_block(const T* in, int64_t cs, int64_t cin, const int64_
         const V wv = -V{} + w[o];
         for (int p = 0; p < P; ++p) acc[o][p] = acc[o][p] + wv * xv[p];
       }
-      w += B;
+      w += BP;
     }
   }
   for (int o = 0; o < B; ++o)
@@ -51,13 +60,20 @@ template <typename T, int B>
 DIN_INLINE void forward_blocks(const T* in, int64_t cs, int64_t cin, const int64_t* shift,
                                int64_t taps, const T* packed, const T* bias, int64_t cout,
                                int64_t L, T* out, int64_t ld) {
-  constexpr int P = 24 / B;
+  constexpr int BR = B < kRows ? B : kRows, P = kAcc / BR;
   constexpr int64_t step = P * kLanes<T>;
+  // direct_step (the rounding of the callers' output rows) is a whole number of steps.
+  static_assert(direct_step<T>(B) % step == 0, "direct_step is a multiple of the pixel step");
   for (int64_t blk = 0; blk * B < cout; ++blk) {
     const T* w = packed + blk * cin * taps * B;
     const T* b = bias != nullptr ? bias + blk * B : nullptr;
     for (int64_t q0 = 0; q0 < L; q0 += step) {
-      forward_block<T, B, P>(in + q0, cs, cin, shift, taps, w, b, out + blk * B * ld + q0, ld);
+      // The channels of the packed block BR at a time, over the same pixels (still in L1).
+      for (int o0 = 0; o0 < B; o0 += BR) {
+        forward_block<T, B, BR, P>(in + q0, cs, cin, shift, taps, w + o0,
+                                   b != nullptr ? b + o0 : nullptr,
+                                   out + (blk * B + o0) * ld + q0, ld);
+      }
     }
   }
 }
@@ -93,9 +109,11 @@ DIN_INLINE void weight_grad_block(const T* const* g, int nb, const T* in, const 
       for (int o = 0; o < B; ++o) acc[o][t] = acc[o][t] + gv[o] * xv;
     }
   }
+  // Each weight has 64 bytes of lane partials (direct_conv.h); narrower vectors use the first lanes.
+  constexpr int64_t slot = 64 / sizeof(T);
   for (int o = 0; o < nb; ++o) {
     for (int t = 0; t < nt; ++t) {
-      T* p = part + ((o0 + o) * K + k0 + t) * n;
+      T* p = part + ((o0 + o) * K + k0 + t) * slot;
       storeu(p, loadu(p) + acc[o][t]);
     }
   }
@@ -104,7 +122,7 @@ DIN_INLINE void weight_grad_block(const T* const* g, int nb, const T* in, const 
 template <typename T, int B>
 DIN_INLINE void weight_grad_blocks(const T* g, int64_t ldg, int64_t cout, const T* in,
                                    const int64_t* off, int64_t K, int64_t L, T* part) {
-  constexpr int NT = 24 / B;
+  constexpr int NT = kAcc / B;
   for (int64_t o0 = 0; o0 < cout; o0 += B) {
     const int nb = static_cast<int>(std::min<int64_t>(B, cout - o0));
     const T* rows[B];
@@ -119,15 +137,17 @@ DIN_INLINE void weight_grad_blocks(const T* g, int64_t ldg, int64_t cout, const 
 template <typename T>
 DIN_INLINE void weight_grad_impl(const T* g, int64_t ldg, int64_t cout, const T* in,
                                  const int64_t* off, int64_t K, int64_t L, T* part) {
-  // 4 x 6: ten vector loads (four of them reused from L1 across the K loop) per 24 multiply-adds.
-  if (cout >= 4) return weight_grad_blocks<T, 4>(g, ldg, cout, in, off, K, L, part);
-  if (cout == 2) return weight_grad_blocks<T, 2>(g, ldg, cout, in, off, K, L, part);
+  // AVX-512: 4 x 6, ten vector loads (four of them reused from L1 across the K loop) per 24
+  // multiply-adds. AVX2: 2 x 6, eight loads per 12 (with 14 of the 16 registers live).
+  constexpr int wide = kAcc >= 24 ? 4 : 2;
+  if (cout >= wide) return weight_grad_blocks<T, wide>(g, ldg, cout, in, off, K, L, part);
+  if (cout >= 2) return weight_grad_blocks<T, 2>(g, ldg, cout, in, off, K, L, part);
   weight_grad_blocks<T, 1>(g, ldg, cout, in, off, K, L, part);
 }
 
 template <typename T>
 DIN_INLINE void reduce_impl(const T* part, int64_t count, T* gw) {
-  constexpr int n = kLanes<T>;
+  constexpr int n = 64 / sizeof(T);  // the lane partials of each weight
   for (int64_t i = 0; i < count; ++i) {
     T s = 0;
     for (int l = 0; l < n; ++l) s += part[i * n + l];
@@ -148,15 +168,6 @@ void pack_impl(const T* w, int64_t cout, int64_t cin, int64_t taps, T* packed) {
 
 }  // namespace
 
-bool direct_kernels_fast() {
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-  static const bool fast = __builtin_cpu_supports("x86-64-v4");
-  return fast;
-#else
-  return false;
-#endif
-}
-
 void direct_pack(const float* w, int64_t cout, int64_t cin, int64_t taps, float* packed) {
   pack_impl(w, cout, cin, taps, packed);
 }
@@ -164,27 +175,27 @@ void direct_pack(const double* w, int64_t cout, int64_t cin, int64_t taps, doubl
   pack_impl(w, cout, cin, taps, packed);
 }
 
-DIN_CLONES void direct_forward(const float* in, int64_t cs, int64_t cin, const int64_t* shift,
-                               int64_t taps, const float* packed, const float* bias, int64_t cout,
-                               int64_t L, float* out, int64_t ld) {
+void direct_forward(const float* in, int64_t cs, int64_t cin, const int64_t* shift,
+                    int64_t taps, const float* packed, const float* bias, int64_t cout,
+                    int64_t L, float* out, int64_t ld) {
   forward_impl(in, cs, cin, shift, taps, packed, bias, cout, L, out, ld);
 }
-DIN_CLONES void direct_forward(const double* in, int64_t cs, int64_t cin, const int64_t* shift,
-                               int64_t taps, const double* packed, const double* bias,
-                               int64_t cout, int64_t L, double* out, int64_t ld) {
+void direct_forward(const double* in, int64_t cs, int64_t cin, const int64_t* shift,
+                    int64_t taps, const double* packed, const double* bias,
+                    int64_t cout, int64_t L, double* out, int64_t ld) {
   forward_impl(in, cs, cin, shift, taps, packed, bias, cout, L, out, ld);
 }
 
-DIN_CLONES void direct_weight_grad(const float* g, int64_t ldg, int64_t cout, const float* in,
-                                   const int64_t* off, int64_t K, int64_t L, float* part) {
+void direct_weight_grad(const float* g, int64_t ldg, int64_t cout, const float* in,
+                        const int64_t* off, int64_t K, int64_t L, float* part) {
   weight_grad_impl(g, ldg, cout, in, off, K, L, part);
 }
-DIN_CLONES void direct_weight_grad(const double* g, int64_t ldg, int64_t cout, const double* in,
-                                   const int64_t* off, int64_t K, int64_t L, double* part) {
+void direct_weight_grad(const double* g, int64_t ldg, int64_t cout, const double* in,
+                        const int64_t* off, int64_t K, int64_t L, double* part) {
   weight_grad_impl(g, ldg, cout, in, off, K, L, part);
 }
 
 void direct_reduce(const float* part, int64_t count, float* gw) { reduce_impl(part, count, gw); }
 void direct_reduce(const double* part, int64_t count, double* gw) { reduce_impl(part, count, gw); }
 
-}  // namespace din_ops::cpu
+DIN_ISA_END  // namespace din_ops::cpu::DIN_ISA

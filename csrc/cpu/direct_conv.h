@@ -8,24 +8,25 @@
 // loads. The Wp - Wo columns past each output row are garbage the caller drops (a few % of the work).
 //
 // The kernels accumulate a block of output channels x pixels in registers (8 x 48 for float on
-// AVX-512) and loop over input channels and taps; no column matrix is ever written.
+// AVX-512, 4 x 24 on AVX2) and loop over input channels and taps; no column matrix is ever written.
 #pragma once
 
 #include <cstdint>
 
 namespace din_ops::cpu {
 
-// True when the CPU runs these kernels (and winograd.h's) at speed: they keep 24 accumulators of
-// 64 bytes in registers, which needs AVX-512 (x86-64-v4). Elsewhere the compiler spills them and
-// runs 30-50x slower than im2col + GEMM, so the callers take that path instead.
+// True when these kernels (and winograd.h's) run at speed at the chosen instruction-set level
+// (isa.h): they keep their accumulators in registers (24 of 64 bytes at avx512, 12 of 32 bytes at
+// avx2). The baseline's 16 xmm registers would spill them, and im2col + GEMM is then 30-50x faster,
+// so the callers take that path instead. Defined in isa.cpp.
 bool direct_kernels_fast();
 
 // Output channels computed together for `cout` channels: 8, or the smallest power of two >= cout.
 // Packed weights and output buffers have round_up(cout, direct_block(cout)) rows.
 constexpr int64_t direct_block(int64_t cout) { return cout > 4 ? 8 : cout > 2 ? 4 : cout; }
 
-// Pixels computed together (24 accumulators of 64 bytes): direct_forward writes each output row up
-// to round_up(L, direct_step<T>(cout)).
+// Pixels computed together at the avx512 level (24 accumulators of 64 bytes; the other levels' step
+// divides it): direct_forward writes each output row up to round_up(L, direct_step<T>(cout)).
 template <typename T>
 constexpr int64_t direct_step(int64_t cout) {
   return 24 / direct_block(cout) * (64 / int64_t(sizeof(T)));
@@ -55,7 +56,8 @@ void direct_forward(const double* in, int64_t cs, int64_t cin, const int64_t* sh
                     int64_t ld);
 
 // Weight gradient, accumulated per lane: part[(o * K + k) * V + lane] += sum over q < L with
-// q % V == lane of g[o * ldg + q] * in[off[k] + q], for o < cout and k < K, V = 64 / sizeof(T).
+// q % V == lane of g[o * ldg + q] * in[off[k] + q], for o < cout and k < K, V = 64 / sizeof(T)
+// (a level with 32-byte vectors sums q % (V / 2) == lane into the first V / 2 lanes).
 // `off` (K entries) are the offsets ci * cs + shift[t] of the K = cin * taps weights. g must be
 // zero at the garbage columns and up to round_up(L, V). Finish with direct_reduce.
 void direct_weight_grad(const float* g, int64_t ldg, int64_t cout, const float* in,

@@ -22,7 +22,8 @@
 //   without dilation (winograd.h); the backward's input gradient is the same convolution run on
 //   grad_y with the flipped kernel, its weight gradient a register-blocked correlation of the same
 //   bands (direct or in the Winograd domain).
-//   These need AVX-512 (direct_kernels_fast()); on other CPUs stride 1 takes the path below too.
+//   These need AVX2 or AVX-512 (direct_kernels_fast()); at the baseline level stride 1 takes the
+//   path below too.
 // - everything else (stride > 1): im2col of normalized tiles of output rows, one GEMM per tile with
 //   W[n, group] (forward), and per (n, group) task the weight-gradient GEMM, the W^T GEMM and
 //   col2im into the gradient planes (backward).
@@ -666,7 +667,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cpu(
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   const Geometry s = geometry(x, w, stride, padding, dilation, groups, b);
   auto y = at::empty({s.N, s.Co, s.Ho, s.Wo}, x.options());
-  auto [mean, rstd] = empty_stats(x);
+  at::Tensor mean, rstd;
+  std::tie(mean, rstd) = empty_stats(x);
   if (s.N > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dynamic_conv", [&] {
       using acc = acc_t<scalar_t>;

@@ -362,7 +362,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_cpu(
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), Co = w.size(1);
   auto y = at::empty({N, Co, x.size(2), x.size(3)}, x.options().memory_format(memory_format(l)));
-  auto [mean, rstd] = empty_stats(x);
+  at::Tensor mean, rstd;
+  std::tie(mean, rstd) = empty_stats(x);
   if (N == 0) return {y, mean, rstd};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, x.scalar_type(), "dynamic_instance_norm_1x1", [&] {

@@ -153,7 +153,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(const at::Tenso
   const at::Tensor x = in_layout(x_in, layout);
   const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   auto y = at::empty_like(x, x.options().memory_format(memory_format(layout)));
-  auto [mean, rstd] = empty_stats(x);
+  at::Tensor mean, rstd;
+  std::tie(mean, rstd) = empty_stats(x);
   if (x.numel() == 0) return {y, mean, rstd};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "instance_norm", [&] {
     if (layout == Layout::NCHW) {

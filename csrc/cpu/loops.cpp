@@ -1,15 +1,16 @@
 #include "loops.h"
 
-#include "clones.h"
+#include "isa.h"
 
 #include "din_ops/math.h"
 
 #include <algorithm>
 
 // The per-element formulas are those of din_ops/math.h, the functions the CUDA kernels run too.
-// Each exported loop is compiled for AVX-512, AVX2 + FMA and the baseline (clones.h).
+// Each exported loop is compiled for AVX-512, AVX2 + FMA and the baseline (isa.h: this file is the
+// baseline build; loops_avx2.cpp and loops_avx512.cpp include it for the others).
 
-namespace din_ops::cpu {
+DIN_ISA_BEGIN
 namespace {
 
 // Lanes of independent partial sums: enough for two AVX-512 registers of float per accumulator.
@@ -202,83 +203,83 @@ DIN_INLINE double sum_impl(const T* x, int64_t n) {
 
 }  // namespace
 
-DIN_CLONES void shifted_sums(const float* x, int64_t n, float shift, double* s1, double* s2) {
+void shifted_sums(const float* x, int64_t n, float shift, double* s1, double* s2) {
   shifted_sums_impl(x, n, shift, s1, s2);
 }
-DIN_CLONES void shifted_sums(const double* x, int64_t n, double shift, double* s1, double* s2) {
+void shifted_sums(const double* x, int64_t n, double shift, double* s1, double* s2) {
   shifted_sums_impl(x, n, shift, s1, s2);
 }
-DIN_CLONES void shifted_sums_rows(const float* x, int64_t rows, int64_t C, const float* shift,
-                                  double* s1, double* s2) {
+void shifted_sums_rows(const float* x, int64_t rows, int64_t C, const float* shift,
+                       double* s1, double* s2) {
   shifted_sums_rows_impl(x, rows, C, shift, s1, s2);
 }
-DIN_CLONES void shifted_sums_rows(const double* x, int64_t rows, int64_t C, const double* shift,
-                                  double* s1, double* s2) {
+void shifted_sums_rows(const double* x, int64_t rows, int64_t C, const double* shift,
+                       double* s1, double* s2) {
   shifted_sums_rows_impl(x, rows, C, shift, s1, s2);
 }
-DIN_CLONES void grad_sums(const float* g, const float* x, int64_t n, float hi, float lo, float r,
-                          double* sg, double* sgxh) {
+void grad_sums(const float* g, const float* x, int64_t n, float hi, float lo, float r,
+               double* sg, double* sgxh) {
   grad_sums_impl(g, x, n, hi, lo, r, sg, sgxh);
 }
-DIN_CLONES void grad_sums(const double* g, const double* x, int64_t n, double hi, double lo,
-                          double r, double* sg, double* sgxh) {
+void grad_sums(const double* g, const double* x, int64_t n, double hi, double lo,
+               double r, double* sg, double* sgxh) {
   grad_sums_impl(g, x, n, hi, lo, r, sg, sgxh);
 }
-DIN_CLONES void grad_sums_rows(const float* g, const float* x, int64_t rows, int64_t C,
-                               const float* hi, const float* lo, const float* r, double* sg,
-                               double* sgxh) {
+void grad_sums_rows(const float* g, const float* x, int64_t rows, int64_t C,
+                    const float* hi, const float* lo, const float* r, double* sg,
+                    double* sgxh) {
   grad_sums_rows_impl(g, x, rows, C, hi, lo, r, sg, sgxh);
 }
-DIN_CLONES void grad_sums_rows(const double* g, const double* x, int64_t rows, int64_t C,
-                               const double* hi, const double* lo, const double* r, double* sg,
-                               double* sgxh) {
+void grad_sums_rows(const double* g, const double* x, int64_t rows, int64_t C,
+                    const double* hi, const double* lo, const double* r, double* sg,
+                    double* sgxh) {
   grad_sums_rows_impl(g, x, rows, C, hi, lo, r, sg, sgxh);
 }
-DIN_CLONES void normalize(const float* x, int64_t n, float hi, float lo, float r, float* out) {
+void normalize(const float* x, int64_t n, float hi, float lo, float r, float* out) {
   normalize_impl(x, n, hi, lo, r, out);
 }
-DIN_CLONES void normalize(const double* x, int64_t n, double hi, double lo, double r,
-                          double* out) {
+void normalize(const double* x, int64_t n, double hi, double lo, double r,
+               double* out) {
   normalize_impl(x, n, hi, lo, r, out);
 }
-DIN_CLONES void normalize_rows(const float* x, int64_t rows, int64_t C, const float* hi,
-                               const float* lo, const float* rstd, float* out) {
+void normalize_rows(const float* x, int64_t rows, int64_t C, const float* hi,
+                    const float* lo, const float* rstd, float* out) {
   normalize_rows_impl(x, rows, C, hi, lo, rstd, out);
 }
-DIN_CLONES void normalize_rows(const double* x, int64_t rows, int64_t C, const double* hi,
-                               const double* lo, const double* rstd, double* out) {
+void normalize_rows(const double* x, int64_t rows, int64_t C, const double* hi,
+                    const double* lo, const double* rstd, double* out) {
   normalize_rows_impl(x, rows, C, hi, lo, rstd, out);
 }
-DIN_CLONES void normalize_backward(const float* g, const float* x, int64_t n, float hi, float lo,
-                                   float r, float mg, float mgxh, float* out) {
+void normalize_backward(const float* g, const float* x, int64_t n, float hi, float lo,
+                        float r, float mg, float mgxh, float* out) {
   normalize_backward_impl(g, x, n, hi, lo, r, mg, mgxh, out);
 }
-DIN_CLONES void normalize_backward(const double* g, const double* x, int64_t n, double hi,
-                                   double lo, double r, double mg, double mgxh, double* out) {
+void normalize_backward(const double* g, const double* x, int64_t n, double hi,
+                        double lo, double r, double mg, double mgxh, double* out) {
   normalize_backward_impl(g, x, n, hi, lo, r, mg, mgxh, out);
 }
-DIN_CLONES void normalize_backward_rows(const float* g, const float* x, int64_t rows, int64_t C,
-                                        const float* hi, const float* lo, const float* r,
-                                        const float* mg, const float* mgxh, float* out) {
+void normalize_backward_rows(const float* g, const float* x, int64_t rows, int64_t C,
+                             const float* hi, const float* lo, const float* r,
+                             const float* mg, const float* mgxh, float* out) {
   normalize_backward_rows_impl(g, x, rows, C, hi, lo, r, mg, mgxh, out);
 }
-DIN_CLONES void normalize_backward_rows(const double* g, const double* x, int64_t rows, int64_t C,
-                                        const double* hi, const double* lo, const double* r,
-                                        const double* mg, const double* mgxh, double* out) {
+void normalize_backward_rows(const double* g, const double* x, int64_t rows, int64_t C,
+                             const double* hi, const double* lo, const double* r,
+                             const double* mg, const double* mgxh, double* out) {
   normalize_backward_rows_impl(g, x, rows, C, hi, lo, r, mg, mgxh, out);
 }
-DIN_CLONES void add_scalar(float* dst, int64_t n, float value) {
+void add_scalar(float* dst, int64_t n, float value) {
   for (int64_t i = 0; i < n; ++i) dst[i] += value;
 }
-DIN_CLONES void add_scalar(double* dst, int64_t n, double value) {
+void add_scalar(double* dst, int64_t n, double value) {
   for (int64_t i = 0; i < n; ++i) dst[i] += value;
 }
-DIN_CLONES double sum(const float* x, int64_t n) { return sum_impl(x, n); }
-DIN_CLONES double sum(const double* x, int64_t n) { return sum_impl(x, n); }
-DIN_CLONES void add_to(float* dst, const float* src, int64_t n) {
+double sum(const float* x, int64_t n) { return sum_impl(x, n); }
+double sum(const double* x, int64_t n) { return sum_impl(x, n); }
+void add_to(float* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
 }
-DIN_CLONES void add_to(double* dst, const double* src, int64_t n) {
+void add_to(double* dst, const double* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
 }
 template <typename T>
@@ -290,10 +291,10 @@ DIN_INLINE void scatter_axpy_impl(T* y, int64_t ys, const T* x, int64_t n, T a) 
   }
 }
 
-DIN_CLONES void scatter_axpy(float* y, int64_t ys, const float* x, int64_t n, float a) {
+void scatter_axpy(float* y, int64_t ys, const float* x, int64_t n, float a) {
   scatter_axpy_impl(y, ys, x, n, a);
 }
-DIN_CLONES void scatter_axpy(double* y, int64_t ys, const double* x, int64_t n, double a) {
+void scatter_axpy(double* y, int64_t ys, const double* x, int64_t n, double a) {
   scatter_axpy_impl(y, ys, x, n, a);
 }
 template <typename T>
@@ -443,48 +444,48 @@ DIN_INLINE void depthwise_plane_backward_impl(const T* pad, int64_t Wp, const T*
   }
 }
 
-DIN_CLONES void depthwise_plane(const float* pad, int64_t Wp, const float* w, int64_t kh,
-                                int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
-                                int64_t Ho, int64_t Wo, float bias, float* out) {
+void depthwise_plane(const float* pad, int64_t Wp, const float* w, int64_t kh,
+                     int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                     int64_t Ho, int64_t Wo, float bias, float* out) {
   depthwise_plane_impl(pad, Wp, w, kh, kw, sh, sw, dh, dw, Ho, Wo, bias, out);
 }
-DIN_CLONES void depthwise_plane(const double* pad, int64_t Wp, const double* w, int64_t kh,
-                                int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
-                                int64_t Ho, int64_t Wo, double bias, double* out) {
+void depthwise_plane(const double* pad, int64_t Wp, const double* w, int64_t kh,
+                     int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                     int64_t Ho, int64_t Wo, double bias, double* out) {
   depthwise_plane_impl(pad, Wp, w, kh, kw, sh, sw, dh, dw, Ho, Wo, bias, out);
 }
-DIN_CLONES void depthwise_weight_grad(const float* pad, int64_t Wp, int64_t kh, int64_t kw,
-                                      int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho,
-                                      int64_t Wo, const float* g, double* gw) {
+void depthwise_weight_grad(const float* pad, int64_t Wp, int64_t kh, int64_t kw,
+                           int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho,
+                           int64_t Wo, const float* g, double* gw) {
   depthwise_weight_grad_impl(pad, Wp, kh, kw, sh, sw, dh, dw, Ho, Wo, g, gw);
 }
-DIN_CLONES void depthwise_weight_grad(const double* pad, int64_t Wp, int64_t kh, int64_t kw,
-                                      int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho,
-                                      int64_t Wo, const double* g, double* gw) {
+void depthwise_weight_grad(const double* pad, int64_t Wp, int64_t kh, int64_t kw,
+                           int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho,
+                           int64_t Wo, const double* g, double* gw) {
   depthwise_weight_grad_impl(pad, Wp, kh, kw, sh, sw, dh, dw, Ho, Wo, g, gw);
 }
-DIN_CLONES void depthwise_plane_backward(const float* pad, int64_t Wp, const float* w, int64_t kh,
-                                         int64_t kw, int64_t sh, int64_t sw, int64_t dh,
-                                         int64_t dw, int64_t Ho, int64_t Wo, const float* g,
-                                         double* gw, float* gpad) {
+void depthwise_plane_backward(const float* pad, int64_t Wp, const float* w, int64_t kh,
+                              int64_t kw, int64_t sh, int64_t sw, int64_t dh,
+                              int64_t dw, int64_t Ho, int64_t Wo, const float* g,
+                              double* gw, float* gpad) {
   depthwise_plane_backward_impl(pad, Wp, w, kh, kw, sh, sw, dh, dw, Ho, Wo, g, gw, gpad);
 }
-DIN_CLONES void depthwise_plane_backward(const double* pad, int64_t Wp, const double* w,
-                                         int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                                         int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
-                                         const double* g, double* gw, double* gpad) {
+void depthwise_plane_backward(const double* pad, int64_t Wp, const double* w,
+                              int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                              int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
+                              const double* g, double* gw, double* gpad) {
   depthwise_plane_backward_impl(pad, Wp, w, kh, kw, sh, sw, dh, dw, Ho, Wo, g, gw, gpad);
 }
-DIN_CLONES void convert(const c10::BFloat16* src, int64_t n, float* dst) {
+void convert(const c10::BFloat16* src, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
-DIN_CLONES void convert(const c10::Half* src, int64_t n, float* dst) {
+void convert(const c10::Half* src, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
-DIN_CLONES void convert(const float* src, int64_t n, c10::BFloat16* dst) {
+void convert(const float* src, int64_t n, c10::BFloat16* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<c10::BFloat16>(src[i]);
 }
-DIN_CLONES void convert(const float* src, int64_t n, c10::Half* dst) {
+void convert(const float* src, int64_t n, c10::Half* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<c10::Half>(src[i]);
 }
 
@@ -680,106 +681,106 @@ DIN_INLINE void normalize_backward_scaled_rows_impl(const T* gy, const T* x, int
 
 }  // namespace
 
-DIN_CLONES void normalize_affine(const float* x, int64_t n, float hi, float lo, float r,
-                                 const float* gamma, const float* beta, float b, float* out) {
+void normalize_affine(const float* x, int64_t n, float hi, float lo, float r,
+                      const float* gamma, const float* beta, float b, float* out) {
   normalize_affine_impl(x, n, hi, lo, r, gamma, beta, b, out);
 }
-DIN_CLONES void normalize_affine(const double* x, int64_t n, double hi, double lo, double r,
-                                 const double* gamma, const double* beta, double b, double* out) {
+void normalize_affine(const double* x, int64_t n, double hi, double lo, double r,
+                      const double* gamma, const double* beta, double b, double* out) {
   normalize_affine_impl(x, n, hi, lo, r, gamma, beta, b, out);
 }
-DIN_CLONES void normalize_scale_shift(const float* x, int64_t n, float hi, float lo, float s,
-                                      const float* beta, float b, float* out) {
+void normalize_scale_shift(const float* x, int64_t n, float hi, float lo, float s,
+                           const float* beta, float b, float* out) {
   normalize_scale_shift_impl(x, n, hi, lo, s, beta, b, out);
 }
-DIN_CLONES void normalize_scale_shift(const double* x, int64_t n, double hi, double lo, double s,
-                                      const double* beta, double b, double* out) {
+void normalize_scale_shift(const double* x, int64_t n, double hi, double lo, double s,
+                           const double* beta, double b, double* out) {
   normalize_scale_shift_impl(x, n, hi, lo, s, beta, b, out);
 }
-DIN_CLONES void normalize_affine_rows(const float* x, int64_t rows, int64_t C, const float* hi,
-                                      const float* lo, const float* r, const float* gamma,
-                                      const float* beta, const float* b, float* out) {
+void normalize_affine_rows(const float* x, int64_t rows, int64_t C, const float* hi,
+                           const float* lo, const float* r, const float* gamma,
+                           const float* beta, const float* b, float* out) {
   normalize_affine_rows_impl(x, rows, C, hi, lo, r, gamma, beta, b, out);
 }
-DIN_CLONES void normalize_affine_rows(const double* x, int64_t rows, int64_t C, const double* hi,
-                                      const double* lo, const double* r, const double* gamma,
-                                      const double* beta, const double* b, double* out) {
+void normalize_affine_rows(const double* x, int64_t rows, int64_t C, const double* hi,
+                           const double* lo, const double* r, const double* gamma,
+                           const double* beta, const double* b, double* out) {
   normalize_affine_rows_impl(x, rows, C, hi, lo, r, gamma, beta, b, out);
 }
-DIN_CLONES void normalize_scale_shift_rows(const float* x, int64_t rows, int64_t C,
-                                           const float* hi, const float* lo, const float* s,
-                                           const float* beta, const float* b, float* out) {
+void normalize_scale_shift_rows(const float* x, int64_t rows, int64_t C,
+                                const float* hi, const float* lo, const float* s,
+                                const float* beta, const float* b, float* out) {
   normalize_scale_shift_rows_impl(x, rows, C, hi, lo, s, beta, b, out);
 }
-DIN_CLONES void normalize_scale_shift_rows(const double* x, int64_t rows, int64_t C,
-                                           const double* hi, const double* lo, const double* s,
-                                           const double* beta, const double* b, double* out) {
+void normalize_scale_shift_rows(const double* x, int64_t rows, int64_t C,
+                                const double* hi, const double* lo, const double* s,
+                                const double* beta, const double* b, double* out) {
   normalize_scale_shift_rows_impl(x, rows, C, hi, lo, s, beta, b, out);
 }
-DIN_CLONES void affine_grad_sums(const float* gy, const float* x, const float* gamma, int64_t n,
-                                 float hi, float lo, float r, double* sg, double* sgxh,
-                                 double* sgy) {
+void affine_grad_sums(const float* gy, const float* x, const float* gamma, int64_t n,
+                      float hi, float lo, float r, double* sg, double* sgxh,
+                      double* sgy) {
   affine_grad_sums_impl(gy, x, gamma, n, hi, lo, r, sg, sgxh, sgy);
 }
-DIN_CLONES void affine_grad_sums(const double* gy, const double* x, const double* gamma, int64_t n,
-                                 double hi, double lo, double r, double* sg, double* sgxh,
-                                 double* sgy) {
+void affine_grad_sums(const double* gy, const double* x, const double* gamma, int64_t n,
+                      double hi, double lo, double r, double* sg, double* sgxh,
+                      double* sgy) {
   affine_grad_sums_impl(gy, x, gamma, n, hi, lo, r, sg, sgxh, sgy);
 }
-DIN_CLONES void affine_grad_sums_rows(const float* gy, const float* x, const float* gamma,
-                                      int64_t rows, int64_t C, const float* hi, const float* lo,
-                                      const float* r, double* sg, double* sgxh, double* sgy) {
+void affine_grad_sums_rows(const float* gy, const float* x, const float* gamma,
+                           int64_t rows, int64_t C, const float* hi, const float* lo,
+                           const float* r, double* sg, double* sgxh, double* sgy) {
   affine_grad_sums_rows_impl(gy, x, gamma, rows, C, hi, lo, r, sg, sgxh, sgy);
 }
-DIN_CLONES void affine_grad_sums_rows(const double* gy, const double* x, const double* gamma,
-                                      int64_t rows, int64_t C, const double* hi, const double* lo,
-                                      const double* r, double* sg, double* sgxh, double* sgy) {
+void affine_grad_sums_rows(const double* gy, const double* x, const double* gamma,
+                           int64_t rows, int64_t C, const double* hi, const double* lo,
+                           const double* r, double* sg, double* sgxh, double* sgy) {
   affine_grad_sums_rows_impl(gy, x, gamma, rows, C, hi, lo, r, sg, sgxh, sgy);
 }
-DIN_CLONES void normalize_affine_backward(const float* gy, const float* x, const float* gamma,
-                                          int64_t n, float hi, float lo, float r, float mg,
-                                          float mgxh, float* gx, float* ggamma) {
+void normalize_affine_backward(const float* gy, const float* x, const float* gamma,
+                               int64_t n, float hi, float lo, float r, float mg,
+                               float mgxh, float* gx, float* ggamma) {
   normalize_affine_backward_impl(gy, x, gamma, n, hi, lo, r, mg, mgxh, gx, ggamma);
 }
-DIN_CLONES void normalize_affine_backward(const double* gy, const double* x, const double* gamma,
-                                          int64_t n, double hi, double lo, double r, double mg,
-                                          double mgxh, double* gx, double* ggamma) {
+void normalize_affine_backward(const double* gy, const double* x, const double* gamma,
+                               int64_t n, double hi, double lo, double r, double mg,
+                               double mgxh, double* gx, double* ggamma) {
   normalize_affine_backward_impl(gy, x, gamma, n, hi, lo, r, mg, mgxh, gx, ggamma);
 }
-DIN_CLONES void normalize_affine_backward_rows(const float* gy, const float* x, const float* gamma,
-                                               int64_t rows, int64_t C, const float* hi,
-                                               const float* lo, const float* r, const float* mg,
-                                               const float* mgxh, float* gx, float* ggamma) {
+void normalize_affine_backward_rows(const float* gy, const float* x, const float* gamma,
+                                    int64_t rows, int64_t C, const float* hi,
+                                    const float* lo, const float* r, const float* mg,
+                                    const float* mgxh, float* gx, float* ggamma) {
   normalize_affine_backward_rows_impl(gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma);
 }
-DIN_CLONES void normalize_affine_backward_rows(const double* gy, const double* x,
-                                               const double* gamma, int64_t rows, int64_t C,
-                                               const double* hi, const double* lo, const double* r,
-                                               const double* mg, const double* mgxh, double* gx,
-                                               double* ggamma) {
+void normalize_affine_backward_rows(const double* gy, const double* x,
+                                    const double* gamma, int64_t rows, int64_t C,
+                                    const double* hi, const double* lo, const double* r,
+                                    const double* mg, const double* mgxh, double* gx,
+                                    double* ggamma) {
   normalize_affine_backward_rows_impl(gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma);
 }
-DIN_CLONES void normalize_backward_scaled(const float* gy, const float* x, int64_t n, float hi,
-                                          float lo, float r, float gam, float mg, float mgxh,
-                                          float* gx) {
+void normalize_backward_scaled(const float* gy, const float* x, int64_t n, float hi,
+                               float lo, float r, float gam, float mg, float mgxh,
+                               float* gx) {
   normalize_backward_scaled_impl(gy, x, n, hi, lo, r, gam, mg, mgxh, gx);
 }
-DIN_CLONES void normalize_backward_scaled(const double* gy, const double* x, int64_t n, double hi,
-                                          double lo, double r, double gam, double mg, double mgxh,
-                                          double* gx) {
+void normalize_backward_scaled(const double* gy, const double* x, int64_t n, double hi,
+                               double lo, double r, double gam, double mg, double mgxh,
+                               double* gx) {
   normalize_backward_scaled_impl(gy, x, n, hi, lo, r, gam, mg, mgxh, gx);
 }
-DIN_CLONES void normalize_backward_scaled_rows(const float* gy, const float* x, int64_t rows,
-                                               int64_t C, const float* hi, const float* lo,
-                                               const float* r, const float* gam, const float* mg,
-                                               const float* mgxh, float* gx) {
+void normalize_backward_scaled_rows(const float* gy, const float* x, int64_t rows,
+                                    int64_t C, const float* hi, const float* lo,
+                                    const float* r, const float* gam, const float* mg,
+                                    const float* mgxh, float* gx) {
   normalize_backward_scaled_rows_impl(gy, x, rows, C, hi, lo, r, gam, mg, mgxh, gx);
 }
-DIN_CLONES void normalize_backward_scaled_rows(const double* gy, const double* x, int64_t rows,
-                                               int64_t C, const double* hi, const double* lo,
-                                               const double* r, const double* gam,
-                                               const double* mg, const double* mgxh, double* gx) {
+void normalize_backward_scaled_rows(const double* gy, const double* x, int64_t rows,
+                                    int64_t C, const double* hi, const double* lo,
+                                    const double* r, const double* gam,
+                                    const double* mg, const double* mgxh, double* gx) {
   normalize_backward_scaled_rows_impl(gy, x, rows, C, hi, lo, r, gam, mg, mgxh, gx);
 }
 
-}  // namespace din_ops::cpu
+DIN_ISA_END  // namespace din_ops::cpu::DIN_ISA

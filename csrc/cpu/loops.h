@@ -2,8 +2,8 @@
 // double): kernels convert half/bfloat16 data to float in small blocks before calling them.
 //
 // The loops are plain C++ written so that the compiler vectorizes them (independent lanes, no
-// reductions that need reassociation). loops.cpp compiles each one for several x86-64 levels and
-// picks the best at run time, so the package never needs -march=native.
+// reductions that need reassociation). loops.cpp is compiled once per instruction-set level and the
+// level is chosen at run time (isa.h), so the package never needs -march=native.
 #pragma once
 
 #include <c10/util/BFloat16.h>

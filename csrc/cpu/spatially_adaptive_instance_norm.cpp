@@ -297,7 +297,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_
   const at::Tensor x = in_layout(x_in, l);
   const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   auto y = at::empty_like(x, x.options().memory_format(memory_format(l)));
-  auto [mean, rstd] = empty_stats(x);
+  at::Tensor mean, rstd;
+  std::tie(mean, rstd) = empty_stats(x);
   if (x.numel() == 0) return {y, mean, rstd};
   const at::Tensor gamma = prepare(gamma_in, x, l);
   const at::Tensor beta = has_beta ? prepare(*beta_in, x, l) : at::Tensor();

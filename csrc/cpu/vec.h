@@ -1,26 +1,34 @@
-// GCC vector types for the CPU kernels: 64 bytes for the register-blocked kernels (direct_conv.cpp,
-// winograd.cpp), 32 bytes for the deformable loops. Compiled inside a function cloned for AVX-512
-// (clones.h) a 64-byte vector is one zmm register; for the AVX2 and baseline clones the compiler
-// splits it. Broadcasts are written `-V{} + a` inline in the kernels (a + -0 ==
-// a for every a, so it folds to one broadcast; GCC 12 expands it lane by lane when it comes from a
-// helper function inlined into a cloned one).
+// GCC / clang vector types for the CPU kernels: 64 bytes (avx512 level) or 32 bytes (avx2 and the
+// baseline) for the register-blocked kernels (direct_conv.cpp, winograd.cpp), 32 bytes for the
+// deformable loops. A 64-byte vector is one zmm register; in the baseline build the compiler splits
+// a 32-byte one in two xmm. Broadcasts are written `-V{} + a` inline in the kernels (a + -0 == a for
+// every a, so it folds to one broadcast; GCC 12 expands it lane by lane when it comes from a helper
+// function inlined into another one).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
-#include "clones.h"
+#include "isa.h"
 
-// The vector helpers are inlined and never cross a call, so GCC's note that their ABI differs
-// without AVX does not apply.
-#if defined(__GNUC__) && !defined(__clang__)
+// The vector helpers are inlined and never cross a call, so the compilers' notes that their ABI
+// differs without AVX do not apply.
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wpsabi"
+#elif defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-namespace din_ops::cpu::simd {
+// In the namespace and target region of the level (isa.h): each build has its own vector widths,
+// and clang rejects a call that returns a 32- or 64-byte vector from a function compiled without
+// the instructions for it, even an inlined one.
+DIN_ISA_TARGET_PUSH
+namespace din_ops::cpu::DIN_ISA::simd {
 
 // VecOf<T, Bytes>::type: a vector of Bytes / sizeof(T) values of T; ::index: the integer vector of
-// the same lanes, for __builtin_shuffle masks.
+// the same lanes (shuffle masks).
 template <typename T, int Bytes>
 struct VecOf;
 template <>
@@ -44,13 +52,19 @@ struct VecOf<double, 32> {
   typedef int64_t index __attribute__((vector_size(32)));
 };
 
-// The 64-byte vectors of the register-blocked kernels and their shuffle masks.
+// The vectors of the register-blocked kernels (direct_conv.cpp, winograd.cpp) in this build (isa.h):
+// 64 bytes, one zmm register, at the avx512 level; 32 bytes, one ymm register (two xmm in the
+// baseline), elsewhere, where 16 registers hold half as many accumulators.
+// kAcc: accumulators of a register block (a GEMM's output tile), kRows: most output channels in one.
+#if defined(DIN_CPU_CAPABILITY_AVX512)
+constexpr int kVecBytes = 64, kAcc = 24, kRows = 8;
+#else
+constexpr int kVecBytes = 32, kAcc = 12, kRows = 4;
+#endif
 template <typename T>
-using vec_t = typename VecOf<T, 64>::type;
+using vec_t = typename VecOf<T, kVecBytes>::type;
 template <typename T>
-using index_t = typename VecOf<T, 64>::index;
-template <typename T>
-constexpr int kLanes = 64 / sizeof(T);
+constexpr int kLanes = kVecBytes / sizeof(T);
 
 template <typename T>
 DIN_INLINE vec_t<T> loadu(const T* p) {
@@ -60,8 +74,44 @@ DIN_INLINE vec_t<T> loadu(const T* p) {
 }
 
 template <typename T>
-DIN_INLINE void storeu(T* p, vec_t<T> v) {
+DIN_INLINE void storeu(T* p, const vec_t<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-}  // namespace din_ops::cpu::simd
+// Lane selections from the concatenation (a, b) of two n-lane vectors: the even / odd elements, and
+// the low / high halves of the interleaving a0 b0 a1 b1 ...
+enum class Pick { even, odd, lo, hi };
+
+// Index of the concatenation that lane i of selection K takes.
+template <Pick K, int n>
+constexpr int pick_index(int i) {
+  switch (K) {
+    case Pick::even: return 2 * i;
+    case Pick::odd: return 2 * i + 1;
+    case Pick::lo: return i / 2 + (i % 2) * n;
+    default: return n / 2 + i / 2 + (i % 2) * n;
+  }
+}
+
+template <Pick K, typename V, int... I>
+DIN_INLINE V shuffle_lanes(const V& a, const V& b, std::integer_sequence<int, I...>) {
+#if defined(__clang__) || __GNUC__ >= 12
+  // Both compilers (GCC from 12) take the lane indices as constants.
+  return __builtin_shufflevector(a, b, pick_index<K, sizeof...(I)>(I)...);
+#else
+  // Older GCC only has __builtin_shuffle, with a mask vector.
+  typedef typename std::conditional<sizeof(a[0]) == 8, int64_t, int32_t>::type E;
+  typedef E Mask __attribute__((vector_size(sizeof(V))));
+  return __builtin_shuffle(a, b, Mask{pick_index<K, sizeof...(I)>(I)...});
+#endif
+}
+
+// shuffle<K>(a, b): the lanes of selection K, for any vector type of vec.h.
+template <Pick K, typename V>
+DIN_INLINE V shuffle(const V& a, const V& b) {
+  constexpr int n = sizeof(V) / sizeof(a[0]);
+  return shuffle_lanes<K>(a, b, std::make_integer_sequence<int, n>{});
+}
+
+}  // namespace din_ops::cpu::DIN_ISA::simd
+DIN_ISA_TARGET_POP

@@ -8,37 +8,29 @@
 #include <vector>
 
 #include "direct_conv.h"
+#include "isa.h"
 #include "vec.h"
 
-namespace din_ops::cpu {
+DIN_ISA_BEGIN
 namespace {
 
-using simd::index_t;
+using simd::Pick;
+using simd::shuffle;
 using simd::kLanes;
 using simd::loadu;
 using simd::storeu;
 using simd::vec_t;
 
+using simd::kAcc;
+using simd::kRows;
+
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-// Lane masks over the concatenation (a, b) of two vectors: even / odd elements, and the low / high
-// halves of the interleaving a0 b0 a1 b1 ...
-template <typename T>
-struct Masks;
-template <>
-struct Masks<float> {
-  static constexpr simd::index_t<float> even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-  static constexpr simd::index_t<float> odd = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
-  static constexpr simd::index_t<float> lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
-  static constexpr simd::index_t<float> hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-};
-template <>
-struct Masks<double> {
-  static constexpr simd::index_t<double> even = {0, 2, 4, 6, 8, 10, 12, 14};
-  static constexpr simd::index_t<double> odd = {1, 3, 5, 7, 9, 11, 13, 15};
-  static constexpr simd::index_t<double> lo = {0, 8, 1, 9, 2, 10, 3, 11};
-  static constexpr simd::index_t<double> hi = {4, 12, 5, 13, 6, 14, 7, 15};
-};
+// Output channels of one GEMM register block and tiles per block (`lanes` per vector).
+constexpr int rows_for(int64_t cout) {
+  return static_cast<int>(std::min<int64_t>(direct_block(cout), kRows));
+}
+constexpr int64_t gemm_step(int64_t cout, int64_t lanes) { return kAcc / rows_for(cout) * lanes; }
 
 // Geometry of the tile blocks of one band.
 struct Tiles {
@@ -75,9 +67,7 @@ template <typename T>
 DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp,
                                 const Tiles& k, int64_t th0, int64_t th1, T* V) {
   using Vt = vec_t<T>;
-  using I = index_t<T>;
   constexpr int n = kLanes<T>;
-  const I even = Masks<T>::even, odd = Masks<T>::odd;
   for (int64_t ci = 0; ci < cin; ++ci) {
     for (int64_t th = th0; th < th1; ++th) {
       for (int64_t tv = 0; tv < k.TWp; tv += n) {
@@ -86,10 +76,10 @@ DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp
         for (int r = 0; r < 4; ++r) {
           const T* row = base + r * Wp;
           const Vt a = loadu(row), b = loadu(row + n), a2 = loadu(row + 2), b2 = loadu(row + n + 2);
-          d[r][0] = __builtin_shuffle(a, b, even);
-          d[r][1] = __builtin_shuffle(a, b, odd);
-          d[r][2] = __builtin_shuffle(a2, b2, even);
-          d[r][3] = __builtin_shuffle(a2, b2, odd);
+          d[r][0] = shuffle<Pick::even>(a, b);
+          d[r][1] = shuffle<Pick::odd>(a, b);
+          d[r][2] = shuffle<Pick::even>(a2, b2);
+          d[r][3] = shuffle<Pick::odd>(a2, b2);
         }
         Vt t[4][4];
         for (int c = 0; c < 4; ++c) {  // B^T d
@@ -116,9 +106,7 @@ template <typename T>
 DIN_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, int64_t th1,
                                  int64_t Wp, const T* bias, int64_t cout, T* out, int64_t ld) {
   using Vt = vec_t<T>;
-  using I = index_t<T>;
   constexpr int n = kLanes<T>;
-  const I lo = Masks<T>::lo, hi = Masks<T>::hi;
   const int64_t xs = k.ms();
   for (int64_t co = 0; co < cout; ++co) {
     const Vt bv = -Vt{} + (bias != nullptr ? bias[co] : T(0));
@@ -136,7 +124,7 @@ DIN_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, int64_
         for (int i = 0; i < 2; ++i) {  // (A^T M) A: two output rows of 2 n values
           const Vt y0 = s[i][0] + s[i][1] + s[i][2] + bv;
           const Vt y1 = s[i][1] - s[i][2] - s[i][3] + bv;
-          const Vt first = __builtin_shuffle(y0, y1, lo), second = __builtin_shuffle(y0, y1, hi);
+          const Vt first = shuffle<Pick::lo>(y0, y1), second = shuffle<Pick::hi>(y0, y1);
           T* dst = out + co * ld + (2 * th + i) * Wp + 2 * tv;
           if (count == 2 * n) {
             storeu(dst, first);
@@ -153,29 +141,33 @@ DIN_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, int64_
   }
 }
 
-// M[o, t] = sum_ci U[o, ci] V[ci, t] for one of the 16 transformed elements: B output channels x P
-// vectors of tiles in registers, the input channels streamed (rows of V at stride ldm).
+// M[o, t] = sum_ci U[o, ci] V[ci, t] for one of the 16 transformed elements: BR output channels x P
+// vectors of tiles in registers (vec.h's budget), the input channels streamed (rows of V at stride
+// ldm); the BR-channel parts of a packed block of B one after the other over the same tiles.
 template <typename T, int B>
 DIN_INLINE void gemm(const T* V, int64_t cin, const T* packed, int64_t cout, int64_t L,
                      int64_t ldm, T* M) {
   using Vt = vec_t<T>;
-  constexpr int n = kLanes<T>, P = 24 / B;
+  constexpr int BR = B < kRows ? B : kRows;
+  constexpr int n = kLanes<T>, P = kAcc / BR;
   for (int64_t blk = 0; blk * B < cout; ++blk) {
     for (int64_t q0 = 0; q0 < L; q0 += P * n) {
-      Vt acc[B][P] = {};
-      const T* w = packed + blk * cin * B;
-      const T* src = V + q0;
-      for (int64_t ci = 0; ci < cin; ++ci, src += ldm, w += B) {
-        Vt xv[P];
-        for (int p = 0; p < P; ++p) xv[p] = loadu(src + p * n);
-        for (int o = 0; o < B; ++o) {
-          const Vt wv = -Vt{} + w[o];
-          for (int p = 0; p < P; ++p) acc[o][p] = acc[o][p] + wv * xv[p];
+      for (int o0 = 0; o0 < B; o0 += BR) {
+        Vt acc[BR][P] = {};
+        const T* w = packed + blk * cin * B + o0;
+        const T* src = V + q0;
+        for (int64_t ci = 0; ci < cin; ++ci, src += ldm, w += B) {
+          Vt xv[P];
+          for (int p = 0; p < P; ++p) xv[p] = loadu(src + p * n);
+          for (int o = 0; o < BR; ++o) {
+            const Vt wv = -Vt{} + w[o];
+            for (int p = 0; p < P; ++p) acc[o][p] = acc[o][p] + wv * xv[p];
+          }
         }
+        T* dst = M + (blk * B + o0) * ldm + q0;
+        for (int o = 0; o < BR; ++o)
+          for (int p = 0; p < P; ++p) storeu(dst + o * ldm + p * n, acc[o][p]);
       }
-      T* dst = M + blk * B * ldm + q0;
-      for (int o = 0; o < B; ++o)
-        for (int p = 0; p < P; ++p) storeu(dst + o * ldm + p * n, acc[o][p]);
     }
   }
 }
@@ -200,7 +192,7 @@ template <typename T>
 DIN_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
                              int64_t Wo, const T* packed, const T* bias, int64_t cout, T* out,
                              int64_t ld, T* work) {
-  const Tiles k(cout, R, Wo, kLanes<T>, direct_step<T>(cout));
+  const Tiles k(cout, R, Wo, kLanes<T>, gemm_step(cout, kLanes<T>));
   // V and M at a 64-byte boundary: their rows (ldm values) then start on cache lines.
   T* V = work + (-(reinterpret_cast<uintptr_t>(work) / sizeof(T))) % kLanes<T>;
   T* M = V + 16 * k.vs(cin);
@@ -217,14 +209,12 @@ DIN_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, i
 template <typename T>
 DIN_INLINE void transpose(vec_t<T>* v) {
   using Vt = vec_t<T>;
-  using I = index_t<T>;
   constexpr int n = kLanes<T>;
-  const I lo = Masks<T>::lo, hi = Masks<T>::hi;
   for (int round = 1; round < n; round *= 2) {
     Vt t[n];
     for (int i = 0; i < n / 2; ++i) {
-      t[2 * i] = __builtin_shuffle(v[i], v[i + n / 2], lo);
-      t[2 * i + 1] = __builtin_shuffle(v[i], v[i + n / 2], hi);
+      t[2 * i] = shuffle<Pick::lo>(v[i], v[i + n / 2]);
+      t[2 * i + 1] = shuffle<Pick::hi>(v[i], v[i + n / 2]);
     }
     for (int i = 0; i < n; ++i) v[i] = t[i];
   }
@@ -291,20 +281,24 @@ DIN_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, int64_t
   }
 }
 
-// part[xi][ci][o] += sum_t V[xi][ci][t] Zt[xi][t][o]: 8 input channels x CV vectors of output
+// Input channels of one weight-gradient register block: 8 x 2 vectors of output channels on
+// AVX-512 (16 of the 32 registers), 6 x 2 on AVX2 (12 of 16).
+constexpr int kGradRows = kAcc >= 24 ? 8 : 6;
+
+// part[xi][ci][o] += sum_t V[xi][ci][t] Zt[xi][t][o]: kGradRows input channels x CV vectors of output
 // channels in registers, the tiles streamed.
 template <typename T, int CV>
 DIN_INLINE void grad_gemm_block(const T* V, int64_t ldm, int nci, const T* Zt, int64_t cop,
                                 int64_t L, T* part) {
   using Vt = vec_t<T>;
-  constexpr int n = kLanes<T>;
-  Vt acc[8][CV] = {};
-  const T* rows[8];
-  for (int i = 0; i < 8; ++i) rows[i] = V + std::min(i, nci - 1) * ldm;
+  constexpr int n = kLanes<T>, NR = kGradRows;
+  Vt acc[NR][CV] = {};
+  const T* rows[NR];
+  for (int i = 0; i < NR; ++i) rows[i] = V + std::min(i, nci - 1) * ldm;
   for (int64_t t = 0; t < L; ++t) {
     Vt z[CV];
     for (int c = 0; c < CV; ++c) z[c] = loadu(Zt + t * cop + c * n);
-    for (int i = 0; i < 8; ++i) {
+    for (int i = 0; i < NR; ++i) {
       const Vt b = -Vt{} + rows[i][t];
       for (int c = 0; c < CV; ++c) acc[i][c] = acc[i][c] + b * z[c];
     }
@@ -322,7 +316,7 @@ DIN_INLINE void weight_grad_impl(const T* in, int64_t cs, int64_t cin, int64_t W
                                  int64_t Wo, const T* g, int64_t ldg, int64_t cout, T* part,
                                  T* work) {
   constexpr int n = kLanes<T>;
-  const Tiles k(cout, R, Wo, n, direct_step<T>(cout));
+  const Tiles k(cout, R, Wo, n, gemm_step(cout, n));
   const int64_t cop = round_up(cout, n);
   T* V = work + (-(reinterpret_cast<uintptr_t>(work) / sizeof(T))) % n;
   T* Zt = V + 16 * k.vs(cin);
@@ -334,8 +328,8 @@ DIN_INLINE void weight_grad_impl(const T* in, int64_t cs, int64_t cin, int64_t W
     grad_transform(gt, cop, k, th0, th1, Zt);
     for (int xi = 0; xi < 16; ++xi) {
       const T* z = Zt + xi * k.zs(cop);
-      for (int64_t ci = 0; ci < cin; ci += 8) {
-        const int nci = static_cast<int>(std::min<int64_t>(8, cin - ci));
+      for (int64_t ci = 0; ci < cin; ci += kGradRows) {
+        const int nci = static_cast<int>(std::min<int64_t>(kGradRows, cin - ci));
         const T* v = V + xi * k.vs(cin) + ci * k.ldm;
         T* p = part + (xi * cin + ci) * cop;
         int64_t o = 0;
@@ -420,8 +414,8 @@ void winograd_weights(const double* w, int64_t cout, int64_t cin, double* packed
 }
 
 int64_t winograd_work_size(int64_t cout, int64_t cin, int64_t Wo, int64_t value_size) {
-  const int64_t lanes = 64 / value_size;
-  const int64_t step = 24 / direct_block(cout) * lanes;
+  const int64_t lanes = simd::kVecBytes / value_size;
+  const int64_t step = gemm_step(cout, lanes);
   // R only sets the number of blocks, not their size: any R >= 2 tile rows gives the largest.
   const Tiles k(cout, 1 << 20, Wo, lanes, step);
   const int64_t cop = round_up(cout, lanes);
@@ -431,27 +425,27 @@ int64_t winograd_work_size(int64_t cout, int64_t cin, int64_t Wo, int64_t value_
   return std::max(fwd, bwd) + lanes;  // + alignment
 }
 
-DIN_CLONES void winograd_forward(const float* in, int64_t cs, int64_t cin, int64_t Wp,
-                                 int64_t R, int64_t Wo, const float* packed,
-                                 const float* bias, int64_t cout, float* out, int64_t ld,
-                                 float* work) {
+void winograd_forward(const float* in, int64_t cs, int64_t cin, int64_t Wp,
+                      int64_t R, int64_t Wo, const float* packed,
+                      const float* bias, int64_t cout, float* out, int64_t ld,
+                      float* work) {
   forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work);
 }
-DIN_CLONES void winograd_forward(const double* in, int64_t cs, int64_t cin, int64_t Wp,
-                                 int64_t R, int64_t Wo, const double* packed,
-                                 const double* bias, int64_t cout, double* out, int64_t ld,
-                                 double* work) {
+void winograd_forward(const double* in, int64_t cs, int64_t cin, int64_t Wp,
+                      int64_t R, int64_t Wo, const double* packed,
+                      const double* bias, int64_t cout, double* out, int64_t ld,
+                      double* work) {
   forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work);
 }
 
-DIN_CLONES void winograd_weight_grad(const float* in, int64_t cs, int64_t cin, int64_t Wp,
-                                     int64_t R, int64_t Wo, const float* g, int64_t ldg,
-                                     int64_t cout, float* part, float* work) {
+void winograd_weight_grad(const float* in, int64_t cs, int64_t cin, int64_t Wp,
+                          int64_t R, int64_t Wo, const float* g, int64_t ldg,
+                          int64_t cout, float* part, float* work) {
   weight_grad_impl(in, cs, cin, Wp, R, Wo, g, ldg, cout, part, work);
 }
-DIN_CLONES void winograd_weight_grad(const double* in, int64_t cs, int64_t cin, int64_t Wp,
-                                     int64_t R, int64_t Wo, const double* g, int64_t ldg,
-                                     int64_t cout, double* part, double* work) {
+void winograd_weight_grad(const double* in, int64_t cs, int64_t cin, int64_t Wp,
+                          int64_t R, int64_t Wo, const double* g, int64_t ldg,
+                          int64_t cout, double* part, double* work) {
   weight_grad_impl(in, cs, cin, Wp, R, Wo, g, ldg, cout, part, work);
 }
 
@@ -466,4 +460,4 @@ void winograd_weight_grad_finish(const double* part, int64_t cout, int64_t cin, 
   weight_grad_finish_impl(part, cout, cin, gw);
 }
 
-}  // namespace din_ops::cpu
+DIN_ISA_END  // namespace din_ops::cpu::DIN_ISA

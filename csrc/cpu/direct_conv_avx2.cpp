@@ -1,0 +1,5 @@
+// direct_conv.cpp compiled for the avx2 level (isa.h); empty except on x86-64.
+#if defined(__x86_64__)
+#define DIN_CPU_CAPABILITY_AVX2
+#include "direct_conv.cpp"
+#endif
