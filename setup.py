@@ -17,9 +17,12 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
 
 from setuptools import find_packages, setup
 import torch
@@ -39,11 +42,34 @@ def fail(message: str) -> None:
     sys.exit(f"din_ops: build stopped: {message}")
 
 
-def cxx_flags() -> list[str]:
-    # -g0: setuptools adds -g, which doubles the compile time of ATen-heavy files.
-    # -fopenmp: at::parallel_for is only parallel with OpenMP. No -march: the loops that matter are
-    # compiled for several x86-64 levels and chosen at run time (csrc/cpu/loops.cpp).
-    return ["-O3", "-g0", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+def openmp_flags() -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) for OpenMP, which makes at::parallel_for parallel in the extension:
+    -fopenmp where the compiler takes it (GCC; clang with libomp installed), Apple clang's
+    -Xpreprocessor -fopenmp -lomp where libomp is found, else none (a serial build, said out loud)."""
+    compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+    probe = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+    candidates = [(["-fopenmp"], ["-fopenmp"]), (["-Xpreprocessor", "-fopenmp"], ["-lomp"])]
+    for compile_flags, link_flags in candidates:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "omp.cpp")
+            with open(src, "w") as f:
+                f.write(probe)
+            cmd = shlex.split(compiler) + [src, *compile_flags, *link_flags, "-o", os.path.join(tmp, "a.out")]
+            try:
+                if subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0:
+                    return compile_flags, link_flags
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+    say(f"{compiler} has no OpenMP (tried -fopenmp and -Xpreprocessor -fopenmp -lomp): the CPU kernels "
+        "will run on one thread (install libomp, e.g. `brew install libomp` or Debian's libomp-dev)")
+    return [], []
+
+
+def cxx_flags(openmp: list[str]) -> list[str]:
+    # -g0: setuptools adds -g, which doubles the compile time of ATen-heavy files. No -march: the
+    # files with the hot loops are compiled once per instruction-set level under target pragmas
+    # and chosen when the library loads (csrc/cpu/isa.h).
+    return ["-O3", "-g0", "-std=c++20", *openmp, "-Wall", "-Wno-unknown-pragmas"]
 
 
 def cpu_sources() -> list[str]:
@@ -159,19 +185,20 @@ def want_cuda() -> bool:
 def extension():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
+    omp_compile, omp_link = openmp_flags()
     common = dict(
         name="din_ops._C",
         include_dirs=INCLUDE_DIRS,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=omp_link,
         py_limited_api=False,
     )
     if want_cuda():
         return CUDAExtension(
             sources=cpu_sources() + cuda_sources(),
-            extra_compile_args={"cxx": cxx_flags(), "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx_flags(omp_compile), "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
             **common,
         )
-    return CppExtension(sources=cpu_sources(), extra_compile_args={"cxx": cxx_flags()}, **common)
+    return CppExtension(sources=cpu_sources(), extra_compile_args={"cxx": cxx_flags(omp_compile)}, **common)
 
 
 def build_ext_class():
