@@ -5,7 +5,7 @@ TORCH_PIN ?= torch==2.13.0
 TRITON_PIN ?= triton==3.8.0
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: install test test-python test-cpp test-sanitize test-cuda-compile test-cuda-emulate bench bench-quick bench-sweep bench-pytest gpu gpu-dry gpu-prebuild test-oldest clean
+.PHONY: install test test-python test-cpp test-clang test-aarch64 test-isa-levels test-sanitize test-cuda-compile test-cuda-emulate bench bench-quick bench-sweep bench-pytest gpu gpu-dry gpu-prebuild test-oldest clean
 
 # torch is installed only where none is (pinned: an unpinned torch would pull a multi-GB CUDA
 # build); an existing torch >= 2.11, e.g. a CUDA build on a GPU machine, is kept.
@@ -17,7 +17,7 @@ install:
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install --quiet --no-deps "$(TRITON_PIN)"
 	$(PYTHON) -m pip install --no-build-isolation --quiet -e .
 
-test: install test-python test-cpp test-cuda-compile test-cuda-emulate
+test: install test-python test-isa-levels test-cpp test-clang test-aarch64 test-cuda-compile test-cuda-emulate
 
 test-python:
 	$(PYTHON) -m pytest tests -q
@@ -27,6 +27,26 @@ test-cpp:
 	  -DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build $(CMAKE_BUILD) -j2
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+# The CPU kernel tests once more at every other instruction-set level this CPU has (test-python ran
+# them at the best one): `default` and `avx2` on an AVX-512 machine, `default` on an AVX2 one.
+ISA_TESTS ?= tests/test_instance_norm.py tests/test_dynamic_instance_norm.py tests/test_spatially_adaptive.py \
+  tests/test_dynamic_conv.py tests/test_deformable.py tests/test_adain.py tests/test_cpu_capability.py
+test-isa-levels:
+	@best=$$($(PYTHON) -c "import din_ops; print(din_ops.cpu_capability())"); \
+	for level in $$($(PYTHON) -c "import din_ops; print(' '.join(din_ops.cpu_capabilities()))"); do \
+	  [ "$$level" = "$$best" ] && continue; \
+	  echo "test-isa-levels: DIN_OPS_CPU_CAPABILITY=$$level"; \
+	  DIN_OPS_CPU_CAPABILITY=$$level $(PYTHON) -m pytest $(ISA_TESTS) -q -m "not gpu" -k "not gradcheck" -p no:cacheprovider || exit 1; \
+	done
+
+# The C++ tests built with clang, and the CPU sources compiled for aarch64 (compile only). Each
+# skips with a message where its compiler is missing; on CI (CI=true) it installs it first.
+test-clang:
+	PYTHON=$(PYTHON) .ci/clang_ctest.sh
+
+test-aarch64:
+	PYTHON=$(PYTHON) .ci/aarch64_compile.sh
 
 # The C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (the pre-release check; see
 # docs/testing.md). LibTorch is not instrumented: leak detection is off (its registries live until exit), and

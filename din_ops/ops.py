@@ -544,7 +544,8 @@ def _deformable(x, w, bias, offset, mask, stride, pad, dilation, groups, normali
     g = _check_offset_mask(x, w, offset, mask, stride, pad, dilation)
     if chosen == "triton":
         raise ValueError(
-            "din_ops: backend 'triton' has no deformable kernels; use backend='cpu' or 'reference'"
+            "din_ops: backend 'triton' has no deformable kernels; use backend='cuda' (CUDA tensors), "
+            "'cpu' (CPU tensors) or 'reference'"
         )
     if chosen == "reference":
         kw = dict(stride=tuple(stride), padding=(pad[0], pad[2]), dilation=tuple(dilation), groups=groups)
