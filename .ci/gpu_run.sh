@@ -154,7 +154,10 @@ from din_ops import backends
 
 dry = os.environ.get("GPU_DRY") == "1"
 print("available_backends():", din_ops.available_backends())
-ops = sorted(name for name in torch.ops.din_ops if not name.startswith("triton_"))
+# Every operator of the schema (csrc/din_ops.cpp) that takes tensors: not the Triton ones (Python)
+# nor the CPU-level queries.
+ops = sorted(name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
+             if name.startswith("din_ops::") and not name.startswith(("din_ops::triton_", "din_ops::cpu_capabilit")))
 missing = []
 for name in ops:
     has = backends.has_kernel(f"din_ops::{name}", "CUDA")
