@@ -198,4 +198,47 @@ struct StoreSums {
   }
 };
 
+// The statistics of channels-last planes (instance_norm.cu, spatially_adaptive_instance_norm.cu):
+// v[j] += x - shift, v[VEC + j] += (x - shift)^2 per channel, shift = the channel's first pixel.
+template <typename T, int VEC>
+struct NhwcMomentsOp {
+  const T* x;
+  struct State {
+    acc_t<T> shift[VEC];
+  };
+  __device__ State channel(int64_t, int64_t slot0) const {
+    State st;
+    const Vec<T, VEC> v = load_vec<T, VEC>(x, slot0);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) st.shift[j] = to_acc(v.v[j]);
+    return st;
+  }
+  __device__ void add(const State& st, int64_t slot, double (&v)[2 * VEC]) const {
+    const Vec<T, VEC> xv = load_vec<T, VEC>(x, slot);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const acc_t<T> d = to_acc(xv.v[j]) - st.shift[j];
+      v[j] += d;
+      v[VEC + j] += d * d;
+    }
+  }
+};
+
+// mean and rstd of (n, c) from the shifted sums (the shift read again from pixel 0).
+template <typename T>
+struct NhwcMomentsFin {
+  const T* x;
+  double* mean;
+  double* rstd;
+  int64_t C, P;
+  double eps;
+  __device__ void operator()(int64_t nc, const double (&t)[2]) const {
+    const double shift = static_cast<double>(to_acc(x[(nc / C) * P * C + nc % C]));
+    const math::Moments m =
+        math::moments_from_shifted_sums(shift, t[0], t[1], static_cast<double>(P), eps);
+    mean[nc] = m.mean;
+    rstd[nc] = m.rstd;
+  }
+};
+
 }  // namespace din_ops::gpu

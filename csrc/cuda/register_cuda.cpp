@@ -377,6 +377,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_backwar
 
 // ---- dynamic_conv ----------------------------------------------------------------------------
 
+// The statistics of a convolution's input: those of x when normalizing, else mean 0 and rstd 1
+// (the k x k and deformable convolutions without normalization).
+void conv_statistics(const at::Tensor& x, bool normalize, double eps, at::Tensor& mean,
+                     at::Tensor& rstd, const char* what) {
+  if (!normalize) {
+    mean.zero_();
+    rstd.fill_(1.0);
+    return;
+  }
+  check_launch(instance_norm_forward(dtype_of(x), x.const_data_ptr(), nullptr,
+                                     mean.mutable_data_ptr<double>(),
+                                     rstd.mutable_data_ptr<double>(), x.size(0) * x.size(1),
+                                     x.size(2) * x.size(3), eps, stream()),
+               what);
+}
+
 ConvGeometry geometry(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   ConvGeometry g{};
@@ -415,16 +431,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cuda(
   auto [mean, rstd] = empty_stats(x);
   if (g.N == 0) return {in_layout_of(y, cl), mean, rstd};
   const DType dt = dtype_of(x);
-  if (normalize) {
-    check_launch(instance_norm_forward(dt, x.const_data_ptr(), nullptr,
-                                       mean.mutable_data_ptr<double>(),
-                                       rstd.mutable_data_ptr<double>(), g.N * g.C, g.H * g.W, eps,
-                                       stream()),
-                 "dynamic_conv (statistics)");
-  } else {
-    mean.zero_();
-    rstd.fill_(1.0);
-  }
+  conv_statistics(x, normalize, eps, mean, rstd, "dynamic_conv (statistics)");
   const at::Tensor q = coefficients(x, mean, rstd);
   check_launch(dynamic_conv_forward(dt, g, x.const_data_ptr(), w.const_data_ptr(),
                                     has_bias ? b.const_data_ptr() : nullptr, q.const_data_ptr(),
@@ -675,16 +682,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_conv_cuda(
   auto [mean, rstd] = empty_stats(x);
   if (g.N == 0) return {in_layout_of(y, cl), mean, rstd};
   const DType dt = dtype_of(x);
-  if (normalize) {
-    check_launch(instance_norm_forward(dt, x.const_data_ptr(), nullptr,
-                                       mean.mutable_data_ptr<double>(),
-                                       rstd.mutable_data_ptr<double>(), g.N * g.C, g.H * g.W, eps,
-                                       stream()),
-                 "deformable_conv (statistics)");
-  } else {
-    mean.zero_();
-    rstd.fill_(1.0);
-  }
+  conv_statistics(x, normalize, eps, mean, rstd, "deformable_conv (statistics)");
   at::Tensor ws = deformable_workspace(x, g, false);
   check_launch(deformable_conv_forward(dt, g, x.const_data_ptr(), w.const_data_ptr(),
                                        b.defined() ? b.const_data_ptr() : nullptr,

@@ -176,47 +176,6 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---- channels last (nhwc.cuh) -----------------------------------------------------------------
 
-// v[j] += x - shift, v[VEC + j] += (x - shift)^2 (the statistics, as instance_norm.cu).
-template <typename T, int VEC>
-struct SaMomentsOp {
-  const T* x;
-  struct State {
-    acc_t<T> shift[VEC];
-  };
-  __device__ State channel(int64_t, int64_t slot0) const {
-    State st;
-    const Vec<T, VEC> v = load_vec<T, VEC>(x, slot0);
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) st.shift[j] = to_acc(v.v[j]);
-    return st;
-  }
-  __device__ void add(const State& st, int64_t slot, double (&v)[2 * VEC]) const {
-    const Vec<T, VEC> xv = load_vec<T, VEC>(x, slot);
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const acc_t<T> d = to_acc(xv.v[j]) - st.shift[j];
-      v[j] += d;
-      v[VEC + j] += d * d;
-    }
-  }
-};
-
-template <typename T>
-struct SaMomentsFin {
-  const T* x;
-  double* mean;
-  double* rstd;
-  int64_t C, P;
-  double eps;
-  __device__ void operator()(int64_t nc, const double (&t)[2]) const {
-    const double shift = static_cast<double>(to_acc(x[(nc / C) * P * C + nc % C]));
-    const math::Moments m =
-        math::moments_from_shifted_sums(shift, t[0], t[1], static_cast<double>(P), eps);
-    mean[nc] = m.mean;
-    rstd[nc] = m.rstd;
-  }
-};
-
 // y = gamma * xh + beta, as forward_kernel's emit.
 template <typename T, int VEC>
 struct SaApplyOp {
@@ -473,12 +432,12 @@ cudaError_t spatially_adaptive_forward_nhwc(DType dtype, const void* x, const vo
       const NhwcShape s = nhwc_shape(N, C, P, V);
       if (!nhwc_grid_ok(s)) return cudaErrorInvalidConfiguration;
       const T* xp = static_cast<const T*>(x);
-      using Op = SaMomentsOp<T, V>;
+      using Op = NhwcMomentsOp<T, V>;
       const Op op{xp};
       nhwc_partial_kernel<T, V, 2, Op><<<nhwc_grid(s), nhwc_block(s), 0, stream>>>(s, op,
                                                                                  workspace);
       if (const cudaError_t e = launched(); e != cudaSuccess) return e;
-      using Fin = SaMomentsFin<T>;
+      using Fin = NhwcMomentsFin<T>;
       const Fin fin{xp, mean, rstd, C, P, eps};
       nhwc_finalize_kernel<2, Fin><<<nhwc_finalize_blocks(s), 256, 0, stream>>>(s, workspace, fin);
       if (const cudaError_t e = launched(); e != cudaSuccess) return e;
