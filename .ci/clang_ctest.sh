@@ -9,7 +9,9 @@ BUILD=${BUILD:-build/cmake-clang}
 .ci/need.sh clang++ clang libomp-dev
 case $? in 0) ;; 3) exit 0 ;; *) exit 1 ;; esac
 set -e
+echo "test-clang: $(clang++ --version | head -n 1)"
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ \
   -DCMAKE_PREFIX_PATH="$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)')" >/dev/null
-cmake --build "$BUILD" -j2
+# Not make's directory chatter of the calling make: a build of its own.
+env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL cmake --build "$BUILD" -j2
 ctest --test-dir "$BUILD" --output-on-failure
