@@ -5,7 +5,7 @@ TORCH_PIN ?= torch==2.13.0
 TRITON_PIN ?= triton==3.8.0
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: install test test-python test-cpp test-clang test-aarch64 test-isa-levels test-sanitize test-cuda-compile test-cuda-emulate bench bench-quick bench-sweep bench-pytest gpu gpu-dry gpu-prebuild test-oldest clean
+.PHONY: install test test-python test-cpp test-clang test-gcc-oldest test-aarch64 test-isa-levels test-sanitize test-cuda-compile test-cuda-emulate bench bench-quick bench-sweep bench-pytest gpu gpu-dry gpu-prebuild test-oldest clean
 
 # torch is installed only where none is (pinned: an unpinned torch would pull a multi-GB CUDA
 # build); an existing torch >= 2.11, e.g. a CUDA build on a GPU machine, is kept.
@@ -17,7 +17,7 @@ install:
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install --quiet --no-deps "$(TRITON_PIN)"
 	$(PYTHON) -m pip install --no-build-isolation --quiet -e .
 
-test: install test-python test-isa-levels test-cpp test-clang test-aarch64 test-cuda-compile test-cuda-emulate
+test: install test-python test-isa-levels test-cpp test-clang test-gcc-oldest test-aarch64 test-cuda-compile test-cuda-emulate
 
 test-python:
 	$(PYTHON) -m pytest tests -q
@@ -40,10 +40,14 @@ test-isa-levels:
 	  DIN_OPS_CPU_CAPABILITY=$$level $(PYTHON) -m pytest $(ISA_TESTS) -q -m "not gpu" -k "not gradcheck" -p no:cacheprovider || exit 1; \
 	done
 
-# The C++ tests built with clang, and the CPU sources compiled for aarch64 (compile only). Each
-# skips with a message where its compiler is missing; on CI (CI=true) it installs it first.
+# The C++ tests built with clang and with the oldest GCC Debian ships (g++-11), and the CPU sources
+# compiled for aarch64 (compile only). Each skips with a message where its compiler is missing; on
+# CI (CI=true) it installs it first.
 test-clang:
-	PYTHON=$(PYTHON) .ci/clang_ctest.sh
+	PYTHON=$(PYTHON) .ci/ctest_with.sh clang++ clang libomp-dev
+
+test-gcc-oldest:
+	PYTHON=$(PYTHON) .ci/ctest_with.sh g++-11 g++-11
 
 test-aarch64:
 	PYTHON=$(PYTHON) .ci/aarch64_compile.sh

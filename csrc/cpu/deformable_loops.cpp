@@ -41,18 +41,18 @@ DIN_INLINE void transpose_tile(const float* src, int64_t ss, float* dst, int64_t
   f8 r[8], t[8], u[8];
   for (int i = 0; i < 8; ++i) r[i] = load(src + i * ss);
   for (int i = 0; i < 8; i += 2) {
-    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    t[i] = simd::permute<0, 8, 1, 9, 4, 12, 5, 13>(r[i], r[i + 1]);
+    t[i + 1] = simd::permute<2, 10, 3, 11, 6, 14, 7, 15>(r[i], r[i + 1]);
   }
   for (int i = 0; i < 8; i += 4) {
-    u[i] = __builtin_shufflevector(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
-    u[i + 1] = __builtin_shufflevector(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
-    u[i + 2] = __builtin_shufflevector(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
-    u[i + 3] = __builtin_shufflevector(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[i] = simd::permute<0, 1, 8, 9, 4, 5, 12, 13>(t[i], t[i + 2]);
+    u[i + 1] = simd::permute<2, 3, 10, 11, 6, 7, 14, 15>(t[i], t[i + 2]);
+    u[i + 2] = simd::permute<0, 1, 8, 9, 4, 5, 12, 13>(t[i + 1], t[i + 3]);
+    u[i + 3] = simd::permute<2, 3, 10, 11, 6, 7, 14, 15>(t[i + 1], t[i + 3]);
   }
   for (int j = 0; j < 4; ++j) {
-    store(dst + j * ds, __builtin_shufflevector(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11));
-    store(dst + (j + 4) * ds, __builtin_shufflevector(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+    store(dst + j * ds, simd::permute<0, 1, 2, 3, 8, 9, 10, 11>(u[j], u[j + 4]));
+    store(dst + (j + 4) * ds, simd::permute<4, 5, 6, 7, 12, 13, 14, 15>(u[j], u[j + 4]));
   }
 }
 
@@ -60,13 +60,13 @@ DIN_INLINE void transpose_tile(const double* src, int64_t ss, double* dst, int64
   d4 r[4], t[4];
   for (int i = 0; i < 4; ++i) r[i] = load(src + i * ss);
   for (int i = 0; i < 4; i += 2) {
-    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 4, 2, 6);
-    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 1, 5, 3, 7);
+    t[i] = simd::permute<0, 4, 2, 6>(r[i], r[i + 1]);
+    t[i + 1] = simd::permute<1, 5, 3, 7>(r[i], r[i + 1]);
   }
-  store(dst, __builtin_shufflevector(t[0], t[2], 0, 1, 4, 5));
-  store(dst + ds, __builtin_shufflevector(t[1], t[3], 0, 1, 4, 5));
-  store(dst + 2 * ds, __builtin_shufflevector(t[0], t[2], 2, 3, 6, 7));
-  store(dst + 3 * ds, __builtin_shufflevector(t[1], t[3], 2, 3, 6, 7));
+  store(dst, simd::permute<0, 1, 4, 5>(t[0], t[2]));
+  store(dst + ds, simd::permute<0, 1, 4, 5>(t[1], t[3]));
+  store(dst + 2 * ds, simd::permute<2, 3, 6, 7>(t[0], t[2]));
+  store(dst + 3 * ds, simd::permute<2, 3, 6, 7>(t[1], t[3]));
 }
 
 // dst[j * ds + i] = src[i * ss + j] for i < rows, j < cols: square tiles in registers, the edges

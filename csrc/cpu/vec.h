@@ -93,17 +93,23 @@ constexpr int pick_index(int i) {
   }
 }
 
-template <Pick K, typename V, int... I>
-DIN_INLINE V shuffle_lanes(const V& a, const V& b, std::integer_sequence<int, I...>) {
+// permute<I...>(a, b): lane j is lane I_j of the concatenation (a, b), as __builtin_shufflevector
+// spells it; for the fixed patterns of in-register transposes.
+template <int... I, typename V>
+DIN_INLINE V permute(const V& a, const V& b) {
+  static_assert(sizeof...(I) == sizeof(V) / sizeof(a[0]), "one index per lane");
 #if defined(__clang__) || __GNUC__ >= 12
-  // Both compilers (GCC from 12) take the lane indices as constants.
-  return __builtin_shufflevector(a, b, pick_index<K, sizeof...(I)>(I)...);
+  return __builtin_shufflevector(a, b, I...);
 #else
-  // Older GCC only has __builtin_shuffle, with a mask vector.
   typedef typename std::conditional<sizeof(a[0]) == 8, int64_t, int32_t>::type E;
   typedef E Mask __attribute__((vector_size(sizeof(V))));
-  return __builtin_shuffle(a, b, Mask{pick_index<K, sizeof...(I)>(I)...});
+  return __builtin_shuffle(a, b, Mask{I...});
 #endif
+}
+
+template <Pick K, typename V, int... I>
+DIN_INLINE V shuffle_lanes(const V& a, const V& b, std::integer_sequence<int, I...>) {
+  return permute<pick_index<K, sizeof...(I)>(I)...>(a, b);
 }
 
 // shuffle<K>(a, b): the lanes of selection K, for any vector type of vec.h.
