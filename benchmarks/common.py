@@ -4,8 +4,6 @@ from __future__ import annotations
 import ctypes
 import datetime
 import platform
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -54,25 +52,13 @@ def compare(fns: dict[str, Callable[[], object]], *, min_time: float = 0.3,
     """Median and interquartile spread of each function's wall time, in seconds.
 
     The functions run in turn, round after round, so that a slow patch of the machine (other tenants,
-    frequency changes) hits all of them alike: the ratios between them are what to trust.
+    frequency changes) hits all of them alike: the ratios between them are what to trust. (The
+    timing loop is ``measure.measure``'s.)
     """
-    for fn in fns.values():
-        fn()
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < min_reps or (time.perf_counter() - start < min_time * len(fns) and rounds < 200):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-        rounds += 1
-    out = {}
-    for name, ts in times.items():
-        ts.sort()
-        out[name] = (statistics.median(ts), ts[(3 * len(ts)) // 4] - ts[len(ts) // 4])
-    return out
+    from .measure import measure
+
+    timings = measure(fns, min_time=min_time, min_reps=min_reps, max_reps=200, warmup=2)
+    return {name: (t.median, t.iqr) for name, t in timings.items()}
 
 
 def forward_backward(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> Callable[[], None]:

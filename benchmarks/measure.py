@@ -1,8 +1,9 @@
 """Timing with spread, peak extra memory of one call, and the machine description of a run.
 
 Timing: the functions of one case run in turn, round after round (as ``common.compare``), so a slow
-patch of a shared machine hits all of them alike; each keeps all its times, and the median, the
-quartiles and the extremes are reported.
+patch of a shared machine hits all of them alike; each round runs them in another (seeded) order, so no
+function always runs right after the same other one (whose reads would leave its inputs in cache);
+each keeps all its times, and the median, the quartiles and the extremes are reported.
 
 Peak extra memory ("workspace") of one call:
   CPU (Linux): the process's resident-set high-water mark during the call. Before it, freed heap pages
@@ -24,6 +25,7 @@ import ctypes
 import datetime
 import os
 import platform
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -91,6 +93,7 @@ def measure(
             fn()
         sync()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    order, shuffle = list(fns), random.Random(0)
     start = time.perf_counter()
     rounds = 0
     while rounds < max_reps:
@@ -99,7 +102,12 @@ def measure(
             break
         if rounds >= min(3, min_reps) and elapsed >= max_time:
             break
-        for name, fn in fns.items():
+        # Each round in another (seeded) order, so no function always runs right after the same
+        # other one: on the CPU a function that follows one reading the same inputs finds them in
+        # cache, one that follows a function with large temporaries does not.
+        shuffle.shuffle(order)
+        for name in order:
+            fn = fns[name]
             t0 = time.perf_counter()
             fn()
             sync()
