@@ -36,6 +36,14 @@ inline at::MemoryFormat memory_format(Layout l) {
 // `t` laid out as `l` (a no-op when it already is).
 inline at::Tensor in_layout(const at::Tensor& t, Layout l) { return t.contiguous(memory_format(l)); }
 
+// Asks for `bytes` bytes at `p` to be brought into cache, one request per 64-byte line. The
+// plane-by-plane kernels call it for the next plane while they write this one: their single read
+// stream alone does not keep enough loads in flight to reach the memory bandwidth.
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
+}
+
 // n values of `src` as acc_t: `src` itself when T is acc_t, otherwise converted into `buf`.
 template <typename T>
 const acc_t<T>* load(const T* src, int64_t n, acc_t<T>* buf) {
@@ -146,9 +154,13 @@ void plane_stats(const T* xp, int64_t P, double eps, double* mean, double* rstd,
   using acc = acc_t<T>;
   const acc shift = static_cast<acc>(xp[0]);
   double s1 = 0.0, s2 = 0.0;
-  for (int64_t i = 0; i < P; i += kBlock) {
-    const int64_t len = std::min(kBlock, P - i);
-    shifted_sums(load(xp + i, len, buf), len, shift, &s1, &s2);
+  if constexpr (std::is_same_v<T, acc>) {
+    shifted_sums(xp, P, shift, &s1, &s2);  // the whole plane in one call: no conversion needed
+  } else {
+    for (int64_t i = 0; i < P; i += kBlock) {
+      const int64_t len = std::min(kBlock, P - i);
+      shifted_sums(load(xp + i, len, buf), len, shift, &s1, &s2);
+    }
   }
   const auto m = math::moments_from_shifted_sums(shift, s1, s2, double(P), eps);
   *mean = m.mean;

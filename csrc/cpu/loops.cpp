@@ -20,6 +20,19 @@ constexpr int kLanes = 64 / sizeof(T) * 2;
 // to double; this bounds the float rounding error of a sum to ~kFlush * 2^-24 relative.
 constexpr int64_t kFlush = 256;
 
+// The sum of L float (or double) lanes in double, as a fixed pairwise tree: written out so that it
+// vectorizes (a loop of `total += a[j]` is a serial chain of L dependent double adds, which costs
+// more than the streaming loop it ends whenever the block is short).
+template <int L, typename T>
+DIN_INLINE double lane_total(const T* a) {
+  double d[L];
+  for (int j = 0; j < L; ++j) d[j] = static_cast<double>(a[j]);
+  for (int w = L / 2; w >= 1; w /= 2) {
+    for (int j = 0; j < w; ++j) d[j] += d[j + w];
+  }
+  return d[0];
+}
+
 template <typename T>
 DIN_INLINE void shifted_sums_impl(const T* x, int64_t n, T shift, double* s1, double* s2) {
   constexpr int L = kLanes<T>;
@@ -40,10 +53,8 @@ DIN_INLINE void shifted_sums_impl(const T* x, int64_t n, T shift, double* s1, do
       a1[0] += d;
       a2[0] += d * d;
     }
-    for (int j = 0; j < L; ++j) {
-      t1 += a1[j];
-      t2 += a2[j];
-    }
+    t1 += lane_total<L>(a1);
+    t2 += lane_total<L>(a2);
   }
   *s1 += t1;
   *s2 += t2;
@@ -97,10 +108,8 @@ DIN_INLINE void grad_sums_impl(const T* g, const T* x, int64_t n, T hi, T lo, T 
       a1[0] += g[i];
       a2[0] += g[i] * xh;
     }
-    for (int j = 0; j < L; ++j) {
-      t1 += a1[j];
-      t2 += a2[j];
-    }
+    t1 += lane_total<L>(a1);
+    t2 += lane_total<L>(a2);
   }
   *sg += t1;
   *sgxh += t2;
@@ -196,7 +205,7 @@ DIN_INLINE double sum_impl(const T* x, int64_t n) {
       for (int j = 0; j < L; ++j) a[j] += x[i + j];
     }
     for (; i < e; ++i) a[0] += x[i];
-    for (int j = 0; j < L; ++j) total += a[j];
+    total += lane_total<L>(a);
   }
   return total;
 }
@@ -362,11 +371,7 @@ DIN_INLINE void depthwise_weight_grad_fixed(const T* pad, int64_t Wp, int64_t sh
         }
       }
     }
-    for (int t = 0; t < KH * KW; ++t) {
-      double total = 0.0;
-      for (int k = 0; k < L; ++k) total += d[t][k];
-      gw[t] += total;
-    }
+    for (int t = 0; t < KH * KW; ++t) gw[t] += lane_total<L>(d[t]);
   }
 }
 
@@ -396,7 +401,7 @@ DIN_INLINE void depthwise_weight_grad_impl(const T* pad, int64_t Wp, int64_t kh,
           }
           for (; ow < Wo; ++ow) d[ow % L] += gr[ow] * src[ow * sw];
         }
-        for (int k = 0; k < L; ++k) total += d[k];
+        total += lane_total<L>(d);
       }
       gw[i * kw + j] += total;
     }
@@ -437,7 +442,7 @@ DIN_INLINE void depthwise_plane_backward_impl(const T* pad, int64_t Wp, const T*
             dst[ow * sw] += a * gr[ow];
           }
         }
-        for (int k = 0; k < L; ++k) total += d[k];
+        total += lane_total<L>(d);
       }
       gw[i * kw + j] += total;
     }
@@ -580,11 +585,9 @@ DIN_INLINE void affine_grad_sums_impl(const T* gy, const T* x, const T* gamma, i
       a2[0] += g * xh;
       a3[0] += gy[i];
     }
-    for (int j = 0; j < L; ++j) {
-      t1 += a1[j];
-      t2 += a2[j];
-      t3 += a3[j];
-    }
+    t1 += lane_total<L>(a1);
+    t2 += lane_total<L>(a2);
+    t3 += lane_total<L>(a3);
   }
   *sg += t1;
   *sgxh += t2;

@@ -70,6 +70,7 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
       const acc b0 = b_plane ? static_cast<acc>(beta[plane]) : acc(0);
       for (int64_t i = 0; i < P; i += kBlock) {
         const int64_t len = std::min(kBlock, P - i);
+        if (plane + 1 < e) prefetch_bytes(x + base + P + i, len * int64_t(sizeof(T)));
         const acc* xin = load(x + base + i, len, in.data());
         const acc* bb = beta.full ? load(beta.at(base + i), len, bbuf.data()) : nullptr;
         acc* o = out_ptr(y + base + i, out.data());
