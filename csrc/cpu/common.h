@@ -36,9 +36,10 @@ inline at::MemoryFormat memory_format(Layout l) {
 // `t` laid out as `l` (a no-op when it already is).
 inline at::Tensor in_layout(const at::Tensor& t, Layout l) { return t.contiguous(memory_format(l)); }
 
-// Asks for `bytes` bytes at `p` to be brought into cache, one request per 64-byte line. The
-// plane-by-plane kernels call it for the next plane while they write this one: their single read
-// stream alone does not keep enough loads in flight to reach the memory bandwidth.
+// Asks for `bytes` bytes at `p` to be brought into cache, one request per 64-byte line: for reads
+// the hardware prefetcher does not ramp up for in time (short runs, e.g. the rows of a band), or to
+// overlap the next plane's reads with this plane's writes (a single read stream alone does not
+// keep enough loads in flight to reach the memory bandwidth).
 inline void prefetch_bytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);

@@ -491,9 +491,7 @@ void fill_band(const T* xs, const Geometry& s, const Bands& bd, int64_t b, int64
   // prefetcher does not ramp up for; they are prefetched one channel ahead instead.
   const int64_t ih0 = std::clamp<int64_t>(r0 - s.pt, 0, s.H), ih1 = std::clamp<int64_t>(r0 + rows - s.pt, 0, s.H);
   const auto prefetch = [&](int64_t c) {
-    const char* p = reinterpret_cast<const char*>(xs + c * s.P() + ih0 * s.W);
-    const int64_t bytes = (ih1 - ih0) * s.W * int64_t(sizeof(T));
-    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o);
+    prefetch_bytes(xs + c * s.P() + ih0 * s.W, (ih1 - ih0) * s.W * int64_t(sizeof(T)));
   };
   if (cin > 0) prefetch(c0);
   for (int64_t ci = 0; ci < cin; ++ci) {
