@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 includes=$("$PYTHON" -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I' + p for p in include_paths()))")
 flags="-std=c++20 -fopenmp -Wall -Wno-unknown-pragmas -DDIN_OPS_NO_PYTHON -Icsrc -Icsrc/include $includes"
 commands=()
-for src in csrc/din_ops.cpp csrc/cpu/*.cpp; do
+for src in csrc/din_ops.cpp csrc/cpu/*.cpp csrc/composite/*.cpp; do
   case $(basename "$src") in
     loops*.cpp | deformable_loops*.cpp | direct_conv*.cpp | winograd*.cpp | isa.cpp)
       commands+=("$CXX $flags -O2 -c $src -o $OUT/$(basename "${src%.cpp}").o") ;;

@@ -96,6 +96,21 @@ inline void check_modulation(const at::Tensor& x, const at::Tensor& t, const cha
                     t.sizes());
 }
 
+// The style features of adain: (N, C, Hs, Ws) with x's C (any spatial size), or batch 1 for one
+// style applied to every sample.
+inline void check_style(const at::Tensor& x, const at::Tensor& style) {
+  check_same_dtype_device(style, "style", x);
+  TORCH_CHECK_VALUE(style.dim() == 4 && batch_fits(style, x, /*broadcast=*/true) &&
+                        style.size(1) == x.size(1) && style.size(2) > 0 && style.size(3) > 0,
+                    "din_ops: expected style features of shape (N, C, Hs, Ws) with N = ", x.size(0),
+                    " (or 1 for one style applied to every sample; expand the style to N or pass "
+                    "batch 1), C = ", x.size(1), " and Hs, Ws > 0, got ", style.sizes());
+}
+
+inline void check_eps(double eps) {
+  TORCH_CHECK_VALUE(eps >= 0.0, "din_ops: expected eps >= 0, got ", eps);
+}
+
 // Arguments of dynamic_conv / dynamic_conv_backward (every backend): weight (N, Co, C / groups,
 // kh, kw), bias (N, Co) or undefined (either with batch 1 when `broadcast`: one operand for every
 // sample), stride and dilation of 2 values, padding (top, bottom, left, right), and a kernel that

@@ -62,6 +62,18 @@ TORCH_LIBRARY(din_ops, m) {
       " Tensor mean, Tensor rstd, bool beta_defined)"
       " -> (Tensor grad_x, Tensor grad_gamma, Tensor grad_beta)",
       tags);
+  // AdaIN (Huang & Belongie, 2017): y = std_s * IN(content) + mean_s per (n, c) plane, with the
+  // style's statistics computed in the same pass (per plane: the style plane's sums, then the
+  // content plane's, then y). style (N or 1, C, Hs, Ws); `unbiased` selects torch.var's variance
+  // for both. Returns y; the content's mean and rstd in the convention of
+  // spatially_adaptive_instance_norm (rstd = 1 / sqrt(var + eps'), eps' = eps (M - 1) / M for the
+  // unbiased variance, M = H * W, whose sqrt((M - 1) / M) then scales gamma); and the style's mean
+  // and std = sqrt(var_s + eps), (Ns, C) float64. Backward: spatially_adaptive_instance_norm's and
+  // instance_stats' (din_ops/_registrations.py).
+  m.def(
+      "adain(Tensor content, Tensor style, float eps, bool unbiased)"
+      " -> (Tensor y, Tensor mean, Tensor rstd, Tensor style_mean, Tensor style_std)",
+      tags);
   // Deformable per-sample convolution (DCNv1; DCNv2 with a modulation mask), normalize as in
   // dynamic_conv. offset (N, 2 * offset_groups * kh * kw, Ho, Wo) holds (dy, dx) per tap and mask
   // (N, offset_groups * kh * kw, Ho, Wo), as in torchvision.ops.deform_conv2d; bilinear sampling

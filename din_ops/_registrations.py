@@ -209,6 +209,42 @@ if backends.extension_loaded():
         "din_ops::spatially_adaptive_instance_norm", _sain_backward, setup_context=_sain_setup
     )
 
+    @torch.library.register_fake("din_ops::adain")
+    def _adain_fake(content: Tensor, style: Tensor, eps: float, unbiased: bool):
+        y = torch.empty_like(content, memory_format=_out_format(content))
+        return (y, *_stats_like(content), *_stats_like(style))
+
+    def _adain_setup(ctx, inputs, output):
+        content, style, _eps, unbiased = inputs
+        _y, mean, rstd, style_mean, style_std = output
+        ctx.save_for_backward(content, style, mean, rstd, style_mean, style_std)
+        ctx.unbiased = unbiased
+        ctx.mark_non_differentiable(mean, rstd, style_mean, style_std)
+
+    def _adain_backward(ctx, grad_y, *_grad_stats):
+        # y = gamma * IN(content) + beta with gamma = std_s * sqrt(k) (k = (M - 1) / M for the
+        # unbiased content variance, else 1) and beta = mean_s: spatially_adaptive_instance_norm's
+        # backward gives grad_content and the per-plane sums for gamma and beta. Then
+        # std_s = sqrt(v * var_s + eps) (v = Ms / (Ms - 1) unbiased, else 1), so
+        # dL/dvar_s = dL/dstd_s * v / (2 std_s), and instance_stats' backward gives grad_style.
+        content, style, mean, rstd, style_mean, style_std = ctx.saved_tensors
+        n, c, h, w = content.shape
+        m, ms = h * w, style.shape[2] * style.shape[3]
+        scale = ((m - 1) / m) ** 0.5 if ctx.unbiased and m > 1 else 1.0
+        gamma = (style_std * scale).to(content.dtype).reshape(-1, c, 1, 1)
+        gx, ggamma, gbeta = _ops.spatially_adaptive_instance_norm_backward(
+            grad_y, content, gamma, mean, rstd, True
+        )
+        grad_style = None
+        if ctx.needs_input_grad[1]:
+            v = (ms / (ms - 1) if ms > 1 else 0.0) if ctx.unbiased else 1.0
+            g_std = _sum_to_batch(ggamma, style).reshape(-1, c).double() * scale
+            g_mean = _sum_to_batch(gbeta, style).reshape(-1, c).double()
+            grad_style = _ops.instance_stats_backward(g_mean, g_std * (v / 2) / style_std, style, style_mean)
+        return gx if ctx.needs_input_grad[0] else None, grad_style, None, None
+
+    torch.library.register_autograd("din_ops::adain", _adain_backward, setup_context=_adain_setup)
+
     @torch.library.register_fake("din_ops::deformable_conv")
     def _deformable_conv_fake(
         x, weight, bias, offset, mask, stride, padding, dilation, groups, offset_groups, normalize, eps

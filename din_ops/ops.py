@@ -612,16 +612,23 @@ def style_stats(
     return mean.to(style.dtype).reshape(n, c, 1, 1), std.to(style.dtype).reshape(n, c, 1, 1)
 
 
+def _check_style_features(style: Tensor, content: Tensor) -> None:
+    _check_like_x(style, "style", content)
+    n, c = content.shape[0], content.shape[1]
+    if style.dim() != 4 or style.shape[1] != c or style.shape[0] not in (n, 1):
+        raise ValueError(
+            f"din_ops: expected style features of shape (N, C, Hs, Ws) with C = {c} and "
+            f"{_batch_hint('style', n)}, got {_shape(style)}"
+        )
+    if style.shape[2] == 0 or style.shape[3] == 0:
+        raise ValueError(f"din_ops: expected style features with Hs, Ws > 0, got {_shape(style)}")
+
+
 def _style_operands(content: Tensor, style, eps, unbiased, backend) -> tuple[Tensor, Tensor]:
     """The (mean, std) of adain's style argument, each (N or 1, C, 1, 1)."""
     n, c = content.shape[0], content.shape[1]
     if isinstance(style, Tensor):
-        _check_like_x(style, "style", content)
-        if style.dim() != 4 or style.shape[1] != c or style.shape[0] not in (n, 1):
-            raise ValueError(
-                f"din_ops: expected style features of shape (N, C, Hs, Ws) with C = {c} and "
-                f"{_batch_hint('style', n)}, got {_shape(style)}"
-            )
+        _check_style_features(style, content)
         return style_stats(style, eps=eps, unbiased=unbiased, backend=backend)
     if isinstance(style, (tuple, list)) and len(style) == 2:
         mean = _per_channel(style[0], "style mean", content, c)
@@ -631,6 +638,16 @@ def _style_operands(content: Tensor, style, eps, unbiased, backend) -> tuple[Ten
         "din_ops: expected style to be the style features (a tensor (N, C, Hs, Ws)) or their "
         f"statistics (mean, std) from din_ops.style_stats, got {type(style).__name__}"
     )
+
+
+def _blend(content: Tensor, t: Tensor, alpha: float) -> Tensor:
+    """alpha * t + (1 - alpha) * content; under autocast t comes in the autocast dtype, and the
+    blend is computed in content's dtype and returned in t's."""
+    if alpha == 1.0:
+        return t
+    if t.dtype != content.dtype:
+        return torch.lerp(content, t.to(content.dtype), float(alpha)).to(t.dtype)
+    return torch.lerp(content, t, float(alpha))
 
 
 def adain(
@@ -647,10 +664,12 @@ def adain(
         t   = std_s * (content - mean_c) / sqrt(var_c + eps) + mean_s,   std_s = sqrt(var_s + eps)
         out = alpha * t + (1 - alpha) * content
 
-    per (n, c) plane: DIN with ``W = diag(std_s)``, ``b = mean_s``. The style statistics come from
-    din_ops' statistics kernel (one pass over the style features), then the normalization and the
-    affine map run fused in the kernel of :func:`spatially_adaptive_instance_norm` (one pass over
-    the content). Differentiable with respect to content, style and precomputed statistics.
+    per (n, c) plane: DIN with ``W = diag(std_s)``, ``b = mean_s``. One operator
+    (``din_ops::adain``); on the CPU one pass: per plane the style plane's statistics (shifted
+    sums), the content plane's, then the output, so content and style are each read once and only
+    the output is written (a batch-1 style gets its statistics first). With precomputed statistics
+    the kernel of :func:`spatially_adaptive_instance_norm` runs. Differentiable with respect to
+    content, style and precomputed statistics.
 
     Args:
         content: (N, C, H, W) content features, float32/float64/float16/bfloat16, contiguous or
@@ -678,10 +697,14 @@ def adain(
     _check_eps(eps)
     _check_unbiased(unbiased)
     _check_unit_interval(alpha)
+    if isinstance(style, Tensor) and backends.resolve(backend, content.device) in ("cpu", "cuda"):
+        _check_style_features(style, content)
+        t = torch.ops.din_ops.adain(content, style, float(eps), unbiased)[0]
+        return _blend(content, t, alpha)
     mean_s, std_s = _style_operands(content, style, eps, unbiased, backend)
     t = spatially_adaptive_instance_norm(
         content, std_s, mean_s, eps=eps, unbiased=unbiased, backend=backend
     )
     if alpha == 1.0:
         return t
-    return torch.lerp(content, t, float(alpha))
+    return _blend(content, t, alpha)

@@ -283,6 +283,117 @@ def test_instance_stats_opcheck_and_compile():
     assert rel_err(compiled(content, style), din_ops.adain(content, style, alpha=0.5, unbiased=True)) <= 1e-13
 
 
+# ---- the din_ops::adain operator: one pass over content and style ----
+
+def _op_outputs_expected(content, style, eps, unbiased):
+    """What din_ops::adain returns, from plain formulas: y, the content statistics in the convention
+    of spatially_adaptive_instance_norm (rstd with eps * k, k = (M - 1) / M when unbiased), and the
+    style's mean and std = sqrt(var_s + eps)."""
+    n, c, h, w = content.shape
+    m = h * w
+    k = (m - 1) / m if unbiased and m > 1 else 1.0
+    flat = content.double().reshape(n, c, m)
+    mean = flat.mean(2)
+    rstd = 1 / torch.sqrt(flat.var(2, unbiased=False) + eps * k)
+    s_mean, s_std = reference.style_stats(style.double(), eps, unbiased)
+    if n == 0:
+        y = content.double()
+    elif unbiased and m == 1:  # torch.var gives NaN; din_ops defines the variance as 0: y = mean_s
+        y = s_mean.expand(n, -1, -1, -1).expand(content.shape)
+    else:
+        y = plain_adain(content.double(), style.double().expand(n, -1, -1, -1), eps=eps, unbiased=unbiased)
+    return y, mean, rstd, s_mean.reshape(-1, c), s_std.reshape(-1, c)
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize(
+    "content_shape, style_shape, content_format, style_format",
+    [((3, 5, 6, 7), (3, 5, 4, 9), "nchw", "nchw"),      # fused: style planes read in the plane loop
+     ((3, 5, 6, 7), (1, 5, 4, 9), "nchw", "nchw"),      # batch-1 style: its statistics first
+     ((3, 5, 6, 7), (3, 5, 4, 9), "nhwc", "nchw"),
+     ((3, 5, 6, 7), (3, 5, 4, 9), "nchw", "nhwc"),
+     ((2, 4, 1, 1), (2, 4, 1, 3), "nchw", "nchw"),
+     ((0, 4, 3, 3), (1, 4, 2, 2), "nchw", "nchw")],     # empty batch: the style statistics still come
+)
+def test_adain_op_outputs(unbiased, content_shape, style_shape, content_format, style_format):
+    fmt = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
+    content = features(content_shape, offset=3.0).contiguous(memory_format=fmt[content_format])
+    style = features(style_shape, scale=3.0, offset=-1.0).contiguous(memory_format=fmt[style_format])
+    out = torch.ops.din_ops.adain(content, style, 1e-5, unbiased)
+    expected = _op_outputs_expected(content, style, 1e-5, unbiased)
+    for name, got, exp in zip(("y", "mean", "rstd", "style_mean", "style_std"), out, expected):
+        assert got.shape == exp.shape, name
+        if got.numel():
+            assert rel_err(got, exp) <= 1e-12, name
+    assert out[0].is_contiguous(memory_format=fmt[content_format])
+    # The composite kernel (the CUDA path: instance_stats + spatially_adaptive_instance_norm) gives
+    # the same results from the same formulas.
+    composite = torch.ops.din_ops.adain.default._op_dk(
+        torch._C.DispatchKey.CompositeExplicitAutograd, content, style, 1e-5, unbiased)
+    for got, exp in zip(composite, out):
+        assert got.shape == exp.shape
+        assert torch.allclose(got, exp, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-6), (torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
+def test_adain_op_fused_and_precomputed_paths_agree(dtype, tol):
+    content = features((4, 16, 9, 11), offset=50.0).to(dtype)
+    style = features((1, 16, 8, 8), scale=3.0).to(dtype)
+    fused = torch.ops.din_ops.adain(content, style.expand(4, -1, -1, -1).contiguous(), 1e-5, True)[0]
+    broadcast = torch.ops.din_ops.adain(content, style, 1e-5, True)[0]
+    expected = plain_adain(content.double(), style.double().expand(4, -1, -1, -1))
+    assert rel_err(fused, expected) <= tol and rel_err(broadcast, expected) <= tol
+
+
+def test_adain_op_opcheck_and_compile():
+    content = features((3, 4, 5, 6)).requires_grad_()
+    for style in (features((3, 4, 3, 7)), features((1, 4, 5, 6)),
+                  features((3, 4, 5, 6)).contiguous(memory_format=torch.channels_last)):
+        for unbiased in (True, False):
+            torch.library.opcheck(torch.ops.din_ops.adain,
+                                  (content, style.requires_grad_(), 1e-5, unbiased))
+    cl = content.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.din_ops.adain, (cl, features((1, 4, 2, 2)), 1e-5, True))
+    compiled = torch.compile(lambda c, s: din_ops.adain(c, s, unbiased=True), fullgraph=True)
+    style = features((1, 4, 3, 3)).requires_grad_()
+    y = compiled(content, style)
+    assert rel_err(y, din_ops.adain(content, style, unbiased=True)) <= 1e-13
+    (gs,) = torch.autograd.grad(y.sum() + (y * y).sum(), style)
+    (es,) = torch.autograd.grad(plain_adain(content, style.expand(3, -1, -1, -1)).sum()
+                                + plain_adain(content, style.expand(3, -1, -1, -1)).square().sum(), style)
+    assert gs.shape == (1, 4, 3, 3) and rel_err(gs, es) <= 1e-10
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_gradcheck_adain_op_single_pixel_and_channels_last(unbiased):
+    # H * W = 1 for the content (unbiased: its variance is defined as 0) and for the style.
+    for cs, ss in (((2, 3, 1, 1), (2, 3, 3, 2)), ((2, 3, 3, 4), (1, 3, 1, 1))):
+        content, style = features(cs).requires_grad_(), features(ss).requires_grad_()
+        torch.autograd.gradcheck(lambda c, s: din_ops.adain(c, s, unbiased=unbiased), (content, style))
+    content = features((2, 3, 4, 3)).contiguous(memory_format=torch.channels_last).requires_grad_()
+    style = features((2, 3, 3, 3)).contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.autograd.gradcheck(lambda c, s: din_ops.adain(c, s, unbiased=unbiased), (content, style))
+    # Only the content (or only the style) requiring a gradient.
+    c_only = features((2, 3, 4, 4)).requires_grad_()
+    torch.autograd.gradcheck(lambda c: din_ops.adain(c, style.detach(), unbiased=unbiased), (c_only,))
+
+
+def test_adain_op_errors():
+    content = features((2, 4, 5, 5))
+    with pytest.raises(ValueError, match="expand the style to N or pass batch 1"):
+        torch.ops.din_ops.adain(content, features((3, 4, 5, 5)), 1e-5, False)
+    with pytest.raises(ValueError, match="C = 4"):
+        torch.ops.din_ops.adain(content, features((2, 5, 5, 5)), 1e-5, False)
+    with pytest.raises(TypeError, match="dtype"):
+        torch.ops.din_ops.adain(content, features((2, 4, 5, 5)).float(), 1e-5, False)
+    with pytest.raises(ValueError, match="eps >= 0"):
+        torch.ops.din_ops.adain(content, content, -1.0, False)
+    with pytest.raises(ValueError, match="Hs, Ws > 0"):
+        torch.ops.din_ops.adain(content, features((2, 4, 0, 5)), 1e-5, False)
+    with pytest.raises(ValueError, match="Hs, Ws > 0"):
+        din_ops.adain(content, features((2, 4, 0, 5)))
+
+
 # ---- errors ----
 
 def test_errors_say_what_fits():

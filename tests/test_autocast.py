@@ -19,6 +19,8 @@ def _params(gen, dtype):
         "spatially_adaptive": (lambda x, g, b: din_ops.spatially_adaptive_instance_norm(x, g, b), [r(2, 6, 7, 9), r(2, 6, 1, 1)]),
         "deformable": (lambda x, w, b, o, m: din_ops.dynamic_instance_norm(x, w, b, offset=o, mask=m, padding=1, groups=2),
                        [r(2, 4, 3, 3, 3), r(2, 4), r(2, 36, 7, 9), r(2, 18, 7, 9)]),
+        "adain": (lambda x, s: din_ops.adain(x, s, unbiased=True), [r(2, 6, 5, 4) * 2 + 1]),
+        "adain_style_batch1": (lambda x, s: din_ops.adain(x, s), [r(1, 6, 7, 9)]),
     }
 
 
@@ -101,3 +103,18 @@ def test_compiled_under_autocast_matches_eager():
     for g, e in zip(grads, expected_grads):
         assert g.dtype == e.dtype and torch.equal(g, e)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("style_given_as", ["features", "statistics"])
+def test_adain_alpha_under_autocast(style_given_as):
+    # The blend with the (float32) content runs in float32; the output comes in the autocast dtype.
+    content = torch.randn(2, 6, 7, 9) * 3 + 1
+    style = torch.randn(2, 6, 5, 5).to(torch.bfloat16)
+    if style_given_as == "statistics":
+        style = din_ops.style_stats(style)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = din_ops.adain(content, style, alpha=0.25)
+    assert y.dtype == torch.bfloat16
+    s32 = style.float() if isinstance(style, torch.Tensor) else tuple(t.float() for t in style)
+    expected = din_ops.adain(content, s32, alpha=0.25)
+    torch.testing.assert_close(y.float(), expected, rtol=1e-2, atol=2e-2)

@@ -104,6 +104,19 @@ Triple deformable_conv_autocast(const Tensor& x, const Tensor& w, const std::opt
                         stride, padding, dilation, groups, offset_groups, normalize, eps));
 }
 
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adain_autocast(const Tensor& content,
+                                                                  const Tensor& style, double eps,
+                                                                  bool unbiased) {
+  using Five = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+  static const auto op =
+      find_op("din_ops::adain").typed<Five(const Tensor&, const Tensor&, double, bool)>();
+  DIN_NO_AUTOCAST;
+  Five out = op.call(to_float(content), to_float(style), eps, unbiased);
+  auto& y = std::get<0>(out);
+  if (y.scalar_type() == at::kFloat) y = y.to(at::autocast::get_autocast_dtype(kDevice));
+  return out;
+}
+
 #undef DIN_NO_AUTOCAST
 
 }  // namespace
@@ -114,6 +127,7 @@ TORCH_LIBRARY_IMPL(din_ops, AutocastCPU, m) {
   m.impl("dynamic_conv", &dynamic_conv_autocast);
   m.impl("spatially_adaptive_instance_norm", &sain_autocast);
   m.impl("deformable_conv", &deformable_conv_autocast);
+  m.impl("adain", &adain_autocast);
 }
 
 }  // namespace din_ops::cpu

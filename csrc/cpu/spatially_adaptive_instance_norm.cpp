@@ -32,6 +32,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <tuple>
+#include <utility>
+
 #include "../checks.h"
 #include "common.h"
 
@@ -52,9 +56,44 @@ struct Modulation {
   T operator[](int64_t i) const { return *at(i); }
 };
 
+// adain's per-plane gamma and beta, gamma = std_s * gamma_scale and beta = mean_s, from the style
+// features (the op's statistics outputs `mean` and `std`, Ns * C values). Fused (`data` set: an
+// NCHW style of the content's batch): the plane loop of forward_nchw first sums the style plane of
+// the same (n, c), so style and content stream through in one pass. Otherwise `mean` and `std`
+// already hold every style plane's statistics and plane i reads entry i % period (period C for a
+// batch-1 style, 0 for none).
+template <typename T>
+struct AdainStyle {
+  const T* data = nullptr;
+  int64_t P = 0;             // values per style plane
+  double var_scale = 1.0;    // Ms / (Ms - 1) for the unbiased variance (0 for Ms = 1), else 1
+  double eps = 0.0;          // std = sqrt(var_scale * var + eps)
+  double gamma_scale = 1.0;  // sqrt((M - 1) / M) when the content variance is unbiased (ops.py)
+  double* mean = nullptr;
+  double* std = nullptr;
+  int64_t period = 0;
+
+  // std from the rstd that the statistics give for eps = 0 (1 / sqrt(var), 0 for var = 0).
+  double std_from(double rstd0) const {
+    return std::sqrt(var_scale * (rstd0 == 0.0 ? 0.0 : 1.0 / (rstd0 * rstd0)) + eps);
+  }
+
+  // (gamma, beta) of `plane`; `buf` is scratch<T>(kBlock) for a fused style plane's conversion.
+  std::pair<double, double> at(int64_t plane, acc_t<T>* buf) const {
+    if (data != nullptr) {
+      double rstd0 = 0.0;
+      plane_stats(data + plane * P, P, 0.0, mean + plane, &rstd0, buf);
+      std[plane] = std_from(rstd0);
+    }
+    const int64_t i = period != 0 ? plane % period : plane;
+    return {std[i] * gamma_scale, mean[i]};
+  }
+};
+
 template <typename T>
 void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int64_t planes,
-                  int64_t P, double eps, double* mean, double* rstd) {
+                  int64_t P, double eps, double* mean, double* rstd,
+                  const AdainStyle<T>* style = nullptr) {
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 32768 / P);
   at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
@@ -65,12 +104,25 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
       plane_stats(x + base, P, eps, mean + plane, rstd + plane, in.data());
       const PlaneNorm<acc> q = plane_norm<acc>(mean[plane], rstd[plane]);
       // Per-plane gamma folds into the scale: ((x - hi) - lo) * (rstd * gamma).
-      const acc s = gamma.full ? acc(0) : static_cast<acc>(rstd[plane] * double(gamma[plane]));
-      const bool b_plane = beta.data != nullptr && !beta.full;
-      const acc b0 = b_plane ? static_cast<acc>(beta[plane]) : acc(0);
+      double g = 0.0, b0d = 0.0;
+      if (style != nullptr) {
+        std::tie(g, b0d) = style->at(plane, in.data());
+      } else {
+        if (!gamma.full) g = double(gamma[plane]);
+        if (beta.data != nullptr && !beta.full) b0d = double(beta[plane]);
+      }
+      const acc s = static_cast<acc>(rstd[plane] * g), b0 = static_cast<acc>(b0d);
+      // The statistics of the next plane come after this loop: its reads (and the next style
+      // plane's, proportionally) are requested while this plane's output is written.
+      const bool next = plane + 1 < e;
+      const bool next_style = next && style != nullptr && style->data != nullptr;
       for (int64_t i = 0; i < P; i += kBlock) {
         const int64_t len = std::min(kBlock, P - i);
-        if (plane + 1 < e) prefetch_bytes(x + base + P + i, len * int64_t(sizeof(T)));
+        if (next) prefetch_bytes(x + base + P + i, len * int64_t(sizeof(T)));
+        if (next_style) {
+          const int64_t a = i * style->P / P, z = (i + len) * style->P / P;
+          prefetch_bytes(style->data + (plane + 1) * style->P + a, (z - a) * int64_t(sizeof(T)));
+        }
         const acc* xin = load(x + base + i, len, in.data());
         const acc* bb = beta.full ? load(beta.at(base + i), len, bbuf.data()) : nullptr;
         acc* o = out_ptr(y + base + i, out.data());
@@ -88,7 +140,8 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
 
 template <typename T>
 void forward_nhwc(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int64_t N, int64_t C,
-                  int64_t P, double eps, double* mean, double* rstd) {
+                  int64_t P, double eps, double* mean, double* rstd,
+                  const AdainStyle<T>* style = nullptr) {
   using acc = acc_t<T>;
   const int64_t rows = std::max<int64_t>(1, kBlock * 16 / C);
   const int64_t chunks = (P + rows - 1) / rows;
@@ -98,8 +151,15 @@ void forward_nhwc(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
     const NormParams<acc> q(mean + n * C, rstd + n * C, C);
     std::vector<acc> s(C, acc(0)), b0(C, acc(0));
     for (int64_t c = 0; c < C; ++c) {
-      if (!gamma.full) s[c] = static_cast<acc>(rstd[n * C + c] * double(gamma[n * C + c]));
-      if (beta.data != nullptr && !beta.full) b0[c] = static_cast<acc>(beta[n * C + c]);
+      const int64_t plane = n * C + c;
+      if (style != nullptr) {  // precomputed style statistics (style->data is null here)
+        const auto [g, b] = style->at(plane, nullptr);
+        s[c] = static_cast<acc>(rstd[plane] * g);
+        b0[c] = static_cast<acc>(b);
+        continue;
+      }
+      if (!gamma.full) s[c] = static_cast<acc>(rstd[plane] * double(gamma[plane]));
+      if (beta.data != nullptr && !beta.full) b0[c] = static_cast<acc>(beta[plane]);
     }
     at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
       auto in = scratch<T>(rows * C), gbuf = scratch<T>(rows * C), bbuf = scratch<T>(rows * C),
@@ -361,9 +421,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_
   return {gx, ggamma, gbeta};
 }
 
+// adain: the kernels above with gamma and beta from the style's statistics (AdainStyle). An NCHW
+// content and style of one batch run fused, plane by plane; a batch-1 style, a channels_last one or
+// a channels_last content get the style statistics first (style is 1/N of the work for batch 1).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adain_cpu(
+    const at::Tensor& content_in, const at::Tensor& style_in, double eps, bool unbiased) {
+  check_input(content_in);
+  check_style(content_in, style_in);
+  check_eps(eps);
+  const Layout l = layout_of(content_in), ls = layout_of(style_in);
+  const at::Tensor x = in_layout(content_in, l), style = in_layout(style_in, ls);
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  const int64_t Ns = style.size(0), Ps = style.size(2) * style.size(3);
+  auto y = at::empty_like(x, x.options().memory_format(memory_format(l)));
+  auto [mean, rstd] = empty_stats(x);
+  auto [style_mean, style_std] = empty_stats(style);
+  // The unbiased content variance as a scaled gamma and eps (ops.py, _unbiased_scale): with
+  // k = (M - 1) / M, (x - mu) / sqrt(var / k + eps) = sqrt(k) (x - mu) / sqrt(var + k eps).
+  const double k = unbiased && P > 1 ? double(P - 1) / double(P) : 1.0;
+  const bool fused = x.numel() > 0 && l == Layout::NCHW && ls == Layout::NCHW && Ns == N;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "adain", [&] {
+    AdainStyle<scalar_t> st;
+    st.P = Ps;
+    st.var_scale = unbiased ? (Ps > 1 ? double(Ps) / double(Ps - 1) : 0.0) : 1.0;
+    st.eps = eps;
+    st.gamma_scale = std::sqrt(k);
+    st.mean = style_mean.mutable_data_ptr<double>();
+    st.std = style_std.mutable_data_ptr<double>();
+    if (fused) {
+      st.data = style.const_data_ptr<scalar_t>();
+    } else if (style.numel() > 0) {
+      instance_stats(style.const_data_ptr<scalar_t>(), ls, 0, Ns, C, Ps, 0.0, st.mean, st.std);
+      for (int64_t i = 0; i < Ns * C; ++i) st.std[i] = st.std_from(st.std[i]);
+      st.period = Ns == N ? 0 : C;
+    }
+    if (x.numel() == 0) return;
+    double* m = mean.mutable_data_ptr<double>();
+    double* r = rstd.mutable_data_ptr<double>();
+    if (l == Layout::NCHW) {
+      forward_nchw<scalar_t>(x.const_data_ptr<scalar_t>(), {}, {}, y.mutable_data_ptr<scalar_t>(),
+                             N * C, P, eps * k, m, r, &st);
+    } else {
+      forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), {}, {}, y.mutable_data_ptr<scalar_t>(),
+                             N, C, P, eps * k, m, r, &st);
+    }
+  });
+  return {y, mean, rstd, style_mean, style_std};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(din_ops, CPU, m) {
+  m.impl("adain", &adain_cpu);
   m.impl("spatially_adaptive_instance_norm", &spatially_adaptive_instance_norm_cpu);
   m.impl("spatially_adaptive_instance_norm_backward",
          &spatially_adaptive_instance_norm_backward_cpu);

@@ -538,6 +538,38 @@ DIN_TEST(deformable_conv_zero_offsets_is_conv2d_and_far_offsets_give_the_bias) {
                    c10::ValueError);
 }
 
+// ---------------------------------------------------------------------------------------------
+// adain (the C++ user's AdaIN: one operator; the full checks are in tests/test_adain.py)
+
+Five adain(const Tensor& content, const Tensor& style, bool unbiased) {
+  static const auto op =
+      find_op("din_ops::adain").typed<Five(const Tensor&, const Tensor&, double, bool)>();
+  return op.call(content, style, 1e-5, unbiased);
+}
+
+DIN_TEST(adain_matches_the_formula_for_both_variances_and_a_batch1_style) {
+  at::manual_seed(8);
+  const Tensor content = randn({3, 4, 5, 6}, at::kDouble, 2.0, 3.0);
+  for (const bool unbiased : {false, true}) {
+    for (const int64_t ns : {3, 1}) {
+      const Tensor style = randn({ns, 4, 7, 3}, at::kDouble, -1.0, 2.0);
+      const auto [y, mean, rstd, style_mean, style_std] = adain(content, style, unbiased);
+      const Tensor sm = style.mean({2, 3}, true);
+      const Tensor ss = (style.var({2, 3}, unbiased, true) + 1e-5).sqrt();
+      const Tensor cm = content.mean({2, 3}, true);
+      const Tensor cs = (content.var({2, 3}, unbiased, true) + 1e-5).sqrt();
+      CHECK_TENSOR(y, (content - cm) / cs * ss + sm, 1e-12);
+      CHECK_TENSOR(style_mean, sm.view({ns, 4}), 1e-13);
+      CHECK_TENSOR(style_std, ss.view({ns, 4}), 1e-13);
+      CHECK_TENSOR(mean, cm.view({3, 4}), 1e-13);
+    }
+  }
+  const auto op = find_op("din_ops::adain");
+  DIN_CHECK(op.hasKernelForDispatchKey(c10::DispatchKey::CPU));
+  DIN_CHECK(op.hasKernelForDispatchKey(c10::DispatchKey::CompositeExplicitAutograd));
+  DIN_CHECK_THROWS(adain(content, randn({2, 4, 3, 3}, at::kDouble), false), c10::ValueError);
+}
+
 }  // namespace
 
 DIN_TEST(eps_zero_constant_planes_and_non_finite_inputs) {
