@@ -17,7 +17,7 @@ install:
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install --quiet --no-deps "$(TRITON_PIN)"
 	$(PYTHON) -m pip install --no-build-isolation --quiet -e .
 
-test: install test-python test-isa-levels test-cpp test-clang test-gcc-oldest test-aarch64 test-cuda-compile test-cuda-emulate
+test: install test-python test-isa-levels test-clang test-gcc-oldest test-aarch64 test-cuda-compile test-cuda-emulate
 
 test-python:
 	$(PYTHON) -m pytest tests -q

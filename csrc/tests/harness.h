@@ -2,6 +2,7 @@
 // run_all() returns a nonzero exit status when any check failed or a case threw.
 #pragma once
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -48,6 +49,7 @@ inline int run_all(int argc, char** argv) {
     if (filter != nullptr && std::strstr(c.name, filter) == nullptr) continue;
     ++run;
     const int before = failure_count();
+    const auto start = std::chrono::steady_clock::now();
     try {
       c.fn();
     } catch (const std::exception& e) {
@@ -57,7 +59,9 @@ inline int run_all(int argc, char** argv) {
     }
     const bool ok = failure_count() == before;
     failed += ok ? 0 : 1;
-    std::printf("[%s] %s\n", ok ? "  OK  " : " FAIL ", c.name);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("[%s] %s (%.1f s)\n", ok ? "  OK  " : " FAIL ", c.name, seconds);
     std::fflush(stdout);
   }
   std::printf("%d of %d test cases passed\n", run - failed, run);
