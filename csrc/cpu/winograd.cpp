@@ -281,20 +281,25 @@ DIN_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, int64_t
   }
 }
 
-// Input channels of one weight-gradient register block: 8 x 2 vectors of output channels on
-// AVX-512 (16 of the 32 registers), 6 x 2 on AVX2 (12 of 16).
-constexpr int kGradRows = kAcc >= 24 ? 8 : 6;
+// Input channels of one weight-gradient register block: with 2 vectors of output channels, 8 x 2
+// accumulators on AVX-512 (16 of the 32 registers) and 6 x 2 on AVX2 (12 of 16); with one vector,
+// 8 on both (on AVX2 the 6 of the two-vector block left 8 input channels as 6 + 2, the 2 computed
+// in a block of 6).
+template <int CV>
+constexpr int grad_rows() {
+  return CV == 1 ? 8 : kAcc >= 24 ? 8 : 6;
+}
 
-// part[xi][ci][o] += sum_t V[xi][ci][t] Zt[xi][t][o]: kGradRows input channels x CV vectors of output
+// part[xi][ci][o] += sum_t V[xi][ci][t] Zt[xi][t][o]: NR input channels x CV vectors of output
 // channels in registers, the tiles streamed.
-template <typename T, int CV>
-DIN_INLINE void grad_gemm_block(const T* V, int64_t ldm, int nci, const T* Zt, int64_t cop,
-                                int64_t L, T* part) {
+template <typename T, int CV, int NR>
+DIN_INLINE void grad_gemm_block(const T* V, int64_t ldm, const T* Zt, int64_t cop, int64_t L,
+                                T* part) {
   using Vt = vec_t<T>;
-  constexpr int n = kLanes<T>, NR = kGradRows;
+  constexpr int n = kLanes<T>;
   Vt acc[NR][CV] = {};
   const T* rows[NR];
-  for (int i = 0; i < NR; ++i) rows[i] = V + std::min(i, nci - 1) * ldm;
+  for (int i = 0; i < NR; ++i) rows[i] = V + i * ldm;
   for (int64_t t = 0; t < L; ++t) {
     Vt z[CV];
     for (int c = 0; c < CV; ++c) z[c] = loadu(Zt + t * cop + c * n);
@@ -303,11 +308,35 @@ DIN_INLINE void grad_gemm_block(const T* V, int64_t ldm, int nci, const T* Zt, i
       for (int c = 0; c < CV; ++c) acc[i][c] = acc[i][c] + b * z[c];
     }
   }
-  for (int i = 0; i < nci; ++i) {
+  for (int i = 0; i < NR; ++i) {
     for (int c = 0; c < CV; ++c) {
       T* p = part + i * cop + c * n;
       storeu(p, loadu(p) + acc[i][c]);
     }
+  }
+}
+
+// grad_gemm_block over the input channels [0, cin): blocks of grad_rows<CV>() and one block of the
+// exact remainder (no rows computed twice).
+template <typename T, int CV>
+DIN_INLINE void grad_gemm(const T* V, int64_t ldm, int64_t cin, const T* Zt, int64_t cop,
+                          int64_t L, T* part) {
+  constexpr int NR = grad_rows<CV>();
+  int64_t ci = 0;
+  for (; ci + NR <= cin; ci += NR) {
+    grad_gemm_block<T, CV, NR>(V + ci * ldm, ldm, Zt, cop, L, part + ci * cop);
+  }
+  const T* v = V + ci * ldm;
+  T* p = part + ci * cop;
+  switch (cin - ci) {
+    case 0: break;
+    case 1: grad_gemm_block<T, CV, 1>(v, ldm, Zt, cop, L, p); break;
+    case 2: grad_gemm_block<T, CV, 2>(v, ldm, Zt, cop, L, p); break;
+    case 3: grad_gemm_block<T, CV, 3>(v, ldm, Zt, cop, L, p); break;
+    case 4: grad_gemm_block<T, CV, 4>(v, ldm, Zt, cop, L, p); break;
+    case 5: grad_gemm_block<T, CV, 5>(v, ldm, Zt, cop, L, p); break;
+    case 6: grad_gemm_block<T, CV, 6>(v, ldm, Zt, cop, L, p); break;
+    default: grad_gemm_block<T, CV, 7>(v, ldm, Zt, cop, L, p); break;
   }
 }
 
@@ -328,14 +357,11 @@ DIN_INLINE void weight_grad_impl(const T* in, int64_t cs, int64_t cin, int64_t W
     grad_transform(gt, cop, k, th0, th1, Zt);
     for (int xi = 0; xi < 16; ++xi) {
       const T* z = Zt + xi * k.zs(cop);
-      for (int64_t ci = 0; ci < cin; ci += kGradRows) {
-        const int nci = static_cast<int>(std::min<int64_t>(kGradRows, cin - ci));
-        const T* v = V + xi * k.vs(cin) + ci * k.ldm;
-        T* p = part + (xi * cin + ci) * cop;
-        int64_t o = 0;
-        for (; o + 2 * n <= cop; o += 2 * n) grad_gemm_block<T, 2>(v, k.ldm, nci, z + o, cop, L, p + o);
-        if (o < cop) grad_gemm_block<T, 1>(v, k.ldm, nci, z + o, cop, L, p + o);
-      }
+      const T* v = V + xi * k.vs(cin);
+      T* p = part + xi * cin * cop;
+      int64_t o = 0;
+      for (; o + 2 * n <= cop; o += 2 * n) grad_gemm<T, 2>(v, k.ldm, cin, z + o, cop, L, p + o);
+      if (o < cop) grad_gemm<T, 1>(v, k.ldm, cin, z + o, cop, L, p + o);
     }
   }
 }
