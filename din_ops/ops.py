@@ -705,6 +705,4 @@ def adain(
     t = spatially_adaptive_instance_norm(
         content, std_s, mean_s, eps=eps, unbiased=unbiased, backend=backend
     )
-    if alpha == 1.0:
-        return t
     return _blend(content, t, alpha)
