@@ -434,8 +434,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adain_cpu
   const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const int64_t Ns = style.size(0), Ps = style.size(2) * style.size(3);
   auto y = at::empty_like(x, x.options().memory_format(memory_format(l)));
-  auto [mean, rstd] = empty_stats(x);
-  auto [style_mean, style_std] = empty_stats(style);
+  // std::tie, not structured bindings: the dispatch lambda below captures them (clang 14 rejects
+  // captured bindings).
+  at::Tensor mean, rstd, style_mean, style_std;
+  std::tie(mean, rstd) = empty_stats(x);
+  std::tie(style_mean, style_std) = empty_stats(style);
   // The unbiased content variance as a scaled gamma and eps (ops.py, _unbiased_scale): with
   // k = (M - 1) / M, (x - mu) / sqrt(var / k + eps) = sqrt(k) (x - mu) / sqrt(var + k eps).
   const double k = unbiased && P > 1 ? double(P - 1) / double(P) : 1.0;
