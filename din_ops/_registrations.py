@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import backends
+from . import backends, reference
 
 _ops = torch.ops.din_ops
 
@@ -222,25 +222,28 @@ if backends.extension_loaded():
         ctx.mark_non_differentiable(mean, rstd, style_mean, style_std)
 
     def _adain_backward(ctx, grad_y, *_grad_stats):
-        # y = gamma * IN(content) + beta with gamma = std_s * sqrt(k) (k = (M - 1) / M for the
-        # unbiased content variance, else 1) and beta = mean_s: spatially_adaptive_instance_norm's
-        # backward gives grad_content and the per-plane sums for gamma and beta. Then
-        # std_s = sqrt(v * var_s + eps) (v = Ms / (Ms - 1) unbiased, else 1), so
-        # dL/dvar_s = dL/dstd_s * v / (2 std_s), and instance_stats' backward gives grad_style.
+        # y = gamma * IN(content) + beta with gamma = std_s * scale (ops._unbiased_scale: sqrt(k),
+        # k = (M - 1) / M, for the unbiased content variance) and beta = mean_s:
+        # spatially_adaptive_instance_norm's backward gives grad_content and the per-plane sums for
+        # gamma and beta. Then std_s = sqrt(v * var_s + eps) (v = Ms / (Ms - 1) unbiased, else 1),
+        # so dL/dvar_s = v * dL/dstd_s / (2 std_s), and instance_stats' backward gives grad_style.
+        from .ops import _unbiased_scale
+
         content, style, mean, rstd, style_mean, style_std = ctx.saved_tensors
-        n, c, h, w = content.shape
-        m, ms = h * w, style.shape[2] * style.shape[3]
-        scale = ((m - 1) / m) ** 0.5 if ctx.unbiased and m > 1 else 1.0
+        c = content.shape[1]
+        scale, _ = _unbiased_scale(content, 0.0, ctx.unbiased)
         gamma = (style_std * scale).to(content.dtype).reshape(-1, c, 1, 1)
         gx, ggamma, gbeta = _ops.spatially_adaptive_instance_norm_backward(
             grad_y, content, gamma, mean, rstd, True
         )
         grad_style = None
         if ctx.needs_input_grad[1]:
-            v = (ms / (ms - 1) if ms > 1 else 0.0) if ctx.unbiased else 1.0
             g_std = _sum_to_batch(ggamma, style).reshape(-1, c).double() * scale
             g_mean = _sum_to_batch(gbeta, style).reshape(-1, c).double()
-            grad_style = _ops.instance_stats_backward(g_mean, g_std * (v / 2) / style_std, style, style_mean)
+            g_var = g_std / (2 * style_std)
+            if ctx.unbiased:  # v times, as the unbiased variance is v times the biased one
+                g_var = reference.unbiased_variance(g_var, style.shape[2] * style.shape[3])
+            grad_style = _ops.instance_stats_backward(g_mean, g_var, style, style_mean)
         return gx if ctx.needs_input_grad[0] else None, grad_style, None, None
 
     torch.library.register_autograd("din_ops::adain", _adain_backward, setup_context=_adain_setup)

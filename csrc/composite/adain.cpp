@@ -36,7 +36,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adain_composite(const Tensor&
   const int64_t P = content.size(2) * content.size(3), Ps = style.size(2) * style.size(3);
   auto [style_mean, style_var] = stats_op.call(style);
   // std_s = sqrt(var_s + eps), var_s unbiased (Ms / (Ms - 1), 0 for one value) when asked.
-  const double var_scale = unbiased ? (Ps > 1 ? double(Ps) / double(Ps - 1) : 0.0) : 1.0;
+  const double var_scale = unbiased ? math::unbiased_variance_factor(Ps) : 1.0;
   Tensor style_std = (style_var * var_scale + eps).sqrt();
   // The unbiased content variance as gamma * sqrt(k) with eps * k, k = (M - 1) / M.
   const double k = unbiased && P > 1 ? double(P - 1) / double(P) : 1.0;

@@ -40,7 +40,8 @@ std::optional<Tensor> to_float(const std::optional<Tensor>& t) {
 }
 
 // The output in the autocast dtype when the op ran in float32 (a float64 op stays float64).
-Triple finish(Triple out) {
+template <typename Outputs>
+Outputs finish(Outputs out) {
   auto& y = std::get<0>(out);
   if (y.scalar_type() == at::kFloat) y = y.to(at::autocast::get_autocast_dtype(kDevice));
   return out;
@@ -111,10 +112,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adain_autocast(const Tensor& 
   static const auto op =
       find_op("din_ops::adain").typed<Five(const Tensor&, const Tensor&, double, bool)>();
   DIN_NO_AUTOCAST;
-  Five out = op.call(to_float(content), to_float(style), eps, unbiased);
-  auto& y = std::get<0>(out);
-  if (y.scalar_type() == at::kFloat) y = y.to(at::autocast::get_autocast_dtype(kDevice));
-  return out;
+  return finish(op.call(to_float(content), to_float(style), eps, unbiased));
 }
 
 #undef DIN_NO_AUTOCAST

@@ -90,6 +90,17 @@ struct AdainStyle {
   }
 };
 
+// The per-plane gamma and beta of `plane` (0 where they are full size or absent): from the style
+// for adain, else from the operands.
+template <typename T>
+std::pair<double, double> plane_gamma_beta(Modulation<T> gamma, Modulation<T> beta,
+                                           const AdainStyle<T>* style, int64_t plane,
+                                           acc_t<T>* buf) {
+  if (style != nullptr) return style->at(plane, buf);
+  return {gamma.full ? 0.0 : double(gamma[plane]),
+          beta.data != nullptr && !beta.full ? double(beta[plane]) : 0.0};
+}
+
 template <typename T>
 void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int64_t planes,
                   int64_t P, double eps, double* mean, double* rstd,
@@ -104,13 +115,7 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
       plane_stats(x + base, P, eps, mean + plane, rstd + plane, in.data());
       const PlaneNorm<acc> q = plane_norm<acc>(mean[plane], rstd[plane]);
       // Per-plane gamma folds into the scale: ((x - hi) - lo) * (rstd * gamma).
-      double g = 0.0, b0d = 0.0;
-      if (style != nullptr) {
-        std::tie(g, b0d) = style->at(plane, in.data());
-      } else {
-        if (!gamma.full) g = double(gamma[plane]);
-        if (beta.data != nullptr && !beta.full) b0d = double(beta[plane]);
-      }
+      const auto [g, b0d] = plane_gamma_beta(gamma, beta, style, plane, in.data());
       const acc s = static_cast<acc>(rstd[plane] * g), b0 = static_cast<acc>(b0d);
       // The statistics of the next plane come after this loop: its reads (and the next style
       // plane's, proportionally) are requested while this plane's output is written.
@@ -151,15 +156,10 @@ void forward_nhwc(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
     const NormParams<acc> q(mean + n * C, rstd + n * C, C);
     std::vector<acc> s(C, acc(0)), b0(C, acc(0));
     for (int64_t c = 0; c < C; ++c) {
-      const int64_t plane = n * C + c;
-      if (style != nullptr) {  // precomputed style statistics (style->data is null here)
-        const auto [g, b] = style->at(plane, nullptr);
-        s[c] = static_cast<acc>(rstd[plane] * g);
-        b0[c] = static_cast<acc>(b);
-        continue;
-      }
-      if (!gamma.full) s[c] = static_cast<acc>(rstd[plane] * double(gamma[plane]));
-      if (beta.data != nullptr && !beta.full) b0[c] = static_cast<acc>(beta[plane]);
+      // (adain's style statistics are precomputed here: style->data is null, no buffer needed)
+      const auto [g, b] = plane_gamma_beta(gamma, beta, style, n * C + c, nullptr);
+      s[c] = static_cast<acc>(rstd[n * C + c] * g);
+      b0[c] = static_cast<acc>(b);
     }
     at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
       auto in = scratch<T>(rows * C), gbuf = scratch<T>(rows * C), bbuf = scratch<T>(rows * C),
@@ -446,7 +446,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adain_cpu
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "adain", [&] {
     AdainStyle<scalar_t> st;
     st.P = Ps;
-    st.var_scale = unbiased ? (Ps > 1 ? double(Ps) / double(Ps - 1) : 0.0) : 1.0;
+    st.var_scale = unbiased ? math::unbiased_variance_factor(Ps) : 1.0;
     st.eps = eps;
     st.gamma_scale = std::sqrt(k);
     st.mean = style_mean.mutable_data_ptr<double>();

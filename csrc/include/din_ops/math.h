@@ -41,6 +41,12 @@ DIN_HD Moments moments_from_shifted_sums(double shift, double s1, double s2, dou
   return {shift + m, v == 0.0 ? 0.0 : 1.0 / std::sqrt(v)};
 }
 
+// The unbiased variance as a multiple of the biased one of `count` values: count / (count - 1), and
+// 0 for one value (din_ops defines its unbiased variance as 0, as din_ops.reference.unbiased_variance).
+DIN_HD double unbiased_variance_factor(int64_t count) {
+  return count > 1 ? double(count) / double(count - 1) : 0.0;
+}
+
 // The mean as an unevaluated float sum hi + lo. For float data, (x - hi) - lo is then as accurate as
 // x - mean computed in double: x - hi is exact whenever x is within a factor of two of hi (Sterbenz).
 struct SplitMean {
