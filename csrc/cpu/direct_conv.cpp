@@ -35,8 +35,12 @@ DIN_INLINE void forward_block(const T* in, int64_t cs, int64_t cin, const int64_
   using V = vec_t<T>;
   constexpr int n = kLanes<T>;
   V acc[B][P] = {};  // all set below; the initializer stops a false GCC 12 -Wmaybe-uninitialized
+  // The unroll pragmas here and at the stores keep the accumulators in registers: rolled, GCC 12
+  // turns these loops over acc into a memset / memcpy of a stack copy (see winograd.cpp's gemm).
+#pragma GCC unroll 8
   for (int o = 0; o < B; ++o) {
     const V b = -V{} + (bias != nullptr ? bias[o] : T(0));
+#pragma GCC unroll 24
     for (int p = 0; p < P; ++p) acc[o][p] = b;
   }
   for (int64_t ci = 0; ci < cin; ++ci) {
@@ -52,7 +56,9 @@ DIN_INLINE void forward_block(const T* in, int64_t cs, int64_t cin, const int64_
       w += BP;
     }
   }
+#pragma GCC unroll 8
   for (int o = 0; o < B; ++o)
+#pragma GCC unroll 24
     for (int p = 0; p < P; ++p) storeu(out + o * ld + p * n, acc[o][p]);
 }
 
