@@ -376,9 +376,17 @@ void statistics(const T* x, const Geometry& s, bool normalize, double eps, doubl
 // matrix: each normalized input value is written once per band and read from L1/L2 by every tap
 // and output channel.
 
-// Output rows per band: about 1.5k flat pixels, enough for long weight-gradient sweeps while the
-// band's input and output stay in L2.
-int64_t band_rows(int64_t Wp, int64_t Ho) { return std::clamp<int64_t>(1536 / Wp, 1, Ho); }
+// Output rows per band: as many as keep the band's input (cin channels of R + kernel extent rows)
+// and output (cout channels of R + 1 rows) within ~448 KiB, so both stay in L2 for the long
+// weight-gradient sweeps; at least 2 and even where the plane allows (Winograd's tiles are 2 rows
+// high, and a band of one row would also normalize every input row kh times).
+int64_t band_rows(const Geometry& s, int64_t Wp, int64_t cin, int64_t cout, int64_t value_size) {
+  const int64_t row = (cin + cout) * Wp * value_size;
+  const int64_t fixed = (cin * ((s.kh - 1) * s.dh + 1) + cout) * Wp * value_size;
+  int64_t R = std::max<int64_t>((448 * 1024 - fixed) / row, 2);
+  if (R % 2 == 1 && R > 2) --R;
+  return std::clamp<int64_t>(R, 1, s.Ho);
+}
 
 // Flat shifts of the kh x kw taps in a padded-width layout of row width Wp.
 std::vector<int64_t> tap_shifts(const Geometry& s, int64_t Wp) {
@@ -395,7 +403,7 @@ struct Bands {
   template <typename acc>
   Bands(const Geometry& s, int64_t cin, acc /*tag*/) {
     Wp = strip_width(s);
-    R = band_rows(Wp, s.Ho);
+    R = band_rows(s, Wp, cin, s.Cog, sizeof(acc));
     count = (s.Ho + R - 1) / R;
     // One row more than the kernel's extent: Winograd's 2 x 2 tiles read one past an odd R.
     cs = (R + (s.kh - 1) * s.dh + 1) * Wp;

@@ -26,6 +26,9 @@ using simd::kRows;
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
+// The widest block of tiles in one tile row (see Tiles).
+constexpr int64_t kBlockTiles = 96;
+
 // Output channels of one GEMM register block and tiles per block (`lanes` per vector).
 constexpr int rows_for(int64_t cout) {
   return static_cast<int>(std::min<int64_t>(direct_block(cout), kRows));
@@ -34,21 +37,25 @@ constexpr int64_t gemm_step(int64_t cout, int64_t lanes) { return kAcc / rows_fo
 
 // Geometry of the tile blocks of one band.
 struct Tiles {
-  int64_t TW, TWp, TH, tb, TB, cpad, ldm;
+  int64_t TW, TWp, TH, tb, TC, TB, cpad, ldm;
   Tiles(int64_t cout, int64_t R, int64_t Wo, int64_t lanes, int64_t step) {
     TW = (Wo + 1) / 2;            // tiles per tile row
     TWp = round_up(TW, lanes);    // ... rounded up to whole vectors
     TH = (R + 1) / 2;             // tile rows
-    // Tile rows per block: ~64 tiles or more, a multiple of the GEMM's pixel step where that is
-    // close (no partial blocks).
-    tb = std::max<int64_t>(1, 64 / TWp);
+    // Blocks of ~64 tiles or more: whole tile rows, tb of them, a multiple of the GEMM's pixel
+    // step where that is close (no partial blocks); rows wider than kBlockTiles are cut into
+    // blocks of TC columns instead, so that a block's transformed input and products (16 x
+    // channels x TB values each) stay in L1 rather than streaming through L2.
+    TC = TWp;
+    if (TWp > kBlockTiles) TC = std::max<int64_t>(step, kBlockTiles / step * step);
+    tb = std::max<int64_t>(1, 64 / TC);
     for (int64_t t = tb; t <= 2 * tb; ++t) {
-      if (t * TWp % step == 0) {
+      if (t * TC % step == 0) {
         tb = t;
         break;
       }
     }
-    TB = tb * TWp;
+    TB = tb * TC;
     cpad = round_up(cout, direct_block(cout));
     ldm = round_up(TB, step);     // row stride of the transformed input and of the products
     line = lanes;
@@ -62,15 +69,31 @@ struct Tiles {
   int64_t line;
 };
 
-// V[xi][ci][t] for the tile rows [th0, th1) of the band (t = (th - th0) * TWp + tile column).
+// One block of tiles: tile rows [th0, th1) x tile columns [c0, c1) (c1 - c0: whole vectors), tile
+// t = (th - th0) * w() + (column - c0) in V, M and Zt.
+struct Block {
+  int64_t th0, th1, c0, c1;
+  int64_t w() const { return c1 - c0; }
+  int64_t tiles() const { return (th1 - th0) * w(); }
+};
+
+// Calls f(block) for the blocks of k in order.
+template <typename F>
+DIN_INLINE void for_blocks(const Tiles& k, F&& f) {
+  for (int64_t th0 = 0; th0 < k.TH; th0 += k.tb)
+    for (int64_t c0 = 0; c0 < k.TWp; c0 += k.TC)
+      f(Block{th0, std::min(k.TH, th0 + k.tb), c0, std::min(k.TWp, c0 + k.TC)});
+}
+
+// V[xi][ci][t] for the tiles of block b of the band.
 template <typename T>
 DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp,
-                                const Tiles& k, int64_t th0, int64_t th1, T* V) {
+                                const Tiles& k, const Block& b, T* V) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
   for (int64_t ci = 0; ci < cin; ++ci) {
-    for (int64_t th = th0; th < th1; ++th) {
-      for (int64_t tv = 0; tv < k.TWp; tv += n) {
+    for (int64_t th = b.th0; th < b.th1; ++th) {
+      for (int64_t tv = b.c0; tv < b.c1; tv += n) {
         const T* base = in + ci * cs + 2 * th * Wp + 2 * tv;
         Vt d[4][4];
         for (int r = 0; r < 4; ++r) {
@@ -88,7 +111,7 @@ DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp
           t[2][c] = d[2][c] - d[1][c];
           t[3][c] = d[1][c] - d[3][c];
         }
-        T* dst = V + ci * k.ldm + (th - th0) * k.TWp + tv;
+        T* dst = V + ci * k.ldm + (th - b.th0) * b.w() + (tv - b.c0);
         const int64_t xs = k.vs(cin);  // stride between the 16 transformed elements
         for (int i = 0; i < 4; ++i) {  // (B^T d) B
           storeu(dst + (4 * i + 0) * xs, t[i][0] - t[i][2]);
@@ -101,18 +124,18 @@ DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp
   }
 }
 
-// Y = A^T M A (+ bias) for the tile rows [th0, th1), written to the padded-width output.
+// Y = A^T M A (+ bias) for the tiles of block b, written to the padded-width output.
 template <typename T>
-DIN_INLINE void output_transform(const T* M, const Tiles& k, int64_t th0, int64_t th1,
-                                 int64_t Wp, const T* bias, int64_t cout, T* out, int64_t ld) {
+DIN_INLINE void output_transform(const T* M, const Tiles& k, const Block& b, int64_t Wp,
+                                 const T* bias, int64_t cout, T* out, int64_t ld) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
   const int64_t xs = k.ms();
   for (int64_t co = 0; co < cout; ++co) {
     const Vt bv = -Vt{} + (bias != nullptr ? bias[co] : T(0));
-    for (int64_t th = th0; th < th1; ++th) {
-      for (int64_t tv = 0; tv < k.TWp; tv += n) {
-        const T* src = M + co * k.ldm + (th - th0) * k.TWp + tv;
+    for (int64_t th = b.th0; th < b.th1; ++th) {
+      for (int64_t tv = b.c0; tv < b.c1; tv += n) {
+        const T* src = M + co * k.ldm + (th - b.th0) * b.w() + (tv - b.c0);
         Vt s[2][4];
         for (int c = 0; c < 4; ++c) {  // A^T M
           const Vt m0 = loadu(src + (0 + c) * xs), m1 = loadu(src + (4 + c) * xs);
@@ -201,12 +224,11 @@ DIN_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, i
   // V and M at a 64-byte boundary: their rows (ldm values) then start on cache lines.
   T* V = work + (-(reinterpret_cast<uintptr_t>(work) / sizeof(T))) % kLanes<T>;
   T* M = V + 16 * k.vs(cin);
-  for (int64_t th0 = 0; th0 < k.TH; th0 += k.tb) {
-    const int64_t th1 = std::min(k.TH, th0 + k.tb), L = (th1 - th0) * k.TWp;
-    input_transform(in, cs, cin, Wp, k, th0, th1, V);
-    gemms(V, cin, packed, cout, L, k, M);
-    output_transform(M, k, th0, th1, Wp, bias, cout, out, ld);
-  }
+  for_blocks(k, [&](const Block& b) {
+    input_transform(in, cs, cin, Wp, k, b, V);
+    gemms(V, cin, packed, cout, b.tiles(), k, M);
+    output_transform(M, k, b, Wp, bias, cout, out, ld);
+  });
 }
 
 // In-register transpose of n x n values (n = lanes): v[i][j] -> v[j][i], by log2(n) rounds of
@@ -225,18 +247,17 @@ DIN_INLINE void transpose(vec_t<T>* v) {
   }
 }
 
-// The output gradient of tile rows [th0, th1) channels-last: gt[(r * 2 TWp + c) * cop + o] for
-// rows r < 2 (th1 - th0) and columns c < 2 TWp (zero past row R, column Wo and channel cout).
+// The output gradient of block b channels-last: gt[(r * 2 w + c) * cop + o] for the block's rows
+// r < 2 (th1 - th0) and columns c < 2 w (zero past row R, column Wo and channel cout).
 template <typename T>
 DIN_INLINE void grad_channels_last(const T* g, int64_t ldg, int64_t cout, int64_t cop,
-                                   int64_t Wp, int64_t R, int64_t Wo, const Tiles& k,
-                                   int64_t th0, int64_t th1, T* gt) {
+                                   int64_t Wp, int64_t R, int64_t Wo, const Block& b, T* gt) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
-  const int64_t cols = 2 * k.TWp;
-  for (int64_t r = 2 * th0; r < 2 * th1; ++r) {
-    T* dst_row = gt + (r - 2 * th0) * cols * cop;
-    for (int64_t c0 = 0; c0 < cols; c0 += n) {
+  const int64_t cols = 2 * b.w();
+  for (int64_t r = 2 * b.th0; r < 2 * b.th1; ++r) {
+    T* dst_row = gt + (r - 2 * b.th0) * cols * cop;
+    for (int64_t c0 = 2 * b.c0; c0 < 2 * b.c1; c0 += n) {
       for (int64_t o0 = 0; o0 < cop; o0 += n) {
         Vt v[n];
         for (int i = 0; i < n; ++i) {
@@ -253,24 +274,23 @@ DIN_INLINE void grad_channels_last(const T* g, int64_t ldg, int64_t cout, int64_
           }
         }
         transpose<T>(v);
-        for (int l = 0; l < n; ++l) storeu(dst_row + (c0 + l) * cop + o0, v[l]);
+        for (int l = 0; l < n; ++l) storeu(dst_row + (c0 - 2 * b.c0 + l) * cop + o0, v[l]);
       }
     }
   }
 }
 
-// Zt[xi][t][o] = (A g A^T)[xi] for the tiles t of rows [th0, th1), vectorized over channels.
+// Zt[xi][t][o] = (A g A^T)[xi] for the tiles t of block b, vectorized over channels.
 template <typename T>
-DIN_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, int64_t th0,
-                               int64_t th1, T* Zt) {
+DIN_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, const Block& b, T* Zt) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
-  const int64_t cols = 2 * k.TWp, xs = k.zs(cop);
-  for (int64_t th = th0; th < th1; ++th) {
-    for (int64_t tw = 0; tw < k.TWp; ++tw) {
-      const T* p0 = gt + ((2 * (th - th0)) * cols + 2 * tw) * cop;
+  const int64_t cols = 2 * b.w(), xs = k.zs(cop);
+  for (int64_t th = 0; th < b.th1 - b.th0; ++th) {
+    for (int64_t tw = 0; tw < b.w(); ++tw) {
+      const T* p0 = gt + ((2 * th) * cols + 2 * tw) * cop;
       const T* p1 = p0 + cols * cop;
-      T* dst = Zt + ((th - th0) * k.TWp + tw) * cop;
+      T* dst = Zt + (th * b.w() + tw) * cop;
       for (int64_t o = 0; o < cop; o += n) {
         const Vt g00 = loadu(p0 + o), g01 = loadu(p0 + cop + o);
         const Vt g10 = loadu(p1 + o), g11 = loadu(p1 + cop + o);
@@ -355,11 +375,11 @@ DIN_INLINE void weight_grad_impl(const T* in, int64_t cs, int64_t cin, int64_t W
   T* V = work + (-(reinterpret_cast<uintptr_t>(work) / sizeof(T))) % n;
   T* Zt = V + 16 * k.vs(cin);
   T* gt = Zt + 16 * k.zs(cop);
-  for (int64_t th0 = 0; th0 < k.TH; th0 += k.tb) {
-    const int64_t th1 = std::min(k.TH, th0 + k.tb), L = (th1 - th0) * k.TWp;
-    input_transform(in, cs, cin, Wp, k, th0, th1, V);
-    grad_channels_last(g, ldg, cout, cop, Wp, R, Wo, k, th0, th1, gt);
-    grad_transform(gt, cop, k, th0, th1, Zt);
+  for_blocks(k, [&](const Block& b) {
+    const int64_t L = b.tiles();
+    input_transform(in, cs, cin, Wp, k, b, V);
+    grad_channels_last(g, ldg, cout, cop, Wp, R, Wo, b, gt);
+    grad_transform(gt, cop, k, b, Zt);
     for (int xi = 0; xi < 16; ++xi) {
       const T* z = Zt + xi * k.zs(cop);
       const T* v = V + xi * k.vs(cin);
@@ -368,7 +388,7 @@ DIN_INLINE void weight_grad_impl(const T* in, int64_t cs, int64_t cin, int64_t W
       for (; o + 2 * n <= cop; o += 2 * n) grad_gemm<T, 2>(v, k.ldm, cin, z + o, cop, L, p + o);
       if (o < cop) grad_gemm<T, 1>(v, k.ldm, cin, z + o, cop, L, p + o);
     }
-  }
+  });
 }
 
 template <typename T>
@@ -452,7 +472,7 @@ int64_t winograd_work_size(int64_t cout, int64_t cin, int64_t Wo, int64_t value_
   const int64_t cop = round_up(cout, lanes);
   // forward: V and M; weight gradient: V, Zt and the channels-last gradient rows.
   const int64_t fwd = 16 * (k.vs(cin) + k.ms());
-  const int64_t bwd = 16 * k.vs(cin) + 16 * k.zs(cop) + 2 * k.tb * 2 * k.TWp * cop;
+  const int64_t bwd = 16 * k.vs(cin) + 16 * k.zs(cop) + 2 * k.tb * 2 * k.TC * cop;
   return std::max(fwd, bwd) + lanes;  // + alignment
 }
 
