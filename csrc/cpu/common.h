@@ -122,7 +122,8 @@ inline int64_t grain_for(int64_t work) {
 
 // dL/dx of one plane of P values from g = dL/dxh, the gradient with respect to the normalized
 // plane (MATH.md): rstd * (g - mean(g) - xh * mean(g * xh)), or g itself when the op did not
-// normalize. `xbuf` and `obuf` are scratch<T>(kBlock) buffers.
+// normalize. `g` may be gxp itself when T is acc_t<T> (in place). `xbuf` and `obuf` are
+// scratch<T>(kBlock) buffers.
 template <typename T>
 void plane_input_grad(const acc_t<T>* g, const T* xp, T* gxp, int64_t P, acc_t<T> hi, acc_t<T> lo,
                       acc_t<T> rstd, bool normalized, acc_t<T>* xbuf, acc_t<T>* obuf) {
@@ -142,7 +143,7 @@ void plane_input_grad(const acc_t<T>* g, const T* xp, T* gxp, int64_t P, acc_t<T
     acc* o = out_ptr(gxp + i, obuf);
     if (normalized) {
       normalize_backward(g + i, load(xp + i, len, xbuf), len, hi, lo, rstd, mg, mgxh, o);
-    } else {
+    } else if (o != g + i) {  // g may be gx itself (in place)
       std::copy_n(g + i, len, o);
     }
     store<T>(o, len, gxp + i);

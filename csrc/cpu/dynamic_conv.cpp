@@ -31,6 +31,7 @@
 // deterministic for a fixed thread count.
 // Inputs are computed in NCHW; channels_last inputs are converted once on entry and the output
 // converted back (documented cost).
+#include <memory>
 #include <optional>
 
 #include <ATen/ATen.h>
@@ -606,12 +607,17 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
     // gyf: + one vector, read past the last row.
     std::vector<acc> band(std::max(bd.size, bt.size)), gyf(s.Cog * ldg + V), part(forward.part_size());
     std::vector<acc> wt(s.Cg * s.Cog * taps), out(cpad * ldt);
-    std::vector<acc> gwacc(s.Cog * K), gplanes(s.Cg * s.P());
+    std::vector<acc> gwacc(s.Cog * K);
+    // g = dL/dxh of the group's input planes (step 2 writes every value): straight into gx where
+    // it has the accumulation type (step 3 then works in place), else into an uninitialized buffer.
+    std::unique_ptr<acc[]> gbuf(std::is_same_v<T, acc> ? nullptr : new acc[s.Cg * s.P()]);
     std::vector<acc> conv = scratch<T>(std::max({s.W, s.Wo, kBlock})), obuf = scratch<T>(kBlock);
     std::vector<double> gbd(s.Cog);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / s.groups, g = t % s.groups;
       const T* gyg = gy + (n * s.Co + g * s.Cog) * s.Q();
+      acc* gplanes = gbuf.get();
+      if constexpr (std::is_same_v<T, acc>) gplanes = gx + (n * s.C + g * s.Cg) * s.P();
       // 1. Weight and bias gradients.
       std::fill(part.begin(), part.end(), acc(0));
       std::fill(gbd.begin(), gbd.end(), 0.0);
@@ -649,12 +655,12 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
         fill_band(gy + n * s.Co * s.Q(), tg, bt, bi, g * s.Cog, s.Cog, nullptr, nullptr, nullptr,
                   band.data(), conv.data());
         transposed.run(band.data(), bt.cs, r1 - r0, nullptr, out.data(), ldt);
-        store_band(out.data(), ldt, bt.Wp, s.Cg, r0, r1, s.W, gplanes.data(), s.P());
+        store_band(out.data(), ldt, bt.Wp, s.Cg, r0, r1, s.W, gplanes, s.P());
       }
       // 3. Instance-norm backward.
       for (int64_t ci = 0; ci < s.Cg; ++ci) {
         const int64_t qi = n * s.C + g * s.Cg + ci;
-        plane_input_grad(gplanes.data() + ci * s.P(), x + qi * s.P(), gx + qi * s.P(), s.P(),
+        plane_input_grad(gplanes + ci * s.P(), x + qi * s.P(), gx + qi * s.P(), s.P(),
                          q.hi[qi], q.lo[qi], q.rstd[qi], normalized, conv.data(), obuf.data());
       }
     }
