@@ -417,6 +417,24 @@ struct Bands {
   }
 };
 
+// Output rows [r0, r1) of `cout` channels from a padded-width result (rows of stride ld) into the
+// planes at dst (plane stride `ps`, row width Wo), dropping the garbage columns.
+template <typename T>
+void store_band(const acc_t<T>* out, int64_t ld, int64_t Wp, int64_t cout, int64_t r0, int64_t r1,
+                int64_t Wo, T* dst, int64_t ps) {
+  for (int64_t co = 0; co < cout; ++co) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const acc_t<T>* src = out + co * ld + (r - r0) * Wp;
+      T* d = dst + co * ps + r * Wo;
+      if constexpr (std::is_same_v<T, acc_t<T>>) {
+        std::copy_n(src, Wo, d);
+      } else {
+        convert(src, Wo, d);
+      }
+    }
+  }
+}
+
 // The stride-1 convolution of a band (cout x cin kernels of geometry s): by the direct kernel or,
 // for 3 x 3 kernels without dilation, by Winograd F(2x2, 3x3) (winograd.h: 2.25x fewer multiplies).
 // Winograd is only used when normalizing: its transforms add and subtract neighbouring values, so
@@ -450,10 +468,26 @@ struct BandConv {
   // Output rows [0, R) of the band into out (row stride Wp, channel stride ld).
   void run(const acc* band, int64_t cs, int64_t R, const acc* bias, acc* out, int64_t ld) {
     if (winograd) {
-      winograd_forward(band, cs, cin, Wp, R, s.Wo, packed.data(), bias, cout, out, ld, work.data());
+      winograd_forward(band, cs, cin, Wp, R, s.Wo, packed.data(), bias, cout, out, ld, Wp,
+                       work.data());
     } else {
       direct_forward(band, cs, cin, shift.data(), taps, packed.data(), bias, cout, R * Wp, out, ld);
     }
+  }
+  // Output rows [r0, r1) of the band into the planes at dst (channel stride ps, row width Wo):
+  // Winograd writes them there itself where T is acc; otherwise through `out` and store_band.
+  template <typename T>
+  void run_to_planes(const acc* band, int64_t cs, int64_t r0, int64_t r1, const acc* bias, acc* out,
+                     int64_t ld, T* dst, int64_t ps) {
+    if constexpr (std::is_same_v<T, acc>) {
+      if (winograd) {
+        winograd_forward(band, cs, cin, Wp, r1 - r0, s.Wo, packed.data(), bias, cout,
+                         dst + r0 * s.Wo, ps, s.Wo, work.data());
+        return;
+      }
+    }
+    run(band, cs, r1 - r0, bias, out, ld);
+    store_band(out, ld, Wp, cout, r0, r1, s.Wo, dst, ps);
   }
 
   // Weight gradient: partial sums over bands in `part` (part_size() values, zeroed first), from
@@ -511,24 +545,6 @@ void fill_band(const T* xs, const Geometry& s, const Bands& bd, int64_t b, int64
   }
 }
 
-// Output rows [r0, r1) of `cout` channels from a padded-width result (rows of stride ld) into the
-// planes at dst (plane stride `ps`, row width Wo), dropping the garbage columns.
-template <typename T>
-void store_band(const acc_t<T>* out, int64_t ld, int64_t Wp, int64_t cout, int64_t r0, int64_t r1,
-                int64_t Wo, T* dst, int64_t ps) {
-  for (int64_t co = 0; co < cout; ++co) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const acc_t<T>* src = out + co * ld + (r - r0) * Wp;
-      T* d = dst + co * ps + r * Wo;
-      if constexpr (std::is_same_v<T, acc_t<T>>) {
-        std::copy_n(src, Wo, d);
-      } else {
-        convert(src, Wo, d);
-      }
-    }
-  }
-}
-
 // With enough (n, group) pairs for the threads, one task per pair computes the statistics of its
 // planes first (x then comes from cache for the bands); otherwise the statistics are a separate
 // pass and the tasks are (n, group, band).
@@ -577,9 +593,8 @@ void direct_grouped_forward(const T* x, const T* w, const T* b, T* y, const Geom
         const int64_t r0 = bi * bd.R, r1 = std::min(s.Ho, r0 + bd.R);
         fill_band(x + n * s.C * s.P(), s, bd, bi, g * s.Cg, s.Cg, hi.data(), lo.data(), rs.data(),
                   band.data(), conv.data());
-        conv2d.run(band.data(), bd.cs, r1 - r0, bias.data(), out.data(), ld);
-        store_band(out.data(), ld, bd.Wp, s.Cog, r0, r1, s.Wo,
-                   y + (n * s.Co + g * s.Cog) * s.Q(), s.Q());
+        conv2d.run_to_planes(band.data(), bd.cs, r0, r1, bias.data(), out.data(), ld,
+                             y + (n * s.Co + g * s.Cog) * s.Q(), s.Q());
       }
     }
   });
@@ -654,8 +669,8 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
         const int64_t r0 = bi * bt.R, r1 = std::min(tg.Ho, r0 + bt.R);
         fill_band(gy + n * s.Co * s.Q(), tg, bt, bi, g * s.Cog, s.Cog, nullptr, nullptr, nullptr,
                   band.data(), conv.data());
-        transposed.run(band.data(), bt.cs, r1 - r0, nullptr, out.data(), ldt);
-        store_band(out.data(), ldt, bt.Wp, s.Cg, r0, r1, s.W, gplanes, s.P());
+        transposed.run_to_planes(band.data(), bt.cs, r0, r1, nullptr, out.data(), ldt, gplanes,
+                                 s.P());
       }
       // 3. Instance-norm backward.
       for (int64_t ci = 0; ci < s.Cg; ++ci) {

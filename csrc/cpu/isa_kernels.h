@@ -294,13 +294,13 @@ DIN_KERNEL(winograd_work_size_0, int64_t, winograd_work_size,
 DIN_KERNEL(winograd_forward_0, void, winograd_forward,
            (const float* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R, int64_t Wo,
             const float* packed, const float* bias, int64_t cout, float* out, int64_t ld,
-            float* work),
-           (in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work))
+            int64_t rs, float* work),
+           (in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, rs, work))
 DIN_KERNEL(winograd_forward_1, void, winograd_forward,
            (const double* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R, int64_t Wo,
             const double* packed, const double* bias, int64_t cout, double* out, int64_t ld,
-            double* work),
-           (in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work))
+            int64_t rs, double* work),
+           (in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, rs, work))
 DIN_KERNEL(winograd_weight_grad_0, void, winograd_weight_grad,
            (const float* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R, int64_t Wo,
             const float* g, int64_t ldg, int64_t cout, float* part, float* work),

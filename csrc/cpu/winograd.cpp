@@ -124,10 +124,12 @@ DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp
   }
 }
 
-// Y = A^T M A (+ bias) for the tiles of block b, written to the padded-width output.
+// Y = A^T M A (+ bias) for the tiles of block b: rows < R and columns < Wo of the output (row
+// stride rs).
 template <typename T>
-DIN_INLINE void output_transform(const T* M, const Tiles& k, const Block& b, int64_t Wp,
-                                 const T* bias, int64_t cout, T* out, int64_t ld) {
+DIN_INLINE void output_transform(const T* M, const Tiles& k, const Block& b, int64_t rs,
+                                 int64_t R, int64_t Wo, const T* bias, int64_t cout, T* out,
+                                 int64_t ld) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
   const int64_t xs = k.ms();
@@ -143,12 +145,13 @@ DIN_INLINE void output_transform(const T* M, const Tiles& k, const Block& b, int
           s[0][c] = m0 + m1 + m2;
           s[1][c] = m1 - m2 - m3;
         }
-        const int64_t count = std::min<int64_t>(2 * n, Wp - 2 * tv);
-        for (int i = 0; i < 2; ++i) {  // (A^T M) A: two output rows of 2 n values
+        const int64_t count = std::min<int64_t>(2 * n, Wo - 2 * tv);
+        if (count <= 0) continue;  // tiles past the last column
+        for (int i = 0; i < 2 && 2 * th + i < R; ++i) {  // (A^T M) A: two rows of 2 n values
           const Vt y0 = s[i][0] + s[i][1] + s[i][2] + bv;
           const Vt y1 = s[i][1] - s[i][2] - s[i][3] + bv;
           const Vt first = shuffle<Pick::lo>(y0, y1), second = shuffle<Pick::hi>(y0, y1);
-          T* dst = out + co * ld + (2 * th + i) * Wp + 2 * tv;
+          T* dst = out + co * ld + (2 * th + i) * rs + 2 * tv;
           if (count == 2 * n) {
             storeu(dst, first);
             storeu(dst + n, second);
@@ -219,7 +222,7 @@ DIN_INLINE void gemms(const T* V, int64_t cin, const T* packed, int64_t cout, in
 template <typename T>
 DIN_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
                              int64_t Wo, const T* packed, const T* bias, int64_t cout, T* out,
-                             int64_t ld, T* work) {
+                             int64_t ld, int64_t rs, T* work) {
   const Tiles k(cout, R, Wo, kLanes<T>, gemm_step(cout, kLanes<T>));
   // V and M at a 64-byte boundary: their rows (ldm values) then start on cache lines.
   T* V = work + (-(reinterpret_cast<uintptr_t>(work) / sizeof(T))) % kLanes<T>;
@@ -227,7 +230,7 @@ DIN_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, i
   for_blocks(k, [&](const Block& b) {
     input_transform(in, cs, cin, Wp, k, b, V);
     gemms(V, cin, packed, cout, b.tiles(), k, M);
-    output_transform(M, k, b, Wp, bias, cout, out, ld);
+    output_transform(M, k, b, rs, R, Wo, bias, cout, out, ld);
   });
 }
 
@@ -479,14 +482,14 @@ int64_t winograd_work_size(int64_t cout, int64_t cin, int64_t Wo, int64_t value_
 void winograd_forward(const float* in, int64_t cs, int64_t cin, int64_t Wp,
                       int64_t R, int64_t Wo, const float* packed,
                       const float* bias, int64_t cout, float* out, int64_t ld,
-                      float* work) {
-  forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work);
+                      int64_t rs, float* work) {
+  forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, rs, work);
 }
 void winograd_forward(const double* in, int64_t cs, int64_t cin, int64_t Wp,
                       int64_t R, int64_t Wo, const double* packed,
                       const double* bias, int64_t cout, double* out, int64_t ld,
-                      double* work) {
-  forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, work);
+                      int64_t rs, double* work) {
+  forward_impl(in, cs, cin, Wp, R, Wo, packed, bias, cout, out, ld, rs, work);
 }
 
 void winograd_weight_grad(const float* in, int64_t cs, int64_t cin, int64_t Wp,

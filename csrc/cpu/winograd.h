@@ -23,17 +23,17 @@ void winograd_weights(const double* w, int64_t cout, int64_t cin, double* packed
 // Scratch values needed by winograd_forward for these channel counts and output width.
 int64_t winograd_work_size(int64_t cout, int64_t cin, int64_t Wo, int64_t value_size);
 
-// out[o * ld + r * Wp + c] = bias[o] + (3 x 3 correlation of the band with kernel o)[r, c] for the
-// R output rows and Wo output columns; `in` is the band (channel stride cs, row width Wp >= Wo + 2,
-// at least round_up(R, 2) + 2 rows per channel and 34 readable values after the last row). Rows of
-// `out` need ld >= round_up(R, 2) * Wp; garbage may be written to columns Wo .. Wp - 1 and to row R
-// when R is odd. `work` holds winograd_work_size values; `bias` may be null.
+// out[o * ld + r * rs + c] = bias[o] + (3 x 3 correlation of the band with kernel o)[r, c] for the
+// R output rows and Wo output columns, and nothing else written (so `out` may be the output planes
+// themselves: rs = Wo, ld = the plane size); `in` is the band (channel stride cs, row width
+// Wp >= Wo + 2, at least round_up(R, 2) + 2 rows per channel and 34 readable values after the last
+// row). `work` holds winograd_work_size values; `bias` may be null.
 void winograd_forward(const float* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R, int64_t Wo,
                       const float* packed, const float* bias, int64_t cout, float* out, int64_t ld,
-                      float* work);
+                      int64_t rs, float* work);
 void winograd_forward(const double* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
                       int64_t Wo, const double* packed, const double* bias, int64_t cout,
-                      double* out, int64_t ld, double* work);
+                      double* out, int64_t ld, int64_t rs, double* work);
 
 // Weight gradient of one band: accumulates
 //   part[(xi * cin + ci) * cop + o] += sum over the band's tiles of (B^T d B)[xi] * (A g A^T)[xi]
