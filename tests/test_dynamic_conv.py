@@ -121,35 +121,9 @@ def test_backward_matches_reference(device, dtype, name):
         assert_close_to_reference(ours.grad, ref.grad, dtype, base)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name", ["grouped3x3_cog5", "dense3x3_dilation2_pad2"])
-def test_several_bands(device, dtype, name):
-    # Planes of 1100 x 45: the direct kernels split them into bands of rows (a few hundred rows
-    # each at these channel counts: band_rows in dynamic_conv.cpp) and runs of pixels that end
-    # inside a row; forward and every gradient against the float64 reference.
-    x, w, b = make(name, 1100, 45, n=1, dtype=dtype, device=device)
-    kw = conv_kwargs(name)
-    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-    y = din_ops.dynamic_instance_norm(*leaves, **kw)
-    exact = [t.double().requires_grad_() for t in (x, w, b)]
-    y64 = reference.dynamic_instance_norm(*exact, **kw)
-    assert_close_to_reference(y, y64, dtype)
-    gy = torch.randn_like(y64)
-    y.backward(gy.to(dtype))
-    y64.backward(gy)
-    for ours, ref in zip(leaves, exact):
-        assert_close_to_reference(ours.grad, ref.grad, dtype)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name,h,w", [("grouped3x3_g2", 9, 410), ("grouped3x3_cog5", 6, 333)])
-def test_wide_planes(device, dtype, name, h, w):
-    # Rows of 333 and 410 pixels: Winograd cuts each tile row into blocks of columns, the last one
-    # partial, and the bands hold a few rows (an odd last one at 9 rows); forward and every
-    # gradient against the float64 reference.
-    x, wt, b = make(name, h, w, n=2, dtype=dtype, device=device)
+def check_values_and_gradients(name, h, w, n, dtype, device):
+    """Forward and every gradient of config `name` on (n, C, h, w) against the float64 reference."""
+    x, wt, b = make(name, h, w, n=n, dtype=dtype, device=device)
     kw = conv_kwargs(name)
     leaves = [t.clone().requires_grad_() for t in (x, wt, b)]
     y = din_ops.dynamic_instance_norm(*leaves, **kw)
@@ -161,6 +135,25 @@ def test_wide_planes(device, dtype, name, h, w):
     y64.backward(gy)
     for ours, ref in zip(leaves, exact):
         assert_close_to_reference(ours.grad, ref.grad, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["grouped3x3_cog5", "dense3x3_dilation2_pad2"])
+def test_several_bands(device, dtype, name):
+    # Planes of 1100 x 45: the direct kernels split them into bands of rows (a few hundred rows
+    # each at these channel counts: band_rows in dynamic_conv.cpp) and runs of pixels that end
+    # inside a row.
+    check_values_and_gradients(name, 1100, 45, 1, dtype, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,h,w", [("grouped3x3_g2", 9, 410), ("grouped3x3_cog5", 6, 333)])
+def test_wide_planes(device, dtype, name, h, w):
+    # Rows of 333 and 410 pixels: Winograd cuts each tile row into blocks of columns, the last one
+    # partial, and writes the output planes directly (an odd last row at 9 rows).
+    check_values_and_gradients(name, h, w, 2, dtype, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
