@@ -58,6 +58,11 @@ Capability cpu_capability();
 #elif defined(DIN_CPU_CAPABILITY_AVX2)
 #define DIN_ISA avx2
 #define DIN_ISA_TARGET(pragma) pragma(target("avx2,fma,bmi,bmi2"))
+#elif defined(DIN_CPU_WIDE_VECTORS_TEST)
+// The C++ test csrc/tests/test_wide_vectors.cpp only: the avx512 level's vector widths and register
+// blocks without its instructions (the compiler splits each 64-byte vector), so that the lane
+// arithmetic of that level runs and is tested on any CPU.
+#define DIN_ISA wide
 #else
 #define DIN_ISA base
 #endif

@@ -56,7 +56,7 @@ struct VecOf<double, 32> {
 // 64 bytes, one zmm register, at the avx512 level; 32 bytes, one ymm register (two xmm in the
 // baseline), elsewhere, where 16 registers hold half as many accumulators.
 // kAcc: accumulators of a register block (a GEMM's output tile), kRows: most output channels in one.
-#if defined(DIN_CPU_CAPABILITY_AVX512)
+#if defined(DIN_CPU_CAPABILITY_AVX512) || defined(DIN_CPU_WIDE_VECTORS_TEST)
 constexpr int kVecBytes = 64, kAcc = 24, kRows = 8;
 #else
 constexpr int kVecBytes = 32, kAcc = 12, kRows = 4;
@@ -79,17 +79,26 @@ DIN_INLINE void storeu(T* p, const vec_t<T>& v) {
 }
 
 // Lane selections from the concatenation (a, b) of two n-lane vectors: the even / odd elements, and
-// the low / high halves of the interleaving a0 b0 a1 b1 ...
-enum class Pick { even, odd, lo, hi };
+// the low / high halves of the interleaving a0 b0 a1 b1 ... (these cross 16-byte chunks: two or
+// three instructions on AVX2 / AVX-512);
+// and the same selections within each 16-byte chunk of c lanes (one instruction on SSE, AVX2,
+// AVX-512 and NEON: shufps / unpcklps / unpckhps, uzp / zip): chunk k of even16 holds a's even
+// elements of chunk k, then b's; lo16 / hi16 interleave the low / high halves of chunk k of a and b.
+enum class Pick { even, odd, lo, hi, even16, odd16, lo16, hi16 };
 
-// Index of the concatenation that lane i of selection K takes.
-template <Pick K, int n>
+// Index of the concatenation that lane i of selection K takes (c lanes per 16-byte chunk).
+template <Pick K, int n, int c>
 constexpr int pick_index(int i) {
+  const int k = i / c * c, j = i % c, h = c / 2;
   switch (K) {
     case Pick::even: return 2 * i;
     case Pick::odd: return 2 * i + 1;
     case Pick::lo: return i / 2 + (i % 2) * n;
-    default: return n / 2 + i / 2 + (i % 2) * n;
+    case Pick::hi: return n / 2 + i / 2 + (i % 2) * n;
+    case Pick::even16: return j < h ? k + 2 * j : n + k + 2 * (j - h);
+    case Pick::odd16: return (j < h ? k + 2 * j : n + k + 2 * (j - h)) + 1;
+    case Pick::lo16: return k + j / 2 + (j % 2) * n;
+    default: return k + h + j / 2 + (j % 2) * n;
   }
 }
 
@@ -109,7 +118,7 @@ DIN_INLINE V permute(const V& a, const V& b) {
 
 template <Pick K, typename V, int... I>
 DIN_INLINE V shuffle_lanes(const V& a, const V& b, std::integer_sequence<int, I...>) {
-  return permute<pick_index<K, sizeof...(I)>(I)...>(a, b);
+  return permute<pick_index<K, sizeof...(I), int(16 / sizeof(a[0]))>(I)...>(a, b);
 }
 
 // shuffle<K>(a, b): the lanes of selection K, for any vector type of vec.h.

@@ -1,6 +1,10 @@
 // Winograd F(2x2, 3x3) kernels (see winograd.h for the formulas). The input and output transforms
-// are vectorized across tiles: one vector holds the same element of 16 (float) or 8 (double)
-// horizontally adjacent tiles, gathered from two rows of the band with even/odd lane shuffles.
+// are vectorized across tiles: one vector holds the same element of n horizontally adjacent tiles
+// (n = lanes), gathered from two n-value loads of a band row with even/odd shuffles within 16-byte
+// chunks (one instruction each; a pick across the whole vector costs two or three on AVX2). The
+// tiles then sit in the vector in the order of tile_slot, which the output transform undoes with
+// the matching in-chunk interleave, and the weight gradient follows for the output gradient's
+// tiles; the GEMMs do not care about the order of the tiles.
 #include "winograd.h"
 
 #include <algorithm>
@@ -69,6 +73,15 @@ struct Tiles {
   int64_t line;
 };
 
+// The lane that tile t (0 <= t < n, the t-th of n adjacent tiles) takes in a transformed vector:
+// with c lanes per 16-byte chunk and h = c / 2, chunk k holds tiles k h .. k h + h - 1 (from the
+// first load) and then n / 2 + k h .. (from the second); e.g. n = 8, c = 4: 0 1 4 5 | 2 3 6 7.
+template <typename T>
+constexpr int64_t tile_slot(int64_t t) {
+  constexpr int64_t n = kLanes<T>, c = 16 / sizeof(T), h = c / 2;
+  return t < n / 2 ? t / h * c + t % h : (t - n / 2) / h * c + h + (t - n / 2) % h;
+}
+
 // One block of tiles: tile rows [th0, th1) x tile columns [c0, c1) (c1 - c0: whole vectors), tile
 // t = (th - th0) * w() + (column - c0) in V, M and Zt.
 struct Block {
@@ -85,10 +98,15 @@ DIN_INLINE void for_blocks(const Tiles& k, F&& f) {
       f(Block{th0, std::min(k.TH, th0 + k.tb), c0, std::min(k.TWp, c0 + k.TC)});
 }
 
-// V[xi][ci][t] for the tiles of block b of the band.
+// The transformed input of the tiles of block b of the band, per element xi (at stride k.vs(cin)):
+// the vector of tiles t .. t + n - 1 of channel ci at V + ci * cstride + t / n * vstride. The
+// forward's GEMM takes channel rows (cstride = k.ldm, vstride = n: V[xi][ci][t]); the weight
+// gradient's takes the channels of n tiles together (cstride = n, vstride = cin * n), so that its
+// broadcasts of one tile's channels sit at fixed offsets from one pointer.
 template <typename T>
 DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp,
-                                const Tiles& k, const Block& b, T* V) {
+                                const Tiles& k, const Block& b, int64_t cstride, int64_t vstride,
+                                T* V) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
   for (int64_t ci = 0; ci < cin; ++ci) {
@@ -99,10 +117,10 @@ DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp
         for (int r = 0; r < 4; ++r) {
           const T* row = base + r * Wp;
           const Vt a = loadu(row), b = loadu(row + n), a2 = loadu(row + 2), b2 = loadu(row + n + 2);
-          d[r][0] = shuffle<Pick::even>(a, b);
-          d[r][1] = shuffle<Pick::odd>(a, b);
-          d[r][2] = shuffle<Pick::even>(a2, b2);
-          d[r][3] = shuffle<Pick::odd>(a2, b2);
+          d[r][0] = shuffle<Pick::even16>(a, b);  // tiles in tile_slot order
+          d[r][1] = shuffle<Pick::odd16>(a, b);
+          d[r][2] = shuffle<Pick::even16>(a2, b2);
+          d[r][3] = shuffle<Pick::odd16>(a2, b2);
         }
         Vt t[4][4];
         for (int c = 0; c < 4; ++c) {  // B^T d
@@ -111,7 +129,7 @@ DIN_INLINE void input_transform(const T* in, int64_t cs, int64_t cin, int64_t Wp
           t[2][c] = d[2][c] - d[1][c];
           t[3][c] = d[1][c] - d[3][c];
         }
-        T* dst = V + ci * k.ldm + (th - b.th0) * b.w() + (tv - b.c0);
+        T* dst = V + ci * cstride + ((th - b.th0) * b.w() + (tv - b.c0)) / n * vstride;
         const int64_t xs = k.vs(cin);  // stride between the 16 transformed elements
         for (int i = 0; i < 4; ++i) {  // (B^T d) B
           storeu(dst + (4 * i + 0) * xs, t[i][0] - t[i][2]);
@@ -150,7 +168,8 @@ DIN_INLINE void output_transform(const T* M, const Tiles& k, const Block& b, int
         for (int i = 0; i < 2 && 2 * th + i < R; ++i) {  // (A^T M) A: two rows of 2 n values
           const Vt y0 = s[i][0] + s[i][1] + s[i][2] + bv;
           const Vt y1 = s[i][1] - s[i][2] - s[i][3] + bv;
-          const Vt first = shuffle<Pick::lo>(y0, y1), second = shuffle<Pick::hi>(y0, y1);
+          // Back from tile_slot order: columns 0 .. n - 1 and n .. 2 n - 1 of the tiles' outputs.
+          const Vt first = shuffle<Pick::lo16>(y0, y1), second = shuffle<Pick::hi16>(y0, y1);
           T* dst = out + co * ld + (2 * th + i) * rs + 2 * tv;
           if (count == 2 * n) {
             storeu(dst, first);
@@ -228,7 +247,7 @@ DIN_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, i
   T* V = work + (-(reinterpret_cast<uintptr_t>(work) / sizeof(T))) % kLanes<T>;
   T* M = V + 16 * k.vs(cin);
   for_blocks(k, [&](const Block& b) {
-    input_transform(in, cs, cin, Wp, k, b, V);
+    input_transform(in, cs, cin, Wp, k, b, k.ldm, kLanes<T>, V);
     gemms(V, cin, packed, cout, b.tiles(), k, M);
     output_transform(M, k, b, rs, R, Wo, bias, cout, out, ld);
   });
@@ -283,7 +302,8 @@ DIN_INLINE void grad_channels_last(const T* g, int64_t ldg, int64_t cout, int64_
   }
 }
 
-// Zt[xi][t][o] = (A g A^T)[xi] for the tiles t of block b, vectorized over channels.
+// Zt[xi][t][o] = (A g A^T)[xi] for the tiles t of block b, vectorized over channels; the tiles in
+// the order of the input transform's vectors (tile_slot within each group of n).
 template <typename T>
 DIN_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, const Block& b, T* Zt) {
   using Vt = vec_t<T>;
@@ -293,12 +313,13 @@ DIN_INLINE void grad_transform(const T* gt, int64_t cop, const Tiles& k, const B
     for (int64_t tw = 0; tw < b.w(); ++tw) {
       const T* p0 = gt + ((2 * th) * cols + 2 * tw) * cop;
       const T* p1 = p0 + cols * cop;
-      T* dst = Zt + (th * b.w() + tw) * cop;
+      T* dst = Zt + (th * b.w() + tw / n * n + tile_slot<T>(tw % n)) * cop;
       for (int64_t o = 0; o < cop; o += n) {
         const Vt g00 = loadu(p0 + o), g01 = loadu(p0 + cop + o);
         const Vt g10 = loadu(p1 + o), g11 = loadu(p1 + cop + o);
         const Vt h[4][2] = {{g00, g01}, {g00 + g10, g01 + g11}, {g00 - g10, g01 - g11}, {-g10, -g11}};
-        for (int i = 0; i < 4; ++i) {  // (A g) A^T
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {  // (A g) A^T (unrolled: GCC 12 keeps h on the stack otherwise)
           storeu(dst + (4 * i + 0) * xs + o, h[i][0]);
           storeu(dst + (4 * i + 1) * xs + o, h[i][0] + h[i][1]);
           storeu(dst + (4 * i + 2) * xs + o, h[i][0] - h[i][1]);
@@ -319,21 +340,24 @@ constexpr int grad_rows() {
 }
 
 // part[xi][ci][o] += sum_t V[xi][ci][t] Zt[xi][t][o]: NR input channels x CV vectors of output
-// channels in registers, the tiles streamed.
+// channels in registers, the tiles streamed. V: the block's first channel in the weight gradient's
+// layout (input_transform: tile t of channel i at V[t / n * vstride + i * n + t % n]); L: a
+// multiple of n.
 template <typename T, int CV, int NR>
-DIN_INLINE void grad_gemm_block(const T* V, int64_t ldm, const T* Zt, int64_t cop, int64_t L,
+DIN_INLINE void grad_gemm_block(const T* V, int64_t vstride, const T* Zt, int64_t cop, int64_t L,
                                 T* part) {
   using Vt = vec_t<T>;
   constexpr int n = kLanes<T>;
   Vt acc[NR][CV] = {};
-  const T* rows[NR];
-  for (int i = 0; i < NR; ++i) rows[i] = V + i * ldm;
-  for (int64_t t = 0; t < L; ++t) {
-    Vt z[CV];
-    for (int c = 0; c < CV; ++c) z[c] = loadu(Zt + t * cop + c * n);
-    for (int i = 0; i < NR; ++i) {
-      const Vt b = -Vt{} + rows[i][t];
-      for (int c = 0; c < CV; ++c) acc[i][c] = acc[i][c] + b * z[c];
+  for (int64_t t0 = 0; t0 < L; t0 += n, V += vstride) {
+#pragma GCC unroll 16
+    for (int l = 0; l < n; ++l, Zt += cop) {
+      Vt z[CV];
+      for (int c = 0; c < CV; ++c) z[c] = loadu(Zt + c * n);
+      for (int i = 0; i < NR; ++i) {
+        const Vt b = -Vt{} + V[i * n + l];
+        for (int c = 0; c < CV; ++c) acc[i][c] = acc[i][c] + b * z[c];
+      }
     }
   }
   for (int i = 0; i < NR; ++i) {
@@ -347,24 +371,24 @@ DIN_INLINE void grad_gemm_block(const T* V, int64_t ldm, const T* Zt, int64_t co
 // grad_gemm_block over the input channels [0, cin): blocks of grad_rows<CV>() and one block of the
 // exact remainder (no rows computed twice).
 template <typename T, int CV>
-DIN_INLINE void grad_gemm(const T* V, int64_t ldm, int64_t cin, const T* Zt, int64_t cop,
-                          int64_t L, T* part) {
-  constexpr int NR = grad_rows<CV>();
+DIN_INLINE void grad_gemm(const T* V, int64_t cin, const T* Zt, int64_t cop, int64_t L, T* part) {
+  constexpr int NR = grad_rows<CV>(), n = kLanes<T>;
+  const int64_t vstride = cin * n;
   int64_t ci = 0;
   for (; ci + NR <= cin; ci += NR) {
-    grad_gemm_block<T, CV, NR>(V + ci * ldm, ldm, Zt, cop, L, part + ci * cop);
+    grad_gemm_block<T, CV, NR>(V + ci * n, vstride, Zt, cop, L, part + ci * cop);
   }
-  const T* v = V + ci * ldm;
+  const T* v = V + ci * n;
   T* p = part + ci * cop;
   switch (cin - ci) {
     case 0: break;
-    case 1: grad_gemm_block<T, CV, 1>(v, ldm, Zt, cop, L, p); break;
-    case 2: grad_gemm_block<T, CV, 2>(v, ldm, Zt, cop, L, p); break;
-    case 3: grad_gemm_block<T, CV, 3>(v, ldm, Zt, cop, L, p); break;
-    case 4: grad_gemm_block<T, CV, 4>(v, ldm, Zt, cop, L, p); break;
-    case 5: grad_gemm_block<T, CV, 5>(v, ldm, Zt, cop, L, p); break;
-    case 6: grad_gemm_block<T, CV, 6>(v, ldm, Zt, cop, L, p); break;
-    default: grad_gemm_block<T, CV, 7>(v, ldm, Zt, cop, L, p); break;
+    case 1: grad_gemm_block<T, CV, 1>(v, vstride, Zt, cop, L, p); break;
+    case 2: grad_gemm_block<T, CV, 2>(v, vstride, Zt, cop, L, p); break;
+    case 3: grad_gemm_block<T, CV, 3>(v, vstride, Zt, cop, L, p); break;
+    case 4: grad_gemm_block<T, CV, 4>(v, vstride, Zt, cop, L, p); break;
+    case 5: grad_gemm_block<T, CV, 5>(v, vstride, Zt, cop, L, p); break;
+    case 6: grad_gemm_block<T, CV, 6>(v, vstride, Zt, cop, L, p); break;
+    default: grad_gemm_block<T, CV, 7>(v, vstride, Zt, cop, L, p); break;
   }
 }
 
@@ -380,7 +404,7 @@ DIN_INLINE void weight_grad_impl(const T* in, int64_t cs, int64_t cin, int64_t W
   T* gt = Zt + 16 * k.zs(cop);
   for_blocks(k, [&](const Block& b) {
     const int64_t L = b.tiles();
-    input_transform(in, cs, cin, Wp, k, b, V);
+    input_transform(in, cs, cin, Wp, k, b, n, cin * n, V);
     grad_channels_last(g, ldg, cout, cop, Wp, R, Wo, b, gt);
     grad_transform(gt, cop, k, b, Zt);
     for (int xi = 0; xi < 16; ++xi) {
@@ -388,8 +412,8 @@ DIN_INLINE void weight_grad_impl(const T* in, int64_t cs, int64_t cin, int64_t W
       const T* v = V + xi * k.vs(cin);
       T* p = part + xi * cin * cop;
       int64_t o = 0;
-      for (; o + 2 * n <= cop; o += 2 * n) grad_gemm<T, 2>(v, k.ldm, cin, z + o, cop, L, p + o);
-      if (o < cop) grad_gemm<T, 1>(v, k.ldm, cin, z + o, cop, L, p + o);
+      for (; o + 2 * n <= cop; o += 2 * n) grad_gemm<T, 2>(v, cin, z + o, cop, L, p + o);
+      if (o < cop) grad_gemm<T, 1>(v, cin, z + o, cop, L, p + o);
     }
   });
 }
