@@ -157,6 +157,16 @@ def test_wide_planes(device, dtype, name, h, w):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["depthwise3x3", "depthwise3x3_dilation2"])
+def test_depthwise_wide_planes(device, dtype, name):
+    # 19 x 83: the 3x3 depthwise kernels' runs of 4 vectors, of one vector and of single pixels in
+    # every row (float32 and float64 lanes at every CPU level), and several row blocks of the
+    # weight gradient's partial sums.
+    check_values_and_gradients(name, 19, 83, 2, dtype, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["depthwise3x3", "grouped3x3_g2", "dense5x3_nonsquare"])
 def test_channels_last_and_strided(device, name):
     x, w, b = make(name, dtype=torch.float32, device=device)

@@ -1,6 +1,7 @@
 #include "loops.h"
 
 #include "isa.h"
+#include "vec.h"
 
 #include "din_ops/math.h"
 
@@ -306,10 +307,64 @@ void scatter_axpy(float* y, int64_t ys, const float* x, int64_t n, float a) {
 void scatter_axpy(double* y, int64_t ys, const double* x, int64_t n, double a) {
   scatter_axpy_impl(y, ys, x, n, a);
 }
+// The same for a KH x KW kernel known at compile time and unit column stride: the taps' weights
+// stay in registers (broadcast once per plane) and P vectors of outputs are computed together;
+// the sum runs in the same order as below (bias, then the taps row by row), so results match.
+template <typename T, int KH, int KW>
+DIN_INLINE void depthwise_plane_fixed(const T* pad, int64_t Wp, const T* w, int64_t sh, int64_t dh,
+                                      int64_t dw, int64_t Ho, int64_t Wo, T bias, T* out) {
+  using V = simd::vec_t<T>;
+  constexpr int L = simd::kLanes<T>, P = 4;
+  V wv[KH * KW];
+#pragma GCC unroll 16
+  for (int t = 0; t < KH * KW; ++t) wv[t] = -V{} + w[t];
+  const V bv = -V{} + bias;
+  for (int64_t oh = 0; oh < Ho; ++oh) {
+    T* o = out + oh * Wo;
+    const T* base = pad + oh * sh * Wp;
+    int64_t ow = 0;
+    for (; ow + P * L <= Wo; ow += P * L) {
+      V acc[P];
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p) acc[p] = bv;
+#pragma GCC unroll 4
+      for (int i = 0; i < KH; ++i) {
+#pragma GCC unroll 4
+        for (int j = 0; j < KW; ++j) {
+          const T* src = base + i * dh * Wp + j * dw + ow;
+#pragma GCC unroll 4
+          for (int p = 0; p < P; ++p) acc[p] += wv[i * KW + j] * simd::loadu(src + p * L);
+        }
+      }
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p) simd::storeu(o + ow + p * L, acc[p]);
+    }
+    for (; ow + L <= Wo; ow += L) {
+      V acc = bv;
+#pragma GCC unroll 16
+      for (int t = 0; t < KH * KW; ++t) {
+        acc += wv[t] * simd::loadu(base + t / KW * dh * Wp + t % KW * dw + ow);
+      }
+      simd::storeu(o + ow, acc);
+    }
+    for (; ow < Wo; ++ow) {
+      T v = bias;
+      for (int i = 0; i < KH; ++i) {
+        for (int j = 0; j < KW; ++j) v += w[i * KW + j] * base[i * dh * Wp + j * dw + ow];
+      }
+      o[ow] = v;
+    }
+  }
+}
+
 template <typename T>
 DIN_INLINE void depthwise_plane_impl(const T* pad, int64_t Wp, const T* w, int64_t kh, int64_t kw,
                                      int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho,
                                      int64_t Wo, T bias, T* out) {
+  if (kh == 3 && kw == 3 && sw == 1) {
+    depthwise_plane_fixed<T, 3, 3>(pad, Wp, w, sh, dh, dw, Ho, Wo, bias, out);
+    return;
+  }
   constexpr int L = kLanes<T>;
   for (int64_t oh = 0; oh < Ho; ++oh) {
     T* o = out + oh * Wo;
@@ -349,19 +404,27 @@ template <typename T, int KH, int KW>
 DIN_INLINE void depthwise_weight_grad_fixed(const T* pad, int64_t Wp, int64_t sh, int64_t dh,
                                             int64_t dw, int64_t Ho, int64_t Wo, const T* g,
                                             double* gw) {
-  constexpr int L = 64 / sizeof(T);  // one vector register per tap
-  constexpr int64_t kRows = 16;
+  // One vector register per tap (vec.h's width: 64 bytes at avx512, 32 elsewhere), written with
+  // vector types and unrolled so that the compiler keeps them in registers (as lane arrays, GCC 12
+  // kept them on the stack and zeroed them with `rep stos`).
+  using V = simd::vec_t<T>;
+  constexpr int L = simd::kLanes<T>;
+  constexpr int64_t kRows = simd::kVecBytes / 4;  // about Wo values per lane between flushes
   for (int64_t r0 = 0; r0 < Ho; r0 += kRows) {
-    T d[KH * KW][L] = {};
+    V d[KH * KW];
+#pragma GCC unroll 16
+    for (int t = 0; t < KH * KW; ++t) d[t] = V{};
     for (int64_t oh = r0; oh < std::min(Ho, r0 + kRows); ++oh) {
       const T* gr = g + oh * Wo;
       const T* base = pad + oh * sh * Wp;
       int64_t ow = 0;
       for (; ow + L <= Wo; ow += L) {
+        const V gv = simd::loadu(gr + ow);
+#pragma GCC unroll 4
         for (int i = 0; i < KH; ++i) {
+#pragma GCC unroll 4
           for (int j = 0; j < KW; ++j) {
-            const T* src = base + i * dh * Wp + j * dw + ow;
-            for (int k = 0; k < L; ++k) d[i * KW + j][k] += gr[ow + k] * src[k];
+            d[i * KW + j] += gv * simd::loadu(base + i * dh * Wp + j * dw + ow);
           }
         }
       }
@@ -371,7 +434,11 @@ DIN_INLINE void depthwise_weight_grad_fixed(const T* pad, int64_t Wp, int64_t sh
         }
       }
     }
-    for (int t = 0; t < KH * KW; ++t) gw[t] += lane_total<L>(d[t]);
+    for (int t = 0; t < KH * KW; ++t) {
+      T lanes[L];
+      simd::storeu(lanes, d[t]);
+      gw[t] += lane_total<L>(lanes);
+    }
   }
 }
 
