@@ -80,7 +80,7 @@ DIN_INLINE void storeu(T* p, const vec_t<T>& v) {
 
 // Lane selections from the concatenation (a, b) of two n-lane vectors: the even / odd elements, and
 // the low / high halves of the interleaving a0 b0 a1 b1 ... (these cross 16-byte chunks: two or
-// three instructions on AVX2 / AVX-512);
+// three instructions each on AVX2);
 // and the same selections within each 16-byte chunk of c lanes (one instruction on SSE, AVX2,
 // AVX-512 and NEON: shufps / unpcklps / unpckhps, uzp / zip): chunk k of even16 holds a's even
 // elements of chunk k, then b's; lo16 / hi16 interleave the low / high halves of chunk k of a and b.

@@ -83,7 +83,7 @@ constexpr int64_t tile_slot(int64_t t) {
 }
 
 // One block of tiles: tile rows [th0, th1) x tile columns [c0, c1) (c1 - c0: whole vectors), tile
-// t = (th - th0) * w() + (column - c0) in V, M and Zt.
+// t = (th - th0) * w() + (column - c0) in V, M and Zt (within each group of n, at tile_slot).
 struct Block {
   int64_t th0, th1, c0, c1;
   int64_t w() const { return c1 - c0; }
