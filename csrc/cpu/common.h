@@ -120,24 +120,27 @@ inline int64_t grain_for(int64_t work) {
   return std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(work, 1));
 }
 
-// dL/dx of one plane of P values from g = dL/dxh, the gradient with respect to the normalized
-// plane (MATH.md): rstd * (g - mean(g) - xh * mean(g * xh)), or g itself when the op did not
-// normalize. `g` may be gxp itself when T is acc_t<T> (in place). `xbuf` and `obuf` are
-// scratch<T>(kBlock) buffers.
+// Adds the sums over n values of g and of g * xh, xh = ((x - hi) - lo) * rstd, to sg and sgxh (the
+// instance-norm backward's two plane sums), for any T (`xbuf`: scratch<T>(kBlock)).
 template <typename T>
-void plane_input_grad(const acc_t<T>* g, const T* xp, T* gxp, int64_t P, acc_t<T> hi, acc_t<T> lo,
-                      acc_t<T> rstd, bool normalized, acc_t<T>* xbuf, acc_t<T>* obuf) {
-  using acc = acc_t<T>;
-  acc mg = 0, mgxh = 0;
-  if (normalized) {
-    double sg = 0.0, sgxh = 0.0;
-    for (int64_t i = 0; i < P; i += kBlock) {
-      const int64_t len = std::min(kBlock, P - i);
-      grad_sums(g + i, load(xp + i, len, xbuf), len, hi, lo, rstd, &sg, &sgxh);
-    }
-    mg = static_cast<acc>(sg / double(P));
-    mgxh = static_cast<acc>(sgxh / double(P));
+void add_grad_sums(const acc_t<T>* g, const T* xp, int64_t n, acc_t<T> hi, acc_t<T> lo,
+                   acc_t<T> rstd, double* sg, double* sgxh, acc_t<T>* xbuf) {
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t len = std::min(kBlock, n - i);
+    grad_sums(g + i, load(xp + i, len, xbuf), len, hi, lo, rstd, sg, sgxh);
   }
+}
+
+// dL/dx of one plane of P values from g = dL/dxh, the gradient with respect to the normalized
+// plane (MATH.md): rstd * (g - mean(g) - xh * mean(g * xh)), with sg and sgxh the plane's sums of
+// g and g * xh (add_grad_sums), or g itself when the op did not normalize. `g` may be gxp itself
+// when T is acc_t<T> (in place). `xbuf` and `obuf` are scratch<T>(kBlock) buffers.
+template <typename T>
+void plane_input_grad_from_sums(const acc_t<T>* g, const T* xp, T* gxp, int64_t P, acc_t<T> hi,
+                                acc_t<T> lo, acc_t<T> rstd, bool normalized, double sg, double sgxh,
+                                acc_t<T>* xbuf, acc_t<T>* obuf) {
+  using acc = acc_t<T>;
+  const acc mg = static_cast<acc>(sg / double(P)), mgxh = static_cast<acc>(sgxh / double(P));
   for (int64_t i = 0; i < P; i += kBlock) {
     const int64_t len = std::min(kBlock, P - i);
     acc* o = out_ptr(gxp + i, obuf);
@@ -148,6 +151,15 @@ void plane_input_grad(const acc_t<T>* g, const T* xp, T* gxp, int64_t P, acc_t<T
     }
     store<T>(o, len, gxp + i);
   }
+}
+
+// The same, computing the sums first (a pass over g and x).
+template <typename T>
+void plane_input_grad(const acc_t<T>* g, const T* xp, T* gxp, int64_t P, acc_t<T> hi, acc_t<T> lo,
+                      acc_t<T> rstd, bool normalized, acc_t<T>* xbuf, acc_t<T>* obuf) {
+  double sg = 0.0, sgxh = 0.0;
+  if (normalized) add_grad_sums(g, xp, P, hi, lo, rstd, &sg, &sgxh, xbuf);
+  plane_input_grad_from_sums(g, xp, gxp, P, hi, lo, rstd, normalized, sg, sgxh, xbuf, obuf);
 }
 
 // Mean and rstd of one contiguous plane of P values (`buf`: scratch<T>(kBlock)).

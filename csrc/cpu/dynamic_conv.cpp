@@ -604,7 +604,8 @@ void direct_grouped_forward(const T* x, const T* w, const T* b, T* y, const Geom
 // 1. per band of output rows: the weight gradient from the normalized band and grad_y laid out in
 //    padded width (zero at the garbage columns), and the bias gradient;
 // 2. per band of input rows: g = grad_y (zero-padded) convolved with the flipped, transposed
-//    kernel (the transposed geometry `tg`), by the forward kernel;
+//    kernel (the transposed geometry `tg`), by the forward kernel, and the instance-norm
+//    backward's sums of g and g * xh over those rows while they are in cache;
 // 3. the instance-norm backward of each input plane.
 template <typename T>
 void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb,
@@ -627,9 +628,9 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
     // it has the accumulation type (step 3 then works in place), else into an uninitialized buffer.
     std::unique_ptr<acc[]> gbuf(std::is_same_v<T, acc> ? nullptr : new acc[s.Cg * s.P()]);
     std::vector<acc> conv = scratch<T>(std::max({s.W, s.Wo, kBlock})), obuf = scratch<T>(kBlock);
-    std::vector<double> gbd(s.Cog);
+    std::vector<double> gbd(s.Cog), sg(s.Cg), sgxh(s.Cg);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / s.groups, g = t % s.groups;
+      const int64_t n = t / s.groups, g = t % s.groups, q0 = n * s.C + g * s.Cg;
       const T* gyg = gy + (n * s.Co + g * s.Cog) * s.Q();
       acc* gplanes = gbuf.get();
       if constexpr (std::is_same_v<T, acc>) gplanes = gx + (n * s.C + g * s.Cg) * s.P();
@@ -638,7 +639,6 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
       std::fill(gbd.begin(), gbd.end(), 0.0);
       for (int64_t bi = 0; bi < bd.count; ++bi) {
         const int64_t r0 = bi * bd.R, r1 = std::min(s.Ho, r0 + bd.R), L = (r1 - r0) * bd.Wp;
-        const int64_t q0 = n * s.C + g * s.Cg;
         fill_band(x + n * s.C * s.P(), s, bd, bi, g * s.Cg, s.Cg, q.hi.data() + q0,
                   q.lo.data() + q0, q.rstd.data() + q0, band.data(), conv.data());
         for (int64_t co = 0; co < s.Cog; ++co) {
@@ -665,18 +665,28 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
           for (int64_t k = 0; k < taps; ++k)
             wt[(ci * s.Cog + co) * taps + (taps - 1 - k)] = static_cast<acc>(wg[(co * s.Cg + ci) * taps + k]);
       transposed.pack(wt.data());
+      std::fill(sg.begin(), sg.end(), 0.0);
+      std::fill(sgxh.begin(), sgxh.end(), 0.0);
       for (int64_t bi = 0; bi < bt.count; ++bi) {
         const int64_t r0 = bi * bt.R, r1 = std::min(tg.Ho, r0 + bt.R);
         fill_band(gy + n * s.Co * s.Q(), tg, bt, bi, g * s.Cog, s.Cog, nullptr, nullptr, nullptr,
                   band.data(), conv.data());
         transposed.run_to_planes(band.data(), bt.cs, r0, r1, nullptr, out.data(), ldt, gplanes,
                                  s.P());
+        // The instance-norm backward's sums over these rows of g while they are in cache (in
+        // band order: deterministic).
+        for (int64_t ci = 0; ci < s.Cg && normalized; ++ci) {
+          const int64_t qi = q0 + ci, off = ci * s.P() + r0 * s.W;
+          add_grad_sums(gplanes + off, x + q0 * s.P() + off, (r1 - r0) * s.W, q.hi[qi], q.lo[qi],
+                        q.rstd[qi], &sg[ci], &sgxh[ci], conv.data());
+        }
       }
       // 3. Instance-norm backward.
       for (int64_t ci = 0; ci < s.Cg; ++ci) {
-        const int64_t qi = n * s.C + g * s.Cg + ci;
-        plane_input_grad(gplanes + ci * s.P(), x + qi * s.P(), gx + qi * s.P(), s.P(),
-                         q.hi[qi], q.lo[qi], q.rstd[qi], normalized, conv.data(), obuf.data());
+        const int64_t qi = q0 + ci;
+        plane_input_grad_from_sums(gplanes + ci * s.P(), x + qi * s.P(), gx + qi * s.P(), s.P(),
+                                   q.hi[qi], q.lo[qi], q.rstd[qi], normalized, sg[ci], sgxh[ci],
+                                   conv.data(), obuf.data());
       }
     }
   });
