@@ -8,45 +8,18 @@
 #include <cstdint>
 #include <vector>
 
+#include "../cpu/deformable_loops.h"
 #include "../cpu/direct_conv.h"
+#include "../cpu/loops.h"
+#include "../cpu/winograd.h"
 #include "harness.h"
 
-// The kernels of the wide build (defined in winograd.cpp / direct_conv.cpp in this namespace).
+// The kernels of the wide build, declared as isa.cpp declares each level's (only those of
+// winograd.cpp and direct_conv.cpp are defined, and only they are called).
 namespace din_ops::cpu::wide {
-int64_t winograd_weights_size(int64_t cout, int64_t cin);
-void winograd_weights(const float* w, int64_t cout, int64_t cin, float* packed);
-void winograd_weights(const double* w, int64_t cout, int64_t cin, double* packed);
-int64_t winograd_work_size(int64_t cout, int64_t cin, int64_t Wo, int64_t value_size);
-void winograd_forward(const float* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R, int64_t Wo,
-                      const float* packed, const float* bias, int64_t cout, float* out, int64_t ld,
-                      int64_t rs, float* work);
-void winograd_forward(const double* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
-                      int64_t Wo, const double* packed, const double* bias, int64_t cout,
-                      double* out, int64_t ld, int64_t rs, double* work);
-void winograd_weight_grad(const float* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
-                          int64_t Wo, const float* g, int64_t ldg, int64_t cout, float* part,
-                          float* work);
-void winograd_weight_grad(const double* in, int64_t cs, int64_t cin, int64_t Wp, int64_t R,
-                          int64_t Wo, const double* g, int64_t ldg, int64_t cout, double* part,
-                          double* work);
-int64_t winograd_part_size(int64_t cout, int64_t cin, int64_t value_size);
-void winograd_weight_grad_finish(const float* part, int64_t cout, int64_t cin, float* gw);
-void winograd_weight_grad_finish(const double* part, int64_t cout, int64_t cin, double* gw);
-
-void direct_pack(const float* w, int64_t cout, int64_t cin, int64_t taps, float* packed);
-void direct_pack(const double* w, int64_t cout, int64_t cin, int64_t taps, double* packed);
-void direct_forward(const float* in, int64_t cs, int64_t cin, const int64_t* shift, int64_t taps,
-                    const float* packed, const float* bias, int64_t cout, int64_t L, float* out,
-                    int64_t ld);
-void direct_forward(const double* in, int64_t cs, int64_t cin, const int64_t* shift, int64_t taps,
-                    const double* packed, const double* bias, int64_t cout, int64_t L, double* out,
-                    int64_t ld);
-void direct_weight_grad(const float* g, int64_t ldg, int64_t cout, const float* in,
-                        const int64_t* off, int64_t K, int64_t L, float* part);
-void direct_weight_grad(const double* g, int64_t ldg, int64_t cout, const double* in,
-                        const int64_t* off, int64_t K, int64_t L, double* part);
-void direct_reduce(const float* part, int64_t count, float* gw);
-void direct_reduce(const double* part, int64_t count, double* gw);
+#define DIN_KERNEL(id, ret, name, params, args) ret name params;
+#include "../cpu/isa_kernels.h"
+#undef DIN_KERNEL
 }  // namespace din_ops::cpu::wide
 
 namespace {
