@@ -307,9 +307,9 @@ void scatter_axpy(float* y, int64_t ys, const float* x, int64_t n, float a) {
 void scatter_axpy(double* y, int64_t ys, const double* x, int64_t n, double a) {
   scatter_axpy_impl(y, ys, x, n, a);
 }
-// The same for a KH x KW kernel known at compile time and unit column stride: the taps' weights
-// stay in registers (broadcast once per plane) and P vectors of outputs are computed together;
-// the sum runs in the same order as below (bias, then the taps row by row), so results match.
+// depthwise_plane_impl (below) for a KH x KW kernel known at compile time and unit column stride:
+// the taps' weights stay in registers (broadcast once per plane) and P vectors of outputs are
+// computed together, each summed in the general loop's order (bias, then the taps row by row).
 template <typename T, int KH, int KW>
 DIN_INLINE void depthwise_plane_fixed(const T* pad, int64_t Wp, const T* w, int64_t sh, int64_t dh,
                                       int64_t dw, int64_t Ho, int64_t Wo, T bias, T* out) {
