@@ -42,6 +42,16 @@ struct VecOf<double, 64> {
   typedef int64_t index __attribute__((vector_size(64)));
 };
 template <>
+struct VecOf<float, 16> {
+  typedef float type __attribute__((vector_size(16)));
+  typedef int32_t index __attribute__((vector_size(16)));
+};
+template <>
+struct VecOf<double, 16> {
+  typedef double type __attribute__((vector_size(16)));
+  typedef int64_t index __attribute__((vector_size(16)));
+};
+template <>
 struct VecOf<float, 32> {
   typedef float type __attribute__((vector_size(32)));
   typedef int32_t index __attribute__((vector_size(32)));
