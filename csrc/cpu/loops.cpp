@@ -309,8 +309,8 @@ void scatter_axpy(double* y, int64_t ys, const double* x, int64_t n, double a) {
 }
 // The vectors of the 3x3 depthwise kernels below, one register each: 64 bytes at avx512, 32 at
 // avx2, so that nine per-tap vectors and a few more fit the level's registers. The baseline level
-// keeps the general loops (lane arrays the compiler vectorizes): nine 16-byte vector registers were
-// slower there (SSE2, depthwise backward at (8, 128, 64, 64): 8.4-8.9 against 6.8-7.0 ms).
+// keeps the general loops (lane arrays the compiler vectorizes): 16-byte vector versions showed no
+// gain there.
 #if defined(DIN_CPU_CAPABILITY_AVX512)
 constexpr int kTapBytes = 64;
 #elif defined(DIN_CPU_CAPABILITY_AVX2)
