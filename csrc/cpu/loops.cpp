@@ -320,16 +320,6 @@ constexpr int kTapBytes = 16;
 #endif
 template <typename T>
 using TapVec = typename simd::VecOf<T, kTapBytes>::type;
-template <typename T>
-DIN_INLINE TapVec<T> tap_load(const T* p) {
-  TapVec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-DIN_INLINE void tap_store(T* p, const TapVec<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
 
 // depthwise_plane_impl (below) for a KH x KW kernel known at compile time and unit column stride:
 // the taps' weights stay in registers (broadcast once per plane) and P vectors of outputs are
@@ -357,19 +347,19 @@ DIN_INLINE void depthwise_plane_fixed(const T* pad, int64_t Wp, const T* w, int6
         for (int j = 0; j < KW; ++j) {
           const T* src = base + i * dh * Wp + j * dw + ow;
 #pragma GCC unroll 4
-          for (int p = 0; p < P; ++p) acc[p] += wv[i * KW + j] * tap_load(src + p * L);
+          for (int p = 0; p < P; ++p) acc[p] += wv[i * KW + j] * simd::loadu<V>(src + p * L);
         }
       }
 #pragma GCC unroll 4
-      for (int p = 0; p < P; ++p) tap_store(o + ow + p * L, acc[p]);
+      for (int p = 0; p < P; ++p) simd::storeu(o + ow + p * L, acc[p]);
     }
     for (; ow + L <= Wo; ow += L) {
       V acc = bv;
 #pragma GCC unroll 16
       for (int t = 0; t < KH * KW; ++t) {
-        acc += wv[t] * tap_load(base + t / KW * dh * Wp + t % KW * dw + ow);
+        acc += wv[t] * simd::loadu<V>(base + t / KW * dh * Wp + t % KW * dw + ow);
       }
-      tap_store(o + ow, acc);
+      simd::storeu(o + ow, acc);
     }
     for (; ow < Wo; ++ow) {
       T v = bias;
@@ -470,12 +460,12 @@ DIN_INLINE void depthwise_weight_grad_fixed(const T* pad, int64_t Wp, int64_t sh
       const T* base = pad + oh * sh * Wp;
       int64_t ow = 0;
       for (; ow + L <= Wo; ow += L) {
-        const V gv = tap_load(gr + ow);
+        const V gv = simd::loadu<V>(gr + ow);
 #pragma GCC unroll 4
         for (int i = 0; i < KH; ++i) {
 #pragma GCC unroll 4
           for (int j = 0; j < KW; ++j) {
-            d[i * KW + j] += gv * tap_load(base + i * dh * Wp + j * dw + ow);
+            d[i * KW + j] += gv * simd::loadu<V>(base + i * dh * Wp + j * dw + ow);
           }
         }
       }
@@ -487,7 +477,7 @@ DIN_INLINE void depthwise_weight_grad_fixed(const T* pad, int64_t Wp, int64_t sh
     }
     for (int t = 0; t < KH * KW; ++t) {
       T lanes[L];
-      tap_store(lanes, d[t]);
+      simd::storeu(lanes, d[t]);
       gw[t] += lane_total<L>(lanes);
     }
   }

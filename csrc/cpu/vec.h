@@ -76,15 +76,17 @@ using vec_t = typename VecOf<T, kVecBytes>::type;
 template <typename T>
 constexpr int kLanes = kVecBytes / sizeof(T);
 
-template <typename T>
-DIN_INLINE vec_t<T> loadu(const T* p) {
-  vec_t<T> v;
+// Unaligned loads and stores: loadu<V> reads a vector of type V (default: this level's vec_t<T>).
+template <typename V = void, typename T>
+DIN_INLINE auto loadu(const T* p) {
+  typename std::conditional<std::is_void<V>::value, vec_t<T>, V>::type v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-template <typename T>
-DIN_INLINE void storeu(T* p, const vec_t<T>& v) {
+template <typename T, typename V>
+DIN_INLINE void storeu(T* p, const V& v) {
+  static_assert(sizeof(v[0]) == sizeof(T), "a vector of T");
   std::memcpy(p, &v, sizeof(v));
 }
 
