@@ -307,19 +307,14 @@ void scatter_axpy(float* y, int64_t ys, const float* x, int64_t n, float a) {
 void scatter_axpy(double* y, int64_t ys, const double* x, int64_t n, double a) {
   scatter_axpy_impl(y, ys, x, n, a);
 }
-// The vectors of the 3x3 depthwise kernels below, one register each: 64 bytes at avx512, 32 at
-// avx2, so that nine per-tap vectors and a few more fit the level's registers. The baseline level
-// keeps the general loops (lane arrays the compiler vectorizes): 16-byte vector versions showed no
-// gain there.
-#if defined(DIN_CPU_CAPABILITY_AVX512)
-constexpr int kTapBytes = 64;
-#elif defined(DIN_CPU_CAPABILITY_AVX2)
-constexpr int kTapBytes = 32;
+// The 3x3 depthwise kernels below keep one vector register per tap (vec.h's vec_t: 64 bytes at
+// avx512, 32 at avx2), nine of them and a few more in the level's registers. The baseline level
+// keeps the general loops (lane arrays the compiler vectorizes): vector versions showed no gain.
+#if defined(DIN_CPU_CAPABILITY_AVX512) || defined(DIN_CPU_CAPABILITY_AVX2)
+constexpr bool kTapKernels = true;
 #else
-constexpr int kTapBytes = 16;
+constexpr bool kTapKernels = false;
 #endif
-template <typename T>
-using TapVec = typename simd::VecOf<T, kTapBytes>::type;
 
 // depthwise_plane_impl (below) for a KH x KW kernel known at compile time and unit column stride:
 // the taps' weights stay in registers (broadcast once per plane) and P vectors of outputs are
@@ -327,8 +322,8 @@ using TapVec = typename simd::VecOf<T, kTapBytes>::type;
 template <typename T, int KH, int KW>
 DIN_INLINE void depthwise_plane_fixed(const T* pad, int64_t Wp, const T* w, int64_t sh, int64_t dh,
                                       int64_t dw, int64_t Ho, int64_t Wo, T bias, T* out) {
-  using V = TapVec<T>;
-  constexpr int L = kTapBytes / sizeof(T), P = 4;
+  using V = simd::vec_t<T>;
+  constexpr int L = simd::kLanes<T>, P = 4;
   V wv[KH * KW];
 #pragma GCC unroll 16
   for (int t = 0; t < KH * KW; ++t) wv[t] = -V{} + w[t];
@@ -347,7 +342,7 @@ DIN_INLINE void depthwise_plane_fixed(const T* pad, int64_t Wp, const T* w, int6
         for (int j = 0; j < KW; ++j) {
           const T* src = base + i * dh * Wp + j * dw + ow;
 #pragma GCC unroll 4
-          for (int p = 0; p < P; ++p) acc[p] += wv[i * KW + j] * simd::loadu<V>(src + p * L);
+          for (int p = 0; p < P; ++p) acc[p] += wv[i * KW + j] * simd::loadu(src + p * L);
         }
       }
 #pragma GCC unroll 4
@@ -357,7 +352,7 @@ DIN_INLINE void depthwise_plane_fixed(const T* pad, int64_t Wp, const T* w, int6
       V acc = bv;
 #pragma GCC unroll 16
       for (int t = 0; t < KH * KW; ++t) {
-        acc += wv[t] * simd::loadu<V>(base + t / KW * dh * Wp + t % KW * dw + ow);
+        acc += wv[t] * simd::loadu(base + t / KW * dh * Wp + t % KW * dw + ow);
       }
       simd::storeu(o + ow, acc);
     }
@@ -375,9 +370,11 @@ template <typename T>
 DIN_INLINE void depthwise_plane_impl(const T* pad, int64_t Wp, const T* w, int64_t kh, int64_t kw,
                                      int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho,
                                      int64_t Wo, T bias, T* out) {
-  if (kTapBytes >= 32 && kh == 3 && kw == 3 && sw == 1) {  // avx2 / avx512 (see TapVec)
-    depthwise_plane_fixed<T, 3, 3>(pad, Wp, w, sh, dh, dw, Ho, Wo, bias, out);
-    return;
+  if constexpr (kTapKernels) {
+    if (kh == 3 && kw == 3 && sw == 1) {
+      depthwise_plane_fixed<T, 3, 3>(pad, Wp, w, sh, dh, dw, Ho, Wo, bias, out);
+      return;
+    }
   }
   constexpr int L = kLanes<T>;
   for (int64_t oh = 0; oh < Ho; ++oh) {
@@ -418,7 +415,7 @@ template <typename T, int KH, int KW>
 DIN_INLINE void depthwise_weight_grad_fixed(const T* pad, int64_t Wp, int64_t sh, int64_t dh,
                                             int64_t dw, int64_t Ho, int64_t Wo, const T* g,
                                             double* gw) {
-  if constexpr (kTapBytes < 32) {  // the baseline level: 64-byte lane arrays (see TapVec)
+  if constexpr (!kTapKernels) {  // the baseline level: 64-byte lane arrays (see kTapKernels)
     constexpr int L = 64 / sizeof(T);
     constexpr int64_t kRows = 16;
     for (int64_t r0 = 0; r0 < Ho; r0 += kRows) {
@@ -445,12 +442,12 @@ DIN_INLINE void depthwise_weight_grad_fixed(const T* pad, int64_t Wp, int64_t sh
     }
     return;
   }
-  // avx2 / avx512: one vector register per tap (TapVec), written with vector types and unrolled so
-  // that the compiler keeps them in registers (as 64-byte lane arrays, GCC 12 kept them on the
-  // stack at avx2 and zeroed them with `rep stos`).
-  using V = TapVec<T>;
-  constexpr int L = kTapBytes / sizeof(T);
-  constexpr int64_t kRows = kTapBytes / 4;  // about Wo values per lane between flushes
+  // avx2 / avx512: one vector register per tap, written with vector types and unrolled so that
+  // the compiler keeps them in registers (as 64-byte lane arrays, GCC 12 kept them on the stack at
+  // avx2 and zeroed them with `rep stos`).
+  using V = simd::vec_t<T>;
+  constexpr int L = simd::kLanes<T>;
+  constexpr int64_t kRows = simd::kVecBytes / 4;  // about Wo values per lane between flushes
   for (int64_t r0 = 0; r0 < Ho; r0 += kRows) {
     V d[KH * KW];
 #pragma GCC unroll 16
@@ -460,12 +457,12 @@ DIN_INLINE void depthwise_weight_grad_fixed(const T* pad, int64_t Wp, int64_t sh
       const T* base = pad + oh * sh * Wp;
       int64_t ow = 0;
       for (; ow + L <= Wo; ow += L) {
-        const V gv = simd::loadu<V>(gr + ow);
+        const V gv = simd::loadu(gr + ow);
 #pragma GCC unroll 4
         for (int i = 0; i < KH; ++i) {
 #pragma GCC unroll 4
           for (int j = 0; j < KW; ++j) {
-            d[i * KW + j] += gv * simd::loadu<V>(base + i * dh * Wp + j * dw + ow);
+            d[i * KW + j] += gv * simd::loadu(base + i * dh * Wp + j * dw + ow);
           }
         }
       }

@@ -42,16 +42,6 @@ struct VecOf<double, 64> {
   typedef int64_t index __attribute__((vector_size(64)));
 };
 template <>
-struct VecOf<float, 16> {
-  typedef float type __attribute__((vector_size(16)));
-  typedef int32_t index __attribute__((vector_size(16)));
-};
-template <>
-struct VecOf<double, 16> {
-  typedef double type __attribute__((vector_size(16)));
-  typedef int64_t index __attribute__((vector_size(16)));
-};
-template <>
 struct VecOf<float, 32> {
   typedef float type __attribute__((vector_size(32)));
   typedef int32_t index __attribute__((vector_size(32)));
@@ -76,17 +66,15 @@ using vec_t = typename VecOf<T, kVecBytes>::type;
 template <typename T>
 constexpr int kLanes = kVecBytes / sizeof(T);
 
-// Unaligned loads and stores: loadu<V> reads a vector of type V (default: this level's vec_t<T>).
-template <typename V = void, typename T>
-DIN_INLINE auto loadu(const T* p) {
-  typename std::conditional<std::is_void<V>::value, vec_t<T>, V>::type v;
+template <typename T>
+DIN_INLINE vec_t<T> loadu(const T* p) {
+  vec_t<T> v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-template <typename T, typename V>
-DIN_INLINE void storeu(T* p, const V& v) {
-  static_assert(sizeof(v[0]) == sizeof(T), "a vector of T");
+template <typename T>
+DIN_INLINE void storeu(T* p, const vec_t<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
