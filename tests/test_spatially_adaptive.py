@@ -149,6 +149,18 @@ def test_large_mean_keeps_its_variance(device, name, mean, forms):
     assert (y.double() - reference64(x, gamma, beta)).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("forms", [("plane", "plane"), ("plane", "full"), ("plane", None)], ids=str)
+def test_large_outputs_streamed_match_the_cached_path(forms):
+    # A per-plane gamma writes outputs of 8 MiB and more with non-temporal stores (csrc/cpu/common.h:
+    # stream_output); planes of 129 x 127 values start at every alignment. Each plane's result
+    # depends on that plane only: the streamed output equals that of a few planes computed alone.
+    x, gamma, beta = inputs((1, 130, 129, 127), torch.float32, "cpu", forms)
+    y = sain(x, gamma, beta)
+    few = sain(x[:, 5:14], gamma[:, 5:14], None if beta is None else beta[:, 5:14])
+    assert torch.equal(y[:, 5:14], few)
+    assert_close_to_reference(y, reference64(x, gamma, beta), torch.float32)
+
+
 @pytest.mark.parametrize("name", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("forms", [("full", "full"), ("plane", "plane")], ids=str)
 def test_same_result_for_any_thread_count(name, forms):

@@ -137,12 +137,12 @@ DIN_KERNEL(normalize_affine_1, void, normalize_affine,
            (x, n, hi, lo, r, gamma, beta, b, out))
 DIN_KERNEL(normalize_scale_shift_0, void, normalize_scale_shift,
            (const float* x, int64_t n, float hi, float lo, float s, const float* beta, float b,
-            float* out),
-           (x, n, hi, lo, s, beta, b, out))
+            float* out, bool stream),
+           (x, n, hi, lo, s, beta, b, out, stream))
 DIN_KERNEL(normalize_scale_shift_1, void, normalize_scale_shift,
            (const double* x, int64_t n, double hi, double lo, double s, const double* beta,
-            double b, double* out),
-           (x, n, hi, lo, s, beta, b, out))
+            double b, double* out, bool stream),
+           (x, n, hi, lo, s, beta, b, out, stream))
 DIN_KERNEL(normalize_affine_rows_0, void, normalize_affine_rows,
            (const float* x, int64_t rows, int64_t C, const float* hi, const float* lo,
             const float* r, const float* gamma, const float* beta, const float* b, float* out),

@@ -6,6 +6,7 @@
 #include "din_ops/math.h"
 
 #include <algorithm>
+#include <cstdint>
 
 // The per-element formulas are those of din_ops/math.h, the functions the CUDA kernels run too.
 // Each exported loop is compiled for AVX-512, AVX2 + FMA and the baseline (isa.h: this file is the
@@ -614,10 +615,37 @@ DIN_INLINE void normalize_affine_impl(const T* x, int64_t n, T hi, T lo, T r, co
   }
 }
 
+// The loop below with non-temporal stores: scalar up to the first output aligned to a vector,
+// then whole vectors streamed to memory, then the scalar tail. The same formula per element.
+template <typename T>
+DIN_INLINE void normalize_scale_shift_streamed(const T* x, int64_t n, T hi, T lo, T s,
+                                               const T* beta, T b, T* out) {
+  using V = simd::vec_t<T>;
+  constexpr int L = simd::kLanes<T>;
+  const auto misaligned = reinterpret_cast<uintptr_t>(out) % sizeof(V);
+  const int64_t head =
+      misaligned == 0 ? 0 : std::min<int64_t>(n, int64_t(sizeof(V) - misaligned) / int64_t(sizeof(T)));
+  const auto scalar = [&](int64_t i) {
+    out[i] = math::normalize_scale_shift(x[i], hi, lo, s, beta != nullptr ? beta[i] : b);
+  };
+  int64_t i = 0;
+  for (; i < head; ++i) scalar(i);
+  if (beta != nullptr) {
+    for (; i + L <= n; i += L) {
+      simd::stream(out + i, ((simd::loadu(x + i) - hi) - lo) * s + simd::loadu(beta + i));
+    }
+  } else {
+    for (; i + L <= n; i += L) simd::stream(out + i, ((simd::loadu(x + i) - hi) - lo) * s + b);
+  }
+  for (; i < n; ++i) scalar(i);
+}
+
 template <typename T>
 DIN_INLINE void normalize_scale_shift_impl(const T* x, int64_t n, T hi, T lo, T s, const T* beta,
-                                           T b, T* out) {
-  if (beta != nullptr) {
+                                           T b, T* out, bool stream) {
+  if (stream) {
+    normalize_scale_shift_streamed(x, n, hi, lo, s, beta, b, out);
+  } else if (beta != nullptr) {
     for (int64_t i = 0; i < n; ++i) out[i] = math::normalize_scale_shift(x[i], hi, lo, s, beta[i]);
   } else {
     for (int64_t i = 0; i < n; ++i) out[i] = math::normalize_scale_shift(x[i], hi, lo, s, b);
@@ -798,12 +826,12 @@ void normalize_affine(const double* x, int64_t n, double hi, double lo, double r
   normalize_affine_impl(x, n, hi, lo, r, gamma, beta, b, out);
 }
 void normalize_scale_shift(const float* x, int64_t n, float hi, float lo, float s,
-                           const float* beta, float b, float* out) {
-  normalize_scale_shift_impl(x, n, hi, lo, s, beta, b, out);
+                           const float* beta, float b, float* out, bool stream) {
+  normalize_scale_shift_impl(x, n, hi, lo, s, beta, b, out, stream);
 }
 void normalize_scale_shift(const double* x, int64_t n, double hi, double lo, double s,
-                           const double* beta, double b, double* out) {
-  normalize_scale_shift_impl(x, n, hi, lo, s, beta, b, out);
+                           const double* beta, double b, double* out, bool stream) {
+  normalize_scale_shift_impl(x, n, hi, lo, s, beta, b, out, stream);
 }
 void normalize_affine_rows(const float* x, int64_t rows, int64_t C, const float* hi,
                            const float* lo, const float* r, const float* gamma,

@@ -111,11 +111,13 @@ void normalize_affine(const float* x, int64_t n, float hi, float lo, float r, co
                       const float* beta, float b, float* out);
 void normalize_affine(const double* x, int64_t n, double hi, double lo, double r,
                       const double* gamma, const double* beta, double b, double* out);
-// out = ((x - hi) - lo) * s + beta[i]: a per-plane gamma folded into s = rstd * gamma.
+// out = ((x - hi) - lo) * s + beta[i]: a per-plane gamma folded into s = rstd * gamma. `stream`:
+// out is written with non-temporal stores (common.h: stream_output); the caller ends its task
+// with stream_fence() (one fence per task: a fence waits for the stores to reach memory).
 void normalize_scale_shift(const float* x, int64_t n, float hi, float lo, float s,
-                           const float* beta, float b, float* out);
+                           const float* beta, float b, float* out, bool stream = false);
 void normalize_scale_shift(const double* x, int64_t n, double hi, double lo, double s,
-                           const double* beta, double b, double* out);
+                           const double* beta, double b, double* out, bool stream = false);
 // Channels-last forms: hi, lo, r, s, b per channel; x, gamma, beta and out rows of stride C.
 void normalize_affine_rows(const float* x, int64_t rows, int64_t C, const float* hi,
                            const float* lo, const float* r, const float* gamma, const float* beta,

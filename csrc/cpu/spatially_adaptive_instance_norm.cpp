@@ -19,7 +19,8 @@
 // returns per-sample ggamma and gbeta, which autograd sums over the batch.
 //
 // NCHW: one task per plane: the shifted-sum statistics, then one fused elementwise pass while the
-// plane of x is still in L1/L2, so x, gamma and beta are read from memory once and y written once.
+// plane of x is still in L1/L2, so x, gamma and beta are read from memory once and y written once
+// (with non-temporal stores when y is large and gamma per plane: common.h, stream_output).
 // Backward likewise: the sums over gy, x, gamma, then gx (and a full-size ggamma) from cache.
 // NHWC: per sample, the statistics in fixed row chunks (vectorized over channels), then the
 // elementwise pass over the same chunks. A full-size gamma/beta is brought to x's layout first, so
@@ -107,6 +108,7 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
                   const AdainStyle<T>* style = nullptr) {
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 32768 / P);
+  const bool stream = std::is_same_v<T, acc> && stream_output(planes * P * int64_t(sizeof(T)));
   at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto in = scratch<T>(kBlock), gbuf = scratch<T>(kBlock), bbuf = scratch<T>(kBlock),
          out = scratch<T>(kBlock);
@@ -135,11 +137,12 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
           normalize_affine(xin, len, q.hi, q.lo, q.rstd, load(gamma.at(base + i), len, gbuf.data()),
                            bb, b0, o);
         } else {
-          normalize_scale_shift(xin, len, q.hi, q.lo, s, bb, b0, o);
+          normalize_scale_shift(xin, len, q.hi, q.lo, s, bb, b0, o, stream);
         }
         store<T>(o, len, y + base + i);
       }
     }
+    if (stream) stream_fence();
   });
 }
 

@@ -78,6 +78,44 @@ DIN_INLINE void storeu(T* p, const vec_t<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+// Non-temporal store of v at p, which must be aligned to sizeof(v): the cache lines are written to
+// memory without being read first (no read-for-ownership) and without evicting cached data. For
+// outputs too large to stay in cache (common.h: stream_output). The stores are weakly ordered:
+// common.h's stream_fence() after the last one, before the output is handed to another thread.
+template <typename T>
+DIN_INLINE void stream(T* p, const vec_t<T>& v) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "float or double");
+#if defined(__clang__)
+  __builtin_nontemporal_store(v, reinterpret_cast<vec_t<T>*>(p));
+#elif defined(__x86_64__) && defined(DIN_CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    __builtin_ia32_movntps512(p, v);
+  } else {
+    __builtin_ia32_movntpd512(p, v);
+  }
+#elif defined(__x86_64__) && defined(DIN_CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    __builtin_ia32_movntps256(p, v);
+  } else {
+    __builtin_ia32_movntpd256(p, v);
+  }
+#elif defined(__x86_64__)
+  // The baseline's 32-byte vectors are two SSE registers: one movntps / movntpd (SSE2) for each.
+  typedef T Half __attribute__((vector_size(16)));
+  for (int k = 0; k < int(sizeof(v)) / 16; ++k) {
+    Half h;
+    std::memcpy(&h, reinterpret_cast<const char*>(&v) + 16 * k, 16);
+    if constexpr (std::is_same_v<T, float>) {
+      __builtin_ia32_movntps(p + 4 * k, h);
+    } else {
+      __builtin_ia32_movntpd(p + 2 * k, h);
+    }
+  }
+#else
+  storeu(p, v);  // GCC on other architectures: a plain store
+#endif
+}
+
 // Lane selections from the concatenation (a, b) of two n-lane vectors: the even / odd elements, and
 // the low / high halves of the interleaving a0 b0 a1 b1 ... (these cross 16-byte chunks: two or
 // three instructions each on AVX2);
