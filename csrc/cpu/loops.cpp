@@ -622,9 +622,8 @@ DIN_INLINE void normalize_scale_shift_streamed(const T* x, int64_t n, T hi, T lo
                                                const T* beta, T b, T* out) {
   using V = simd::vec_t<T>;
   constexpr int L = simd::kLanes<T>;
-  const auto misaligned = reinterpret_cast<uintptr_t>(out) % sizeof(V);
-  const int64_t head =
-      misaligned == 0 ? 0 : std::min<int64_t>(n, int64_t(sizeof(V) - misaligned) / int64_t(sizeof(T)));
+  const int64_t vbytes = int64_t(sizeof(V)), misaligned = int64_t(uintptr_t(out) % sizeof(V));
+  const int64_t head = misaligned == 0 ? 0 : std::min(n, (vbytes - misaligned) / int64_t(sizeof(T)));
   const auto scalar = [&](int64_t i) {
     out[i] = math::normalize_scale_shift(x[i], hi, lo, s, beta != nullptr ? beta[i] : b);
   };

@@ -100,7 +100,7 @@ DIN_INLINE void stream(T* p, const vec_t<T>& v) {
     __builtin_ia32_movntpd256(p, v);
   }
 #elif defined(__x86_64__)
-  // The baseline's 32-byte vectors are two SSE registers: one movntps / movntpd (SSE2) for each.
+  // The baseline's vectors are pairs of SSE registers: one movntps / movntpd for each 16 bytes.
   typedef T Half __attribute__((vector_size(16)));
   for (int k = 0; k < int(sizeof(v)) / 16; ++k) {
     Half h;
