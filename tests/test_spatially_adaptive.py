@@ -149,16 +149,24 @@ def test_large_mean_keeps_its_variance(device, name, mean, forms):
     assert (y.double() - reference64(x, gamma, beta)).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("forms", [("plane", "plane"), ("plane", "full"), ("plane", None)], ids=str)
-def test_large_outputs_streamed_match_the_cached_path(forms):
-    # A per-plane gamma writes outputs of 8 MiB and more with non-temporal stores (csrc/cpu/common.h:
-    # stream_output); planes of 129 x 127 values start at every alignment. Each plane's result
-    # depends on that plane only: the streamed output equals that of a few planes computed alone.
-    x, gamma, beta = inputs((1, 130, 129, 127), torch.float32, "cpu", forms)
-    y = sain(x, gamma, beta)
-    few = sain(x[:, 5:14], gamma[:, 5:14], None if beta is None else beta[:, 5:14])
-    assert torch.equal(y[:, 5:14], few)
-    assert_close_to_reference(y, reference64(x, gamma, beta), torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("forms", [("plane", "plane"), ("plane", "full"), ("plane", None), ("full", "full"),
+                                   ("full", None)], ids=str)
+def test_large_outputs_streamed_match_the_cached_path(dtype, forms):
+    # Outputs of 8 MiB and more are written with non-temporal stores (csrc/cpu/common.h:
+    # stream_output): y, and in backward gx and a full-size ggamma. Planes of 129 x 127 values start
+    # at every alignment. Each plane's values and gradients depend on that plane only: the streamed
+    # results equal, bit for bit, those of a few planes computed alone (small outputs, plain stores).
+    C = 130 if dtype == torch.float32 else 66
+    x, gamma, beta = inputs((1, C, 129, 127), dtype, "cpu", forms)
+    assert x.numel() * x.element_size() >= 8 << 20
+    gy = torch.randn_like(x)
+    part = slice(5, 14)
+    few = [x[:, part], gamma[:, part], None if beta is None else beta[:, part]]
+    assert torch.equal(sain(x, gamma, beta)[:, part], sain(*few))
+    for big, small in zip(grads(sain, x, gamma, beta, gy), grads(sain, *few, gy[:, part])):
+        assert torch.equal(big[:, part], small)
+    assert_close_to_reference(sain(x, gamma, beta), reference64(x, gamma, beta), dtype)
 
 
 @pytest.mark.parametrize("name", ["contiguous", "channels_last"])

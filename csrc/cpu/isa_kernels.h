@@ -129,12 +129,12 @@ DIN_KERNEL(convert_3, void, convert,
            (src, n, dst))
 DIN_KERNEL(normalize_affine_0, void, normalize_affine,
            (const float* x, int64_t n, float hi, float lo, float r, const float* gamma,
-            const float* beta, float b, float* out),
-           (x, n, hi, lo, r, gamma, beta, b, out))
+            const float* beta, float b, float* out, bool stream),
+           (x, n, hi, lo, r, gamma, beta, b, out, stream))
 DIN_KERNEL(normalize_affine_1, void, normalize_affine,
            (const double* x, int64_t n, double hi, double lo, double r, const double* gamma,
-            const double* beta, double b, double* out),
-           (x, n, hi, lo, r, gamma, beta, b, out))
+            const double* beta, double b, double* out, bool stream),
+           (x, n, hi, lo, r, gamma, beta, b, out, stream))
 DIN_KERNEL(normalize_scale_shift_0, void, normalize_scale_shift,
            (const float* x, int64_t n, float hi, float lo, float s, const float* beta, float b,
             float* out, bool stream),
@@ -178,12 +178,12 @@ DIN_KERNEL(affine_grad_sums_rows_1, void, affine_grad_sums_rows,
            (gy, x, gamma, rows, C, hi, lo, r, sg, sgxh, sgy))
 DIN_KERNEL(normalize_affine_backward_0, void, normalize_affine_backward,
            (const float* gy, const float* x, const float* gamma, int64_t n, float hi, float lo,
-            float r, float mg, float mgxh, float* gx, float* ggamma),
-           (gy, x, gamma, n, hi, lo, r, mg, mgxh, gx, ggamma))
+            float r, float mg, float mgxh, float* gx, float* ggamma, bool stream),
+           (gy, x, gamma, n, hi, lo, r, mg, mgxh, gx, ggamma, stream))
 DIN_KERNEL(normalize_affine_backward_1, void, normalize_affine_backward,
            (const double* gy, const double* x, const double* gamma, int64_t n, double hi, double lo,
-            double r, double mg, double mgxh, double* gx, double* ggamma),
-           (gy, x, gamma, n, hi, lo, r, mg, mgxh, gx, ggamma))
+            double r, double mg, double mgxh, double* gx, double* ggamma, bool stream),
+           (gy, x, gamma, n, hi, lo, r, mg, mgxh, gx, ggamma, stream))
 DIN_KERNEL(normalize_affine_backward_rows_0, void, normalize_affine_backward_rows,
            (const float* gy, const float* x, const float* gamma, int64_t rows, int64_t C,
             const float* hi, const float* lo, const float* r, const float* mg, const float* mgxh,
@@ -196,12 +196,12 @@ DIN_KERNEL(normalize_affine_backward_rows_1, void, normalize_affine_backward_row
            (gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma))
 DIN_KERNEL(normalize_backward_scaled_0, void, normalize_backward_scaled,
            (const float* gy, const float* x, int64_t n, float hi, float lo, float r, float gam,
-            float mg, float mgxh, float* gx),
-           (gy, x, n, hi, lo, r, gam, mg, mgxh, gx))
+            float mg, float mgxh, float* gx, bool stream),
+           (gy, x, n, hi, lo, r, gam, mg, mgxh, gx, stream))
 DIN_KERNEL(normalize_backward_scaled_1, void, normalize_backward_scaled,
            (const double* gy, const double* x, int64_t n, double hi, double lo, double r,
-            double gam, double mg, double mgxh, double* gx),
-           (gy, x, n, hi, lo, r, gam, mg, mgxh, gx))
+            double gam, double mg, double mgxh, double* gx, bool stream),
+           (gy, x, n, hi, lo, r, gam, mg, mgxh, gx, stream))
 DIN_KERNEL(normalize_backward_scaled_rows_0, void, normalize_backward_scaled_rows,
            (const float* gy, const float* x, int64_t rows, int64_t C, const float* hi,
             const float* lo, const float* r, const float* gam, const float* mg, const float* mgxh,

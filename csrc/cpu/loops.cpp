@@ -603,40 +603,92 @@ void convert(const float* src, int64_t n, c10::Half* dst) {
 // Spatially adaptive instance norm loops.
 namespace {
 
+// Non-temporal forms of the elementwise loops below (`stream`; common.h: stream_output): values
+// [0, head) one at a time, up to the first output aligned to a vector, then whole vectors streamed
+// to memory, then the rest one at a time. Each uses the same math:: formula for a value and for a
+// vector (the arguments broadcast), so both forms give the same results.
+template <typename T>
+DIN_INLINE int64_t stream_head(const T* out, int64_t n) {
+  constexpr int64_t vbytes = sizeof(simd::vec_t<T>);
+  const int64_t misaligned = int64_t(uintptr_t(out) % vbytes);
+  return misaligned == 0 ? 0 : std::min(n, (vbytes - misaligned) / int64_t(sizeof(T)));
+}
+
+template <typename T>
+DIN_INLINE void normalize_scale_shift_streamed(const T* x, int64_t n, T hi, T lo, T s,
+                                               const T* beta, T b, T* out) {
+  using V = simd::vec_t<T>;
+  constexpr int L = simd::kLanes<T>;
+  const V hv = -V{} + hi, lv = -V{} + lo, sv = -V{} + s, bv = -V{} + b;
+  const auto one = [&](int64_t i) {
+    out[i] = math::normalize_scale_shift(x[i], hi, lo, s, beta != nullptr ? beta[i] : b);
+  };
+  int64_t i = 0;
+  for (const int64_t h = stream_head(out, n); i < h; ++i) one(i);
+  for (; i + L <= n; i += L) {
+    const V bi = beta != nullptr ? simd::loadu(beta + i) : bv;
+    simd::stream(out + i, math::normalize_scale_shift(simd::loadu(x + i), hv, lv, sv, bi));
+  }
+  for (; i < n; ++i) one(i);
+}
+
+template <typename T>
+DIN_INLINE void normalize_affine_streamed(const T* x, int64_t n, T hi, T lo, T r, const T* gamma,
+                                          const T* beta, T b, T* out) {
+  using V = simd::vec_t<T>;
+  constexpr int L = simd::kLanes<T>;
+  const V hv = -V{} + hi, lv = -V{} + lo, rv = -V{} + r, bv = -V{} + b;
+  const auto one = [&](int64_t i) {
+    out[i] = math::normalize_affine(x[i], hi, lo, r, gamma[i], beta != nullptr ? beta[i] : b);
+  };
+  int64_t i = 0;
+  for (const int64_t h = stream_head(out, n); i < h; ++i) one(i);
+  for (; i + L <= n; i += L) {
+    const V bi = beta != nullptr ? simd::loadu(beta + i) : bv;
+    simd::stream(out + i,
+                 math::normalize_affine(simd::loadu(x + i), hv, lv, rv, simd::loadu(gamma + i), bi));
+  }
+  for (; i < n; ++i) one(i);
+}
+
+// gx and, unless null, ggamma = gy * xh; the caller streams only when both have the same alignment.
+template <typename T>
+DIN_INLINE void normalize_backward_streamed(const T* gy, const T* x, const T* gamma, T gam,
+                                            int64_t n, T hi, T lo, T r, T mg, T mgxh, T* gx,
+                                            T* ggamma) {
+  using V = simd::vec_t<T>;
+  constexpr int L = simd::kLanes<T>;
+  const V hv = -V{} + hi, lv = -V{} + lo, rv = -V{} + r, gv = -V{} + gam, mgv = -V{} + mg,
+          mxv = -V{} + mgxh;
+  const auto one = [&](int64_t i) {
+    const T xh = math::normalize(x[i], hi, lo, r);
+    gx[i] = math::normalize_backward_scaled(gy[i], gamma != nullptr ? gamma[i] : gam, xh, r, mg,
+                                            mgxh);
+    if (ggamma != nullptr) ggamma[i] = gy[i] * xh;
+  };
+  int64_t i = 0;
+  for (const int64_t h = stream_head(gx, n); i < h; ++i) one(i);
+  for (; i + L <= n; i += L) {
+    const V xh = math::normalize(simd::loadu(x + i), hv, lv, rv), g = simd::loadu(gy + i);
+    const V w = gamma != nullptr ? simd::loadu(gamma + i) : gv;
+    simd::stream(gx + i, math::normalize_backward_scaled(g, w, xh, rv, mgv, mxv));
+    if (ggamma != nullptr) simd::stream(ggamma + i, g * xh);
+  }
+  for (; i < n; ++i) one(i);
+}
+
 template <typename T>
 DIN_INLINE void normalize_affine_impl(const T* x, int64_t n, T hi, T lo, T r, const T* gamma,
-                                      const T* beta, T b, T* out) {
-  if (beta != nullptr) {
+                                      const T* beta, T b, T* out, bool stream) {
+  if (stream) {
+    normalize_affine_streamed(x, n, hi, lo, r, gamma, beta, b, out);
+  } else if (beta != nullptr) {
     for (int64_t i = 0; i < n; ++i) {
       out[i] = math::normalize_affine(x[i], hi, lo, r, gamma[i], beta[i]);
     }
   } else {
     for (int64_t i = 0; i < n; ++i) out[i] = math::normalize_affine(x[i], hi, lo, r, gamma[i], b);
   }
-}
-
-// The loop below with non-temporal stores: scalar up to the first output aligned to a vector,
-// then whole vectors streamed to memory, then the scalar tail. The same formula per element.
-template <typename T>
-DIN_INLINE void normalize_scale_shift_streamed(const T* x, int64_t n, T hi, T lo, T s,
-                                               const T* beta, T b, T* out) {
-  using V = simd::vec_t<T>;
-  constexpr int L = simd::kLanes<T>;
-  const int64_t vbytes = int64_t(sizeof(V)), misaligned = int64_t(uintptr_t(out) % sizeof(V));
-  const int64_t head = misaligned == 0 ? 0 : std::min(n, (vbytes - misaligned) / int64_t(sizeof(T)));
-  const auto scalar = [&](int64_t i) {
-    out[i] = math::normalize_scale_shift(x[i], hi, lo, s, beta != nullptr ? beta[i] : b);
-  };
-  int64_t i = 0;
-  for (; i < head; ++i) scalar(i);
-  if (beta != nullptr) {
-    for (; i + L <= n; i += L) {
-      simd::stream(out + i, ((simd::loadu(x + i) - hi) - lo) * s + simd::loadu(beta + i));
-    }
-  } else {
-    for (; i + L <= n; i += L) simd::stream(out + i, ((simd::loadu(x + i) - hi) - lo) * s + b);
-  }
-  for (; i < n; ++i) scalar(i);
 }
 
 template <typename T>
@@ -758,7 +810,9 @@ DIN_INLINE void affine_grad_sums_rows_impl(const T* gy, const T* x, const T* gam
 
 template <typename T>
 DIN_INLINE void normalize_affine_backward_impl(const T* gy, const T* x, const T* gamma, int64_t n,
-                                               T hi, T lo, T r, T mg, T mgxh, T* gx, T* ggamma) {
+                                               T hi, T lo, T r, T mg, T mgxh, T* gx, T* ggamma,
+                                               bool stream) {
+  if (stream) return normalize_backward_streamed(gy, x, gamma, T(0), n, hi, lo, r, mg, mgxh, gx, ggamma);
   for (int64_t i = 0; i < n; ++i) {
     const T xh = math::normalize(x[i], hi, lo, r);
     const T g = gy[i];
@@ -791,7 +845,11 @@ DIN_INLINE void normalize_affine_backward_rows_impl(const T* gy, const T* x, con
 
 template <typename T>
 DIN_INLINE void normalize_backward_scaled_impl(const T* gy, const T* x, int64_t n, T hi, T lo, T r,
-                                               T gam, T mg, T mgxh, T* gx) {
+                                               T gam, T mg, T mgxh, T* gx, bool stream) {
+  if (stream) {
+    return normalize_backward_streamed(gy, x, static_cast<const T*>(nullptr), gam, n, hi, lo, r,
+                                       mg, mgxh, gx, static_cast<T*>(nullptr));
+  }
   for (int64_t i = 0; i < n; ++i) {
     const T xh = math::normalize(x[i], hi, lo, r);
     gx[i] = math::normalize_backward_scaled(gy[i], gam, xh, r, mg, mgxh);
@@ -817,12 +875,12 @@ DIN_INLINE void normalize_backward_scaled_rows_impl(const T* gy, const T* x, int
 }  // namespace
 
 void normalize_affine(const float* x, int64_t n, float hi, float lo, float r,
-                      const float* gamma, const float* beta, float b, float* out) {
-  normalize_affine_impl(x, n, hi, lo, r, gamma, beta, b, out);
+                      const float* gamma, const float* beta, float b, float* out, bool stream) {
+  normalize_affine_impl(x, n, hi, lo, r, gamma, beta, b, out, stream);
 }
 void normalize_affine(const double* x, int64_t n, double hi, double lo, double r,
-                      const double* gamma, const double* beta, double b, double* out) {
-  normalize_affine_impl(x, n, hi, lo, r, gamma, beta, b, out);
+                      const double* gamma, const double* beta, double b, double* out, bool stream) {
+  normalize_affine_impl(x, n, hi, lo, r, gamma, beta, b, out, stream);
 }
 void normalize_scale_shift(const float* x, int64_t n, float hi, float lo, float s,
                            const float* beta, float b, float* out, bool stream) {
@@ -874,13 +932,13 @@ void affine_grad_sums_rows(const double* gy, const double* x, const double* gamm
 }
 void normalize_affine_backward(const float* gy, const float* x, const float* gamma,
                                int64_t n, float hi, float lo, float r, float mg,
-                               float mgxh, float* gx, float* ggamma) {
-  normalize_affine_backward_impl(gy, x, gamma, n, hi, lo, r, mg, mgxh, gx, ggamma);
+                               float mgxh, float* gx, float* ggamma, bool stream) {
+  normalize_affine_backward_impl(gy, x, gamma, n, hi, lo, r, mg, mgxh, gx, ggamma, stream);
 }
 void normalize_affine_backward(const double* gy, const double* x, const double* gamma,
                                int64_t n, double hi, double lo, double r, double mg,
-                               double mgxh, double* gx, double* ggamma) {
-  normalize_affine_backward_impl(gy, x, gamma, n, hi, lo, r, mg, mgxh, gx, ggamma);
+                               double mgxh, double* gx, double* ggamma, bool stream) {
+  normalize_affine_backward_impl(gy, x, gamma, n, hi, lo, r, mg, mgxh, gx, ggamma, stream);
 }
 void normalize_affine_backward_rows(const float* gy, const float* x, const float* gamma,
                                     int64_t rows, int64_t C, const float* hi,
@@ -897,13 +955,13 @@ void normalize_affine_backward_rows(const double* gy, const double* x,
 }
 void normalize_backward_scaled(const float* gy, const float* x, int64_t n, float hi,
                                float lo, float r, float gam, float mg, float mgxh,
-                               float* gx) {
-  normalize_backward_scaled_impl(gy, x, n, hi, lo, r, gam, mg, mgxh, gx);
+                               float* gx, bool stream) {
+  normalize_backward_scaled_impl(gy, x, n, hi, lo, r, gam, mg, mgxh, gx, stream);
 }
 void normalize_backward_scaled(const double* gy, const double* x, int64_t n, double hi,
                                double lo, double r, double gam, double mg, double mgxh,
-                               double* gx) {
-  normalize_backward_scaled_impl(gy, x, n, hi, lo, r, gam, mg, mgxh, gx);
+                               double* gx, bool stream) {
+  normalize_backward_scaled_impl(gy, x, n, hi, lo, r, gam, mg, mgxh, gx, stream);
 }
 void normalize_backward_scaled_rows(const float* gy, const float* x, int64_t rows,
                                     int64_t C, const float* hi, const float* lo,

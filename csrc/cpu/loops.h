@@ -105,15 +105,17 @@ void convert(const float* src, int64_t n, c10::BFloat16* dst);
 void convert(const float* src, int64_t n, c10::Half* dst);
 
 // Spatially adaptive instance norm (xh = ((x - hi) - lo) * r as above). `beta` may be null, meaning
-// the constant `b` (per channel in the _rows forms) is added instead.
+// the constant `b` (per channel in the _rows forms) is added instead. `stream` (the plane forms):
+// the outputs are written with non-temporal stores (common.h: stream_output), same values; the
+// caller ends its task with stream_fence() (once per task: a fence waits for the stores to reach
+// memory).
 // out = xh * gamma[i] + beta[i]: a full-size gamma.
 void normalize_affine(const float* x, int64_t n, float hi, float lo, float r, const float* gamma,
-                      const float* beta, float b, float* out);
+                      const float* beta, float b, float* out, bool stream = false);
 void normalize_affine(const double* x, int64_t n, double hi, double lo, double r,
-                      const double* gamma, const double* beta, double b, double* out);
-// out = ((x - hi) - lo) * s + beta[i]: a per-plane gamma folded into s = rstd * gamma. `stream`:
-// out is written with non-temporal stores (common.h: stream_output); the caller ends its task
-// with stream_fence() (one fence per task: a fence waits for the stores to reach memory).
+                      const double* gamma, const double* beta, double b, double* out,
+                      bool stream = false);
+// out = ((x - hi) - lo) * s + beta[i]: a per-plane gamma folded into s = rstd * gamma.
 void normalize_scale_shift(const float* x, int64_t n, float hi, float lo, float s,
                            const float* beta, float b, float* out, bool stream = false);
 void normalize_scale_shift(const double* x, int64_t n, double hi, double lo, double s,
@@ -144,13 +146,13 @@ void affine_grad_sums_rows(const double* gy, const double* x, const double* gamm
                            int64_t C, const double* hi, const double* lo, const double* r,
                            double* sg, double* sgxh, double* sgy);
 // gx = r * (gy * gamma - mg - xh * mgxh) and ggamma = gy * xh for a full-size gamma (gx and
-// ggamma must not overlap each other or the inputs).
+// ggamma must not overlap each other or the inputs; streamed, they must share their alignment).
 void normalize_affine_backward(const float* gy, const float* x, const float* gamma, int64_t n,
                                float hi, float lo, float r, float mg, float mgxh, float* gx,
-                               float* ggamma);
+                               float* ggamma, bool stream = false);
 void normalize_affine_backward(const double* gy, const double* x, const double* gamma, int64_t n,
                                double hi, double lo, double r, double mg, double mgxh, double* gx,
-                               double* ggamma);
+                               double* ggamma, bool stream = false);
 void normalize_affine_backward_rows(const float* gy, const float* x, const float* gamma,
                                     int64_t rows, int64_t C, const float* hi, const float* lo,
                                     const float* r, const float* mg, const float* mgxh, float* gx,
@@ -161,9 +163,11 @@ void normalize_affine_backward_rows(const double* gy, const double* x, const dou
                                     double* gx, double* ggamma);
 // gx = r * (gam * gy - mg - xh * mgxh) for a per-plane gamma `gam` (per channel in the _rows form).
 void normalize_backward_scaled(const float* gy, const float* x, int64_t n, float hi, float lo,
-                               float r, float gam, float mg, float mgxh, float* gx);
+                               float r, float gam, float mg, float mgxh, float* gx,
+                               bool stream = false);
 void normalize_backward_scaled(const double* gy, const double* x, int64_t n, double hi, double lo,
-                               double r, double gam, double mg, double mgxh, double* gx);
+                               double r, double gam, double mg, double mgxh, double* gx,
+                               bool stream = false);
 void normalize_backward_scaled_rows(const float* gy, const float* x, int64_t rows, int64_t C,
                                     const float* hi, const float* lo, const float* r,
                                     const float* gam, const float* mg, const float* mgxh,

@@ -19,9 +19,10 @@
 // returns per-sample ggamma and gbeta, which autograd sums over the batch.
 //
 // NCHW: one task per plane: the shifted-sum statistics, then one fused elementwise pass while the
-// plane of x is still in L1/L2, so x, gamma and beta are read from memory once and y written once
-// (with non-temporal stores when y is large and gamma per plane: common.h, stream_output).
+// plane of x is still in L1/L2, so x, gamma and beta are read from memory once and y written once.
 // Backward likewise: the sums over gy, x, gamma, then gx (and a full-size ggamma) from cache.
+// Outputs of 8 MiB and more (float, double) are written with non-temporal stores (common.h:
+// stream_output).
 // NHWC: per sample, the statistics in fixed row chunks (vectorized over channels), then the
 // elementwise pass over the same chunks. A full-size gamma/beta is brought to x's layout first, so
 // a channels_last x with contiguous gamma/beta costs one copy of them (and vice versa).
@@ -135,7 +136,7 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
         acc* o = out_ptr(y + base + i, out.data());
         if (gamma.full) {
           normalize_affine(xin, len, q.hi, q.lo, q.rstd, load(gamma.at(base + i), len, gbuf.data()),
-                           bb, b0, o);
+                           bb, b0, o, stream);
         } else {
           normalize_scale_shift(xin, len, q.hi, q.lo, s, bb, b0, o, stream);
         }
@@ -200,6 +201,10 @@ void backward_nchw(const T* gy, const T* x, Modulation<T> gamma, const double* m
                    const double* rstd, Grads<T> out, int64_t planes, int64_t P) {
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 16384 / P);
+  // Streamed gx (and full-size ggamma, at the same offsets of a tensor of the same size).
+  const bool stream = std::is_same_v<T, acc> && stream_output(planes * P * int64_t(sizeof(T))) &&
+                      (!gamma.full || reinterpret_cast<uintptr_t>(out.gx) % 64 ==
+                                          reinterpret_cast<uintptr_t>(out.ggamma) % 64);
   at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto gbuf = scratch<T>(kBlock), xbuf = scratch<T>(kBlock), wbuf = scratch<T>(kBlock),
          obuf = scratch<T>(kBlock), pbuf = scratch<T>(kBlock);
@@ -225,7 +230,7 @@ void backward_nchw(const T* gy, const T* x, Modulation<T> gamma, const double* m
           normalize_affine_backward(load(gy + base + i, len, gbuf.data()),
                                     load(x + base + i, len, xbuf.data()),
                                     load(gamma.at(base + i), len, wbuf.data()), len, hi, lo, r,
-                                    mg, mgxh, ogx, ogg);
+                                    mg, mgxh, ogx, ogg, stream);
           store<T>(ogx, len, out.gx + base + i);
           store<T>(ogg, len, out.ggamma + base + i);
         }
@@ -246,13 +251,14 @@ void backward_nchw(const T* gy, const T* x, Modulation<T> gamma, const double* m
           acc* ogx = out_ptr(out.gx + base + i, obuf.data());
           normalize_backward_scaled(load(gy + base + i, len, gbuf.data()),
                                     load(x + base + i, len, xbuf.data()), len, hi, lo, r,
-                                    static_cast<acc>(g), mg, mgxh, ogx);
+                                    static_cast<acc>(g), mg, mgxh, ogx, stream);
           store<T>(ogx, len, out.gx + base + i);
         }
         out.ggamma[plane] = static_cast<T>(static_cast<acc>(sgyxh));
         if (out.gbeta != nullptr) out.gbeta[plane] = static_cast<T>(static_cast<acc>(sgy));
       }
     }
+    if (stream) stream_fence();
   });
 }
 
