@@ -645,8 +645,8 @@ DIN_INLINE void normalize_affine_streamed(const T* x, int64_t n, T hi, T lo, T r
   for (const int64_t h = stream_head(out, n); i < h; ++i) one(i);
   for (; i + L <= n; i += L) {
     const V bi = beta != nullptr ? simd::loadu(beta + i) : bv;
-    simd::stream(out + i,
-                 math::normalize_affine(simd::loadu(x + i), hv, lv, rv, simd::loadu(gamma + i), bi));
+    const V w = simd::loadu(gamma + i);
+    simd::stream(out + i, math::normalize_affine(simd::loadu(x + i), hv, lv, rv, w, bi));
   }
   for (; i < n; ++i) one(i);
 }
@@ -812,7 +812,9 @@ template <typename T>
 DIN_INLINE void normalize_affine_backward_impl(const T* gy, const T* x, const T* gamma, int64_t n,
                                                T hi, T lo, T r, T mg, T mgxh, T* gx, T* ggamma,
                                                bool stream) {
-  if (stream) return normalize_backward_streamed(gy, x, gamma, T(0), n, hi, lo, r, mg, mgxh, gx, ggamma);
+  if (stream) {
+    return normalize_backward_streamed(gy, x, gamma, T(0), n, hi, lo, r, mg, mgxh, gx, ggamma);
+  }
   for (int64_t i = 0; i < n; ++i) {
     const T xh = math::normalize(x[i], hi, lo, r);
     const T g = gy[i];
