@@ -4,7 +4,8 @@
 //   backward: gx = rstd * (gy - mean_p(gy) - xh * mean_p(gy * xh)),  xh = (x - mean) * rstd
 //
 // NCHW: one task per plane, statistics and the elementwise pass back to back while the plane is in
-// L1/L2, so x is read from memory once. NHWC: per sample, fixed row chunks with per-channel partial
+// L1/L2, so x is read from memory once; y (gx) of 8 MiB and more is written with non-temporal
+// stores (common.h: stream_output). NHWC: per sample, fixed row chunks with per-channel partial
 // sums (vectorized over channels), then the elementwise pass. Statistics and xh are accumulated in
 // float (double for double data) with the shifted sums of din_ops/math.h.
 #include <ATen/ATen.h>
@@ -23,6 +24,7 @@ void forward_nchw(const T* x, T* y, int64_t planes, int64_t P, double eps, doubl
                   double* rstd) {
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 32768 / P);
+  const bool stream = std::is_same_v<T, acc> && stream_output(planes * P * int64_t(sizeof(T)));
   at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto in = scratch<T>(kBlock), out = scratch<T>(kBlock);
     for (int64_t plane = b; plane < e; ++plane) {
@@ -41,10 +43,11 @@ void forward_nchw(const T* x, T* y, int64_t planes, int64_t P, double eps, doubl
       for (int64_t i = 0; i < P; i += kBlock) {
         const int64_t len = std::min(kBlock, P - i);
         acc* o = out_ptr(yp + i, out.data());
-        normalize(load(xp + i, len, in.data()), len, q.hi[0], q.lo[0], q.rstd[0], o);
+        normalize(load(xp + i, len, in.data()), len, q.hi[0], q.lo[0], q.rstd[0], o, stream);
         store<T>(o, len, yp + i);
       }
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -76,6 +79,7 @@ void backward_nchw(const T* gy, const T* x, const double* mean, const double* rs
                    int64_t planes, int64_t P) {
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 16384 / P);
+  const bool stream = std::is_same_v<T, acc> && stream_output(planes * P * int64_t(sizeof(T)));
   at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto gbuf = scratch<T>(kBlock), xbuf = scratch<T>(kBlock), out = scratch<T>(kBlock);
     for (int64_t plane = b; plane < e; ++plane) {
@@ -93,10 +97,11 @@ void backward_nchw(const T* gy, const T* x, const double* mean, const double* rs
         acc* o = out_ptr(gx + base + i, out.data());
         normalize_backward(load(gy + base + i, len, gbuf.data()),
                            load(x + base + i, len, xbuf.data()), len, q.hi[0], q.lo[0], q.rstd[0],
-                           mg, mgxh, o);
+                           mg, mgxh, o, stream);
         store<T>(o, len, gx + base + i);
       }
     }
+    if (stream) stream_fence();
   });
 }
 

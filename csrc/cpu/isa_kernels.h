@@ -36,11 +36,11 @@ DIN_KERNEL(grad_sums_rows_1, void, grad_sums_rows,
             const double* lo, const double* r, double* sg, double* sgxh),
            (g, x, rows, C, hi, lo, r, sg, sgxh))
 DIN_KERNEL(normalize_0, void, normalize,
-           (const float* x, int64_t n, float hi, float lo, float r, float* out),
-           (x, n, hi, lo, r, out))
+           (const float* x, int64_t n, float hi, float lo, float r, float* out, bool stream),
+           (x, n, hi, lo, r, out, stream))
 DIN_KERNEL(normalize_1, void, normalize,
-           (const double* x, int64_t n, double hi, double lo, double r, double* out),
-           (x, n, hi, lo, r, out))
+           (const double* x, int64_t n, double hi, double lo, double r, double* out, bool stream),
+           (x, n, hi, lo, r, out, stream))
 DIN_KERNEL(normalize_rows_0, void, normalize_rows,
            (const float* x, int64_t rows, int64_t C, const float* hi, const float* lo,
             const float* rstd, float* out),
@@ -51,12 +51,12 @@ DIN_KERNEL(normalize_rows_1, void, normalize_rows,
            (x, rows, C, hi, lo, rstd, out))
 DIN_KERNEL(normalize_backward_0, void, normalize_backward,
            (const float* g, const float* x, int64_t n, float hi, float lo, float r, float mg,
-            float mgxh, float* out),
-           (g, x, n, hi, lo, r, mg, mgxh, out))
+            float mgxh, float* out, bool stream),
+           (g, x, n, hi, lo, r, mg, mgxh, out, stream))
 DIN_KERNEL(normalize_backward_1, void, normalize_backward,
            (const double* g, const double* x, int64_t n, double hi, double lo, double r, double mg,
-            double mgxh, double* out),
-           (g, x, n, hi, lo, r, mg, mgxh, out))
+            double mgxh, double* out, bool stream),
+           (g, x, n, hi, lo, r, mg, mgxh, out, stream))
 DIN_KERNEL(normalize_backward_rows_0, void, normalize_backward_rows,
            (const float* g, const float* x, int64_t rows, int64_t C, const float* hi,
             const float* lo, const float* r, const float* mg, const float* mgxh, float* out),

@@ -35,6 +35,27 @@ DIN_INLINE double lane_total(const T* a) {
   return d[0];
 }
 
+// Non-temporal forms of the elementwise loops (their `stream` argument; common.h: stream_output):
+// values one at a time up to the first output aligned to a vector, then whole vectors streamed to
+// memory, then the rest one at a time. Each uses the same math:: formula for one value and for a
+// vector (its scalar arguments broadcast by the caller), so both forms give the same results.
+template <typename T>
+DIN_INLINE int64_t stream_head(const T* out, int64_t n) {
+  constexpr int64_t vbytes = sizeof(simd::vec_t<T>);
+  const int64_t misaligned = int64_t(uintptr_t(out) % vbytes);
+  return misaligned == 0 ? 0 : std::min(n, (vbytes - misaligned) / int64_t(sizeof(T)));
+}
+
+// out[i] = one(i) for i < n, the aligned vectors out[i, i + L) = vec(i) with non-temporal stores.
+template <typename T, typename One, typename Vec>
+DIN_INLINE void stream_map(T* out, int64_t n, const One& one, const Vec& vec) {
+  constexpr int L = simd::kLanes<T>;
+  int64_t i = 0;
+  for (const int64_t h = stream_head(out, n); i < h; ++i) out[i] = one(i);
+  for (; i + L <= n; i += L) simd::stream(out + i, vec(i));
+  for (; i < n; ++i) out[i] = one(i);
+}
+
 template <typename T>
 DIN_INLINE void shifted_sums_impl(const T* x, int64_t n, T shift, double* s1, double* s2) {
   constexpr int L = kLanes<T>;
@@ -143,7 +164,15 @@ DIN_INLINE void grad_sums_rows_impl(const T* g, const T* x, int64_t rows, int64_
 }
 
 template <typename T>
-DIN_INLINE void normalize_impl(const T* x, int64_t n, T hi, T lo, T r, T* out) {
+DIN_INLINE void normalize_impl(const T* x, int64_t n, T hi, T lo, T r, T* out, bool stream) {
+  if (stream) {
+    using V = simd::vec_t<T>;
+    const V hv = -V{} + hi, lv = -V{} + lo, rv = -V{} + r;
+    stream_map(
+        out, n, [&](int64_t i) { return math::normalize(x[i], hi, lo, r); },
+        [&](int64_t i) { return math::normalize(simd::loadu(x + i), hv, lv, rv); });
+    return;
+  }
   for (int64_t i = 0; i < n; ++i) out[i] = math::normalize(x[i], hi, lo, r);
 }
 
@@ -159,8 +188,20 @@ DIN_INLINE void normalize_rows_impl(const T* x, int64_t rows, int64_t C, const T
 
 template <typename T>
 DIN_INLINE void normalize_backward_impl(const T* g, const T* x, int64_t n, T hi, T lo, T r, T mg,
-                                        T mgxh, T* out) {
-  if (g != nullptr) {
+                                        T mgxh, T* out, bool stream) {
+  if (stream && g != nullptr) {
+    using V = simd::vec_t<T>;
+    const V hv = -V{} + hi, lv = -V{} + lo, rv = -V{} + r, mgv = -V{} + mg, mxv = -V{} + mgxh;
+    stream_map(
+        out, n,
+        [&](int64_t i) {
+          return math::normalize_backward(g[i], math::normalize(x[i], hi, lo, r), r, mg, mgxh);
+        },
+        [&](int64_t i) {
+          const V xh = math::normalize(simd::loadu(x + i), hv, lv, rv);
+          return math::normalize_backward(simd::loadu(g + i), xh, rv, mgv, mxv);
+        });
+  } else if (g != nullptr) {
     for (int64_t i = 0; i < n; ++i) {
       const T xh = math::normalize(x[i], hi, lo, r);
       out[i] = math::normalize_backward(g[i], xh, r, mg, mgxh);
@@ -246,12 +287,13 @@ void grad_sums_rows(const double* g, const double* x, int64_t rows, int64_t C,
                     double* sgxh) {
   grad_sums_rows_impl(g, x, rows, C, hi, lo, r, sg, sgxh);
 }
-void normalize(const float* x, int64_t n, float hi, float lo, float r, float* out) {
-  normalize_impl(x, n, hi, lo, r, out);
+void normalize(const float* x, int64_t n, float hi, float lo, float r, float* out,
+               bool stream) {
+  normalize_impl(x, n, hi, lo, r, out, stream);
 }
-void normalize(const double* x, int64_t n, double hi, double lo, double r,
-               double* out) {
-  normalize_impl(x, n, hi, lo, r, out);
+void normalize(const double* x, int64_t n, double hi, double lo, double r, double* out,
+               bool stream) {
+  normalize_impl(x, n, hi, lo, r, out, stream);
 }
 void normalize_rows(const float* x, int64_t rows, int64_t C, const float* hi,
                     const float* lo, const float* rstd, float* out) {
@@ -262,12 +304,13 @@ void normalize_rows(const double* x, int64_t rows, int64_t C, const double* hi,
   normalize_rows_impl(x, rows, C, hi, lo, rstd, out);
 }
 void normalize_backward(const float* g, const float* x, int64_t n, float hi, float lo,
-                        float r, float mg, float mgxh, float* out) {
-  normalize_backward_impl(g, x, n, hi, lo, r, mg, mgxh, out);
+                        float r, float mg, float mgxh, float* out, bool stream) {
+  normalize_backward_impl(g, x, n, hi, lo, r, mg, mgxh, out, stream);
 }
 void normalize_backward(const double* g, const double* x, int64_t n, double hi,
-                        double lo, double r, double mg, double mgxh, double* out) {
-  normalize_backward_impl(g, x, n, hi, lo, r, mg, mgxh, out);
+                        double lo, double r, double mg, double mgxh, double* out,
+                        bool stream) {
+  normalize_backward_impl(g, x, n, hi, lo, r, mg, mgxh, out, stream);
 }
 void normalize_backward_rows(const float* g, const float* x, int64_t rows, int64_t C,
                              const float* hi, const float* lo, const float* r,
@@ -603,54 +646,6 @@ void convert(const float* src, int64_t n, c10::Half* dst) {
 // Spatially adaptive instance norm loops.
 namespace {
 
-// Non-temporal forms of the elementwise loops below (`stream`; common.h: stream_output): values
-// [0, head) one at a time, up to the first output aligned to a vector, then whole vectors streamed
-// to memory, then the rest one at a time. Each uses the same math:: formula for a value and for a
-// vector (the arguments broadcast), so both forms give the same results.
-template <typename T>
-DIN_INLINE int64_t stream_head(const T* out, int64_t n) {
-  constexpr int64_t vbytes = sizeof(simd::vec_t<T>);
-  const int64_t misaligned = int64_t(uintptr_t(out) % vbytes);
-  return misaligned == 0 ? 0 : std::min(n, (vbytes - misaligned) / int64_t(sizeof(T)));
-}
-
-template <typename T>
-DIN_INLINE void normalize_scale_shift_streamed(const T* x, int64_t n, T hi, T lo, T s,
-                                               const T* beta, T b, T* out) {
-  using V = simd::vec_t<T>;
-  constexpr int L = simd::kLanes<T>;
-  const V hv = -V{} + hi, lv = -V{} + lo, sv = -V{} + s, bv = -V{} + b;
-  const auto one = [&](int64_t i) {
-    out[i] = math::normalize_scale_shift(x[i], hi, lo, s, beta != nullptr ? beta[i] : b);
-  };
-  int64_t i = 0;
-  for (const int64_t h = stream_head(out, n); i < h; ++i) one(i);
-  for (; i + L <= n; i += L) {
-    const V bi = beta != nullptr ? simd::loadu(beta + i) : bv;
-    simd::stream(out + i, math::normalize_scale_shift(simd::loadu(x + i), hv, lv, sv, bi));
-  }
-  for (; i < n; ++i) one(i);
-}
-
-template <typename T>
-DIN_INLINE void normalize_affine_streamed(const T* x, int64_t n, T hi, T lo, T r, const T* gamma,
-                                          const T* beta, T b, T* out) {
-  using V = simd::vec_t<T>;
-  constexpr int L = simd::kLanes<T>;
-  const V hv = -V{} + hi, lv = -V{} + lo, rv = -V{} + r, bv = -V{} + b;
-  const auto one = [&](int64_t i) {
-    out[i] = math::normalize_affine(x[i], hi, lo, r, gamma[i], beta != nullptr ? beta[i] : b);
-  };
-  int64_t i = 0;
-  for (const int64_t h = stream_head(out, n); i < h; ++i) one(i);
-  for (; i + L <= n; i += L) {
-    const V bi = beta != nullptr ? simd::loadu(beta + i) : bv;
-    const V w = simd::loadu(gamma + i);
-    simd::stream(out + i, math::normalize_affine(simd::loadu(x + i), hv, lv, rv, w, bi));
-  }
-  for (; i < n; ++i) one(i);
-}
-
 // gx and, unless null, ggamma = gy * xh; the caller streams only when both have the same alignment.
 template <typename T>
 DIN_INLINE void normalize_backward_streamed(const T* gy, const T* x, const T* gamma, T gam,
@@ -681,7 +676,17 @@ template <typename T>
 DIN_INLINE void normalize_affine_impl(const T* x, int64_t n, T hi, T lo, T r, const T* gamma,
                                       const T* beta, T b, T* out, bool stream) {
   if (stream) {
-    normalize_affine_streamed(x, n, hi, lo, r, gamma, beta, b, out);
+    using V = simd::vec_t<T>;
+    const V hv = -V{} + hi, lv = -V{} + lo, rv = -V{} + r, bv = -V{} + b;
+    stream_map(
+        out, n,
+        [&](int64_t i) {
+          return math::normalize_affine(x[i], hi, lo, r, gamma[i], beta != nullptr ? beta[i] : b);
+        },
+        [&](int64_t i) {
+          const V bi = beta != nullptr ? simd::loadu(beta + i) : bv;
+          return math::normalize_affine(simd::loadu(x + i), hv, lv, rv, simd::loadu(gamma + i), bi);
+        });
   } else if (beta != nullptr) {
     for (int64_t i = 0; i < n; ++i) {
       out[i] = math::normalize_affine(x[i], hi, lo, r, gamma[i], beta[i]);
@@ -695,7 +700,17 @@ template <typename T>
 DIN_INLINE void normalize_scale_shift_impl(const T* x, int64_t n, T hi, T lo, T s, const T* beta,
                                            T b, T* out, bool stream) {
   if (stream) {
-    normalize_scale_shift_streamed(x, n, hi, lo, s, beta, b, out);
+    using V = simd::vec_t<T>;
+    const V hv = -V{} + hi, lv = -V{} + lo, sv = -V{} + s, bv = -V{} + b;
+    stream_map(
+        out, n,
+        [&](int64_t i) {
+          return math::normalize_scale_shift(x[i], hi, lo, s, beta != nullptr ? beta[i] : b);
+        },
+        [&](int64_t i) {
+          const V bi = beta != nullptr ? simd::loadu(beta + i) : bv;
+          return math::normalize_scale_shift(simd::loadu(x + i), hv, lv, sv, bi);
+        });
   } else if (beta != nullptr) {
     for (int64_t i = 0; i < n; ++i) out[i] = math::normalize_scale_shift(x[i], hi, lo, s, beta[i]);
   } else {

@@ -38,9 +38,14 @@ void grad_sums_rows(const float* g, const float* x, int64_t rows, int64_t C, con
 void grad_sums_rows(const double* g, const double* x, int64_t rows, int64_t C, const double* hi,
                     const double* lo, const double* r, double* sg, double* sgxh);
 
-// out[i] = ((x[i] - hi) - lo) * r: the normalized value (hi + lo is the mean, r = rstd).
-void normalize(const float* x, int64_t n, float hi, float lo, float r, float* out);
-void normalize(const double* x, int64_t n, double hi, double lo, double r, double* out);
+// out[i] = ((x[i] - hi) - lo) * r: the normalized value (hi + lo is the mean, r = rstd). `stream`
+// (here and in the plane forms below): out is written with non-temporal stores (common.h:
+// stream_output), same values; the caller ends its task with stream_fence() (once per task: a
+// fence waits for the stores to reach memory).
+void normalize(const float* x, int64_t n, float hi, float lo, float r, float* out,
+               bool stream = false);
+void normalize(const double* x, int64_t n, double hi, double lo, double r, double* out,
+               bool stream = false);
 // Channels-last: out[r, c] = ((x[r, c] - hi[c]) - lo[c]) * rstd[c]; rows of x and out have stride C.
 void normalize_rows(const float* x, int64_t rows, int64_t C, const float* hi, const float* lo,
                     const float* rstd, float* out);
@@ -50,9 +55,9 @@ void normalize_rows(const double* x, int64_t rows, int64_t C, const double* hi, 
 // Instance-norm backward: out = r * (g - mg - xh * mgxh), xh = ((x - hi) - lo) * r. `out` may be `g`
 // (in place); `g` may be null, meaning zero.
 void normalize_backward(const float* g, const float* x, int64_t n, float hi, float lo, float r,
-                        float mg, float mgxh, float* out);
+                        float mg, float mgxh, float* out, bool stream = false);
 void normalize_backward(const double* g, const double* x, int64_t n, double hi, double lo, double r,
-                        double mg, double mgxh, double* out);
+                        double mg, double mgxh, double* out, bool stream = false);
 void normalize_backward_rows(const float* g, const float* x, int64_t rows, int64_t C,
                              const float* hi, const float* lo, const float* r, const float* mg,
                              const float* mgxh, float* out);
@@ -105,10 +110,7 @@ void convert(const float* src, int64_t n, c10::BFloat16* dst);
 void convert(const float* src, int64_t n, c10::Half* dst);
 
 // Spatially adaptive instance norm (xh = ((x - hi) - lo) * r as above). `beta` may be null, meaning
-// the constant `b` (per channel in the _rows forms) is added instead. `stream` (the plane forms):
-// the outputs are written with non-temporal stores (common.h: stream_output), same values; the
-// caller ends its task with stream_fence() (once per task: a fence waits for the stores to reach
-// memory).
+// the constant `b` (per channel in the _rows forms) is added instead. `stream`: as normalize's.
 // out = xh * gamma[i] + beta[i]: a full-size gamma.
 void normalize_affine(const float* x, int64_t n, float hi, float lo, float r, const float* gamma,
                       const float* beta, float b, float* out, bool stream = false);
