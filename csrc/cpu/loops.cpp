@@ -46,6 +46,32 @@ DIN_INLINE int64_t stream_head(const T* out, int64_t n) {
   return misaligned == 0 ? 0 : std::min(n, (vbytes - misaligned) / int64_t(sizeof(T)));
 }
 
+// The formulas of din_ops/math.h on vectors, operation for operation (clang rejects a call that
+// passes or returns the level's vectors to a function compiled without its instructions, as
+// math.h's templates are). The streamed tests compare the two forms' results bit for bit.
+namespace vmath {
+template <typename V>
+DIN_INLINE V normalize(V x, V hi, V lo, V r) {
+  return ((x - hi) - lo) * r;
+}
+template <typename V>
+DIN_INLINE V normalize_affine(V x, V hi, V lo, V r, V gamma, V beta) {
+  return normalize(x, hi, lo, r) * gamma + beta;
+}
+template <typename V>
+DIN_INLINE V normalize_scale_shift(V x, V hi, V lo, V s, V beta) {
+  return ((x - hi) - lo) * s + beta;
+}
+template <typename V>
+DIN_INLINE V normalize_backward(V g, V xh, V r, V mg, V mgxh) {
+  return r * (g - mg - xh * mgxh);
+}
+template <typename V>
+DIN_INLINE V normalize_backward_scaled(V gy, V gamma, V xh, V r, V mg, V mgxh) {
+  return r * (gamma * gy - mg - xh * mgxh);
+}
+}  // namespace vmath
+
 // out[i] = one(i) for i < n, the aligned vectors out[i, i + L) = vec(i) with non-temporal stores.
 template <typename T, typename One, typename Vec>
 DIN_INLINE void stream_map(T* out, int64_t n, const One& one, const Vec& vec) {
@@ -170,7 +196,7 @@ DIN_INLINE void normalize_impl(const T* x, int64_t n, T hi, T lo, T r, T* out, b
     const V hv = -V{} + hi, lv = -V{} + lo, rv = -V{} + r;
     stream_map(
         out, n, [&](int64_t i) { return math::normalize(x[i], hi, lo, r); },
-        [&](int64_t i) { return math::normalize(simd::loadu(x + i), hv, lv, rv); });
+        [&](int64_t i) { return vmath::normalize(simd::loadu(x + i), hv, lv, rv); });
     return;
   }
   for (int64_t i = 0; i < n; ++i) out[i] = math::normalize(x[i], hi, lo, r);
@@ -198,8 +224,8 @@ DIN_INLINE void normalize_backward_impl(const T* g, const T* x, int64_t n, T hi,
           return math::normalize_backward(g[i], math::normalize(x[i], hi, lo, r), r, mg, mgxh);
         },
         [&](int64_t i) {
-          const V xh = math::normalize(simd::loadu(x + i), hv, lv, rv);
-          return math::normalize_backward(simd::loadu(g + i), xh, rv, mgv, mxv);
+          const V xh = vmath::normalize(simd::loadu(x + i), hv, lv, rv);
+          return vmath::normalize_backward(simd::loadu(g + i), xh, rv, mgv, mxv);
         });
   } else if (g != nullptr) {
     for (int64_t i = 0; i < n; ++i) {
@@ -664,9 +690,9 @@ DIN_INLINE void normalize_backward_streamed(const T* gy, const T* x, const T* ga
   int64_t i = 0;
   for (const int64_t h = stream_head(gx, n); i < h; ++i) one(i);
   for (; i + L <= n; i += L) {
-    const V xh = math::normalize(simd::loadu(x + i), hv, lv, rv), g = simd::loadu(gy + i);
+    const V xh = vmath::normalize(simd::loadu(x + i), hv, lv, rv), g = simd::loadu(gy + i);
     const V w = gamma != nullptr ? simd::loadu(gamma + i) : gv;
-    simd::stream(gx + i, math::normalize_backward_scaled(g, w, xh, rv, mgv, mxv));
+    simd::stream(gx + i, vmath::normalize_backward_scaled(g, w, xh, rv, mgv, mxv));
     if (ggamma != nullptr) simd::stream(ggamma + i, g * xh);
   }
   for (; i < n; ++i) one(i);
@@ -684,8 +710,8 @@ DIN_INLINE void normalize_affine_impl(const T* x, int64_t n, T hi, T lo, T r, co
           return math::normalize_affine(x[i], hi, lo, r, gamma[i], beta != nullptr ? beta[i] : b);
         },
         [&](int64_t i) {
-          const V bi = beta != nullptr ? simd::loadu(beta + i) : bv;
-          return math::normalize_affine(simd::loadu(x + i), hv, lv, rv, simd::loadu(gamma + i), bi);
+          const V bi = beta != nullptr ? simd::loadu(beta + i) : bv, w = simd::loadu(gamma + i);
+          return vmath::normalize_affine(simd::loadu(x + i), hv, lv, rv, w, bi);
         });
   } else if (beta != nullptr) {
     for (int64_t i = 0; i < n; ++i) {
@@ -709,7 +735,7 @@ DIN_INLINE void normalize_scale_shift_impl(const T* x, int64_t n, T hi, T lo, T 
         },
         [&](int64_t i) {
           const V bi = beta != nullptr ? simd::loadu(beta + i) : bv;
-          return math::normalize_scale_shift(simd::loadu(x + i), hv, lv, sv, bi);
+          return vmath::normalize_scale_shift(simd::loadu(x + i), hv, lv, sv, bi);
         });
   } else if (beta != nullptr) {
     for (int64_t i = 0; i < n; ++i) out[i] = math::normalize_scale_shift(x[i], hi, lo, s, beta[i]);
