@@ -570,6 +570,29 @@ DIN_TEST(adain_matches_the_formula_for_both_variances_and_a_batch1_style) {
   DIN_CHECK_THROWS(adain(content, randn({2, 4, 3, 3}, at::kDouble), false), c10::ValueError);
 }
 
+DIN_TEST(large_outputs_streamed_equal_the_cached_path) {
+  // Outputs of 8 MiB and more are written with non-temporal stores (csrc/cpu/common.h:
+  // stream_output); planes of 129 x 127 values start at every alignment. A plane's results depend
+  // on that plane only, so they equal those of a few planes computed alone (small outputs, plain
+  // stores), whichever compiler built the kernels.
+  at::manual_seed(9);
+  for (const auto dtype : {at::kFloat, at::kDouble}) {
+    const int64_t C = dtype == at::kFloat ? 130 : 66;
+    const Tensor x = randn({1, C, 129, 127}, dtype, 0.5, 2.0);
+    const Tensor gy = randn({1, C, 129, 127}, dtype);
+    const Tensor style = randn({1, C, 129, 127}, dtype, -1.0, 3.0);
+    DIN_CHECK(x.numel() * x.element_size() >= (int64_t(8) << 20));
+    const auto few = [](const Tensor& t) { return t.slice(1, 5, 14).contiguous(); };
+    const auto [y, mean, rstd] = instance_norm(x, 1e-5);
+    const auto [y_few, mean_few, rstd_few] = instance_norm(few(x), 1e-5);
+    DIN_CHECK(at::equal(few(y), y_few));
+    DIN_CHECK(at::equal(few(instance_norm_backward(gy, x, mean, rstd)),
+                        instance_norm_backward(few(gy), few(x), mean_few, rstd_few)));
+    DIN_CHECK(at::equal(few(std::get<0>(adain(x, style, true))),
+                        std::get<0>(adain(few(x), few(style), true))));
+  }
+}
+
 }  // namespace
 
 DIN_TEST(eps_zero_constant_planes_and_non_finite_inputs) {
