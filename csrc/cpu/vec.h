@@ -79,9 +79,10 @@ DIN_INLINE void storeu(T* p, const vec_t<T>& v) {
 }
 
 // Non-temporal store of v at p, which must be aligned to sizeof(v): the cache lines are written to
-// memory without being read first (no read-for-ownership) and without evicting cached data. For
-// outputs too large to stay in cache (common.h: stream_output). The stores are weakly ordered:
-// common.h's stream_fence() after the last one, before the output is handed to another thread.
+// memory without being read first (no read-for-ownership) and without being brought into the
+// cache, where they would displace other data. For outputs too large to stay in cache (common.h:
+// stream_output). The stores are weakly ordered: common.h's stream_fence() after the last one,
+// before the output is handed to another thread.
 template <typename T>
 DIN_INLINE void stream(T* p, const vec_t<T>& v) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "float or double");
