@@ -72,15 +72,18 @@ void store(const acc_t<T>* src, int64_t n, T* dst) {
   if constexpr (!std::is_same_v<T, acc_t<T>>) convert(src, n, dst);
 }
 
-// Whether an elementwise pass writes its output of `bytes` bytes with non-temporal stores (the
-// `stream` argument of the elementwise loops of loops.h). A plain store first reads each output
+// Whether an elementwise pass writes its output of `count` values of T with non-temporal stores
+// (the `stream` argument of the elementwise loops of loops.h). A plain store first reads each output
 // line from memory: for an op that reads one or two inputs of the output's size, a third or a
 // quarter of its memory traffic. But a streamed output leaves the cache, and below some size the
 // op's consumer would have found it there. The threshold, 8 MiB, is where that stopped paying on a
 // 2-core AMD EPYC with a 32 MiB L3 (2026-12-06): adain followed by a relu took 1.6x as long
 // streamed at 4 MiB and the same or less at 8 MiB, while adain alone took 0.75-0.85x as long.
-// Float and double outputs only (half and bfloat16 are converted through a buffer).
-inline bool stream_output(int64_t bytes) { return bytes >= (int64_t(8) << 20); }
+// Float and double outputs only: half and bfloat16 ones are converted through a buffer.
+template <typename T>
+bool stream_output(int64_t count) {
+  return std::is_same_v<T, acc_t<T>> && count * int64_t(sizeof(T)) >= (int64_t(8) << 20);
+}
 
 // Orders the non-temporal stores made before it ahead of every later store (x86: sfence), so
 // that what a task streamed is in place when the task's results are handed to another thread.

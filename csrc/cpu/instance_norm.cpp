@@ -24,7 +24,7 @@ void forward_nchw(const T* x, T* y, int64_t planes, int64_t P, double eps, doubl
                   double* rstd) {
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 32768 / P);
-  const bool stream = std::is_same_v<T, acc> && stream_output(planes * P * int64_t(sizeof(T)));
+  const bool stream = stream_output<T>(planes * P);
   at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto in = scratch<T>(kBlock), out = scratch<T>(kBlock);
     for (int64_t plane = b; plane < e; ++plane) {
@@ -79,7 +79,7 @@ void backward_nchw(const T* gy, const T* x, const double* mean, const double* rs
                    int64_t planes, int64_t P) {
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 16384 / P);
-  const bool stream = std::is_same_v<T, acc> && stream_output(planes * P * int64_t(sizeof(T)));
+  const bool stream = stream_output<T>(planes * P);
   at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto gbuf = scratch<T>(kBlock), xbuf = scratch<T>(kBlock), out = scratch<T>(kBlock);
     for (int64_t plane = b; plane < e; ++plane) {

@@ -37,8 +37,8 @@ DIN_INLINE double lane_total(const T* a) {
 
 // Non-temporal forms of the elementwise loops (their `stream` argument; common.h: stream_output):
 // values one at a time up to the first output aligned to a vector, then whole vectors streamed to
-// memory, then the rest one at a time. Each uses the same math:: formula for one value and for a
-// vector (its scalar arguments broadcast by the caller), so both forms give the same results.
+// memory, then the rest one at a time: math::'s formula for one value, vmath::'s (below, the same
+// operations) for a vector, its scalar arguments broadcast by the caller.
 template <typename T>
 DIN_INLINE int64_t stream_head(const T* out, int64_t n) {
   constexpr int64_t vbytes = sizeof(simd::vec_t<T>);

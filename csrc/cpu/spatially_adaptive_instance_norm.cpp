@@ -109,7 +109,7 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
                   const AdainStyle<T>* style = nullptr) {
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 32768 / P);
-  const bool stream = std::is_same_v<T, acc> && stream_output(planes * P * int64_t(sizeof(T)));
+  const bool stream = stream_output<T>(planes * P);
   at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto in = scratch<T>(kBlock), gbuf = scratch<T>(kBlock), bbuf = scratch<T>(kBlock),
          out = scratch<T>(kBlock);
@@ -202,7 +202,7 @@ void backward_nchw(const T* gy, const T* x, Modulation<T> gamma, const double* m
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 16384 / P);
   // Streamed gx (and full-size ggamma, at the same offsets of a tensor of the same size).
-  const bool stream = std::is_same_v<T, acc> && stream_output(planes * P * int64_t(sizeof(T))) &&
+  const bool stream = stream_output<T>(planes * P) &&
                       (!gamma.full || reinterpret_cast<uintptr_t>(out.gx) % 64 ==
                                           reinterpret_cast<uintptr_t>(out.ggamma) % 64);
   at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
