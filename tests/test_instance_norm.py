@@ -107,6 +107,32 @@ def test_large_outputs_streamed_match_the_cached_path(dtype):
     assert_close_to_reference(y, reference.instance_norm(x.double()), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_channels_last_outputs_streamed_match_the_cached_path(dtype):
+    # Channels-last outputs of 8 MiB and more are streamed too; with an odd C the rows of one pixel's
+    # channels start at every alignment. A sample's results depend on that sample only (its chunks
+    # are fixed by its shape): the second sample of a streamed batch equals, bit for bit, that
+    # sample computed alone (half the size, plain stores).
+    C = 129 if dtype == torch.float32 else 65
+    x = (torch.randn(2, C, 91, 91, dtype=torch.float64) * 2 + 0.5).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    assert x.numel() * x.element_size() >= 8 << 20 > x[1:].numel() * x.element_size()
+    gy = torch.randn_like(x)
+    big, small = x.clone().requires_grad_(), x[1:].clone().requires_grad_()
+    y = din_ops.instance_norm(big)
+    y.backward(gy)
+    y_small = din_ops.instance_norm(small)
+    y_small.backward(gy[1:])
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y[1:], y_small)
+    assert torch.equal(big.grad[1:], small.grad)
+    assert_close_to_reference(y, reference.instance_norm(x.double()), dtype)
+    # The statistics' backward (style_stats) is an elementwise pass over x too.
+    (g_stats,) = torch.autograd.grad([s.sum() for s in din_ops.style_stats(big)], big)
+    (g_stats_small,) = torch.autograd.grad([s.sum() for s in din_ops.style_stats(small)], small)
+    assert torch.equal(g_stats[1:], g_stats_small)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_batch(device):
     x = torch.randn(0, 3, 4, 4, device=device, requires_grad=True)

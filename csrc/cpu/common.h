@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -204,6 +205,64 @@ void plane_stats(const T* xp, int64_t P, double eps, double* mean, double* rstd,
   *rstd = m.rstd;
 }
 
+// The fixed row chunks of a channels-last sample (P x C) that the NHWC loops split their work into:
+// `count` chunks of `rows` rows (the last one may be shorter), about 64 KiB of float each. Sums over
+// the pixels are added per chunk, then over the chunks in order, so the chunking depends only on the
+// shape (results do not depend on the thread count).
+struct NhwcChunks {
+  int64_t rows, count;
+};
+inline NhwcChunks nhwc_chunks(int64_t P, int64_t C) {
+  const int64_t rows =
+      std::clamp<int64_t>(kBlock * 16 / std::max<int64_t>(C, 1), 1, std::max<int64_t>(P, 1));
+  return {rows, (P + rows - 1) / rows};
+}
+
+// K sums per channel over the pixels of channels-last samples [n0, n1): all chunks of all samples in
+// one parallel loop, chunk_sums(n, r0, len, out) adding rows [r0, r0 + len) of sample n into
+// out[k * C + c] (zeroed), then the chunks' partials added in chunk order (in parallel over samples
+// and channel blocks), so the result does not depend on the thread count. Returns
+// sums[((n - n0) * K + k) * C + c].
+template <typename F>
+std::vector<double> nhwc_channel_sums(int64_t n0, int64_t n1, int64_t P, int64_t C, int64_t K,
+                                      const F& chunk_sums) {
+  const NhwcChunks ch = nhwc_chunks(P, C);
+  const int64_t S = n1 - n0, tasks = S * ch.count;
+  std::unique_ptr<double[]> part(new double[K * tasks * C]);
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      double* out = part.get() + K * t * C;
+      std::fill_n(out, K * C, 0.0);
+      const int64_t r0 = (t % ch.count) * ch.rows;
+      chunk_sums(n0 + t / ch.count, r0, std::min(ch.rows, P - r0), out);
+    }
+  });
+  std::vector<double> sums(S * K * C, 0.0);
+  constexpr int64_t kCb = 256;  // channels per reduction task
+  const int64_t cblocks = (C + kCb - 1) / kCb;
+  at::parallel_for(0, S * cblocks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t i = t / cblocks, c0 = (t % cblocks) * kCb, cn = std::min(kCb, C - c0);
+      for (int64_t k = 0; k < ch.count; ++k) {
+        const double* pt = part.get() + K * (i * ch.count + k) * C;
+        for (int64_t j = 0; j < K; ++j) {
+          double* o = sums.data() + (i * K + j) * C + c0;
+          const double* p = pt + j * C + c0;
+          for (int64_t c = 0; c < cn; ++c) o[c] += p[c];
+        }
+      }
+    }
+  });
+  return sums;
+}
+
+// Samples per wave of the channels-last two-pass loops (statistics, then the elementwise pass): as
+// many as fit in ~8 MiB, so that the second pass finds the wave's input still in cache, and few
+// parallel loops when the samples are small.
+inline int64_t nhwc_wave(int64_t P, int64_t C, int64_t itemsize) {
+  return std::max<int64_t>(1, (int64_t(8) << 20) / std::max<int64_t>(1, P * C * itemsize));
+}
+
 // Instance statistics of samples [n0, n1) of x (laid out as `layout`), written to mean/rstd at
 // [n0 * C, n1 * C). Deterministic: the summation order does not depend on the thread count.
 template <typename T>
@@ -220,32 +279,25 @@ void instance_stats(const T* x, Layout layout, int64_t n0, int64_t n1, int64_t C
     });
     return;
   }
-  // NHWC: each sample is a (P x C) row-major matrix. Rows are split into fixed chunks whose partial
-  // per-channel sums are added in chunk order, so results do not depend on the thread count.
-  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(P, 16384 / std::max<int64_t>(C, 1)));
-  const int64_t chunks = (P + rows - 1) / rows;
-  for (int64_t n = n0; n < n1; ++n) {
-    const T* xn = x + n * P * C;
-    std::vector<acc> shift(C);
-    for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<acc>(xn[c]);
-    std::vector<double> part(2 * chunks * C, 0.0);
-    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-      auto buf = scratch<T>(rows * C);
-      for (int64_t k = b; k < e; ++k) {
-        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
-        shifted_sums_rows(load(xn + r0 * C, len * C, buf.data()), len, C, shift.data(),
-                          &part[(2 * k) * C], &part[(2 * k + 1) * C]);
-      }
-    });
+  // NHWC: shifted sums per chunk of rows (nhwc_channel_sums), the shift of a channel being its
+  // value at the sample's first pixel.
+  const int64_t S = n1 - n0;
+  std::vector<acc> shift(S * C);
+  for (int64_t i = 0; i < S; ++i) {
+    for (int64_t c = 0; c < C; ++c) shift[i * C + c] = static_cast<acc>(x[(n0 + i) * P * C + c]);
+  }
+  const std::vector<double> sums =
+      nhwc_channel_sums(n0, n1, P, C, 2, [&](int64_t n, int64_t r0, int64_t len, double* out) {
+        auto buf = scratch<T>(len * C);
+        shifted_sums_rows(load(x + (n * P + r0) * C, len * C, buf.data()), len, C,
+                          shift.data() + (n - n0) * C, out, out + C);
+      });
+  for (int64_t i = 0; i < S; ++i) {
     for (int64_t c = 0; c < C; ++c) {
-      double s1 = 0.0, s2 = 0.0;
-      for (int64_t k = 0; k < chunks; ++k) {
-        s1 += part[(2 * k) * C + c];
-        s2 += part[(2 * k + 1) * C + c];
-      }
-      const auto m = math::moments_from_shifted_sums(shift[c], s1, s2, double(P), eps);
-      mean[n * C + c] = m.mean;
-      rstd[n * C + c] = m.rstd;
+      const auto m = math::moments_from_shifted_sums(shift[i * C + c], sums[2 * i * C + c],
+                                                     sums[(2 * i + 1) * C + c], double(P), eps);
+      mean[(n0 + i) * C + c] = m.mean;
+      rstd[(n0 + i) * C + c] = m.rstd;
     }
   }
 }

@@ -5,9 +5,11 @@
 //
 // NCHW: one task per plane, statistics and the elementwise pass back to back while the plane is in
 // L1/L2, so x is read from memory once; y (gx) of 8 MiB and more is written with non-temporal
-// stores (common.h: stream_output). NHWC: per sample, fixed row chunks with per-channel partial
-// sums (vectorized over channels), then the elementwise pass. Statistics and xh are accumulated in
-// float (double for double data) with the shifted sums of din_ops/math.h.
+// stores (common.h: stream_output). NHWC: a few samples at a time (common.h: nhwc_wave), fixed row
+// chunks with per-channel partial sums (vectorized over channels), then the elementwise pass
+// (streamed likewise).
+// Statistics and xh are accumulated in float (double for double data) with the shifted sums of
+// din_ops/math.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -55,21 +57,24 @@ template <typename T>
 void forward_nhwc(const T* x, T* y, int64_t N, int64_t C, int64_t P, double eps, double* mean,
                   double* rstd) {
   using acc = acc_t<T>;
-  instance_stats(x, Layout::NHWC, 0, N, C, P, eps, mean, rstd);
-  const int64_t rows = std::max<int64_t>(1, kBlock * 16 / C);
-  const int64_t chunks = (P + rows - 1) / rows;
-  for (int64_t n = 0; n < N; ++n) {
-    const NormParams<acc> q(mean + n * C, rstd + n * C, C);
-    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-      auto in = scratch<T>(rows * C), out = scratch<T>(rows * C);
-      for (int64_t k = b; k < e; ++k) {
-        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
-        const int64_t off = (n * P + r0) * C;
+  const NhwcChunks ch = nhwc_chunks(P, C);
+  const int64_t wave = nhwc_wave(P, C, sizeof(T));
+  const bool stream = stream_output<T>(N * P * C);
+  for (int64_t n0 = 0; n0 < N; n0 += wave) {
+    const int64_t n1 = std::min(N, n0 + wave);
+    instance_stats(x, Layout::NHWC, n0, n1, C, P, eps, mean, rstd);
+    const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, (n1 - n0) * C);
+    at::parallel_for(0, (n1 - n0) * ch.count, 1, [&](int64_t b, int64_t e) {
+      auto in = scratch<T>(ch.rows * C), out = scratch<T>(ch.rows * C);
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t i = t / ch.count, r0 = (t % ch.count) * ch.rows;
+        const int64_t len = std::min(ch.rows, P - r0), off = ((n0 + i) * P + r0) * C;
         acc* o = out_ptr(y + off, out.data());
-        normalize_rows(load(x + off, len * C, in.data()), len, C, q.hi.data(), q.lo.data(),
-                       q.rstd.data(), o);
+        normalize_rows(load(x + off, len * C, in.data()), len, C, q.hi.data() + i * C,
+                       q.lo.data() + i * C, q.rstd.data() + i * C, o, stream);
         store<T>(o, len * C, y + off);
       }
+      if (stream) stream_fence();
     });
   }
 }
@@ -109,44 +114,42 @@ template <typename T>
 void backward_nhwc(const T* gy, const T* x, const double* mean, const double* rstd, T* gx,
                    int64_t N, int64_t C, int64_t P) {
   using acc = acc_t<T>;
-  const int64_t rows = std::max<int64_t>(1, kBlock * 16 / C);
-  const int64_t chunks = (P + rows - 1) / rows;
-  for (int64_t n = 0; n < N; ++n) {
-    const NormParams<acc> q(mean + n * C, rstd + n * C, C);
-    const T* gyn = gy + n * P * C;
-    const T* xn = x + n * P * C;
-    // Per-chunk partial sums, added in chunk order (deterministic for any thread count).
-    std::vector<double> part(2 * chunks * C, 0.0);
-    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-      auto gbuf = scratch<T>(rows * C), xbuf = scratch<T>(rows * C);
-      for (int64_t k = b; k < e; ++k) {
-        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
-        grad_sums_rows(load(gyn + r0 * C, len * C, gbuf.data()),
-                       load(xn + r0 * C, len * C, xbuf.data()), len, C, q.hi.data(), q.lo.data(),
-                       q.rstd.data(), &part[(2 * k) * C], &part[(2 * k + 1) * C]);
+  const NhwcChunks ch = nhwc_chunks(P, C);
+  const int64_t wave = nhwc_wave(P, C, 2 * sizeof(T));  // gy and x
+  const bool stream = stream_output<T>(N * P * C);
+  for (int64_t n0 = 0; n0 < N; n0 += wave) {
+    const int64_t n1 = std::min(N, n0 + wave), S = n1 - n0;
+    const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, S * C);
+    // sum(gy) and sum(gy * xh) per channel
+    const std::vector<double> sums =
+        nhwc_channel_sums(n0, n1, P, C, 2, [&](int64_t n, int64_t r0, int64_t len, double* out) {
+          auto gbuf = scratch<T>(len * C), xbuf = scratch<T>(len * C);
+          const int64_t off = (n * P + r0) * C, i = (n - n0) * C;
+          grad_sums_rows(load(gy + off, len * C, gbuf.data()), load(x + off, len * C, xbuf.data()),
+                         len, C, q.hi.data() + i, q.lo.data() + i, q.rstd.data() + i, out,
+                         out + C);
+        });
+    std::vector<acc> mg(S * C), mgxh(S * C);
+    for (int64_t i = 0; i < S; ++i) {
+      for (int64_t c = 0; c < C; ++c) {
+        mg[i * C + c] = static_cast<acc>(sums[2 * i * C + c] / double(P));
+        mgxh[i * C + c] = static_cast<acc>(sums[(2 * i + 1) * C + c] / double(P));
       }
-    });
-    std::vector<acc> mg(C), mgxh(C);
-    for (int64_t c = 0; c < C; ++c) {
-      double sg = 0.0, sgxh = 0.0;
-      for (int64_t k = 0; k < chunks; ++k) {
-        sg += part[(2 * k) * C + c];
-        sgxh += part[(2 * k + 1) * C + c];
-      }
-      mg[c] = static_cast<acc>(sg / double(P));
-      mgxh[c] = static_cast<acc>(sgxh / double(P));
     }
-    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-      auto gbuf = scratch<T>(rows * C), xbuf = scratch<T>(rows * C), out = scratch<T>(rows * C);
-      for (int64_t k = b; k < e; ++k) {
-        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
-        const int64_t off = (n * P + r0) * C;
+    at::parallel_for(0, S * ch.count, 1, [&](int64_t b, int64_t e) {
+      auto gbuf = scratch<T>(ch.rows * C), xbuf = scratch<T>(ch.rows * C),
+           out = scratch<T>(ch.rows * C);
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t i = (t / ch.count) * C, r0 = (t % ch.count) * ch.rows;
+        const int64_t len = std::min(ch.rows, P - r0), off = ((n0 + t / ch.count) * P + r0) * C;
         acc* o = out_ptr(gx + off, out.data());
         normalize_backward_rows(load(gy + off, len * C, gbuf.data()),
-                                load(x + off, len * C, xbuf.data()), len, C, q.hi.data(),
-                                q.lo.data(), q.rstd.data(), mg.data(), mgxh.data(), o);
+                                load(x + off, len * C, xbuf.data()), len, C, q.hi.data() + i,
+                                q.lo.data() + i, q.rstd.data() + i, mg.data() + i,
+                                mgxh.data() + i, o, stream);
         store<T>(o, len * C, gx + off);
       }
+      if (stream) stream_fence();
     });
   }
 }
@@ -244,27 +247,28 @@ void stats_backward(const T* x, const double* gm, const double* gv, const double
     });
     return;
   }
-  const int64_t rows = std::max<int64_t>(1, kBlock * 16 / C);
-  const int64_t chunks = (P + rows - 1) / rows;
-  const std::vector<double> ones(C, 1.0);
-  for (int64_t n = 0; n < N; ++n) {
-    const NormParams<acc> q(mean + n * C, ones.data(), C);
-    std::vector<acc> s(C), b0(C);
-    for (int64_t c = 0; c < C; ++c) {
-      s[c] = static_cast<acc>(2.0 * gv[n * C + c] / double(P));
-      b0[c] = static_cast<acc>(gm[n * C + c] / double(P));
-    }
-    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-      auto in = scratch<T>(rows * C), out = scratch<T>(rows * C);
-      for (int64_t k = b; k < e; ++k) {
-        const int64_t r0 = k * rows, len = std::min(rows, P - r0), off = (n * P + r0) * C;
-        acc* o = out_ptr(gx + off, out.data());
-        normalize_scale_shift_rows(load(x + off, len * C, in.data()), len, C, q.hi.data(),
-                                   q.lo.data(), s.data(), nullptr, b0.data(), o);
-        store<T>(o, len * C, gx + off);
-      }
-    });
+  const NhwcChunks ch = nhwc_chunks(P, C);
+  const bool stream = stream_output<T>(N * P * C);
+  const std::vector<double> ones(N * C, 1.0);
+  const NormParams<acc> q(mean, ones.data(), N * C);
+  std::vector<acc> s(N * C), b0(N * C);
+  for (int64_t i = 0; i < N * C; ++i) {
+    s[i] = static_cast<acc>(2.0 * gv[i] / double(P));
+    b0[i] = static_cast<acc>(gm[i] / double(P));
   }
+  at::parallel_for(0, N * ch.count, 1, [&](int64_t b, int64_t e) {
+    auto in = scratch<T>(ch.rows * C), out = scratch<T>(ch.rows * C);
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t n = t / ch.count, r0 = (t % ch.count) * ch.rows, i = n * C;
+      const int64_t len = std::min(ch.rows, P - r0), off = (n * P + r0) * C;
+      acc* o = out_ptr(gx + off, out.data());
+      normalize_scale_shift_rows(load(x + off, len * C, in.data()), len, C, q.hi.data() + i,
+                                 q.lo.data() + i, s.data() + i, nullptr, b0.data() + i, o,
+                                 stream);
+      store<T>(o, len * C, gx + off);
+    }
+    if (stream) stream_fence();
+  });
 }
 
 at::Tensor instance_stats_backward_cpu(const at::Tensor& grad_mean, const at::Tensor& grad_var,

@@ -43,12 +43,12 @@ DIN_KERNEL(normalize_1, void, normalize,
            (x, n, hi, lo, r, out, stream))
 DIN_KERNEL(normalize_rows_0, void, normalize_rows,
            (const float* x, int64_t rows, int64_t C, const float* hi, const float* lo,
-            const float* rstd, float* out),
-           (x, rows, C, hi, lo, rstd, out))
+            const float* rstd, float* out, bool stream),
+           (x, rows, C, hi, lo, rstd, out, stream))
 DIN_KERNEL(normalize_rows_1, void, normalize_rows,
            (const double* x, int64_t rows, int64_t C, const double* hi, const double* lo,
-            const double* rstd, double* out),
-           (x, rows, C, hi, lo, rstd, out))
+            const double* rstd, double* out, bool stream),
+           (x, rows, C, hi, lo, rstd, out, stream))
 DIN_KERNEL(normalize_backward_0, void, normalize_backward,
            (const float* g, const float* x, int64_t n, float hi, float lo, float r, float mg,
             float mgxh, float* out, bool stream),
@@ -59,12 +59,14 @@ DIN_KERNEL(normalize_backward_1, void, normalize_backward,
            (g, x, n, hi, lo, r, mg, mgxh, out, stream))
 DIN_KERNEL(normalize_backward_rows_0, void, normalize_backward_rows,
            (const float* g, const float* x, int64_t rows, int64_t C, const float* hi,
-            const float* lo, const float* r, const float* mg, const float* mgxh, float* out),
-           (g, x, rows, C, hi, lo, r, mg, mgxh, out))
+            const float* lo, const float* r, const float* mg, const float* mgxh, float* out,
+            bool stream),
+           (g, x, rows, C, hi, lo, r, mg, mgxh, out, stream))
 DIN_KERNEL(normalize_backward_rows_1, void, normalize_backward_rows,
            (const double* g, const double* x, int64_t rows, int64_t C, const double* hi,
-            const double* lo, const double* r, const double* mg, const double* mgxh, double* out),
-           (g, x, rows, C, hi, lo, r, mg, mgxh, out))
+            const double* lo, const double* r, const double* mg, const double* mgxh, double* out,
+            bool stream),
+           (g, x, rows, C, hi, lo, r, mg, mgxh, out, stream))
 DIN_KERNEL(add_scalar_0, void, add_scalar,
            (float* dst, int64_t n, float value),
            (dst, n, value))
@@ -145,20 +147,22 @@ DIN_KERNEL(normalize_scale_shift_1, void, normalize_scale_shift,
            (x, n, hi, lo, s, beta, b, out, stream))
 DIN_KERNEL(normalize_affine_rows_0, void, normalize_affine_rows,
            (const float* x, int64_t rows, int64_t C, const float* hi, const float* lo,
-            const float* r, const float* gamma, const float* beta, const float* b, float* out),
-           (x, rows, C, hi, lo, r, gamma, beta, b, out))
+            const float* r, const float* gamma, const float* beta, const float* b, float* out,
+            bool stream),
+           (x, rows, C, hi, lo, r, gamma, beta, b, out, stream))
 DIN_KERNEL(normalize_affine_rows_1, void, normalize_affine_rows,
            (const double* x, int64_t rows, int64_t C, const double* hi, const double* lo,
-            const double* r, const double* gamma, const double* beta, const double* b, double* out),
-           (x, rows, C, hi, lo, r, gamma, beta, b, out))
+            const double* r, const double* gamma, const double* beta, const double* b, double* out,
+            bool stream),
+           (x, rows, C, hi, lo, r, gamma, beta, b, out, stream))
 DIN_KERNEL(normalize_scale_shift_rows_0, void, normalize_scale_shift_rows,
            (const float* x, int64_t rows, int64_t C, const float* hi, const float* lo,
-            const float* s, const float* beta, const float* b, float* out),
-           (x, rows, C, hi, lo, s, beta, b, out))
+            const float* s, const float* beta, const float* b, float* out, bool stream),
+           (x, rows, C, hi, lo, s, beta, b, out, stream))
 DIN_KERNEL(normalize_scale_shift_rows_1, void, normalize_scale_shift_rows,
            (const double* x, int64_t rows, int64_t C, const double* hi, const double* lo,
-            const double* s, const double* beta, const double* b, double* out),
-           (x, rows, C, hi, lo, s, beta, b, out))
+            const double* s, const double* beta, const double* b, double* out, bool stream),
+           (x, rows, C, hi, lo, s, beta, b, out, stream))
 DIN_KERNEL(affine_grad_sums_0, void, affine_grad_sums,
            (const float* gy, const float* x, const float* gamma, int64_t n, float hi, float lo,
             float r, double* sg, double* sgxh, double* sgy),
@@ -187,13 +191,13 @@ DIN_KERNEL(normalize_affine_backward_1, void, normalize_affine_backward,
 DIN_KERNEL(normalize_affine_backward_rows_0, void, normalize_affine_backward_rows,
            (const float* gy, const float* x, const float* gamma, int64_t rows, int64_t C,
             const float* hi, const float* lo, const float* r, const float* mg, const float* mgxh,
-            float* gx, float* ggamma),
-           (gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma))
+            float* gx, float* ggamma, bool stream),
+           (gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma, stream))
 DIN_KERNEL(normalize_affine_backward_rows_1, void, normalize_affine_backward_rows,
            (const double* gy, const double* x, const double* gamma, int64_t rows, int64_t C,
             const double* hi, const double* lo, const double* r, const double* mg,
-            const double* mgxh, double* gx, double* ggamma),
-           (gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma))
+            const double* mgxh, double* gx, double* ggamma, bool stream),
+           (gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma, stream))
 DIN_KERNEL(normalize_backward_scaled_0, void, normalize_backward_scaled,
            (const float* gy, const float* x, int64_t n, float hi, float lo, float r, float gam,
             float mg, float mgxh, float* gx, bool stream),
@@ -205,13 +209,13 @@ DIN_KERNEL(normalize_backward_scaled_1, void, normalize_backward_scaled,
 DIN_KERNEL(normalize_backward_scaled_rows_0, void, normalize_backward_scaled_rows,
            (const float* gy, const float* x, int64_t rows, int64_t C, const float* hi,
             const float* lo, const float* r, const float* gam, const float* mg, const float* mgxh,
-            float* gx),
-           (gy, x, rows, C, hi, lo, r, gam, mg, mgxh, gx))
+            float* gx, bool stream),
+           (gy, x, rows, C, hi, lo, r, gam, mg, mgxh, gx, stream))
 DIN_KERNEL(normalize_backward_scaled_rows_1, void, normalize_backward_scaled_rows,
            (const double* gy, const double* x, int64_t rows, int64_t C, const double* hi,
             const double* lo, const double* r, const double* gam, const double* mg,
-            const double* mgxh, double* gx),
-           (gy, x, rows, C, hi, lo, r, gam, mg, mgxh, gx))
+            const double* mgxh, double* gx, bool stream),
+           (gy, x, rows, C, hi, lo, r, gam, mg, mgxh, gx, stream))
 
 // deformable_loops.h
 DIN_KERNEL(deform_columns_0, void, deform_columns,

@@ -109,21 +109,29 @@ DIN_INLINE void shifted_sums_impl(const T* x, int64_t n, T shift, double* s1, do
   *s2 += t2;
 }
 
-// Channels are processed in blocks of kCh so the per-channel partial sums stay in registers/L1.
-constexpr int64_t kCh = 64;
+// The channels-last sums (the *_sums_rows loops) run rows outer and channels inner, so the rows are
+// read in memory order; the float partial sums of up to kCh channels (2-3 arrays, 16-24 KiB for
+// double) stay in L1 between rows. (Channel blocks outer and rows inner would read each chunk once
+// per block, a few cache lines per row at the row stride: a pattern the hardware prefetchers follow
+// poorly, so those loops waited on memory.) Per channel the order of the additions is the same
+// either way: rows in order, flushed to double every kFlush rows.
+constexpr int64_t kCh = 1024;
 
 template <typename T>
 DIN_INLINE void shifted_sums_rows_impl(const T* x, int64_t rows, int64_t C, const T* shift,
                                        double* s1, double* s2) {
   for (int64_t c0 = 0; c0 < C; c0 += kCh) {
     const int64_t cn = std::min(kCh, C - c0);
+    const T* sh = shift + c0;
     for (int64_t r0 = 0; r0 < rows; r0 += kFlush) {
       const int64_t re = std::min(rows, r0 + kFlush);
-      T a1[kCh] = {}, a2[kCh] = {};
+      alignas(64) T a1[kCh], a2[kCh];
+      std::fill_n(a1, cn, T(0));
+      std::fill_n(a2, cn, T(0));
       for (int64_t r = r0; r < re; ++r) {
         const T* xr = x + r * C + c0;
         for (int64_t j = 0; j < cn; ++j) {
-          const T d = xr[j] - shift[c0 + j];
+          const T d = xr[j] - sh[j];
           a1[j] += d;
           a2[j] += d * d;
         }
@@ -171,7 +179,9 @@ DIN_INLINE void grad_sums_rows_impl(const T* g, const T* x, int64_t rows, int64_
     const int64_t cn = std::min(kCh, C - c0);
     for (int64_t r0 = 0; r0 < rows; r0 += kFlush) {
       const int64_t re = std::min(rows, r0 + kFlush);
-      T a1[kCh] = {}, a2[kCh] = {};
+      alignas(64) T a1[kCh], a2[kCh];
+      std::fill_n(a1, cn, T(0));
+      std::fill_n(a2, cn, T(0));
       for (int64_t p = r0; p < re; ++p) {
         const T* xr = x + p * C + c0;
         const T* gr = g + p * C + c0;
@@ -204,7 +214,19 @@ DIN_INLINE void normalize_impl(const T* x, int64_t n, T hi, T lo, T r, T* out, b
 
 template <typename T>
 DIN_INLINE void normalize_rows_impl(const T* x, int64_t rows, int64_t C, const T* hi, const T* lo,
-                                    const T* rstd, T* out) {
+                                    const T* rstd, T* out, bool stream) {
+  if (stream) {
+    for (int64_t p = 0; p < rows; ++p) {
+      const T* xr = x + p * C;
+      stream_map(
+          out + p * C, C, [&](int64_t c) { return math::normalize(xr[c], hi[c], lo[c], rstd[c]); },
+          [&](int64_t c) {
+            return vmath::normalize(simd::loadu(xr + c), simd::loadu(hi + c), simd::loadu(lo + c),
+                                    simd::loadu(rstd + c));
+          });
+    }
+    return;
+  }
   for (int64_t p = 0; p < rows; ++p) {
     const T* xr = x + p * C;
     T* o = out + p * C;
@@ -243,7 +265,26 @@ DIN_INLINE void normalize_backward_impl(const T* g, const T* x, int64_t n, T hi,
 template <typename T>
 DIN_INLINE void normalize_backward_rows_impl(const T* g, const T* x, int64_t rows, int64_t C,
                                              const T* hi, const T* lo, const T* r, const T* mg,
-                                             const T* mgxh, T* out) {
+                                             const T* mgxh, T* out, bool stream) {
+  if (stream && g != nullptr) {
+    for (int64_t p = 0; p < rows; ++p) {
+      const T *xr = x + p * C, *gr = g + p * C;
+      stream_map(
+          out + p * C, C,
+          [&](int64_t c) {
+            const T xh = math::normalize(xr[c], hi[c], lo[c], r[c]);
+            return math::normalize_backward(gr[c], xh, r[c], mg[c], mgxh[c]);
+          },
+          [&](int64_t c) {
+            const auto rv = simd::loadu(r + c);
+            const auto xh =
+                vmath::normalize(simd::loadu(xr + c), simd::loadu(hi + c), simd::loadu(lo + c), rv);
+            return vmath::normalize_backward(simd::loadu(gr + c), xh, rv, simd::loadu(mg + c),
+                                             simd::loadu(mgxh + c));
+          });
+    }
+    return;
+  }
   for (int64_t p = 0; p < rows; ++p) {
     const T* xr = x + p * C;
     T* o = out + p * C;
@@ -322,12 +363,12 @@ void normalize(const double* x, int64_t n, double hi, double lo, double r, doubl
   normalize_impl(x, n, hi, lo, r, out, stream);
 }
 void normalize_rows(const float* x, int64_t rows, int64_t C, const float* hi,
-                    const float* lo, const float* rstd, float* out) {
-  normalize_rows_impl(x, rows, C, hi, lo, rstd, out);
+                    const float* lo, const float* rstd, float* out, bool stream) {
+  normalize_rows_impl(x, rows, C, hi, lo, rstd, out, stream);
 }
 void normalize_rows(const double* x, int64_t rows, int64_t C, const double* hi,
-                    const double* lo, const double* rstd, double* out) {
-  normalize_rows_impl(x, rows, C, hi, lo, rstd, out);
+                    const double* lo, const double* rstd, double* out, bool stream) {
+  normalize_rows_impl(x, rows, C, hi, lo, rstd, out, stream);
 }
 void normalize_backward(const float* g, const float* x, int64_t n, float hi, float lo,
                         float r, float mg, float mgxh, float* out, bool stream) {
@@ -340,13 +381,13 @@ void normalize_backward(const double* g, const double* x, int64_t n, double hi,
 }
 void normalize_backward_rows(const float* g, const float* x, int64_t rows, int64_t C,
                              const float* hi, const float* lo, const float* r,
-                             const float* mg, const float* mgxh, float* out) {
-  normalize_backward_rows_impl(g, x, rows, C, hi, lo, r, mg, mgxh, out);
+                             const float* mg, const float* mgxh, float* out, bool stream) {
+  normalize_backward_rows_impl(g, x, rows, C, hi, lo, r, mg, mgxh, out, stream);
 }
 void normalize_backward_rows(const double* g, const double* x, int64_t rows, int64_t C,
                              const double* hi, const double* lo, const double* r,
-                             const double* mg, const double* mgxh, double* out) {
-  normalize_backward_rows_impl(g, x, rows, C, hi, lo, r, mg, mgxh, out);
+                             const double* mg, const double* mgxh, double* out, bool stream) {
+  normalize_backward_rows_impl(g, x, rows, C, hi, lo, r, mg, mgxh, out, stream);
 }
 void add_scalar(float* dst, int64_t n, float value) {
   for (int64_t i = 0; i < n; ++i) dst[i] += value;
@@ -747,7 +788,22 @@ DIN_INLINE void normalize_scale_shift_impl(const T* x, int64_t n, T hi, T lo, T 
 template <typename T>
 DIN_INLINE void normalize_affine_rows_impl(const T* x, int64_t rows, int64_t C, const T* hi,
                                            const T* lo, const T* r, const T* gamma, const T* beta,
-                                           const T* b, T* out) {
+                                           const T* b, T* out, bool stream) {
+  if (stream) {
+    for (int64_t p = 0; p < rows; ++p) {
+      const T *xr = x + p * C, *gr = gamma + p * C;
+      const T* br = beta != nullptr ? beta + p * C : b;  // beta's row, or the per-channel b
+      stream_map(
+          out + p * C, C,
+          [&](int64_t c) { return math::normalize_affine(xr[c], hi[c], lo[c], r[c], gr[c], br[c]); },
+          [&](int64_t c) {
+            return vmath::normalize_affine(simd::loadu(xr + c), simd::loadu(hi + c),
+                                           simd::loadu(lo + c), simd::loadu(r + c),
+                                           simd::loadu(gr + c), simd::loadu(br + c));
+          });
+    }
+    return;
+  }
   for (int64_t p = 0; p < rows; ++p) {
     const T* xr = x + p * C;
     const T* gr = gamma + p * C;
@@ -768,7 +824,22 @@ DIN_INLINE void normalize_affine_rows_impl(const T* x, int64_t rows, int64_t C, 
 template <typename T>
 DIN_INLINE void normalize_scale_shift_rows_impl(const T* x, int64_t rows, int64_t C, const T* hi,
                                                 const T* lo, const T* s, const T* beta,
-                                                const T* b, T* out) {
+                                                const T* b, T* out, bool stream) {
+  if (stream) {
+    for (int64_t p = 0; p < rows; ++p) {
+      const T* xr = x + p * C;
+      const T* br = beta != nullptr ? beta + p * C : b;  // beta's row, or the per-channel b
+      stream_map(
+          out + p * C, C,
+          [&](int64_t c) { return math::normalize_scale_shift(xr[c], hi[c], lo[c], s[c], br[c]); },
+          [&](int64_t c) {
+            return vmath::normalize_scale_shift(simd::loadu(xr + c), simd::loadu(hi + c),
+                                                simd::loadu(lo + c), simd::loadu(s + c),
+                                                simd::loadu(br + c));
+          });
+    }
+    return;
+  }
   for (int64_t p = 0; p < rows; ++p) {
     const T* xr = x + p * C;
     T* o = out + p * C;
@@ -827,7 +898,10 @@ DIN_INLINE void affine_grad_sums_rows_impl(const T* gy, const T* x, const T* gam
     const int64_t cn = std::min(kCh, C - c0);
     for (int64_t r0 = 0; r0 < rows; r0 += kFlush) {
       const int64_t re = std::min(rows, r0 + kFlush);
-      T a1[kCh] = {}, a2[kCh] = {}, a3[kCh] = {};
+      alignas(64) T a1[kCh], a2[kCh], a3[kCh];
+      std::fill_n(a1, cn, T(0));
+      std::fill_n(a2, cn, T(0));
+      std::fill_n(a3, cn, T(0));
       for (int64_t p = r0; p < re; ++p) {
         const T* xr = x + p * C + c0;
         const T* gr = gy + p * C + c0;
@@ -869,7 +943,33 @@ DIN_INLINE void normalize_affine_backward_rows_impl(const T* gy, const T* x, con
                                                     int64_t rows, int64_t C, const T* hi,
                                                     const T* lo, const T* r, const T* mg,
                                                     const T* mgxh, T* __restrict__ gx,
-                                                    T* __restrict__ ggamma) {
+                                                    T* __restrict__ ggamma, bool stream) {
+  if (stream) {
+    // gx and ggamma streamed together: the caller gives them the same alignment.
+    constexpr int L = simd::kLanes<T>;
+    for (int64_t p = 0; p < rows; ++p) {
+      const T *xr = x + p * C, *gr = gy + p * C, *wr = gamma + p * C;
+      T *o = gx + p * C, *og = ggamma + p * C;
+      const auto one = [&](int64_t c) {
+        const T xh = math::normalize(xr[c], hi[c], lo[c], r[c]);
+        o[c] = math::normalize_backward_scaled(gr[c], wr[c], xh, r[c], mg[c], mgxh[c]);
+        og[c] = gr[c] * xh;
+      };
+      int64_t c = 0;
+      for (const int64_t h = stream_head(o, C); c < h; ++c) one(c);
+      for (; c + L <= C; c += L) {
+        const auto rv = simd::loadu(r + c), g = simd::loadu(gr + c);
+        const auto xh =
+            vmath::normalize(simd::loadu(xr + c), simd::loadu(hi + c), simd::loadu(lo + c), rv);
+        simd::stream(o + c, vmath::normalize_backward_scaled(g, simd::loadu(wr + c), xh, rv,
+                                                             simd::loadu(mg + c),
+                                                             simd::loadu(mgxh + c)));
+        simd::stream(og + c, g * xh);
+      }
+      for (; c < C; ++c) one(c);
+    }
+    return;
+  }
   // The outputs are declared restrict: with two of them against eight inputs the compiler would
   // otherwise need more run-time alias checks than it is willing to emit, and not vectorize.
   for (int64_t p = 0; p < rows; ++p) {
@@ -903,7 +1003,27 @@ template <typename T>
 DIN_INLINE void normalize_backward_scaled_rows_impl(const T* gy, const T* x, int64_t rows,
                                                     int64_t C, const T* hi, const T* lo,
                                                     const T* r, const T* gam, const T* mg,
-                                                    const T* mgxh, T* gx) {
+                                                    const T* mgxh, T* gx, bool stream) {
+  if (stream) {
+    for (int64_t p = 0; p < rows; ++p) {
+      const T *xr = x + p * C, *gr = gy + p * C;
+      stream_map(
+          gx + p * C, C,
+          [&](int64_t c) {
+            const T xh = math::normalize(xr[c], hi[c], lo[c], r[c]);
+            return math::normalize_backward_scaled(gr[c], gam[c], xh, r[c], mg[c], mgxh[c]);
+          },
+          [&](int64_t c) {
+            const auto rv = simd::loadu(r + c);
+            const auto xh =
+                vmath::normalize(simd::loadu(xr + c), simd::loadu(hi + c), simd::loadu(lo + c), rv);
+            return vmath::normalize_backward_scaled(simd::loadu(gr + c), simd::loadu(gam + c), xh,
+                                                    rv, simd::loadu(mg + c),
+                                                    simd::loadu(mgxh + c));
+          });
+    }
+    return;
+  }
   for (int64_t p = 0; p < rows; ++p) {
     const T* xr = x + p * C;
     const T* gr = gy + p * C;
@@ -935,23 +1055,23 @@ void normalize_scale_shift(const double* x, int64_t n, double hi, double lo, dou
 }
 void normalize_affine_rows(const float* x, int64_t rows, int64_t C, const float* hi,
                            const float* lo, const float* r, const float* gamma,
-                           const float* beta, const float* b, float* out) {
-  normalize_affine_rows_impl(x, rows, C, hi, lo, r, gamma, beta, b, out);
+                           const float* beta, const float* b, float* out, bool stream) {
+  normalize_affine_rows_impl(x, rows, C, hi, lo, r, gamma, beta, b, out, stream);
 }
 void normalize_affine_rows(const double* x, int64_t rows, int64_t C, const double* hi,
                            const double* lo, const double* r, const double* gamma,
-                           const double* beta, const double* b, double* out) {
-  normalize_affine_rows_impl(x, rows, C, hi, lo, r, gamma, beta, b, out);
+                           const double* beta, const double* b, double* out, bool stream) {
+  normalize_affine_rows_impl(x, rows, C, hi, lo, r, gamma, beta, b, out, stream);
 }
 void normalize_scale_shift_rows(const float* x, int64_t rows, int64_t C,
                                 const float* hi, const float* lo, const float* s,
-                                const float* beta, const float* b, float* out) {
-  normalize_scale_shift_rows_impl(x, rows, C, hi, lo, s, beta, b, out);
+                                const float* beta, const float* b, float* out, bool stream) {
+  normalize_scale_shift_rows_impl(x, rows, C, hi, lo, s, beta, b, out, stream);
 }
 void normalize_scale_shift_rows(const double* x, int64_t rows, int64_t C,
                                 const double* hi, const double* lo, const double* s,
-                                const double* beta, const double* b, double* out) {
-  normalize_scale_shift_rows_impl(x, rows, C, hi, lo, s, beta, b, out);
+                                const double* beta, const double* b, double* out, bool stream) {
+  normalize_scale_shift_rows_impl(x, rows, C, hi, lo, s, beta, b, out, stream);
 }
 void affine_grad_sums(const float* gy, const float* x, const float* gamma, int64_t n,
                       float hi, float lo, float r, double* sg, double* sgxh,
@@ -986,15 +1106,17 @@ void normalize_affine_backward(const double* gy, const double* x, const double* 
 void normalize_affine_backward_rows(const float* gy, const float* x, const float* gamma,
                                     int64_t rows, int64_t C, const float* hi,
                                     const float* lo, const float* r, const float* mg,
-                                    const float* mgxh, float* gx, float* ggamma) {
-  normalize_affine_backward_rows_impl(gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma);
+                                    const float* mgxh, float* gx, float* ggamma, bool stream) {
+  normalize_affine_backward_rows_impl(gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma,
+                                      stream);
 }
 void normalize_affine_backward_rows(const double* gy, const double* x,
                                     const double* gamma, int64_t rows, int64_t C,
                                     const double* hi, const double* lo, const double* r,
                                     const double* mg, const double* mgxh, double* gx,
-                                    double* ggamma) {
-  normalize_affine_backward_rows_impl(gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma);
+                                    double* ggamma, bool stream) {
+  normalize_affine_backward_rows_impl(gy, x, gamma, rows, C, hi, lo, r, mg, mgxh, gx, ggamma,
+                                      stream);
 }
 void normalize_backward_scaled(const float* gy, const float* x, int64_t n, float hi,
                                float lo, float r, float gam, float mg, float mgxh,
@@ -1009,14 +1131,14 @@ void normalize_backward_scaled(const double* gy, const double* x, int64_t n, dou
 void normalize_backward_scaled_rows(const float* gy, const float* x, int64_t rows,
                                     int64_t C, const float* hi, const float* lo,
                                     const float* r, const float* gam, const float* mg,
-                                    const float* mgxh, float* gx) {
-  normalize_backward_scaled_rows_impl(gy, x, rows, C, hi, lo, r, gam, mg, mgxh, gx);
+                                    const float* mgxh, float* gx, bool stream) {
+  normalize_backward_scaled_rows_impl(gy, x, rows, C, hi, lo, r, gam, mg, mgxh, gx, stream);
 }
 void normalize_backward_scaled_rows(const double* gy, const double* x, int64_t rows,
                                     int64_t C, const double* hi, const double* lo,
                                     const double* r, const double* gam,
-                                    const double* mg, const double* mgxh, double* gx) {
-  normalize_backward_scaled_rows_impl(gy, x, rows, C, hi, lo, r, gam, mg, mgxh, gx);
+                                    const double* mg, const double* mgxh, double* gx, bool stream) {
+  normalize_backward_scaled_rows_impl(gy, x, rows, C, hi, lo, r, gam, mg, mgxh, gx, stream);
 }
 
 DIN_ISA_END  // namespace din_ops::cpu::DIN_ISA

@@ -48,9 +48,9 @@ void normalize(const double* x, int64_t n, double hi, double lo, double r, doubl
                bool stream = false);
 // Channels-last: out[r, c] = ((x[r, c] - hi[c]) - lo[c]) * rstd[c]; rows of x and out have stride C.
 void normalize_rows(const float* x, int64_t rows, int64_t C, const float* hi, const float* lo,
-                    const float* rstd, float* out);
+                    const float* rstd, float* out, bool stream = false);
 void normalize_rows(const double* x, int64_t rows, int64_t C, const double* hi, const double* lo,
-                    const double* rstd, double* out);
+                    const double* rstd, double* out, bool stream = false);
 
 // Instance-norm backward: out = r * (g - mg - xh * mgxh), xh = ((x - hi) - lo) * r. `out` may be `g`
 // (in place); `g` may be null, meaning zero.
@@ -60,10 +60,10 @@ void normalize_backward(const double* g, const double* x, int64_t n, double hi, 
                         double mg, double mgxh, double* out, bool stream = false);
 void normalize_backward_rows(const float* g, const float* x, int64_t rows, int64_t C,
                              const float* hi, const float* lo, const float* r, const float* mg,
-                             const float* mgxh, float* out);
+                             const float* mgxh, float* out, bool stream = false);
 void normalize_backward_rows(const double* g, const double* x, int64_t rows, int64_t C,
                              const double* hi, const double* lo, const double* r, const double* mg,
-                             const double* mgxh, double* out);
+                             const double* mgxh, double* out, bool stream = false);
 
 // dst[i] += value (a bias row).
 void add_scalar(float* dst, int64_t n, float value);
@@ -125,16 +125,16 @@ void normalize_scale_shift(const double* x, int64_t n, double hi, double lo, dou
 // Channels-last forms: hi, lo, r, s, b per channel; x, gamma, beta and out rows of stride C.
 void normalize_affine_rows(const float* x, int64_t rows, int64_t C, const float* hi,
                            const float* lo, const float* r, const float* gamma, const float* beta,
-                           const float* b, float* out);
+                           const float* b, float* out, bool stream = false);
 void normalize_affine_rows(const double* x, int64_t rows, int64_t C, const double* hi,
                            const double* lo, const double* r, const double* gamma,
-                           const double* beta, const double* b, double* out);
+                           const double* beta, const double* b, double* out, bool stream = false);
 void normalize_scale_shift_rows(const float* x, int64_t rows, int64_t C, const float* hi,
                                 const float* lo, const float* s, const float* beta,
-                                const float* b, float* out);
+                                const float* b, float* out, bool stream = false);
 void normalize_scale_shift_rows(const double* x, int64_t rows, int64_t C, const double* hi,
                                 const double* lo, const double* s, const double* beta,
-                                const double* b, double* out);
+                                const double* b, double* out, bool stream = false);
 // Backward sums for a full-size gamma: sg += sum(gy * gamma), sgxh += sum(gy * gamma * xh),
 // sgy += sum(gy).
 void affine_grad_sums(const float* gy, const float* x, const float* gamma, int64_t n, float hi,
@@ -158,11 +158,11 @@ void normalize_affine_backward(const double* gy, const double* x, const double* 
 void normalize_affine_backward_rows(const float* gy, const float* x, const float* gamma,
                                     int64_t rows, int64_t C, const float* hi, const float* lo,
                                     const float* r, const float* mg, const float* mgxh, float* gx,
-                                    float* ggamma);
+                                    float* ggamma, bool stream = false);
 void normalize_affine_backward_rows(const double* gy, const double* x, const double* gamma,
                                     int64_t rows, int64_t C, const double* hi, const double* lo,
                                     const double* r, const double* mg, const double* mgxh,
-                                    double* gx, double* ggamma);
+                                    double* gx, double* ggamma, bool stream = false);
 // gx = r * (gam * gy - mg - xh * mgxh) for a per-plane gamma `gam` (per channel in the _rows form).
 void normalize_backward_scaled(const float* gy, const float* x, int64_t n, float hi, float lo,
                                float r, float gam, float mg, float mgxh, float* gx,
@@ -173,10 +173,10 @@ void normalize_backward_scaled(const double* gy, const double* x, int64_t n, dou
 void normalize_backward_scaled_rows(const float* gy, const float* x, int64_t rows, int64_t C,
                                     const float* hi, const float* lo, const float* r,
                                     const float* gam, const float* mg, const float* mgxh,
-                                    float* gx);
+                                    float* gx, bool stream = false);
 void normalize_backward_scaled_rows(const double* gy, const double* x, int64_t rows, int64_t C,
                                     const double* hi, const double* lo, const double* r,
                                     const double* gam, const double* mg, const double* mgxh,
-                                    double* gx);
+                                    double* gx, bool stream = false);
 
 }  // namespace din_ops::cpu

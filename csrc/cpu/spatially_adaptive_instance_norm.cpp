@@ -23,9 +23,10 @@
 // Backward likewise: the sums over gy, x, gamma, then gx (and a full-size ggamma) from cache.
 // Outputs of 8 MiB and more (float, double) are written with non-temporal stores (common.h:
 // stream_output).
-// NHWC: per sample, the statistics in fixed row chunks (vectorized over channels), then the
-// elementwise pass over the same chunks. A full-size gamma/beta is brought to x's layout first, so
-// a channels_last x with contiguous gamma/beta costs one copy of them (and vice versa).
+// NHWC: for a few samples at a time (common.h: nhwc_wave), the statistics in fixed row chunks
+// (vectorized over channels), then the elementwise pass over the same chunks; outputs of 8 MiB and
+// more streamed as in NCHW. A full-size gamma/beta is brought to x's layout first, so a
+// channels_last x with contiguous gamma/beta costs one copy of them (and vice versa).
 // Statistics and xh are computed in float for float/half/bfloat16 (half and bfloat16 converted in
 // blocks), in double for double, with the mean split as hi + lo (din_ops/math.h). The reduction
 // order is fixed by plane and chunk, so results do not depend on the thread count.
@@ -152,37 +153,41 @@ void forward_nhwc(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
                   int64_t P, double eps, double* mean, double* rstd,
                   const AdainStyle<T>* style = nullptr) {
   using acc = acc_t<T>;
-  const int64_t rows = std::max<int64_t>(1, kBlock * 16 / C);
-  const int64_t chunks = (P + rows - 1) / rows;
-  for (int64_t n = 0; n < N; ++n) {
-    // Statistics of this sample, then its elementwise pass while the sample may still be cached.
-    instance_stats(x, Layout::NHWC, n, n + 1, C, P, eps, mean, rstd);
-    const NormParams<acc> q(mean + n * C, rstd + n * C, C);
-    std::vector<acc> s(C, acc(0)), b0(C, acc(0));
-    for (int64_t c = 0; c < C; ++c) {
+  const NhwcChunks ch = nhwc_chunks(P, C);
+  const int64_t wave = nhwc_wave(P, C, sizeof(T));
+  const bool stream = stream_output<T>(N * P * C);
+  for (int64_t n0 = 0; n0 < N; n0 += wave) {
+    // Statistics of these samples, then their elementwise pass while they may still be cached.
+    const int64_t n1 = std::min(N, n0 + wave), S = n1 - n0;
+    instance_stats(x, Layout::NHWC, n0, n1, C, P, eps, mean, rstd);
+    const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, S * C);
+    std::vector<acc> s(S * C, acc(0)), b0(S * C, acc(0));
+    for (int64_t i = 0; i < S * C; ++i) {
       // (adain's style statistics are precomputed here: style->data is null, no buffer needed)
-      const auto [g, b] = plane_gamma_beta(gamma, beta, style, n * C + c, nullptr);
-      s[c] = static_cast<acc>(rstd[n * C + c] * g);
-      b0[c] = static_cast<acc>(b);
+      const auto [g, b] = plane_gamma_beta(gamma, beta, style, n0 * C + i, nullptr);
+      s[i] = static_cast<acc>(rstd[n0 * C + i] * g);
+      b0[i] = static_cast<acc>(b);
     }
-    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-      auto in = scratch<T>(rows * C), gbuf = scratch<T>(rows * C), bbuf = scratch<T>(rows * C),
-           out = scratch<T>(rows * C);
-      for (int64_t k = b; k < e; ++k) {
-        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
-        const int64_t off = (n * P + r0) * C;
+    at::parallel_for(0, S * ch.count, 1, [&](int64_t b, int64_t e) {
+      auto in = scratch<T>(ch.rows * C), gbuf = scratch<T>(ch.rows * C),
+           bbuf = scratch<T>(ch.rows * C), out = scratch<T>(ch.rows * C);
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t i = (t / ch.count) * C, r0 = (t % ch.count) * ch.rows;
+        const int64_t len = std::min(ch.rows, P - r0), off = ((n0 + t / ch.count) * P + r0) * C;
         const acc* xin = load(x + off, len * C, in.data());
         const acc* bb = beta.full ? load(beta.at(off), len * C, bbuf.data()) : nullptr;
         acc* o = out_ptr(y + off, out.data());
         if (gamma.full) {
-          normalize_affine_rows(xin, len, C, q.hi.data(), q.lo.data(), q.rstd.data(),
-                                load(gamma.at(off), len * C, gbuf.data()), bb, b0.data(), o);
+          normalize_affine_rows(xin, len, C, q.hi.data() + i, q.lo.data() + i, q.rstd.data() + i,
+                                load(gamma.at(off), len * C, gbuf.data()), bb, b0.data() + i, o,
+                                stream);
         } else {
-          normalize_scale_shift_rows(xin, len, C, q.hi.data(), q.lo.data(), s.data(), bb,
-                                     b0.data(), o);
+          normalize_scale_shift_rows(xin, len, C, q.hi.data() + i, q.lo.data() + i, s.data() + i,
+                                     bb, b0.data() + i, o, stream);
         }
         store<T>(o, len * C, y + off);
       }
+      if (stream) stream_fence();
     });
   }
 }
@@ -266,72 +271,75 @@ template <typename T>
 void backward_nhwc(const T* gy, const T* x, Modulation<T> gamma, const double* mean,
                    const double* rstd, Grads<T> out, int64_t N, int64_t C, int64_t P) {
   using acc = acc_t<T>;
-  const int64_t rows = std::max<int64_t>(1, kBlock * 16 / C);
-  const int64_t chunks = (P + rows - 1) / rows;
-  // Per chunk and channel: three partial sums (full gamma: sum(g), sum(g * xh), sum(gy); per-plane
-  // gamma: sum(gy), sum(gy * xh), unused), added in chunk order.
-  std::vector<double> part(3 * chunks * C);
-  for (int64_t n = 0; n < N; ++n) {
-    const NormParams<acc> q(mean + n * C, rstd + n * C, C);
-    const int64_t sample = n * P * C;
-    std::fill(part.begin(), part.end(), 0.0);
-    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-      auto gbuf = scratch<T>(rows * C), xbuf = scratch<T>(rows * C), wbuf = scratch<T>(rows * C);
-      for (int64_t k = b; k < e; ++k) {
-        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
-        const int64_t off = sample + r0 * C;
-        double* pk = &part[3 * k * C];
-        const acc* g = load(gy + off, len * C, gbuf.data());
-        const acc* xv = load(x + off, len * C, xbuf.data());
+  const NhwcChunks ch = nhwc_chunks(P, C);
+  const int64_t wave = nhwc_wave(P, C, (gamma.full ? 3 : 2) * sizeof(T));  // gy, x (and gamma)
+  // Streamed gx (and full-size ggamma, at the same offsets of a tensor of the same size).
+  const bool stream = stream_output<T>(N * P * C) &&
+                      (!gamma.full || reinterpret_cast<uintptr_t>(out.gx) % 64 ==
+                                          reinterpret_cast<uintptr_t>(out.ggamma) % 64);
+  for (int64_t n0 = 0; n0 < N; n0 += wave) {
+    const int64_t n1 = std::min(N, n0 + wave), S = n1 - n0;
+    const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, S * C);
+    // Three sums per channel (full gamma: sum(g), sum(g * xh), sum(gy) with g = gy * gamma;
+    // per-plane gamma: sum(gy), sum(gy * xh), unused).
+    const std::vector<double> sums =
+        nhwc_channel_sums(n0, n1, P, C, 3, [&](int64_t n, int64_t r0, int64_t len, double* pk) {
+          auto gbuf = scratch<T>(len * C), xbuf = scratch<T>(len * C), wbuf = scratch<T>(len * C);
+          const int64_t off = (n * P + r0) * C, i = (n - n0) * C;
+          const acc* g = load(gy + off, len * C, gbuf.data());
+          const acc* xv = load(x + off, len * C, xbuf.data());
+          if (gamma.full) {
+            affine_grad_sums_rows(g, xv, load(gamma.at(off), len * C, wbuf.data()), len, C,
+                                  q.hi.data() + i, q.lo.data() + i, q.rstd.data() + i, pk, pk + C,
+                                  pk + 2 * C);
+          } else {
+            grad_sums_rows(g, xv, len, C, q.hi.data() + i, q.lo.data() + i, q.rstd.data() + i, pk,
+                           pk + C);
+          }
+        });
+    std::vector<acc> mg(S * C), mgxh(S * C), gam(S * C);
+    for (int64_t i = 0; i < S; ++i) {
+      for (int64_t c = 0; c < C; ++c) {
+        const double* sc = sums.data() + 3 * i * C + c;
+        const int64_t plane = (n0 + i) * C + c, j = i * C + c;
         if (gamma.full) {
-          affine_grad_sums_rows(g, xv, load(gamma.at(off), len * C, wbuf.data()), len, C,
-                                q.hi.data(), q.lo.data(), q.rstd.data(), pk, pk + C, pk + 2 * C);
+          mg[j] = static_cast<acc>(sc[0] / double(P));
+          mgxh[j] = static_cast<acc>(sc[C] / double(P));
+          if (out.gbeta != nullptr) out.gbeta[plane] = static_cast<T>(static_cast<acc>(sc[2 * C]));
         } else {
-          grad_sums_rows(g, xv, len, C, q.hi.data(), q.lo.data(), q.rstd.data(), pk, pk + C);
+          const double g = double(gamma[plane]);
+          gam[j] = static_cast<acc>(g);
+          mg[j] = static_cast<acc>(g * sc[0] / double(P));
+          mgxh[j] = static_cast<acc>(g * sc[C] / double(P));
+          out.ggamma[plane] = static_cast<T>(static_cast<acc>(sc[C]));
+          if (out.gbeta != nullptr) out.gbeta[plane] = static_cast<T>(static_cast<acc>(sc[0]));
         }
       }
-    });
-    std::vector<acc> mg(C), mgxh(C), gam(C);
-    for (int64_t c = 0; c < C; ++c) {
-      double s[3] = {0.0, 0.0, 0.0};
-      for (int64_t k = 0; k < chunks; ++k) {
-        for (int j = 0; j < 3; ++j) s[j] += part[(3 * k + j) * C + c];
-      }
-      const int64_t plane = n * C + c;
-      if (gamma.full) {
-        mg[c] = static_cast<acc>(s[0] / double(P));
-        mgxh[c] = static_cast<acc>(s[1] / double(P));
-        if (out.gbeta != nullptr) out.gbeta[plane] = static_cast<T>(static_cast<acc>(s[2]));
-      } else {
-        const double g = double(gamma[plane]);
-        gam[c] = static_cast<acc>(g);
-        mg[c] = static_cast<acc>(g * s[0] / double(P));
-        mgxh[c] = static_cast<acc>(g * s[1] / double(P));
-        out.ggamma[plane] = static_cast<T>(static_cast<acc>(s[1]));
-        if (out.gbeta != nullptr) out.gbeta[plane] = static_cast<T>(static_cast<acc>(s[0]));
-      }
     }
-    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-      auto gbuf = scratch<T>(rows * C), xbuf = scratch<T>(rows * C), wbuf = scratch<T>(rows * C),
-           obuf = scratch<T>(rows * C), pbuf = scratch<T>(rows * C);
-      for (int64_t k = b; k < e; ++k) {
-        const int64_t r0 = k * rows, len = std::min(rows, P - r0);
-        const int64_t off = sample + r0 * C;
+    at::parallel_for(0, S * ch.count, 1, [&](int64_t b, int64_t e) {
+      auto gbuf = scratch<T>(ch.rows * C), xbuf = scratch<T>(ch.rows * C),
+           wbuf = scratch<T>(ch.rows * C), obuf = scratch<T>(ch.rows * C),
+           pbuf = scratch<T>(ch.rows * C);
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t i = (t / ch.count) * C, r0 = (t % ch.count) * ch.rows;
+        const int64_t len = std::min(ch.rows, P - r0), off = ((n0 + t / ch.count) * P + r0) * C;
         const acc* g = load(gy + off, len * C, gbuf.data());
         const acc* xv = load(x + off, len * C, xbuf.data());
         acc* ogx = out_ptr(out.gx + off, obuf.data());
         if (gamma.full) {
           acc* ogg = out_ptr(out.ggamma + off, pbuf.data());
           normalize_affine_backward_rows(g, xv, load(gamma.at(off), len * C, wbuf.data()), len,
-                                         C, q.hi.data(), q.lo.data(), q.rstd.data(), mg.data(),
-                                         mgxh.data(), ogx, ogg);
+                                         C, q.hi.data() + i, q.lo.data() + i, q.rstd.data() + i,
+                                         mg.data() + i, mgxh.data() + i, ogx, ogg, stream);
           store<T>(ogg, len * C, out.ggamma + off);
         } else {
-          normalize_backward_scaled_rows(g, xv, len, C, q.hi.data(), q.lo.data(), q.rstd.data(),
-                                         gam.data(), mg.data(), mgxh.data(), ogx);
+          normalize_backward_scaled_rows(g, xv, len, C, q.hi.data() + i, q.lo.data() + i,
+                                         q.rstd.data() + i, gam.data() + i, mg.data() + i,
+                                         mgxh.data() + i, ogx, stream);
         }
         store<T>(ogx, len * C, out.gx + off);
       }
+      if (stream) stream_fence();
     });
   }
 }
