@@ -20,7 +20,8 @@ def tracked(*paths: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def sdist_names(tmp_path_factory) -> set[str]:
-    if not os.path.isdir(os.path.join(ROOT, ".git")) or shutil.which("git") is None:
+    # .git is a directory in a clone and a file in a worktree or submodule checkout.
+    if not os.path.exists(os.path.join(ROOT, ".git")) or shutil.which("git") is None:
         pytest.skip("not a git checkout: nothing to compare the sdist with")
     out = tmp_path_factory.mktemp("sdist")
     env = dict(os.environ, DIN_OPS_FORCE_CUDA="0")
