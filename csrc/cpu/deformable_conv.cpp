@@ -157,8 +157,8 @@ void sample_points(const T* offset, const T* mask, const Geometry& s, int64_t n,
     const T* oy = offset + ((n * s.G + g) * s.KK() + t) * 2 * s.Q() + q0;
     const T* ox = oy + s.Q();
     const T* m = mask != nullptr ? mask + ((n * s.G + g) * s.KK() + t) * s.Q() + q0 : nullptr;
+    int64_t oh = q0 / s.Wo, ow = q0 % s.Wo;  // of output position q0 + l, stepped along
     for (int64_t l = 0; l < Lt; ++l) {
-      const int64_t q = q0 + l, oh = q / s.Wo, ow = q % s.Wo;
       const acc y = bl::position<acc>(oh, s.sh, s.pt, i, s.dh, static_cast<acc>(oy[l]));
       const acc x = bl::position<acc>(ow, s.sw, s.pl, j, s.dw, static_cast<acc>(ox[l]));
       auto& p = pts[t * Lt + l];
@@ -169,6 +169,7 @@ void sample_points(const T* offset, const T* mask, const Geometry& s, int64_t n,
       } else {
         mvals[t * Lt + l] = mv;
       }
+      if (++ow == s.Wo) ow = 0, ++oh;
     }
   }
 }
