@@ -19,9 +19,12 @@ Providers, all in the same run:
                      content) and style.clone() (read gy, content and style, write both gradients)
 
 The style has the content's shape (the AdaIN layer of the models normalizes feature maps of equal
-size).
+size). adain_channels_last is the same comparison (without the extras) for a channels_last content
+and style: every provider, the floor included, gets and returns channels_last tensors.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -63,6 +66,10 @@ def _inputs(shape, dtype, device):
     return [content, style]
 
 
+def _inputs_channels_last(shape, dtype, device):
+    return [t.contiguous(memory_format=torch.channels_last) for t in _inputs(shape, dtype, device)]
+
+
 def _work(shape, itemsize):
     n, c, h, w = shape
     size = n * c * h * w * itemsize
@@ -74,36 +81,41 @@ def _floor_fwdbwd(content, style, gy):
     return lambda: (torch.add(content, style), torch.add(gy, content), style.clone())
 
 
+ADAIN = OpBench(
+    name="adain",
+    title="adain (AdaIN, unbiased variance as pytorch-AdaIN), style of the content's shape",
+    inputs=_inputs,
+    din=lambda backend: lambda c, s: din_ops.adain(c, s, unbiased=True, backend=backend),
+    pytorch=torch_way,
+    floor=Floor(
+        "add",
+        fwd=lambda c, s: lambda: torch.add(c, s),
+        fwdbwd=_floor_fwdbwd,
+        doc="torch.add(content, style) (forward); plus torch.add(gy, content) and style.clone()",
+    ),
+    work=_work,
+    unit="GB/s",
+    targets=SHAPES,
+    extras=[
+        Extra("diag_1x1", lambda device: device.type == "cpu", diagonal_1x1),
+        Extra("adain_stats", lambda device: device.type == "cpu", adain_from_stats),
+    ],
+    checks=[
+        *[Target(shape, passes, "cpu", "speedup", 2.5, "issue 16")
+          for shape in SHAPES for passes in ("fwd", "fwd+bwd")],
+        *[Target(shape, "fwd", "cpu", "over_floor", 1.3, "issue 16") for shape in SHAPES],
+        # "equal to adain in speed, within 10%": for the same work (statistics given, then the
+        # per-channel pass) adain's time / diag_1x1's time >= 0.9
+        *[Target(shape, passes, "diag_1x1", "speedup", 0.9, "issue 16", versus="adain_stats")
+          for shape in SHAPES for passes in ("fwd", "fwd+bwd")],
+    ],
+)
+
 BENCHES = [
-    OpBench(
-        name="adain",
-        title="adain (AdaIN, unbiased variance as pytorch-AdaIN), style of the content's shape",
-        inputs=_inputs,
-        din=lambda backend: lambda c, s: din_ops.adain(c, s, unbiased=True, backend=backend),
-        pytorch=torch_way,
-        floor=Floor(
-            "add",
-            fwd=lambda c, s: lambda: torch.add(c, s),
-            fwdbwd=_floor_fwdbwd,
-            doc="torch.add(content, style) (forward); plus torch.add(gy, content) and style.clone()",
-        ),
-        work=_work,
-        unit="GB/s",
-        targets=SHAPES,
-        extras=[
-            Extra("diag_1x1", lambda device: device.type == "cpu", diagonal_1x1),
-            Extra("adain_stats", lambda device: device.type == "cpu", adain_from_stats),
-        ],
-        checks=[
-            *[Target(shape, passes, "cpu", "speedup", 2.5, "issue 16")
-              for shape in SHAPES for passes in ("fwd", "fwd+bwd")],
-            *[Target(shape, "fwd", "cpu", "over_floor", 1.3, "issue 16") for shape in SHAPES],
-            # "equal to adain in speed, within 10%": for the same work (statistics given, then the
-            # per-channel pass) adain's time / diag_1x1's time >= 0.9
-            *[Target(shape, passes, "diag_1x1", "speedup", 0.9, "issue 16", versus="adain_stats")
-              for shape in SHAPES for passes in ("fwd", "fwd+bwd")],
-        ],
-    )
+    ADAIN,
+    dataclasses.replace(ADAIN, name="adain_channels_last",
+                        title="adain (as above), content and style channels_last",
+                        inputs=_inputs_channels_last, extras=[], checks=[]),
 ]
 
 

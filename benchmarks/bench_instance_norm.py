@@ -6,8 +6,14 @@ Providers, all in the same run:
   copy (floor)     : forward x.clone() (read x, write y once); forward+backward adds torch.add(x, gy)
                      (read x and gy, write one tensor): the five tensor passes that any instance norm
                      with its backward must make
+
+instance_norm_channels_last is the same table for a channels_last x (as in the model, whose
+convolutions run channels_last): every provider, the floor included, gets and returns channels_last
+tensors.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +29,10 @@ def _inputs(shape, dtype, device):
     return [torch.randn(*shape, dtype=dtype, device=device)]
 
 
+def _inputs_channels_last(shape, dtype, device):
+    return [t.contiguous(memory_format=torch.channels_last) for t in _inputs(shape, dtype, device)]
+
+
 def _work(shape, itemsize):
     n, c, h, w = shape
     size = n * c * h * w * itemsize
@@ -30,28 +40,33 @@ def _work(shape, itemsize):
     return Work(fwd_bytes=2 * size, fwdbwd_bytes=5 * size)
 
 
+INSTANCE_NORM = OpBench(
+    name="instance_norm",
+    title="instance_norm (no affine parameters)",
+    inputs=_inputs,
+    din=lambda backend: lambda x: din_ops.instance_norm(x, backend=backend),
+    pytorch=F.instance_norm,
+    floor=Floor(
+        "copy",
+        fwd=lambda x: lambda: x.clone(),
+        fwdbwd=lambda x, gy: lambda: (x.clone(), torch.add(x, gy)),
+        doc="x.clone() (forward); x.clone() and torch.add(x, gy) (forward+backward): the same bytes",
+    ),
+    work=_work,
+    unit="GB/s",
+    targets=SHAPES,
+    gpu_targets=[(16, 256, 128, 128)],
+    checks=[
+        Target((16, 256, 128, 128), "fwd", "cuda", "over_floor", 1 / 0.8, "issue 9"),
+        Target((16, 256, 128, 128), "fwd", "triton", "over_floor", 1 / 0.75, "issue 10"),
+    ],
+)
+
 BENCHES = [
-    OpBench(
-        name="instance_norm",
-        title="instance_norm (no affine parameters)",
-        inputs=_inputs,
-        din=lambda backend: lambda x: din_ops.instance_norm(x, backend=backend),
-        pytorch=F.instance_norm,
-        floor=Floor(
-            "copy",
-            fwd=lambda x: lambda: x.clone(),
-            fwdbwd=lambda x, gy: lambda: (x.clone(), torch.add(x, gy)),
-            doc="x.clone() (forward); x.clone() and torch.add(x, gy) (forward+backward): the same bytes",
-        ),
-        work=_work,
-        unit="GB/s",
-        targets=SHAPES,
-        gpu_targets=[(16, 256, 128, 128)],
-        checks=[
-            Target((16, 256, 128, 128), "fwd", "cuda", "over_floor", 1 / 0.8, "issue 9"),
-            Target((16, 256, 128, 128), "fwd", "triton", "over_floor", 1 / 0.75, "issue 10"),
-        ],
-    )
+    INSTANCE_NORM,
+    dataclasses.replace(INSTANCE_NORM, name="instance_norm_channels_last",
+                        title="instance_norm (no affine parameters), channels_last x",
+                        inputs=_inputs_channels_last, gpu_targets=[], checks=[]),
 ]
 
 

@@ -152,6 +152,10 @@ def _fwdbwd_fresh(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], g
     return run
 
 
+def _channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -165,6 +169,10 @@ def run_case(bench: OpBench, set_label: str, shape: Shape, dtype: torch.dtype, s
     inputs = bench.inputs(shape, dtype, device)
     with torch.no_grad():
         gy = torch.randn_like(bench.pytorch(*inputs))
+    if _channels_last(inputs[0]) and gy.dim() == 4:
+        # The gradient a channels_last network passes back is channels_last too (F.instance_norm,
+        # for one, returns NCHW for a channels_last input).
+        gy = gy.contiguous(memory_format=torch.channels_last)
     providers: list[tuple[str, str, Callable[..., torch.Tensor]]] = [
         (b, "backend", bench.din(b)) for b in backends if bench.backends is None or b in bench.backends
     ]
