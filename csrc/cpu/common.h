@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <memory>
 #include <type_traits>
@@ -218,23 +219,26 @@ inline NhwcChunks nhwc_chunks(int64_t P, int64_t C) {
   return {rows, (P + rows - 1) / rows};
 }
 
-// K sums per channel over the pixels of channels-last samples [n0, n1): all chunks of all samples in
-// one parallel loop, chunk_sums(n, r0, len, out) adding rows [r0, r0 + len) of sample n into
-// out[k * C + c] (zeroed), then the chunks' partials added in chunk order (in parallel over samples
-// and channel blocks), so the result does not depend on the thread count. Returns
+// K sums per channel over the pixels of channels-last samples [n0, n1) of T: all chunks of all
+// samples in one parallel loop, chunk_sums(n, r0, len, out, bufs) adding rows [r0, r0 + len) of
+// sample n into out[k * C + c] (zeroed), with kBufs conversion buffers (scratch<T> of a chunk, kept
+// by the thread), then the chunks' partials added in chunk order (in parallel over samples and
+// channel blocks), so the result does not depend on the thread count. Returns
 // sums[((n - n0) * K + k) * C + c].
-template <typename F>
+template <typename T, int kBufs, typename F>
 std::vector<double> nhwc_channel_sums(int64_t n0, int64_t n1, int64_t P, int64_t C, int64_t K,
                                       const F& chunk_sums) {
   const NhwcChunks ch = nhwc_chunks(P, C);
   const int64_t S = n1 - n0, tasks = S * ch.count;
   std::unique_ptr<double[]> part(new double[K * tasks * C]);
   at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    std::array<std::vector<acc_t<T>>, kBufs> bufs;
+    for (auto& buf : bufs) buf = scratch<T>(ch.rows * C);
     for (int64_t t = b; t < e; ++t) {
       double* out = part.get() + K * t * C;
       std::fill_n(out, K * C, 0.0);
       const int64_t r0 = (t % ch.count) * ch.rows;
-      chunk_sums(n0 + t / ch.count, r0, std::min(ch.rows, P - r0), out);
+      chunk_sums(n0 + t / ch.count, r0, std::min(ch.rows, P - r0), out, bufs);
     }
   });
   std::vector<double> sums(S * K * C, 0.0);
@@ -286,12 +290,11 @@ void instance_stats(const T* x, Layout layout, int64_t n0, int64_t n1, int64_t C
   for (int64_t i = 0; i < S; ++i) {
     for (int64_t c = 0; c < C; ++c) shift[i * C + c] = static_cast<acc>(x[(n0 + i) * P * C + c]);
   }
-  const std::vector<double> sums =
-      nhwc_channel_sums(n0, n1, P, C, 2, [&](int64_t n, int64_t r0, int64_t len, double* out) {
-        auto buf = scratch<T>(len * C);
-        shifted_sums_rows(load(x + (n * P + r0) * C, len * C, buf.data()), len, C,
-                          shift.data() + (n - n0) * C, out, out + C);
-      });
+  const auto chunk_sums = [&](int64_t n, int64_t r0, int64_t len, double* out, auto& bufs) {
+    shifted_sums_rows(load(x + (n * P + r0) * C, len * C, bufs[0].data()), len, C,
+                      shift.data() + (n - n0) * C, out, out + C);
+  };
+  const std::vector<double> sums = nhwc_channel_sums<T, 1>(n0, n1, P, C, 2, chunk_sums);
   for (int64_t i = 0; i < S; ++i) {
     for (int64_t c = 0; c < C; ++c) {
       const auto m = math::moments_from_shifted_sums(shift[i * C + c], sums[2 * i * C + c],

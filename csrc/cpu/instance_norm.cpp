@@ -121,14 +121,13 @@ void backward_nhwc(const T* gy, const T* x, const double* mean, const double* rs
     const int64_t n1 = std::min(N, n0 + wave), S = n1 - n0;
     const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, S * C);
     // sum(gy) and sum(gy * xh) per channel
-    const std::vector<double> sums =
-        nhwc_channel_sums(n0, n1, P, C, 2, [&](int64_t n, int64_t r0, int64_t len, double* out) {
-          auto gbuf = scratch<T>(len * C), xbuf = scratch<T>(len * C);
-          const int64_t off = (n * P + r0) * C, i = (n - n0) * C;
-          grad_sums_rows(load(gy + off, len * C, gbuf.data()), load(x + off, len * C, xbuf.data()),
-                         len, C, q.hi.data() + i, q.lo.data() + i, q.rstd.data() + i, out,
-                         out + C);
-        });
+    const auto chunk_sums = [&](int64_t n, int64_t r0, int64_t len, double* out, auto& bufs) {
+      const int64_t off = (n * P + r0) * C, i = (n - n0) * C;
+      grad_sums_rows(load(gy + off, len * C, bufs[0].data()),
+                     load(x + off, len * C, bufs[1].data()), len, C, q.hi.data() + i,
+                     q.lo.data() + i, q.rstd.data() + i, out, out + C);
+    };
+    const std::vector<double> sums = nhwc_channel_sums<T, 2>(n0, n1, P, C, 2, chunk_sums);
     std::vector<acc> mg(S * C), mgxh(S * C);
     for (int64_t i = 0; i < S; ++i) {
       for (int64_t c = 0; c < C; ++c) {

@@ -282,21 +282,20 @@ void backward_nhwc(const T* gy, const T* x, Modulation<T> gamma, const double* m
     const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, S * C);
     // Three sums per channel (full gamma: sum(g), sum(g * xh), sum(gy) with g = gy * gamma;
     // per-plane gamma: sum(gy), sum(gy * xh), unused).
-    const std::vector<double> sums =
-        nhwc_channel_sums(n0, n1, P, C, 3, [&](int64_t n, int64_t r0, int64_t len, double* pk) {
-          auto gbuf = scratch<T>(len * C), xbuf = scratch<T>(len * C), wbuf = scratch<T>(len * C);
-          const int64_t off = (n * P + r0) * C, i = (n - n0) * C;
-          const acc* g = load(gy + off, len * C, gbuf.data());
-          const acc* xv = load(x + off, len * C, xbuf.data());
-          if (gamma.full) {
-            affine_grad_sums_rows(g, xv, load(gamma.at(off), len * C, wbuf.data()), len, C,
-                                  q.hi.data() + i, q.lo.data() + i, q.rstd.data() + i, pk, pk + C,
-                                  pk + 2 * C);
-          } else {
-            grad_sums_rows(g, xv, len, C, q.hi.data() + i, q.lo.data() + i, q.rstd.data() + i, pk,
-                           pk + C);
-          }
-        });
+    const auto chunk_sums = [&](int64_t n, int64_t r0, int64_t len, double* pk, auto& bufs) {
+      const int64_t off = (n * P + r0) * C, i = (n - n0) * C;
+      const acc* g = load(gy + off, len * C, bufs[0].data());
+      const acc* xv = load(x + off, len * C, bufs[1].data());
+      if (gamma.full) {
+        affine_grad_sums_rows(g, xv, load(gamma.at(off), len * C, bufs[2].data()), len, C,
+                              q.hi.data() + i, q.lo.data() + i, q.rstd.data() + i, pk, pk + C,
+                              pk + 2 * C);
+      } else {
+        grad_sums_rows(g, xv, len, C, q.hi.data() + i, q.lo.data() + i, q.rstd.data() + i, pk,
+                       pk + C);
+      }
+    };
+    const std::vector<double> sums = nhwc_channel_sums<T, 3>(n0, n1, P, C, 3, chunk_sums);
     std::vector<acc> mg(S * C), mgxh(S * C), gam(S * C);
     for (int64_t i = 0; i < S; ++i) {
       for (int64_t c = 0; c < C; ++c) {
