@@ -109,12 +109,12 @@ DIN_INLINE void shifted_sums_impl(const T* x, int64_t n, T shift, double* s1, do
   *s2 += t2;
 }
 
-// The channels-last sums (the *_sums_rows loops) run rows outer and channels inner, so the rows are
-// read in memory order; the float partial sums of up to kCh channels (2-3 arrays, 16-24 KiB for
-// double) stay in L1 between rows. (Channel blocks outer and rows inner would read each chunk once
-// per block, a few cache lines per row at the row stride: a pattern the hardware prefetchers follow
-// poorly, so those loops waited on memory.) Per channel the order of the additions is the same
-// either way: rows in order, flushed to double every kFlush rows.
+// The channels-last sums (the *_sums_rows loops) take up to kCh channels per pass over the rows:
+// with C <= kCh a chunk is read once, row after row in memory order, while the float partial sums
+// of its channels (2-3 arrays, at most 24 KiB for double) stay in L1. (With 64 channels per pass a
+// chunk was read once per block, a few cache lines per row at the row stride: a pattern the
+// hardware prefetchers follow poorly, so those loops waited on memory.) Per channel the order of
+// the additions is the same either way: rows in order, flushed to double every kFlush rows.
 constexpr int64_t kCh = 1024;
 
 template <typename T>
