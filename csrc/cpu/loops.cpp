@@ -72,14 +72,24 @@ DIN_INLINE V normalize_backward_scaled(V gy, V gamma, V xh, V r, V mg, V mgxh) {
 }
 }  // namespace vmath
 
+// The index loop of a streamed pass over n outputs at `out`: one(i) for the values before the first
+// vector-aligned output and after the last whole vector, vec(i) for each aligned vector [i, i + L)
+// in between (vec makes the non-temporal stores; other outputs at the same alignment can follow).
+template <typename T, typename One, typename Vec>
+DIN_INLINE void stream_loop(const T* out, int64_t n, const One& one, const Vec& vec) {
+  constexpr int L = simd::kLanes<T>;
+  int64_t i = 0;
+  for (const int64_t h = stream_head(out, n); i < h; ++i) one(i);
+  for (; i + L <= n; i += L) vec(i);
+  for (; i < n; ++i) one(i);
+}
+
 // out[i] = one(i) for i < n, the aligned vectors out[i, i + L) = vec(i) with non-temporal stores.
 template <typename T, typename One, typename Vec>
 DIN_INLINE void stream_map(T* out, int64_t n, const One& one, const Vec& vec) {
-  constexpr int L = simd::kLanes<T>;
-  int64_t i = 0;
-  for (const int64_t h = stream_head(out, n); i < h; ++i) out[i] = one(i);
-  for (; i + L <= n; i += L) simd::stream(out + i, vec(i));
-  for (; i < n; ++i) out[i] = one(i);
+  stream_loop(
+      out, n, [&](int64_t i) { out[i] = one(i); },
+      [&](int64_t i) { simd::stream(out + i, vec(i)); });
 }
 
 template <typename T>
@@ -719,24 +729,22 @@ DIN_INLINE void normalize_backward_streamed(const T* gy, const T* x, const T* ga
                                             int64_t n, T hi, T lo, T r, T mg, T mgxh, T* gx,
                                             T* ggamma) {
   using V = simd::vec_t<T>;
-  constexpr int L = simd::kLanes<T>;
   const V hv = -V{} + hi, lv = -V{} + lo, rv = -V{} + r, gv = -V{} + gam, mgv = -V{} + mg,
           mxv = -V{} + mgxh;
-  const auto one = [&](int64_t i) {
-    const T xh = math::normalize(x[i], hi, lo, r);
-    gx[i] = math::normalize_backward_scaled(gy[i], gamma != nullptr ? gamma[i] : gam, xh, r, mg,
-                                            mgxh);
-    if (ggamma != nullptr) ggamma[i] = gy[i] * xh;
-  };
-  int64_t i = 0;
-  for (const int64_t h = stream_head(gx, n); i < h; ++i) one(i);
-  for (; i + L <= n; i += L) {
-    const V xh = vmath::normalize(simd::loadu(x + i), hv, lv, rv), g = simd::loadu(gy + i);
-    const V w = gamma != nullptr ? simd::loadu(gamma + i) : gv;
-    simd::stream(gx + i, vmath::normalize_backward_scaled(g, w, xh, rv, mgv, mxv));
-    if (ggamma != nullptr) simd::stream(ggamma + i, g * xh);
-  }
-  for (; i < n; ++i) one(i);
+  stream_loop(
+      gx, n,
+      [&](int64_t i) {
+        const T xh = math::normalize(x[i], hi, lo, r);
+        gx[i] = math::normalize_backward_scaled(gy[i], gamma != nullptr ? gamma[i] : gam, xh, r,
+                                                mg, mgxh);
+        if (ggamma != nullptr) ggamma[i] = gy[i] * xh;
+      },
+      [&](int64_t i) {
+        const V xh = vmath::normalize(simd::loadu(x + i), hv, lv, rv), g = simd::loadu(gy + i);
+        const V w = gamma != nullptr ? simd::loadu(gamma + i) : gv;
+        simd::stream(gx + i, vmath::normalize_backward_scaled(g, w, xh, rv, mgv, mxv));
+        if (ggamma != nullptr) simd::stream(ggamma + i, g * xh);
+      });
 }
 
 template <typename T>
@@ -946,27 +954,25 @@ DIN_INLINE void normalize_affine_backward_rows_impl(const T* gy, const T* x, con
                                                     T* __restrict__ ggamma, bool stream) {
   if (stream) {
     // gx and ggamma streamed together: the caller gives them the same alignment.
-    constexpr int L = simd::kLanes<T>;
     for (int64_t p = 0; p < rows; ++p) {
       const T *xr = x + p * C, *gr = gy + p * C, *wr = gamma + p * C;
       T *o = gx + p * C, *og = ggamma + p * C;
-      const auto one = [&](int64_t c) {
-        const T xh = math::normalize(xr[c], hi[c], lo[c], r[c]);
-        o[c] = math::normalize_backward_scaled(gr[c], wr[c], xh, r[c], mg[c], mgxh[c]);
-        og[c] = gr[c] * xh;
-      };
-      int64_t c = 0;
-      for (const int64_t h = stream_head(o, C); c < h; ++c) one(c);
-      for (; c + L <= C; c += L) {
-        const auto rv = simd::loadu(r + c), g = simd::loadu(gr + c);
-        const auto xh =
-            vmath::normalize(simd::loadu(xr + c), simd::loadu(hi + c), simd::loadu(lo + c), rv);
-        simd::stream(o + c, vmath::normalize_backward_scaled(g, simd::loadu(wr + c), xh, rv,
-                                                             simd::loadu(mg + c),
-                                                             simd::loadu(mgxh + c)));
-        simd::stream(og + c, g * xh);
-      }
-      for (; c < C; ++c) one(c);
+      stream_loop(
+          o, C,
+          [&](int64_t c) {
+            const T xh = math::normalize(xr[c], hi[c], lo[c], r[c]);
+            o[c] = math::normalize_backward_scaled(gr[c], wr[c], xh, r[c], mg[c], mgxh[c]);
+            og[c] = gr[c] * xh;
+          },
+          [&](int64_t c) {
+            const auto rv = simd::loadu(r + c), g = simd::loadu(gr + c);
+            const auto xh = vmath::normalize(simd::loadu(xr + c), simd::loadu(hi + c),
+                                             simd::loadu(lo + c), rv);
+            simd::stream(o + c, vmath::normalize_backward_scaled(g, simd::loadu(wr + c), xh, rv,
+                                                                 simd::loadu(mg + c),
+                                                                 simd::loadu(mgxh + c)));
+            simd::stream(og + c, g * xh);
+          });
     }
     return;
   }
