@@ -10,6 +10,11 @@ Backends:
 
 ``backend=None`` picks the compiled backend for the tensor's device and never falls back to the
 reference silently: if nothing is compiled for that device, the call raises and says how to get it.
+
+Meta tensors (a model built under ``torch.device("meta")``, shape inference, FLOP counting): with
+``backend=None`` the operators run their fake kernels, which compute the outputs' shapes, dtypes
+and memory formats (the same ones torch.compile traces with) and no values. ``resolve`` names this
+"meta"; it is not a backend to ask for.
 """
 from __future__ import annotations
 
@@ -110,7 +115,8 @@ def _why_unavailable(backend: str) -> str:
 
 
 def resolve(backend: Optional[str], device: torch.device) -> str:
-    """The backend that will run a call on tensors of ``device``.
+    """The backend that will run a call on tensors of ``device`` ("meta" for meta tensors: the
+    operators' fake kernels).
 
     Raises ValueError for an unknown name or a backend that cannot run tensors of that device, and
     RuntimeError for a known backend that is not built or cannot run here.
@@ -125,6 +131,10 @@ def resolve(backend: Optional[str], device: torch.device) -> str:
         return backend
     if backend == "triton":
         return _resolve_triton(device)
+    if backend is None and device.type == "meta":
+        if not extension_loaded():
+            raise RuntimeError(f"din_ops: the operators are not registered: {_why_unavailable('cpu')}")
+        return "meta"
     wanted = backend if backend is not None else device.type
     if wanted != device.type:
         raise ValueError(

@@ -697,7 +697,7 @@ def adain(
     _check_eps(eps)
     _check_unbiased(unbiased)
     _check_unit_interval(alpha)
-    if isinstance(style, Tensor) and backends.resolve(backend, content.device) in ("cpu", "cuda"):
+    if isinstance(style, Tensor) and backends.resolve(backend, content.device) in ("cpu", "cuda", "meta"):
         _check_style_features(style, content)
         t = torch.ops.din_ops.adain(content, style, float(eps), unbiased)[0]
         return _blend(content, t, alpha)
