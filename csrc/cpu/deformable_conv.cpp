@@ -284,14 +284,15 @@ void forward(const T* x, const T* w, const T* b, const T* offset, const T* mask,
       int64_t loaded = -1;  // sample whose weight is in wbuf
       int64_t normalized = -1;  // sample in xcl
       const acc* wn = nullptr;
-      std::vector<acc> xcl(s.P() * s.C);
+      // Written whole (normalized_channels_last) before it is read: left uninitialized.
+      std::unique_ptr<acc[]> xcl(new acc[s.P() * s.C]);
       for (int64_t task = k * tasks / T_; task < (k + 1) * tasks / T_; ++task) {
         const int64_t n = task / tiles, q0 = (task % tiles) * L, Lt = std::min(L, s.Q() - q0);
         if (n != normalized) {
-          normalized_channels_last(x, s, q, n, xcl.data());
+          normalized_channels_last(x, s, q, n, xcl.get());
           normalized = n;
         }
-        build_columns(xcl.data(), offset, mask, s, n, q0, Lt, pts, cols);
+        build_columns(xcl.get(), offset, mask, s, n, q0, Lt, pts, cols);
         if (n != loaded) {
           wn = tap_major_weight(w, s, n, wbuf);
           loaded = n;
