@@ -225,6 +225,9 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPI
 # Settings that cap the instruction set of din_ops and of PyTorch's own CPU kernels (oneDNN, MKL,
 # ATen), e.g. to measure AVX2 on an AVX-512 machine.
 ISA_ENV = ("DIN_OPS_CPU_CAPABILITY", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+# Settings of the memory allocator: whether large tensors get 2 MiB pages (PyTorch >= 2.2) or another
+# malloc is preloaded. Fresh large outputs page-fault on every call otherwise (docs/model.md).
+ALLOC_ENV = ("THP_MEM_ALLOC_ENABLE", "LD_PRELOAD", "GLIBC_TUNABLES")
 
 
 def machine_info(device: torch.device) -> dict:
@@ -246,8 +249,9 @@ def machine_info(device: torch.device) -> dict:
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        # Settings that change the timings: thread counts and how idle OpenMP threads wait.
-        "env": {k: os.environ[k] for k in THREAD_ENV + ISA_ENV if k in os.environ},
+        # Settings that change the timings: thread counts, how idle OpenMP threads wait, instruction
+        # sets and the allocator.
+        "env": {k: os.environ[k] for k in THREAD_ENV + ISA_ENV + ALLOC_ENV if k in os.environ},
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -109,6 +109,16 @@ def test_quick_run_times_and_ratios_are_consistent(quick_run):
         assert math.isclose(cpu["rate"] * cpu["median_ms"], torch_row["rate"] * torch_row["median_ms"], rel_tol=1e-9)
 
 
+def test_machine_description_records_the_allocator_settings(monkeypatch):
+    from benchmarks import measure
+
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    info = measure.machine_info(torch.device("cpu"))
+    assert info["env"].get("THP_MEM_ALLOC_ENABLE") == "1" and "LD_PRELOAD" not in info["env"]
+    assert ", THP_MEM_ALLOC_ENABLE=1" in measure.describe(info)
+
+
 def test_quick_run_saves_results_with_machine_description(quick_run):
     _, data, out = quick_run
     machine = data["machine"]
