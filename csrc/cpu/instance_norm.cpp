@@ -42,8 +42,12 @@ void forward_nchw(const T* x, T* y, int64_t planes, int64_t P, double eps, doubl
       mean[plane] = m.mean;
       rstd[plane] = m.rstd;
       const NormParams<acc> q(&m.mean, &m.rstd, 1);
-      for (int64_t i = 0; i < P; i += kBlock) {
-        const int64_t len = std::min(kBlock, P - i);
+      // The next plane's statistics come after this loop: its reads are requested while this
+      // plane's output is written (common.h: prefetch_step).
+      const bool next = plane + 1 < e;
+      for (int64_t i = 0; i < P; i += prefetch_step<T>()) {
+        const int64_t len = std::min(prefetch_step<T>(), P - i);
+        if (next) prefetch_bytes(xp + P + i, len * int64_t(sizeof(T)));
         acc* o = out_ptr(yp + i, out.data());
         normalize(load(xp + i, len, in.data()), len, q.hi[0], q.lo[0], q.rstd[0], o, stream);
         store<T>(o, len, yp + i);

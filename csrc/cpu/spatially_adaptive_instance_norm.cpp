@@ -125,8 +125,8 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
       // plane's, proportionally) are requested while this plane's output is written.
       const bool next = plane + 1 < e;
       const bool next_style = next && style != nullptr && style->data != nullptr;
-      for (int64_t i = 0; i < P; i += kBlock) {
-        const int64_t len = std::min(kBlock, P - i);
+      for (int64_t i = 0; i < P; i += prefetch_step<T>()) {
+        const int64_t len = std::min(prefetch_step<T>(), P - i);
         if (next) prefetch_bytes(x + base + P + i, len * int64_t(sizeof(T)));
         if (next_style) {
           const int64_t a = i * style->P / P, z = (i + len) * style->P / P;
