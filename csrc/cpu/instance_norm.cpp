@@ -101,8 +101,14 @@ void backward_nchw(const T* gy, const T* x, const double* mean, const double* rs
                   q.hi[0], q.lo[0], q.rstd[0], &sg, &sgxh);
       }
       const acc mg = static_cast<acc>(sg / double(P)), mgxh = static_cast<acc>(sgxh / double(P));
-      for (int64_t i = 0; i < P; i += kBlock) {
-        const int64_t len = std::min(kBlock, P - i);
+      // The next plane's gy and x are requested while this plane's gx is written, as in forward.
+      const bool next = plane + 1 < e;
+      for (int64_t i = 0; i < P; i += prefetch_step<T>()) {
+        const int64_t len = std::min(prefetch_step<T>(), P - i);
+        if (next) {
+          prefetch_bytes(gy + base + P + i, len * int64_t(sizeof(T)));
+          prefetch_bytes(x + base + P + i, len * int64_t(sizeof(T)));
+        }
         acc* o = out_ptr(gx + base + i, out.data());
         normalize_backward(load(gy + base + i, len, gbuf.data()),
                            load(x + base + i, len, xbuf.data()), len, q.hi[0], q.lo[0], q.rstd[0],
