@@ -50,9 +50,9 @@ inline void prefetch_bytes(const void* p, int64_t bytes) {
 // Values per step of a per-plane elementwise pass that prefetches the next plane as it goes (float
 // and double data; half and bfloat16 go by kBlock, their conversion buffers' size): a few lines of
 // the next plane per step, among the pass's own loads and streamed stores. Requested a kBlock at a
-// time (64 lines per stream at once) they arrived too late: adain at (1, 512, 64, 64) took 1.39 ms
-// against 1.11 ms in steps of 128 (means of 6 alternating din-bench runs, 2-core AMD EPYC,
-// 2026-12-06).
+// time (64 lines per stream at once) the pass was slower: adain at (1, 512, 64, 64) took 1.39 ms
+// against 1.11 ms in steps of 128, and steps of 64 measured the same as 128 (means of 5-6
+// alternating din-bench runs, 2-core AMD EPYC, 2026-12-06).
 template <typename T>
 constexpr int64_t prefetch_step() {
   return std::is_same_v<T, acc_t<T>> ? 128 : kBlock;
