@@ -42,13 +42,48 @@ def fail(message: str) -> None:
     sys.exit(f"din_ops: build stopped: {message}")
 
 
+def torch_openmp_runtime() -> str | None:
+    """The file of the OpenMP runtime that the imported torch loaded (libgomp, libomp or libiomp5), read
+    from this process's memory map; None where there is none or the map cannot be read (not Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+    except OSError:
+        return None
+    runtimes = [p for p in paths if os.path.basename(p).startswith(("libgomp", "libomp", "libiomp5"))]
+    return sorted(runtimes)[0] if runtimes else None
+
+
+def compiler_is_gcc(compiler: str) -> bool:
+    """Whether `compiler` is GCC (defines __GNUC__ but not __clang__, as clang and Intel's icpx do)."""
+    try:
+        out = subprocess.run(shlex.split(compiler) + ["-dM", "-E", "-x", "c++", os.devnull],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "#define __GNUC__ " in out and "#define __clang__ " not in out
+
+
 def openmp_flags() -> tuple[list[str], list[str]]:
-    """(compile flags, link flags) for OpenMP, which makes at::parallel_for parallel in the extension:
-    -fopenmp where the compiler takes it (GCC; clang with libomp installed), Apple clang's
-    -Xpreprocessor -fopenmp -lomp where libomp is found, else none (a serial build, said out loud)."""
+    """(compile flags, link flags) that run the kernels' parallel regions (csrc/cpu/parallel.h) on
+    torch's OpenMP runtime.
+
+    - GCC: -fopenmp, i.e. libgomp, the runtime of torch's Linux builds.
+    - Another compiler where torch runs libgomp (clang on Linux): DIN_OPS_PARALLEL_GOMP and torch's
+      libgomp itself. clang's -fopenmp means libomp, a second runtime beside torch's, whose teams
+      ignore torch.set_num_threads and make MKL start threads of its own (parallel.h).
+    - Otherwise (torch on libomp, e.g. macOS): -fopenmp where the compiler takes it, else Apple
+      clang's -Xpreprocessor -fopenmp -lomp with libomp found (torch's own lib folder first), else
+      none: a serial build, said out loud."""
     compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+    runtime = torch_openmp_runtime()
+    if runtime and os.path.basename(runtime).startswith("libgomp") and not compiler_is_gcc(compiler):
+        say(f"{compiler} is not GCC and torch runs libgomp: the CPU kernels' parallel regions call "
+            f"{runtime} directly (csrc/cpu/parallel.h)")
+        return ["-DDIN_OPS_PARALLEL_GOMP"], [runtime]
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
     probe = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
-    candidates = [(["-fopenmp"], ["-fopenmp"]), (["-Xpreprocessor", "-fopenmp"], ["-lomp"])]
+    candidates = [(["-fopenmp"], ["-fopenmp"]), (["-Xpreprocessor", "-fopenmp"], [f"-L{torch_lib}", "-lomp"])]
     for compile_flags, link_flags in candidates:
         with tempfile.TemporaryDirectory() as tmp:
             src = os.path.join(tmp, "omp.cpp")

@@ -14,8 +14,12 @@ BUILD=${BUILD:-build/cmake-$CXX}
 case $? in 0) ;; 3) exit 0 ;; *) exit 1 ;; esac
 set -e
 echo "ctest with $CXX: $("$CXX" --version | head -n 1)"
+mkdir -p "$BUILD"
+# Quiet configure; its din_ops lines (which OpenMP runtime the kernels run on) are shown.
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$CXX" \
-  -DCMAKE_PREFIX_PATH="$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)')" >/dev/null
+  -DCMAKE_PREFIX_PATH="$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+  >"$BUILD/configure.log" || { cat "$BUILD/configure.log"; exit 1; }
+grep "din_ops:" "$BUILD/configure.log" || true
 # Not make's directory chatter of the calling make: a build of its own.
 env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL cmake --build "$BUILD" -j2
 ctest --test-dir "$BUILD" --output-on-failure

@@ -1,5 +1,6 @@
-"""setup.py's build decisions: where the CUDA toolkit is, and when a build must stop at once instead
-of compiling for minutes and then failing or silently leaving the CUDA kernels out."""
+"""setup.py's build decisions: where the CUDA toolkit is, when a build must stop at once instead of
+compiling for minutes and then failing or silently leaving the CUDA kernels out, and which OpenMP
+runtime the CPU kernels' parallel regions run on."""
 from __future__ import annotations
 
 import importlib.util
@@ -110,3 +111,34 @@ def test_no_toolkit_with_a_cuda_torch_builds_the_cpu_kernels(setup_py, monkeypat
     monkeypatch.setenv("DIN_OPS_FORCE_CUDA", "1")
     with pytest.raises(SystemExit, match="no CUDA toolkit was found"):
         setup_py.want_cuda()
+
+
+def _torch_runtime_or_skip(setup_py):
+    runtime = setup_py.torch_openmp_runtime()
+    if runtime is None or not os.path.basename(runtime).startswith("libgomp"):
+        pytest.skip(f"torch does not run libgomp here ({runtime})")
+    return runtime
+
+
+def test_torch_openmp_runtime_is_the_loaded_one(setup_py):
+    runtime = _torch_runtime_or_skip(setup_py)
+    assert os.path.isfile(runtime)
+    with open("/proc/self/maps") as f:
+        assert runtime in f.read()
+
+
+@pytest.mark.parametrize("compiler", ["g++", "clang++"])
+def test_openmp_runtime_is_torchs_whatever_the_compiler(setup_py, monkeypatch, compiler):
+    # GCC: -fopenmp (libgomp, torch's runtime). clang: not its own libomp beside torch's libgomp, but
+    # torch's libgomp called directly (csrc/cpu/parallel.h).
+    runtime = _torch_runtime_or_skip(setup_py)
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no {compiler} on PATH")
+    monkeypatch.setenv("CXX", compiler)
+    compile_flags, link_flags = setup_py.openmp_flags()
+    if compiler == "g++":
+        assert setup_py.compiler_is_gcc(compiler)
+        assert (compile_flags, link_flags) == (["-fopenmp"], ["-fopenmp"])
+    else:
+        assert not setup_py.compiler_is_gcc(compiler)
+        assert (compile_flags, link_flags) == (["-DDIN_OPS_PARALLEL_GOMP"], [runtime])

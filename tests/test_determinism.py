@@ -2,6 +2,9 @@
 
 On CUDA the kernels reduce in a fixed order and use no atomics, and cuBLAS is bitwise repeatable on
 one stream, so the same holds there."""
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -132,3 +135,38 @@ def test_single_thread_repeatable():
                 assert torch.equal(s, t)
     finally:
         torch.set_num_threads(before)
+
+
+# A fresh process whose OpenMP default team (OMP_NUM_THREADS=4) is larger than the team torch is then
+# told to use: the kernels must follow torch.set_num_threads (their per-thread buffers are sized by
+# it), and share torch's OpenMP runtime (csrc/cpu/parallel.h: a clang build that brought its own
+# libomp computed wrong weight gradients here).
+THREADS_PROBE = """
+import os, torch, din_ops
+from din_ops import reference
+torch.set_num_threads(2)
+torch.manual_seed(0)
+x = torch.randn(4, 16, 128, 128, dtype=torch.float64, requires_grad=True)
+w = torch.randn(4, 8, 16, dtype=torch.float64, requires_grad=True)
+b = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+y = din_ops.dynamic_instance_norm(x, w, b)
+gy = torch.randn_like(y)
+got = torch.autograd.grad(y, (x, w, b), gy)
+want = torch.autograd.grad(reference.dynamic_instance_norm(x, w, b), (x, w, b), gy)
+for g, e in zip(got, want):
+    torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+if os.path.exists("/proc/self/maps"):
+    names = ("libgomp", "libomp", "libiomp5")
+    with open("/proc/self/maps") as f:
+        runtimes = {line.split()[-1] for line in f if os.path.basename(line.split()[-1]).startswith(names)}
+    assert len(runtimes) == 1, f"OpenMP runtimes loaded: {sorted(runtimes)}"
+print("ok")
+"""
+
+
+def test_kernels_follow_torch_threads_not_openmp_default():
+    env = dict(os.environ, OMP_NUM_THREADS="4")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", THREADS_PROBE], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr

@@ -1,7 +1,7 @@
 // Matrix products for the CPU kernels: a thin wrapper over the BLAS that libtorch itself links
-// (MKL on x86-64 wheels), called on small cache-resident tiles from inside at::parallel_for, where the
-// BLAS runs single-threaded. Where libtorch exports no Fortran BLAS symbols the wrapper falls back to
-// at::mm on the same memory (correct, slower) and warns once that it does.
+// (MKL on x86-64 wheels), called on small cache-resident tiles from inside parallel_for
+// (parallel.h), where the BLAS runs single-threaded. Where libtorch exports no Fortran BLAS symbols
+// the wrapper falls back to at::mm on the same memory (correct, slower) and warns once that it does.
 #pragma once
 
 #include <cstdint>

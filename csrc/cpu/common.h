@@ -15,6 +15,7 @@
 
 #include "din_ops/math.h"
 #include "loops.h"
+#include "parallel.h"
 
 namespace din_ops::cpu {
 
@@ -150,7 +151,7 @@ inline std::tuple<at::Tensor, at::Tensor> empty_stats(const at::Tensor& x) {
   return {at::empty({x.size(0), x.size(1)}, opts), at::empty({x.size(0), x.size(1)}, opts)};
 }
 
-// Grain for at::parallel_for over tasks of `work` multiply-adds each: small problems run inline on
+// Grain for parallel_for over tasks of `work` multiply-adds each: small problems run inline on
 // the calling thread, since waking the other threads would cost more than the work itself.
 inline int64_t grain_for(int64_t work) {
   return std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(work, 1));
@@ -242,7 +243,7 @@ std::vector<double> nhwc_channel_sums(int64_t n0, int64_t n1, int64_t P, int64_t
   const NhwcChunks ch = nhwc_chunks(P, C);
   const int64_t S = n1 - n0, tasks = S * ch.count;
   std::unique_ptr<double[]> part(new double[K * tasks * C]);
-  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+  parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
     std::array<std::vector<acc_t<T>>, kBufs> bufs;
     for (auto& buf : bufs) buf = scratch<T>(ch.rows * C);
     for (int64_t t = b; t < e; ++t) {
@@ -255,7 +256,7 @@ std::vector<double> nhwc_channel_sums(int64_t n0, int64_t n1, int64_t P, int64_t
   std::vector<double> sums(S * K * C, 0.0);
   constexpr int64_t kCb = 256;  // channels per reduction task
   const int64_t cblocks = (C + kCb - 1) / kCb;
-  at::parallel_for(0, S * cblocks, 1, [&](int64_t b, int64_t e) {
+  parallel_for(0, S * cblocks, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t i = t / cblocks, c0 = (t % cblocks) * kCb, cn = std::min(kCb, C - c0);
       for (int64_t k = 0; k < ch.count; ++k) {
@@ -286,7 +287,7 @@ void instance_stats(const T* x, Layout layout, int64_t n0, int64_t n1, int64_t C
   using acc = acc_t<T>;
   if (layout == Layout::NCHW) {
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(P, 1));
-    at::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+    parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
       auto buf = scratch<T>(kBlock);
       for (int64_t plane = b; plane < e; ++plane) {
         plane_stats(x + plane * P, P, eps, mean + plane, rstd + plane, buf.data());

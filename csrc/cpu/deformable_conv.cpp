@@ -274,7 +274,7 @@ void forward(const T* x, const T* w, const T* b, const T* offset, const T* mask,
   constexpr bool conv = !std::is_same_v<T, acc>;
   const int64_t L = tile_len(s), tiles = tiles_of(s), tasks = s.N * tiles, K = s.K();
   const int64_t per_chunk = chunk_elems<T>(s, false);
-  at::parallel_for(0, T_, 1, [&](int64_t k0, int64_t k1) {
+  parallel_for(0, T_, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       acc* cols = ws + k * per_chunk;
       acc* wbuf = cols + s.C * s.KK() * L;  // tap-major weight
@@ -449,7 +449,7 @@ void finish_sample(const T* gy, const T* x, T* gx, T* gw, T* gb, const Geometry&
   for (int64_t k = 0; k < T_; ++k) gxs[k] = parts[k].gxh;
   const int64_t blocks = (s.C + kGatherChannels - 1) / kGatherChannels;
   const int64_t grain = grain_for(kGatherChannels * s.P() * (T_ + 4));
-  at::parallel_for(0, blocks, grain, [&](int64_t j0, int64_t j1) {
+  parallel_for(0, blocks, grain, [&](int64_t j0, int64_t j1) {
     std::vector<acc> xbuf = scratch<T>(kBlock), obuf = scratch<T>(kBlock);
     std::vector<acc> g(kGatherChannels * s.P());
     for (int64_t j = j0; j < j1; ++j) {
@@ -500,7 +500,7 @@ void backward(const T* gy, const T* x, const T* w, const T* offset, const T* mas
     std::fill(b.gwk, b.gwk + s.Co * s.K(), acc(0));
   };
   if (plan.whole) {
-    at::parallel_for(0, T_, 1, [&](int64_t k0, int64_t k1) {
+    parallel_for(0, T_, 1, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
         const std::vector<ChunkBuffers<acc>> mine{chunk_buffers<T>(s, ws, pws, k)};
         for (int64_t n = k * s.N / T_; n < (k + 1) * s.N / T_; ++n) {
@@ -515,7 +515,7 @@ void backward(const T* gy, const T* x, const T* w, const T* offset, const T* mas
   std::vector<ChunkBuffers<acc>> parts;
   for (int64_t k = 0; k < T_; ++k) parts.push_back(chunk_buffers<T>(s, ws, pws, k));
   for (int64_t n = 0; n < s.N; ++n) {
-    at::parallel_for(0, T_, 1, [&](int64_t k0, int64_t k1) {
+    parallel_for(0, T_, 1, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
         zero(parts[k]);
         backward_tiles(gy, x, w, offset, mask, goffset, gmask, s, q, n, k * tiles / T_,

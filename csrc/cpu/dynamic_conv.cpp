@@ -88,7 +88,7 @@ void depthwise_forward(const T* x, const T* w, const T* b, T* y, const Geometry&
   using acc = acc_t<T>;
   const int64_t Hp = (s.Ho - 1) * s.sh + (s.kh - 1) * s.dh + 1;
   const int64_t Wp = (s.Wo - 1) * s.sw + (s.kw - 1) * s.dw + 1;
-  at::parallel_for(0, s.N * s.C, grain_for(Hp * Wp * s.kh * s.kw), [&](int64_t p0, int64_t p1) {
+  parallel_for(0, s.N * s.C, grain_for(Hp * Wp * s.kh * s.kw), [&](int64_t p0, int64_t p1) {
     std::vector<acc> pad(Hp * Wp), conv = scratch<T>(std::max(s.W, kBlock)), out = scratch<T>(s.Q());
     std::vector<acc> wv(s.kh * s.kw);
     for (int64_t plane = p0; plane < p1; ++plane) {
@@ -118,7 +118,7 @@ void depthwise_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb
   using acc = acc_t<T>;
   const int64_t Hp = (s.Ho - 1) * s.sh + (s.kh - 1) * s.dh + 1;
   const int64_t Wp = (s.Wo - 1) * s.sw + (s.kw - 1) * s.dw + 1;
-  at::parallel_for(0, s.N * s.C, grain_for(2 * Hp * Wp * s.kh * s.kw), [&](int64_t p0, int64_t p1) {
+  parallel_for(0, s.N * s.C, grain_for(2 * Hp * Wp * s.kh * s.kw), [&](int64_t p0, int64_t p1) {
     std::vector<acc> pad(Hp * Wp), gpad(Hp * Wp), g(s.Q()), wv(s.kh * s.kw);
     std::vector<acc> conv = scratch<T>(std::max({s.W, s.Q(), s.P()})), out = scratch<T>(s.P());
     std::vector<double> gwd(s.kh * s.kw);
@@ -259,7 +259,7 @@ void grouped_forward(const T* x, const T* w, const T* b, T* y, const Geometry& s
                      const NormParams<acc_t<T>>& q) {
   using acc = acc_t<T>;
   const int64_t R = tile_rows(s), tiles = (s.Ho + R - 1) / R, K = s.K();
-  at::parallel_for(0, s.N * s.groups * tiles, grain_for(s.Cog * K * R * s.Wo), [&](int64_t t0, int64_t t1) {
+  parallel_for(0, s.N * s.groups * tiles, grain_for(s.Cog * K * R * s.Wo), [&](int64_t t0, int64_t t1) {
     std::vector<acc> cols(K * R * s.Wo), conv = scratch<T>(s.W), wbuf(s.Cog * K);
     std::vector<acc> strip(strip_rows(s, R) * strip_width(s));
     std::vector<acc> obuf = scratch<T>(s.Cog * R * s.Wo);
@@ -313,7 +313,7 @@ void grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, 
   using acc = acc_t<T>;
   const int64_t R = tile_rows(s), K = s.K();
   // One task per (n, group): it owns that group's weight gradient and input-gradient planes.
-  at::parallel_for(0, s.N * s.groups, grain_for(s.Cog * K * s.Q()), [&](int64_t t0, int64_t t1) {
+  parallel_for(0, s.N * s.groups, grain_for(s.Cog * K * s.Q()), [&](int64_t t0, int64_t t1) {
     std::vector<acc> cols(K * R * s.Wo), conv = scratch<T>(std::max({s.W, s.Wo, s.Cog * R * s.Wo, kBlock}));
     std::vector<acc> strip(strip_rows(s, R) * strip_width(s));
     std::vector<acc> wbuf(s.Cog * K), gwacc(s.Cog * K), gcols(K * R * s.Wo);
@@ -563,7 +563,7 @@ void direct_grouped_forward(const T* x, const T* w, const T* b, T* y, const Geom
   }
   const int64_t bands_per_task = per_group ? bd.count : 1;
   const int64_t tasks = s.N * s.groups * bd.count / bands_per_task;
-  at::parallel_for(0, tasks, grain_for(s.Cog * K * bd.R * bd.Wp * bands_per_task), [&](int64_t t0, int64_t t1) {
+  parallel_for(0, tasks, grain_for(s.Cog * K * bd.R * bd.Wp * bands_per_task), [&](int64_t t0, int64_t t1) {
     BandConv<acc> conv2d(s, s.Cog, s.Cg, bd.Wp, normalize);
     std::vector<acc> band(bd.size), wnat(s.Cog * K), bias(cpad, acc(0)), hi(s.Cg), lo(s.Cg), rs(s.Cg);
     std::vector<acc> out(cpad * ld), conv = scratch<T>(std::max(s.W, kBlock));
@@ -617,7 +617,7 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
   const int64_t taps = s.kh * s.kw, K = s.K();
   const int64_t ldg = (bd.R * bd.Wp + V - 1) / V * V, ldt = bt.out_stride(acc(0));
   const int64_t B = direct_block(s.Cg), cpad = (s.Cg + B - 1) / B * B;
-  at::parallel_for(0, s.N * s.groups, grain_for(3 * s.Cog * K * s.Q()), [&](int64_t t0, int64_t t1) {
+  parallel_for(0, s.N * s.groups, grain_for(3 * s.Cog * K * s.Q()), [&](int64_t t0, int64_t t1) {
     BandConv<acc> forward(s, s.Cog, s.Cg, bd.Wp, normalized);
     BandConv<acc> transposed(tg, s.Cg, s.Cog, bt.Wp, normalized);
     // gyf: + one vector, read past the last row.

@@ -174,7 +174,7 @@ void forward(const T* x, const T* w, int64_t ws, const T* b, int64_t bs, T* y, L
     const std::vector<char> fold = fold_flags<T>(mean, rstd, n0, n1, C);
     // The GEMM operands of each sample: W and b, or the folded W' and b'.
     std::vector<acc> wg(ng * Co * C), bg(ng * Co);
-    at::parallel_for(0, ng * Co, std::max<int64_t>(1, 4096 / C), [&](int64_t r0, int64_t r1) {
+    parallel_for(0, ng * Co, std::max<int64_t>(1, 4096 / C), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = n0 + r / Co;
         const T* wrow = w + n * ws + (r % Co) * C;
@@ -191,7 +191,7 @@ void forward(const T* x, const T* w, int64_t ws, const T* b, int64_t bs, T* y, L
         bg[r] = static_cast<acc>(bias);
       }
     });
-    at::parallel_for(0, ng * tiles, grain_for(Co * C * L), [&](int64_t t0, int64_t t1) {
+    parallel_for(0, ng * tiles, grain_for(Co * C * L), [&](int64_t t0, int64_t t1) {
       std::vector<acc> tile(C * L), conv = scratch<T>(C * L), obuf = scratch<T>(Co * L);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t g = t / tiles, n = n0 + g, p0 = (t % tiles) * L, len = std::min(L, P - p0);
@@ -240,8 +240,10 @@ void backward(const T* gy, const T* x, const T* w, int64_t ws, const double* mea
     // summation order, and the result, is fixed.
     std::vector<acc> part_w(threads * ng * Co * C, acc(0));
     std::vector<double> part_b(threads * ng * Co, 0.0);
-    at::parallel_for(0, ng * tiles1, grain_for(Co * C * L1), [&](int64_t t0, int64_t t1) {
+    parallel_for(0, ng * tiles1, grain_for(Co * C * L1), [&](int64_t t0, int64_t t1) {
       const int tid = at::get_thread_num();
+      TORCH_CHECK(tid < threads, "din_ops: thread ", tid, " of a team larger than torch's ", threads,
+                  " threads (parallel.h)");
       std::vector<acc> tile(C * L1), conv = scratch<T>(std::max(C, Co) * L1);
       std::vector<acc> gbuf = scratch<T>(Co * L1), colsum(l == Layout::NHWC ? Co : 0);
       for (int64_t t = t0; t < t1; ++t) {
@@ -272,7 +274,7 @@ void backward(const T* gy, const T* x, const T* w, int64_t ws, const double* mea
     std::vector<double> gwd(ng * Co * C), gbd(ng * Co);
     // W^T per sample, contiguous: the grad_x GEMM is then a plain NN product for the BLAS.
     std::vector<acc> m1(ng * C), m2(ng * C), wt(ng * C * Co);
-    at::parallel_for(0, ng * Co, std::max<int64_t>(1, 4096 / C), [&](int64_t r0, int64_t r1) {
+    parallel_for(0, ng * Co, std::max<int64_t>(1, 4096 / C), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t g = r / Co, n = n0 + g;
         double* row = gwd.data() + r * C;
@@ -298,7 +300,7 @@ void backward(const T* gy, const T* x, const T* w, int64_t ws, const double* mea
     // read contiguously; W^T is written on the way.
     constexpr int64_t kCb = 64;
     const int64_t cblocks = (C + kCb - 1) / kCb;
-    at::parallel_for(0, ng * cblocks, grain_for(Co * kCb), [&](int64_t k0, int64_t k1) {
+    parallel_for(0, ng * cblocks, grain_for(Co * kCb), [&](int64_t k0, int64_t k1) {
       double s1[kCb], s2[kCb];
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t g = k / cblocks, c0 = (k % cblocks) * kCb, cn = std::min(kCb, C - c0);
@@ -322,7 +324,7 @@ void backward(const T* gy, const T* x, const T* w, int64_t ws, const double* mea
 
     // Pass 2: gx = rstd * (W^T gy - m1 - xh * m2): the GEMM writes W^T gy into the tile, then the
     // instance-norm backward is applied in place while the tile is in L2.
-    at::parallel_for(0, ng * tiles, grain_for(Co * C * L), [&](int64_t t0, int64_t t1) {
+    parallel_for(0, ng * tiles, grain_for(Co * C * L), [&](int64_t t0, int64_t t1) {
       std::vector<acc> conv = scratch<T>(C * L), obuf = scratch<T>(C * L);
       std::vector<acc> gbuf = scratch<T>(Co * L);
       for (int64_t t = t0; t < t1; ++t) {

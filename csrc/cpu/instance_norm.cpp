@@ -27,7 +27,7 @@ void forward_nchw(const T* x, T* y, int64_t planes, int64_t P, double eps, doubl
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 32768 / P);
   const bool stream = stream_output<T>(planes * P);
-  at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
+  parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto in = scratch<T>(kBlock), out = scratch<T>(kBlock);
     for (int64_t plane = b; plane < e; ++plane) {
       const T* xp = x + plane * P;
@@ -68,7 +68,7 @@ void forward_nhwc(const T* x, T* y, int64_t N, int64_t C, int64_t P, double eps,
     const int64_t n1 = std::min(N, n0 + wave);
     instance_stats(x, Layout::NHWC, n0, n1, C, P, eps, mean, rstd);
     const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, (n1 - n0) * C);
-    at::parallel_for(0, (n1 - n0) * ch.count, 1, [&](int64_t b, int64_t e) {
+    parallel_for(0, (n1 - n0) * ch.count, 1, [&](int64_t b, int64_t e) {
       auto in = scratch<T>(ch.rows * C), out = scratch<T>(ch.rows * C);
       for (int64_t t = b; t < e; ++t) {
         const int64_t i = t / ch.count, r0 = (t % ch.count) * ch.rows;
@@ -89,7 +89,7 @@ void backward_nchw(const T* gy, const T* x, const double* mean, const double* rs
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 16384 / P);
   const bool stream = stream_output<T>(planes * P);
-  at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
+  parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto gbuf = scratch<T>(kBlock), xbuf = scratch<T>(kBlock), out = scratch<T>(kBlock);
     for (int64_t plane = b; plane < e; ++plane) {
       const int64_t base = plane * P;
@@ -145,7 +145,7 @@ void backward_nhwc(const T* gy, const T* x, const double* mean, const double* rs
         mgxh[i * C + c] = static_cast<acc>(sums[(2 * i + 1) * C + c] / double(P));
       }
     }
-    at::parallel_for(0, S * ch.count, 1, [&](int64_t b, int64_t e) {
+    parallel_for(0, S * ch.count, 1, [&](int64_t b, int64_t e) {
       auto gbuf = scratch<T>(ch.rows * C), xbuf = scratch<T>(ch.rows * C),
            out = scratch<T>(ch.rows * C);
       for (int64_t t = b; t < e; ++t) {
@@ -240,7 +240,7 @@ void stats_backward(const T* x, const double* gm, const double* gv, const double
   using acc = acc_t<T>;
   if (l == Layout::NCHW) {
     const int64_t grain = std::max<int64_t>(1, 32768 / P);
-    at::parallel_for(0, N * C, grain, [&](int64_t b, int64_t e) {
+    parallel_for(0, N * C, grain, [&](int64_t b, int64_t e) {
       auto in = scratch<T>(kBlock), out = scratch<T>(kBlock);
       for (int64_t plane = b; plane < e; ++plane) {
         const PlaneNorm<acc> q = plane_norm<acc>(mean[plane], 1.0);
@@ -265,7 +265,7 @@ void stats_backward(const T* x, const double* gm, const double* gv, const double
     s[i] = static_cast<acc>(2.0 * gv[i] / double(P));
     b0[i] = static_cast<acc>(gm[i] / double(P));
   }
-  at::parallel_for(0, N * ch.count, 1, [&](int64_t b, int64_t e) {
+  parallel_for(0, N * ch.count, 1, [&](int64_t b, int64_t e) {
     auto in = scratch<T>(ch.rows * C), out = scratch<T>(ch.rows * C);
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / ch.count, r0 = (t % ch.count) * ch.rows, i = n * C;

@@ -111,7 +111,7 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 32768 / P);
   const bool stream = stream_output<T>(planes * P);
-  at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
+  parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto in = scratch<T>(kBlock), gbuf = scratch<T>(kBlock), bbuf = scratch<T>(kBlock),
          out = scratch<T>(kBlock);
     for (int64_t plane = b; plane < e; ++plane) {
@@ -168,7 +168,7 @@ void forward_nhwc(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
       s[i] = static_cast<acc>(rstd[n0 * C + i] * g);
       b0[i] = static_cast<acc>(b);
     }
-    at::parallel_for(0, S * ch.count, 1, [&](int64_t b, int64_t e) {
+    parallel_for(0, S * ch.count, 1, [&](int64_t b, int64_t e) {
       auto in = scratch<T>(ch.rows * C), gbuf = scratch<T>(ch.rows * C),
            bbuf = scratch<T>(ch.rows * C), out = scratch<T>(ch.rows * C);
       for (int64_t t = b; t < e; ++t) {
@@ -210,7 +210,7 @@ void backward_nchw(const T* gy, const T* x, Modulation<T> gamma, const double* m
   const bool stream = stream_output<T>(planes * P) &&
                       (!gamma.full || reinterpret_cast<uintptr_t>(out.gx) % 64 ==
                                           reinterpret_cast<uintptr_t>(out.ggamma) % 64);
-  at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
+  parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto gbuf = scratch<T>(kBlock), xbuf = scratch<T>(kBlock), wbuf = scratch<T>(kBlock),
          obuf = scratch<T>(kBlock), pbuf = scratch<T>(kBlock);
     for (int64_t plane = b; plane < e; ++plane) {
@@ -315,7 +315,7 @@ void backward_nhwc(const T* gy, const T* x, Modulation<T> gamma, const double* m
         }
       }
     }
-    at::parallel_for(0, S * ch.count, 1, [&](int64_t b, int64_t e) {
+    parallel_for(0, S * ch.count, 1, [&](int64_t b, int64_t e) {
       auto gbuf = scratch<T>(ch.rows * C), xbuf = scratch<T>(ch.rows * C),
            wbuf = scratch<T>(ch.rows * C), obuf = scratch<T>(ch.rows * C),
            pbuf = scratch<T>(ch.rows * C);

@@ -8,6 +8,7 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -16,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/parallel.h"
 #include "harness.h"
 
 namespace {
@@ -331,6 +333,26 @@ DIN_TEST(instance_norm_is_independent_of_thread_count) {
     for (size_t k = 0; k < results[0].size(); ++k) {
       DIN_CHECK(at::equal(results[0][k], results[1][k]));
     }
+  }
+  at::set_num_threads(threads);
+}
+
+DIN_TEST(parallel_for_runs_on_torchs_team) {
+  // csrc/cpu/parallel.h: the kernels' parallel regions have the team torch.set_num_threads asks for,
+  // thread ids below it, and count as parallel regions for what they call (MKL, nested loops),
+  // whatever the compiler. 3 threads: more than a 2-core machine's OpenMP default.
+  const int threads = at::get_num_threads();
+  for (const int team : {1, 2, 3}) {
+    at::set_num_threads(team);
+    std::vector<int> chunks(8, 0);
+    std::atomic<bool> inside{true};
+    din_ops::cpu::parallel_for(0, 30, 1, [&](int64_t b, int64_t e) {
+      const int tid = at::get_thread_num();
+      if (tid >= 0 && tid < 8) chunks[tid] += static_cast<int>(e - b);
+      if (team > 1 && !at::in_parallel_region()) inside = false;
+    });
+    for (int t = 0; t < 8; ++t) DIN_CHECK(chunks[t] == (t < team ? 30 / team : 0));
+    DIN_CHECK(inside);
   }
   at::set_num_threads(threads);
 }
