@@ -21,7 +21,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 
 from setuptools import find_packages, setup
@@ -75,7 +74,9 @@ def openmp_flags() -> tuple[list[str], list[str]]:
     - Otherwise (torch on libomp, e.g. macOS): -fopenmp where the compiler takes it, else Apple
       clang's -Xpreprocessor -fopenmp -lomp with libomp found (torch's own lib folder first), else
       none: a serial build, said out loud."""
-    compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+    from torch.utils.cpp_extension import get_cxx_compiler
+
+    compiler = get_cxx_compiler()  # what compiles the sources: $CXX, else c++
     runtime = torch_openmp_runtime()
     if runtime and os.path.basename(runtime).startswith("libgomp") and not compiler_is_gcc(compiler):
         say(f"{compiler} is not GCC and torch runs libgomp: the CPU kernels' parallel regions call "
