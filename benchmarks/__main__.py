@@ -21,7 +21,7 @@ import torch
 
 from . import registry
 from .common import steady_allocations
-from .measure import describe, machine_info
+from .measure import MIN_FLUSH_BYTES, describe, last_level_cache_bytes, machine_info
 from .runner import Progress, Settings, backends_for, check_targets, dtype_name, memory_note, plan, print_targets, run
 from .shapes import DEFAULT
 
@@ -76,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, help="at least this many timed calls per provider (default 5, quick 3)")
     p.add_argument("--max-time", type=float, default=3.0, help="a pass that has taken this many seconds stops "
                    "after 3 calls per provider, even below --reps (default 3)")
+    p.add_argument("--cold", action="store_true", help="cache-cold timing: before every timed call (outside its "
+                   "time) a read of twice the last-level cache (GPU: a write of twice the L2) evicts the "
+                   "inputs, as in a network whose activations outgrow the cache; slower, use with --ops")
     p.add_argument("--no-memory", action="store_true", help="skip the saved-bytes and peak-memory figures")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--list", action="store_true", help="list the benchmarks and the shapes they would run, then exit")
@@ -136,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device=device, dtypes=dtypes, backends=_csv(args.backends),
         shapes=args.shapes or base.shapes, min_time=base.min_time if args.min_time is None else args.min_time,
         min_reps=base.min_reps if args.reps is None else args.reps, warmup=base.warmup, memory=not args.no_memory,
-        max_time=args.max_time,
+        max_time=args.max_time, cold=args.cold,
     )
     try:
         benches, legacy = registry.select(_csv(args.ops))
@@ -162,6 +165,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           "% floor = 100 * floor median / this median;", file=tee)
     print(f"rate = minimal bytes or FLOPs / median; saved MiB: kept by autograd for backward; {memory_note(device)}",
           file=tee)
+    if settings.cold:
+        size = max(MIN_FLUSH_BYTES, 2 * (last_level_cache_bytes(device) or 0))
+        print(f"cache-cold: before every timed call {size / 2**20:.0f} MiB are "
+              f"{'written' if device.type == 'cuda' else 'read'} (twice the last-level cache, untimed), "
+              "so each call finds its inputs in memory", file=tee)
     for name, error in registry.failed().items():
         print(f"din-bench: skipping {name}: {error}", file=sys.stderr)
     load, cpus = info["load_average_1m"], info["usable_cpus"] or 1
@@ -170,6 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "on a shared machine OMP_WAIT_POLICY=PASSIVE keeps idle threads from spinning", file=sys.stderr)
 
     stem = f"{_slug(info)}-{info['date'][:10]}-{info['date'][11:13]}{info['date'][14:16]}"
+    stem += "-cold" if settings.cold else ""
     data: dict = {"machine": info, "command": "din-bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "settings": settings.as_dict(), "memory_method": memory_note(device)}
     paths = []

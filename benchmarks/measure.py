@@ -3,7 +3,8 @@
 Timing: the functions of one case run in turn, round after round (as ``common.compare``), so a slow
 patch of a shared machine hits all of them alike; each round runs them in another (seeded) order, so no
 function always runs right after the same other one (whose reads would leave its inputs in cache);
-each keeps all its times, and the median, the quartiles and the extremes are reported.
+each keeps all its times, and the median, the quartiles and the extremes are reported. Cache-cold
+timing (``din-bench --cold``) evicts the caches before every timed call, untimed (``cache_flusher``).
 
 Peak extra memory ("workspace") of one call:
   CPU (Linux): the process's resident-set high-water mark during the call. Before it, freed heap pages
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime
+import glob
 import os
 import platform
 import random
@@ -80,12 +82,15 @@ def measure(
     max_time: float = float("inf"),
     warmup: int = 2,
     sync: Optional[Callable[[], None]] = None,
+    before: Optional[Callable[[], None]] = None,
 ) -> dict[str, Timing]:
     """Times each function, interleaved round by round, until every one has run ``min_reps`` times
     and about ``min_time`` seconds (or ``max_reps`` rounds). Slow cases stop earlier: once the rounds
     together took ``max_time`` seconds, after at least 3 rounds.
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) runs after each call, inside its timed interval.
+    ``before`` (e.g. :func:`cache_flusher`'s) runs before each timed call, outside the interval,
+    followed by ``sync``; its time counts toward ``min_time`` and ``max_time``.
     """
     sync = sync or (lambda: None)
     for fn in fns.values():
@@ -108,6 +113,9 @@ def measure(
         shuffle.shuffle(order)
         for name in order:
             fn = fns[name]
+            if before is not None:
+                before()
+                sync()
             t0 = time.perf_counter()
             fn()
             sync()
@@ -118,6 +126,45 @@ def measure(
         ts.sort()
         out[name] = Timing(statistics.median(ts), _quantile(ts, 0.25), _quantile(ts, 0.75), ts[0], ts[-1], len(ts))
     return out
+
+
+def last_level_cache_bytes(device: torch.device) -> Optional[int]:
+    """The largest cache of the device: the CPU's (Linux sysfs, CPU 0) or the GPU's L2; None where
+    it cannot be read."""
+    if device.type == "cuda":
+        return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", None) or None
+    sizes = []
+    for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(index) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
+        digits = text.rstrip("KMGkmg")
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    return max(sizes) if sizes else None
+
+
+# Evicting at least this much where the cache size is unknown (or smaller): more than the L3 of
+# common desktop and 2-socket server parts.
+MIN_FLUSH_BYTES = 64 * 2**20
+
+
+def cache_flusher(device: torch.device) -> tuple[Callable[[], None], int]:
+    """A function that evicts the device's caches, and the bytes it moves: for cache-cold timing
+    (``din-bench --cold``), where each call finds its inputs in memory, not in cache.
+
+    CPU: reads a buffer of twice the last-level cache (at least MIN_FLUSH_BYTES). Reading leaves
+    clean lines behind, so the timed call pays no write-back of the flush's data. GPU: writes a
+    buffer of twice the L2 (a write replaces the lines; reads may be kept in the L2 by its policy).
+    """
+    size = max(MIN_FLUSH_BYTES, 2 * (last_level_cache_bytes(device) or 0))
+    buf = torch.ones(size // 4, dtype=torch.float32, device=device)
+    if device.type == "cuda":
+        return buf.zero_, size
+    return (lambda: buf.sum()), size
 
 
 def _libc():

@@ -27,7 +27,7 @@ import din_ops
 from din_ops import backends as din_backends
 
 from .common import saved_bytes
-from .measure import measure, memory_method, peak_extra_bytes
+from .measure import cache_flusher, measure, memory_method, peak_extra_bytes
 from .registry import OpBench, Shape
 from .shapes import label, shapes_for
 
@@ -47,6 +47,7 @@ class Settings:
     max_time: float = 3.0  # seconds per pass: slow cases stop there (after at least 3 rounds)
     warmup: int = 1
     memory: bool = True
+    cold: bool = False  # evict the caches before every timed call (measure.cache_flusher)
 
     @classmethod
     def quick(cls, **kwargs) -> "Settings":
@@ -65,7 +66,22 @@ class Settings:
             "max_time_s": self.max_time,
             "warmup": self.warmup,
             "memory": self.memory,
+            "cache": "cold" if self.cold else "warm",
         }
+
+
+_FLUSHERS: dict[str, Callable[[], object]] = {}
+
+
+def before_call(settings: Settings) -> Optional[Callable[[], object]]:
+    """What runs before each timed call (outside its time): the cache flush of a cold run, else
+    nothing. One flush buffer per device, kept for the process."""
+    if not settings.cold:
+        return None
+    key = str(settings.device)
+    if key not in _FLUSHERS:
+        _FLUSHERS[key] = cache_flusher(settings.device)[0]
+    return _FLUSHERS[key]
 
 
 class Progress:
@@ -181,7 +197,7 @@ def run_case(bench: OpBench, set_label: str, shape: Shape, dtype: torch.dtype, s
     floor = bench.floor
     work = bench.work(shape, torch.empty((), dtype=dtype).element_size())
     base = dict(op=bench.name, shape=list(shape), set=set_label, dtype=dtype_name(dtype), device=device.type,
-                rate_unit=bench.unit, floor=floor.name)
+                rate_unit=bench.unit, floor=floor.name, cache="cold" if settings.cold else "warm")
     rows: list[dict] = []
     for passes in PASSES:
         progress.step(f"{bench.name} {label(shape)} {dtype_name(dtype)} {passes}")
@@ -194,7 +210,8 @@ def run_case(bench: OpBench, set_label: str, shape: Shape, dtype: torch.dtype, s
         if floor_fn is not None:
             fns[floor.name] = floor_fn
         timings = measure(fns, min_time=settings.min_time, min_reps=settings.min_reps,
-                          max_time=settings.max_time, warmup=settings.warmup, sync=sync)
+                          max_time=settings.max_time, warmup=settings.warmup, sync=sync,
+                          before=before_call(settings))
         t_torch = timings["torch"].median
         t_floor = timings[floor.name].median if floor_fn is not None else None
         kinds = {name: kind for name, kind, _ in providers}
@@ -299,6 +316,7 @@ def check_targets(benches: Sequence[OpBench], rows: Sequence[dict]) -> list[dict
                 found.append(dict(op=bench.name, shape=r["shape"], dtype=r["dtype"], provider=target.provider,
                                   **{"pass": target.passes}, quantity=target.quantity, bound=target.bound,
                                   value=value, holds=target.holds(value), source=target.source,
+                                  cache=r.get("cache", "warm"),
                                   text=target.describe()))
     return found
 
@@ -306,7 +324,10 @@ def check_targets(benches: Sequence[OpBench], rows: Sequence[dict]) -> list[dict
 def print_targets(found: Sequence[dict], out: TextIO) -> None:
     if not found:
         return
-    print("\nTargets from the issues (measured in this run):", file=out)
+    cold = any(t.get("cache") == "cold" for t in found)
+    print("\nTargets from the issues (measured in this run" + (", cache-cold: every call timed with its "
+          "inputs evicted from the caches; the issues' targets are set for the default run" if cold else "")
+          + "):", file=out)
     for t in found:
         verdict = "holds" if t["holds"] else "MISSED"
         print(f"  {t['source']}: {t['op']} {label(tuple(t['shape']))} {t['dtype']} {t['pass']} {t['provider']}: "

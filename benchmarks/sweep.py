@@ -18,7 +18,7 @@ import torch
 
 from .measure import describe, measure
 from .registry import OpBench, Shape
-from .runner import PASSES, Progress, Settings, _fwdbwd, backends_for, dtype_name
+from .runner import PASSES, Progress, Settings, _fwdbwd, backends_for, before_call, dtype_name
 from .shapes import label
 
 AXES: dict[str, list[Shape]] = {
@@ -68,12 +68,14 @@ def sweep(bench: OpBench, settings: Settings, quick: bool = False, dtype: torch.
                     if bench.floor.fwdbwd is not None:
                         fns[bench.floor.name] = bench.floor.fwdbwd(*inputs, gy)
                 timings = measure(fns, min_time=settings.min_time, min_reps=settings.min_reps,
-                                  max_time=settings.max_time, warmup=settings.warmup, sync=sync)
+                                  max_time=settings.max_time, warmup=settings.warmup, sync=sync,
+                                  before=before_call(settings))
                 cells = []
                 for name, t in timings.items():
                     kind = "floor" if name == bench.floor.name else ("baseline" if name == "torch" else "backend")
                     rows.append(dict(op=bench.name, axis=axis, size=_size(axis, shape), shape=list(shape),
                                      dtype=dtype_name(dtype), device=device.type, provider=name, kind=kind,
+                                     cache="cold" if settings.cold else "warm",
                                      **{"pass": passes}, **t.as_ms()))
                     cells.append(f"{name} {t.median * 1e3:.3f}")
                 print(f"  {axis:>4} {label(shape):>16} {passes:>7}: " + ", ".join(cells), file=out, flush=True)

@@ -147,6 +147,39 @@ def test_options_pick_ops_backends_and_shapes(tmp_path):
     assert all(r["saved_bytes"] is None and r["peak_extra_bytes"] is None for r in rows)
 
 
+def test_cold_run_evicts_the_caches_before_every_timed_call(tmp_path):
+    run = din_bench("--device", "cpu", "--quick", "--cold", "--ops", "instance_norm", "--backends", "cpu",
+                    "--shapes", "1x4x8x8", "--no-memory", "--out", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    saved = sorted(os.listdir(tmp_path))
+    assert [f for f in saved if f.endswith("-cold-quick.json")], saved
+    data = json.loads((tmp_path / next(f for f in saved if f.endswith(".json"))).read_text())
+    assert data["settings"]["cache"] == "cold"
+    assert data["results"] and {r["cache"] for r in data["results"]} == {"cold"}
+    assert "cache-cold: before every timed call" in run.stdout
+
+
+def test_flush_runs_untimed_before_each_call_and_covers_the_cache():
+    sys.path.insert(0, ROOT)
+    try:
+        from benchmarks.measure import MIN_FLUSH_BYTES, cache_flusher, last_level_cache_bytes, measure
+    finally:
+        sys.path.remove(ROOT)
+    calls = []
+    timings = measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, min_time=0.0,
+                      min_reps=4, max_reps=4, warmup=1,
+                      before=lambda: (calls.append("flush"), __import__("time").sleep(0.02)))
+    timed = calls[2:]  # after one warm-up call each: a flush before every call
+    assert timed[0::2] == ["flush"] * 8 and sorted(timed[1::2]) == ["a"] * 4 + ["b"] * 4
+    assert all(t.reps == 4 and t.max < 0.01 for t in timings.values())  # the 20 ms flush is not timed
+    llc = last_level_cache_bytes(torch.device("cpu"))
+    if os.path.isdir("/sys/devices/system/cpu/cpu0/cache"):
+        assert llc is not None and llc >= 2**16
+    flush, size = cache_flusher(torch.device("cpu"))
+    assert size >= max(MIN_FLUSH_BYTES, 2 * (llc or 0))
+    flush()
+
+
 def bench_main():
     sys.path.insert(0, ROOT)
     try:
