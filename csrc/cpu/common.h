@@ -169,9 +169,9 @@ void add_grad_sums(const acc_t<T>* g, const T* xp, int64_t n, acc_t<T> hi, acc_t
 }
 
 // dL/dx of one plane of P values from g = dL/dxh, the gradient with respect to the normalized
-// plane (MATH.md): rstd * (g - mean(g) - xh * mean(g * xh)), with sg and sgxh the plane's sums of
-// g and g * xh (add_grad_sums), or g itself when the op did not normalize. `g` may be gxp itself
-// when T is acc_t<T> (in place). `xbuf` and `obuf` are scratch<T>(kBlock) buffers.
+// plane (docs/math.md): rstd * (g - mean(g) - xh * mean(g * xh)), with sg and sgxh the plane's
+// sums of g and g * xh (add_grad_sums), or g itself when the op did not normalize. `g` may be gxp
+// itself when T is acc_t<T> (in place). `xbuf` and `obuf` are scratch<T>(kBlock) buffers.
 template <typename T>
 void plane_input_grad_from_sums(const acc_t<T>* g, const T* xp, T* gxp, int64_t P, acc_t<T> hi,
                                 acc_t<T> lo, acc_t<T> rstd, bool normalized, double sg, double sgxh,

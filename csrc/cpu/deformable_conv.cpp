@@ -18,7 +18,7 @@
 //             gxh[c]     += gcol * m * (corner weights), scattered onto the four corners of p
 //             gx          = rstd * (gxh - mean(gxh) - xh * mean(gxh * xh))   (identity unnormalized)
 //
-// Normalization folds into the sampler (design/MATH.md): a task normalizes the one sample it works
+// Normalization folds into the sampler (docs/math.md): a task normalizes the one sample it works
 // on, ((x - mean_hi) - mean_lo) * rstd, into a channels-last buffer (P x C), from which the four
 // corners of a sample point are contiguous runs over the channels, so the interpolation (and, in
 // backward, the scatter of the x-gradient into a channels-last buffer) is vectorized over channels.

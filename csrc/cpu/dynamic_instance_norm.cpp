@@ -9,16 +9,16 @@
 // backward then returns the per-sample gW and gb, (N, Co, C) and (N, Co), which autograd sums.
 //
 // (m1 and m2 are mean_p(W^T gy) and mean_p(W^T gy * xh), written without another pass over P;
-// see MATH.md.) Samples are processed in groups whose x fits in cache: first the statistics of the
-// group, then tasks over (sample, pixel tile). A task normalizes its tile of x into a small
+// see docs/math.md.) Samples are processed in groups whose x fits in cache: first the statistics of
+// the group, then tasks over (sample, pixel tile). A task normalizes its tile of x into a small
 // L2-resident buffer and multiplies it with W[n] through the BLAS, on top of the bias. xh is never
 // written for a whole plane, and backward saves only x and the (N, C) statistics.
 //
 // Two ways to apply the normalization, chosen per sample from its statistics:
-// - folded (MATH.md): W' = W * rstd, b' = b - W' mean, and the GEMM reads x itself. No extra pass,
-//   but W' x and b' are |mean| * rstd times larger than y and cancel; so it is used only for float32
-//   and float64 samples whose every channel has |mean| * rstd <= kFoldLimit (rounding error at most
-//   ~kFoldLimit times that of the exact formula, a few ulps).
+// - folded (docs/math.md): W' = W * rstd, b' = b - W' mean, and the GEMM reads x itself. No extra
+//   pass, but W' x and b' are |mean| * rstd times larger than y and cancel; so it is used only for
+//   float32 and float64 samples whose every channel has |mean| * rstd <= kFoldLimit (rounding error
+//   at most ~kFoldLimit times that of the exact formula, a few ulps).
 // - normalized tiles: the task writes xh for its tile into an L2-resident buffer and multiplies
 //   that. It costs one pass over cache and keeps x = 1e4 + noise (or 1e6) as accurate as float32
 //   allows. Half/bfloat16 data always take it: their tiles are converted to float anyway.

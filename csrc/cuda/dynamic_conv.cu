@@ -4,7 +4,7 @@
 //
 //   forward     : one thread per output value; each tap reads x, normalizes it in registers
 //                 (xh = ((x - hi) - lo) * rstd) and treats positions outside the input as 0, so
-//                 padding pads xh, not x (MATH.md: the mean cannot be folded into the weights).
+//                 padding pads xh, not x (docs/math.md: the mean cannot be folded into the weight).
 //   grad_weight : one block per (n, o, input channel, tap): a deterministic block reduction of
 //                 gy * xh over the output plane.
 //   grad_input  : gather form of the transposed convolution, one thread per input value summing

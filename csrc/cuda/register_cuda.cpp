@@ -12,7 +12,7 @@
 // the output).
 //
 // DIN 1x1, float (unless TF32 is allowed for cuBLAS) and double: the normalization is folded into
-// the weights (MATH.md): statistics, a flag per sample (fold allowed: every channel has
+// the weights (docs/math.md): statistics, a flag per sample (fold allowed: every channel has
 // |mean| * rstd <= math::fold_limit()), W' = W * rstd and b' = b - W' mean, then one cuBLAS GEMM
 // on x itself with b' as its beta = 1 input; no normalized copy of x is written. The samples whose
 // flag is 0 are then recomputed by a kernel that normalizes x on load, its blocks for the other

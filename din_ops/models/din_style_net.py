@@ -173,9 +173,10 @@ class MobileDecoder(nn.Module):
 class DINStyleNet(nn.Module):
     """The paper's MobileNet-based arbitrary style transfer network with hierarchical DIN layers.
 
-    ``forward(content, style, alpha=1.0)`` returns the stylized image; images are RGB in [0, 1]
-    (N, 3, H, W), any size (the output has the content's size). A style batch of 1 serves a whole
-    content batch. For a style used many times, :meth:`encode_style` once and :meth:`stylize`.
+    ``forward(content, style, alpha=1.0)`` returns the stylized image; images are RGB (N, 3, H, W),
+    any size; the inputs in [0, 1], the output of the content's size and not clamped (the decoder
+    ends in a linear layer; ``din_ops.images`` clamps when it saves). A style batch of 1 serves a
+    whole content batch. For a style used many times, :meth:`encode_style` once and :meth:`stylize`.
 
     Args:
         widths: (c1, c2, c3) channels at full, 1/2 and 1/4 resolution (default: the widths whose

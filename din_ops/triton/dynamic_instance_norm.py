@@ -1,6 +1,6 @@
 """Triton 1x1 dynamic instance norm: ``din_ops::triton_dynamic_instance_norm_1x1`` and its backward.
 
-MATH.md, with W: (N, Co, C), x viewed as (N, C, P):
+docs/math.md, with W: (N, Co, C), x viewed as (N, C, P):
 
 forward   stats_kernel: mean, rstd per (n, c); then one GEMM per sample
               y[n] = W[n] @ xh[n] + b[n]

@@ -2,7 +2,7 @@
 
 Forward: one program per (n, block of channels). It accumulates the shifted sums of its planes
 (plane_stats), writes the float64 mean and rstd, then normalizes the planes it has just read (the
-second read mostly hits L2). Backward (MATH.md, with W = I):
+second read mostly hits L2). Backward (docs/math.md, with W = I):
 
     gx = rstd * (gy - mean_p(gy) - xh * mean_p(gy * xh)),   xh = (x - mean) * rstd
 

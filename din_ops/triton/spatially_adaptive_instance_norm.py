@@ -5,7 +5,7 @@ grad_beta as the per-plane sum (N, C, 1, 1) when beta_defined, else an empty (0,
 
     y  = gamma * xh + beta,   xh = (x - mean) * rstd
     g  = gy * gamma
-    gx = rstd * (g - mean_p(g) - xh * mean_p(g * xh))       (MATH.md, IN backward with gamma folded in)
+    gx = rstd * (g - mean_p(g) - xh * mean_p(g * xh))       (IN backward of g: docs/math.md)
     grad_gamma = gy * xh (full) or sum_p gy * xh (per plane);  grad_beta = sum_p gy
 
 Same program shape as the instance norm kernels (one program per (n, block of channels), a

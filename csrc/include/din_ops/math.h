@@ -151,7 +151,7 @@ DIN_HD int64_t transposed_tap(int64_t in, int64_t k, int64_t pad, int64_t stride
 }  // namespace din_ops::math
 
 // ---------------------------------------------------------------------------------------------
-// Folding the normalization of a 1x1 DIN into its weights (MATH.md): W' = W * rstd per input
+// Folding the normalization of a 1x1 DIN into its weights (docs/math.md): W' = W * rstd per input
 // channel, b' = b - W' mean, y = W' x + b'. W' x and b' are up to |mean| * rstd times larger than y
 // and cancel, so a sample folds only when every channel has |mean| * rstd <= fold_limit(): the
 // rounding error is then at most about fold_limit() times that of normalizing first. Same limit as
