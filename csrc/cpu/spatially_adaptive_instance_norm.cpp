@@ -125,12 +125,15 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
       // plane's, proportionally) are requested while this plane's output is written.
       const bool next = plane + 1 < e;
       const bool next_style = next && style != nullptr && style->data != nullptr;
+      int64_t s0 = 0;  // the next style plane's values prefetched so far
       for (int64_t i = 0; i < P; i += prefetch_step<T>()) {
         const int64_t len = std::min(prefetch_step<T>(), P - i);
         if (next) prefetch_bytes(x + base + P + i, len * int64_t(sizeof(T)));
         if (next_style) {
-          const int64_t a = i * style->P / P, z = (i + len) * style->P / P;
-          prefetch_bytes(style->data + (plane + 1) * style->P + a, (z - a) * int64_t(sizeof(T)));
+          // In proportion to this plane's progress; no division for a style of the content's size.
+          const int64_t s1 = style->P == P ? i + len : (i + len) * style->P / P;
+          prefetch_bytes(style->data + (plane + 1) * style->P + s0, (s1 - s0) * int64_t(sizeof(T)));
+          s0 = s1;
         }
         const acc* xin = load(x + base + i, len, in.data());
         const acc* bb = beta.full ? load(beta.at(base + i), len, bbuf.data()) : nullptr;
