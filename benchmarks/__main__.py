@@ -166,10 +166,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"rate = minimal bytes or FLOPs / median; saved MiB: kept by autograd for backward; {memory_note(device)}",
           file=tee)
     if settings.cold:
-        size = max(MIN_FLUSH_BYTES, 2 * (last_level_cache_bytes(device) or 0))
-        print(f"cache-cold: before every timed call {size / 2**20:.0f} MiB are "
-              f"{'written' if device.type == 'cuda' else 'read'} (twice the last-level cache, untimed), "
-              "so each call finds its inputs in memory", file=tee)
+        size = max(MIN_FLUSH_BYTES, 2 * (last_level_cache_bytes(device) or 0)) / 2**20
+        what = f"{size:.0f} MiB written, then {size:.0f} MiB read" if device.type == "cuda" else f"{size:.0f} MiB read"
+        skipped = f"; left out (they time themselves, warm): {', '.join(b.name for b in legacy)}" if legacy else ""
+        print(f"cache-cold: before every timed call {what} (twice the last-level caches, untimed), so each "
+              f"call finds its inputs in memory{skipped}", file=tee)
     for name, error in registry.failed().items():
         print(f"din-bench: skipping {name}: {error}", file=sys.stderr)
     load, cpus = info["load_average_1m"], info["usable_cpus"] or 1
@@ -210,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         targets = check_targets(benches, rows)
         print_targets(targets, tee)
         legacy_rows = {}
-        for b in legacy:
+        for b in legacy if not settings.cold else []:  # they time themselves, warm
             with contextlib.redirect_stdout(tee):
                 legacy_rows[b.name] = [r for dtype in dtypes for r in b.call(args.quick, dtype)]
         progress.finish()

@@ -128,23 +128,33 @@ def measure(
     return out
 
 
-def last_level_cache_bytes(device: torch.device) -> Optional[int]:
-    """The largest cache of the device: the CPU's (Linux sysfs, CPU 0) or the GPU's L2; None where
-    it cannot be read."""
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def last_level_cache_bytes(device: torch.device, sysfs: str = "/sys/devices/system/cpu") -> Optional[int]:
+    """The bytes of the device's last-level caches together: on the CPU (Linux sysfs) every distinct
+    cache of the highest level (one per socket or per chiplet: an EPYC has one L3 per CCD), on a GPU
+    its L2; None where it cannot be read."""
     if device.type == "cuda":
         return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", None) or None
-    sizes = []
-    for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
-        try:
-            with open(index) as f:
-                text = f.read().strip()
-        except OSError:
+    caches: dict[tuple[int, str], int] = {}  # (level, CPUs sharing it) -> bytes
+    for index in glob.glob(os.path.join(sysfs, "cpu[0-9]*", "cache", "index[0-9]*")):
+        level, size, shared = (_read(os.path.join(index, f)) for f in ("level", "size", "shared_cpu_list"))
+        if level is None or size is None or not level.isdigit():
             continue
-        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
-        digits = text.rstrip("KMGkmg")
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:].upper(), 1)
+        digits = size.rstrip("KMGkmg")
         if digits.isdigit():
-            sizes.append(int(digits) * unit)
-    return max(sizes) if sizes else None
+            caches[(int(level), shared or index)] = int(digits) * unit
+    if not caches:
+        return None
+    top = max(level for level, _ in caches)
+    return sum(size for (level, _), size in caches.items() if level == top)
 
 
 # Evicting at least this much where the cache size is unknown (or smaller): more than the L3 of
@@ -156,14 +166,16 @@ def cache_flusher(device: torch.device) -> tuple[Callable[[], None], int]:
     """A function that evicts the device's caches, and the bytes it moves: for cache-cold timing
     (``din-bench --cold``), where each call finds its inputs in memory, not in cache.
 
-    CPU: reads a buffer of twice the last-level cache (at least MIN_FLUSH_BYTES). Reading leaves
-    clean lines behind, so the timed call pays no write-back of the flush's data. GPU: writes a
-    buffer of twice the L2 (a write replaces the lines; reads may be kept in the L2 by its policy).
+    CPU: reads a buffer of twice the last-level caches together (at least MIN_FLUSH_BYTES), with
+    torch's threads, so every core's L2 and every L3 is swept. Reading leaves clean lines behind, so
+    the timed call pays no write-back of the flush's data. GPU: writes a buffer of twice the L2, then
+    reads a second one, so that the L2 holds clean lines (the write-back happens in the flush).
     """
     size = max(MIN_FLUSH_BYTES, 2 * (last_level_cache_bytes(device) or 0))
     buf = torch.ones(size // 4, dtype=torch.float32, device=device)
     if device.type == "cuda":
-        return buf.zero_, size
+        clean = torch.ones_like(buf)
+        return (lambda: (buf.zero_(), clean.sum())), 2 * size
     return (lambda: buf.sum()), size
 
 

@@ -119,7 +119,8 @@ def plot(rows: Sequence[dict], machine: dict, path: str) -> bool:
     grid[0][0].legend(fontsize=8)
     op = rows[0]["op"] if rows else ""
     dtype = rows[0]["dtype"] if rows else ""
-    fig.suptitle(f"din_ops {op} ({dtype}): median time, shaded interquartile range\n{describe(machine)}",
+    cold = ", cache-cold" if rows and rows[0].get("cache") == "cold" else ""
+    fig.suptitle(f"din_ops {op} ({dtype}{cold}): median time, shaded interquartile range\n{describe(machine)}",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -159,7 +159,7 @@ def test_cold_run_evicts_the_caches_before_every_timed_call(tmp_path):
     assert "cache-cold: before every timed call" in run.stdout
 
 
-def test_flush_runs_untimed_before_each_call_and_covers_the_cache():
+def test_flush_runs_untimed_before_each_call_and_covers_the_cache(tmp_path):
     sys.path.insert(0, ROOT)
     try:
         from benchmarks.measure import MIN_FLUSH_BYTES, cache_flusher, last_level_cache_bytes, measure
@@ -172,6 +172,16 @@ def test_flush_runs_untimed_before_each_call_and_covers_the_cache():
     timed = calls[2:]  # after one warm-up call each: a flush before every call
     assert timed[0::2] == ["flush"] * 8 and sorted(timed[1::2]) == ["a"] * 4 + ["b"] * 4
     assert all(t.reps == 4 and t.max < 0.01 for t in timings.values())  # the 20 ms flush is not timed
+    # Every distinct cache of the highest level counts (two L3 of 32 MiB here), each once.
+    for cpu in range(4):
+        caches = [(2, "512K", str(cpu)), (3, "32768K", "0-1" if cpu < 2 else "2-3")]
+        for index, (level, size, shared) in enumerate(caches):
+            folder = tmp_path / f"cpu{cpu}" / "cache" / f"index{index}"
+            folder.mkdir(parents=True)
+            for name, text in (("level", str(level)), ("size", size), ("shared_cpu_list", shared)):
+                (folder / name).write_text(text + "\n")
+    assert last_level_cache_bytes(torch.device("cpu"), sysfs=str(tmp_path)) == 64 * 2**20
+    assert last_level_cache_bytes(torch.device("cpu"), sysfs=str(tmp_path / "none")) is None
     llc = last_level_cache_bytes(torch.device("cpu"))
     if os.path.isdir("/sys/devices/system/cpu/cpu0/cache"):
         assert llc is not None and llc >= 2**16

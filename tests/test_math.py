@@ -49,6 +49,8 @@ def test_unbiased_variance_as_rescaled_biased(gen, hw):
     torch.testing.assert_close(scale * (x - mu) * rstd, expected, rtol=1e-12, atol=1e-12)
     if m > 1:
         assert math.isclose(eps_, eps * (m - 1) / m) and math.isclose(scale, math.sqrt((m - 1) / m))
+    else:  # x - mu is 0 whatever the scale: the one-value case is defined by the arguments
+        assert (scale, eps_) == (1.0, eps)
 
 
 def test_1x1_fold_forward_and_backward(gen):
@@ -84,7 +86,7 @@ def test_kxk_folds_rstd_but_not_the_mean(gen):
     W = torch.randn(4, 3, 3, 3, dtype=DT, generator=gen)
     mu, rstd = stats(x, 1e-5)
     y = F.conv2d((x - mu) * rstd, W, padding=1)
-    # rstd folds into the weight exactly ...
+    # rstd folds into the weight exactly (the kernels scale the weight, not every value of x) ...
     torch.testing.assert_close(F.conv2d(x - mu, W * rstd.reshape(1, 3, 1, 1), padding=1), y,
                                rtol=1e-12, atol=1e-12)
     # ... the mean does not: W' x + b' differs at the border, where padding x with 0 is not padding xh
@@ -96,8 +98,8 @@ def test_kxk_folds_rstd_but_not_the_mean(gen):
 
 def test_normalization_folds_into_the_bilinear_sampler(gen):
     x = 4.0 + torch.randn(2, 3, 7, 8, dtype=DT, generator=gen)
-    grid = 1.4 * torch.rand(2, 5, 6, 2, dtype=DT, generator=gen) - 0.7  # some points outside
-    grid[0, 0, 0] = torch.tensor([1.2, -1.3], dtype=DT)
+    grid = 2.4 * torch.rand(2, 5, 6, 2, dtype=DT, generator=gen) - 1.2  # some points near or past the edge
+    grid[0, 0, 0] = torch.tensor([1.2, -1.3], dtype=DT)  # one beyond the plane on both axes
     mu, rstd = stats(x, 1e-5)
     sample = lambda t: F.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # noqa: E731
     weights = sample(torch.ones_like(x))  # sum of the in-plane corner weights
