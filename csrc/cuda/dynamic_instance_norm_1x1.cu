@@ -1,9 +1,10 @@
 // The per-sample 1x1 DIN on CUDA: the kernels around the cuBLAS GEMMs of register_cuda.cpp.
 //
-//   folded (docs/math.md):  y[n]  = W'[n] @ x[n] + b'[n],  W' = W * rstd (per input channel),
+//   folded:            y[n]  = W'[n] @ x[n] + b'[n],  W' = W * rstd (per input channel),
 //                              b' = b - W' @ mean     (one GEMM on x itself: xh is never written)
 //                      gW[n] = rstd_c * ((gy[n] @ x[n]^T)[o, c] - gb[n, o] * mean_c)
 //   unfolded:          y[n]  = W[n] @ xh[n] + b[n],   gW[n] = gy[n] @ xh[n]^T
+//   (derivations: docs/math.md)
 //
 // The folded products cancel when |mean| >> std, so a sample folds only when its data is float or
 // double and every channel passes math::fold_channel_ok (the CPU kernel's rule). The choice is made
