@@ -77,8 +77,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-time", type=float, default=3.0, help="a pass that has taken this many seconds stops "
                    "after 3 calls per provider, even below --reps (default 3)")
     p.add_argument("--cold", action="store_true", help="cache-cold timing: before every timed call (outside its "
-                   "time) a read of twice the last-level cache (GPU: a write of twice the L2) evicts the "
-                   "inputs, as in a network whose activations outgrow the cache; slower, use with --ops")
+                   "time) a read of twice the last-level caches (GPU: a write and a read of twice the L2) "
+                   "evicts the inputs, as in a network whose activations outgrow the caches; slower, use "
+                   "with --ops")
     p.add_argument("--no-memory", action="store_true", help="skip the saved-bytes and peak-memory figures")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--list", action="store_true", help="list the benchmarks and the shapes they would run, then exit")
