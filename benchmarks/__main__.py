@@ -21,7 +21,7 @@ import torch
 
 from . import registry
 from .common import steady_allocations
-from .measure import MIN_FLUSH_BYTES, describe, last_level_cache_bytes, machine_info
+from .measure import describe, flush_bytes, machine_info
 from .runner import Progress, Settings, backends_for, check_targets, dtype_name, memory_note, plan, print_targets, run
 from .shapes import DEFAULT
 
@@ -167,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"rate = minimal bytes or FLOPs / median; saved MiB: kept by autograd for backward; {memory_note(device)}",
           file=tee)
     if settings.cold:
-        size = max(MIN_FLUSH_BYTES, 2 * (last_level_cache_bytes(device) or 0)) / 2**20
+        size = flush_bytes(device) / 2**20
         what = f"{size:.0f} MiB written, then {size:.0f} MiB read" if device.type == "cuda" else f"{size:.0f} MiB read"
         skipped = f"; left out (they time themselves, warm): {', '.join(b.name for b in legacy)}" if legacy else ""
         print(f"cache-cold: before every timed call {what} (twice the last-level caches, untimed), so each "

@@ -162,6 +162,12 @@ def last_level_cache_bytes(device: torch.device, sysfs: str = "/sys/devices/syst
 MIN_FLUSH_BYTES = 64 * 2**20
 
 
+def flush_bytes(device: torch.device) -> int:
+    """The size of :func:`cache_flusher`'s buffer: twice the last-level caches, at least
+    MIN_FLUSH_BYTES."""
+    return max(MIN_FLUSH_BYTES, 2 * (last_level_cache_bytes(device) or 0))
+
+
 def cache_flusher(device: torch.device) -> tuple[Callable[[], None], int]:
     """A function that evicts the device's caches, and the bytes it moves: for cache-cold timing
     (``din-bench --cold``), where each call finds its inputs in memory, not in cache.
@@ -171,7 +177,7 @@ def cache_flusher(device: torch.device) -> tuple[Callable[[], None], int]:
     the timed call pays no write-back of the flush's data. GPU: writes a buffer of twice the L2, then
     reads a second one, so that the L2 holds clean lines (the write-back happens in the flush).
     """
-    size = max(MIN_FLUSH_BYTES, 2 * (last_level_cache_bytes(device) or 0))
+    size = flush_bytes(device)
     buf = torch.ones(size // 4, dtype=torch.float32, device=device)
     if device.type == "cuda":
         clean = torch.ones_like(buf)

@@ -130,8 +130,8 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
         const int64_t len = std::min(prefetch_step<T>(), P - i);
         if (next) prefetch_bytes(x + base + P + i, len * int64_t(sizeof(T)));
         if (next_style) {
-          // In proportion to this plane's progress; no division for a style of the content's size.
-          const int64_t s1 = style->P == P ? i + len : (i + len) * style->P / P;
+          // In proportion to this plane's progress (the style may have another size).
+          const int64_t s1 = (i + len) * style->P / P;
           prefetch_bytes(style->data + (plane + 1) * style->P + s0, (s1 - s0) * int64_t(sizeof(T)));
           s0 = s1;
         }
