@@ -127,3 +127,33 @@ def test_spatially_adaptive_backward(gen, per_plane):
     torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gg, gg_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gbeta, gbeta_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kernel,padding,dilation",
+    [((3, 3), (1, 1, 1, 1), (1, 1)), ((2, 3), (0, 1, 2, 0), (2, 1)), ((3, 1), (2, 2, 0, 0), (1, 1))],
+)
+def test_plane_sums_of_the_input_gradient_from_the_weight_gradient(gen, kernel, padding, dilation):
+    # g = dL/dxh of a stride-1 convolution: sum_p g = sum_{co,t} W * S and sum_p g * xh =
+    # sum_{co,t} W * gW, S[co, t] the sum of gy over the outputs whose tap t reads inside the input.
+    kh, kw = kernel
+    pt, pb, pl, pr = padding
+    dh, dw = dilation
+    H, W, C, Co = 6, 7, 3, 4
+    xh = torch.randn(1, C, H, W, dtype=DT, generator=gen).requires_grad_()
+    w = torch.randn(Co, C, kh, kw, dtype=DT, generator=gen).requires_grad_()
+    y = F.conv2d(F.pad(xh, (pl, pr, pt, pb)), w, dilation=dilation)
+    gy = torch.randn(y.shape, dtype=DT, generator=gen)
+    g, gw = torch.autograd.grad(y, (xh, w), gy)
+    Ho, Wo = y.shape[2], y.shape[3]
+    S = torch.zeros(Co, kh, kw, dtype=DT)
+    for i in range(kh):
+        a, b = max(0, pt - i * dh), min(Ho, H + pt - i * dh)
+        for j in range(kw):
+            c, d = max(0, pl - j * dw), min(Wo, W + pl - j * dw)
+            S[:, i, j] = gy[0, :, a:b, c:d].sum((1, 2))
+    w = w.detach()
+    torch.testing.assert_close(g.sum((0, 2, 3)), (w * S[:, None]).sum((0, 2, 3)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        (g * xh.detach()).sum((0, 2, 3)), (w * gw).sum((0, 2, 3)), rtol=1e-12, atol=1e-12
+    )

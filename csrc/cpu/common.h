@@ -168,18 +168,19 @@ void add_grad_sums(const acc_t<T>* g, const T* xp, int64_t n, acc_t<T> hi, acc_t
   }
 }
 
-// dL/dx of one plane of P values from g = dL/dxh, the gradient with respect to the normalized
-// plane (docs/math.md): rstd * (g - mean(g) - xh * mean(g * xh)), with sg and sgxh the plane's
-// sums of g and g * xh (add_grad_sums), or g itself when the op did not normalize. `g` may be gxp
-// itself when T is acc_t<T> (in place). `xbuf` and `obuf` are scratch<T>(kBlock) buffers.
+// dL/dx of a plane of P values from g = dL/dxh, the gradient with respect to the normalized plane
+// (docs/math.md): rstd * (g - mean(g) - xh * mean(g * xh)), with sg and sgxh the plane's sums of g
+// and g * xh (add_grad_sums), or g itself when the op did not normalize. Computes the `n` values
+// at g, xp, gxp: the whole plane (n = P) or a run of its rows. `g` may be gxp itself when T is
+// acc_t<T> (in place). `xbuf` and `obuf` are scratch<T>(kBlock) buffers.
 template <typename T>
-void plane_input_grad_from_sums(const acc_t<T>* g, const T* xp, T* gxp, int64_t P, acc_t<T> hi,
-                                acc_t<T> lo, acc_t<T> rstd, bool normalized, double sg, double sgxh,
-                                acc_t<T>* xbuf, acc_t<T>* obuf) {
+void input_grad_from_sums(const acc_t<T>* g, const T* xp, T* gxp, int64_t n, int64_t P,
+                          acc_t<T> hi, acc_t<T> lo, acc_t<T> rstd, bool normalized, double sg,
+                          double sgxh, acc_t<T>* xbuf, acc_t<T>* obuf) {
   using acc = acc_t<T>;
   const acc mg = static_cast<acc>(sg / double(P)), mgxh = static_cast<acc>(sgxh / double(P));
-  for (int64_t i = 0; i < P; i += kBlock) {
-    const int64_t len = std::min(kBlock, P - i);
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t len = std::min(kBlock, n - i);
     acc* o = out_ptr(gxp + i, obuf);
     if (normalized) {
       normalize_backward(g + i, load(xp + i, len, xbuf), len, hi, lo, rstd, mg, mgxh, o);
@@ -190,13 +191,13 @@ void plane_input_grad_from_sums(const acc_t<T>* g, const T* xp, T* gxp, int64_t 
   }
 }
 
-// The same, computing the sums first (a pass over g and x).
+// The same for a whole plane, computing the sums first (a pass over g and x).
 template <typename T>
 void plane_input_grad(const acc_t<T>* g, const T* xp, T* gxp, int64_t P, acc_t<T> hi, acc_t<T> lo,
                       acc_t<T> rstd, bool normalized, acc_t<T>* xbuf, acc_t<T>* obuf) {
   double sg = 0.0, sgxh = 0.0;
   if (normalized) add_grad_sums(g, xp, P, hi, lo, rstd, &sg, &sgxh, xbuf);
-  plane_input_grad_from_sums(g, xp, gxp, P, hi, lo, rstd, normalized, sg, sgxh, xbuf, obuf);
+  input_grad_from_sums(g, xp, gxp, P, P, hi, lo, rstd, normalized, sg, sgxh, xbuf, obuf);
 }
 
 // Mean and rstd of one contiguous plane of P values (`buf`: scratch<T>(kBlock)).

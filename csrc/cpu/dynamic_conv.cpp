@@ -600,13 +600,76 @@ void direct_grouped_forward(const T* x, const T* w, const T* b, T* y, const Geom
   });
 }
 
+// For the instance-norm backward of the direct path: the sums over a plane of g = dL/dxh follow
+// from grad_y and the weight gradient, without a pass over g (docs/math.md, "The plane sums of the
+// input gradient"). With g[ci] = sum_{co, t} W[co, ci, t] * gy[co] shifted by tap t:
+//   sum_p g[ci]      = sum_{co, t} W[co, ci, t] * S[co, t]
+//   sum_p g[ci] * xh = sum_{co, t} W[co, ci, t] * gW[co, ci, t]
+// where S[co, t] is the sum of gy[co] over the outputs whose tap t reads inside the input: a
+// rectangle of rows [a_i, b_i) and columns [c_j, d_j) for tap t = (i, j) (stride 1). S is the
+// total of gy[co] (the bias gradient) less the rows outside [a_i, b_i) and, within them, the values
+// outside [c_j, d_j): only a few border rows are summed whole, and a few values of every row.
+struct TapRegionSums {
+  int64_t kh, kw, Wo, inner0, inner1;  // rows [inner0, inner1) lie in every [a_i, b_i)
+  std::vector<int64_t> a, b, c, d;
+  std::vector<double> rows_out;  // cout x kh: the rows outside [a_i, b_i), summed
+  std::vector<double> cols_out;  // cout x kh x kw: in the other rows, the values outside [c_j, d_j)
+  std::vector<double> inner;     // cout x kw: cols_out's share of the rows [inner0, inner1)
+
+  TapRegionSums(const Geometry& s, int64_t cout)
+      : kh(s.kh), kw(s.kw), Wo(s.Wo), inner0(0), inner1(s.Ho), a(s.kh), b(s.kh), c(s.kw),
+        d(s.kw), rows_out(cout * s.kh), cols_out(cout * s.kh * s.kw), inner(cout * s.kw) {
+    // Tap (i, j) of output (oh, ow) reads input row oh - pt + i * dh and column ow - pl + j * dw.
+    for (int64_t i = 0; i < kh; ++i) {
+      a[i] = std::clamp<int64_t>(s.pt - i * s.dh, 0, s.Ho);
+      b[i] = std::clamp<int64_t>(s.H + s.pt - i * s.dh, a[i], s.Ho);
+      inner0 = std::max(inner0, a[i]), inner1 = std::min(inner1, b[i]);
+    }
+    inner1 = std::max(inner0, inner1);
+    for (int64_t j = 0; j < kw; ++j) {
+      c[j] = std::clamp<int64_t>(s.pl - j * s.dw, 0, s.Wo);
+      d[j] = std::clamp<int64_t>(s.W + s.pl - j * s.dw, c[j], s.Wo);
+    }
+  }
+  void clear() {
+    for (auto* v : {&rows_out, &cols_out, &inner}) std::fill(v->begin(), v->end(), 0.0);
+  }
+  // Output row oh of channel co (Wo values).
+  template <typename acc>
+  void add_row(int64_t co, int64_t oh, const acc* row) {
+    const bool everywhere = inner0 <= oh && oh < inner1;
+    for (int64_t j = 0; j < kw; ++j) {
+      double out = 0.0;
+      for (int64_t k = 0; k < c[j]; ++k) out += row[k];
+      for (int64_t k = d[j]; k < Wo; ++k) out += row[k];
+      if (everywhere) {
+        inner[co * kw + j] += out;
+        continue;
+      }
+      for (int64_t i = 0; i < kh; ++i) {
+        if (a[i] <= oh && oh < b[i]) cols_out[(co * kh + i) * kw + j] += out;
+      }
+    }
+    if (everywhere) return;
+    double full = 0.0;
+    for (int64_t k = 0; k < Wo; ++k) full += row[k];
+    for (int64_t i = 0; i < kh; ++i) {
+      if (oh < a[i] || oh >= b[i]) rows_out[co * kh + i] += full;
+    }
+  }
+  // S[co, (i, j)] from the total of gy[co].
+  double at(int64_t co, int64_t i, int64_t j, double total) const {
+    return total - rows_out[co * kh + i] - cols_out[(co * kh + i) * kw + j] - inner[co * kw + j];
+  }
+};
+
 // Backward, one task per (n, group) (it owns the group's weight gradient and input planes):
 // 1. per band of output rows: the weight gradient from the normalized band and grad_y laid out in
 //    padded width (zero at the garbage columns), and the bias gradient;
-// 2. per band of input rows: g = grad_y (zero-padded) convolved with the flipped, transposed
-//    kernel (the transposed geometry `tg`), by the forward kernel, and the instance-norm
-//    backward's sums of g and g * xh over those rows while they are in cache;
-// 3. the instance-norm backward of each input plane.
+// 2. the instance-norm backward's plane sums of g = dL/dxh from step 1's results (TapRegionSums);
+// 3. per band of input rows: g = grad_y (zero-padded) convolved with the flipped, transposed
+//    kernel (the transposed geometry `tg`), by the forward kernel, and at once, while those rows
+//    are in cache, the instance-norm backward that turns them into dL/dx.
 template <typename T>
 void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb,
                              const Geometry& s, const Geometry& tg, const NormParams<acc_t<T>>& q,
@@ -629,6 +692,7 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
     std::unique_ptr<acc[]> gbuf(std::is_same_v<T, acc> ? nullptr : new acc[s.Cg * s.P()]);
     std::vector<acc> conv = scratch<T>(std::max({s.W, s.Wo, kBlock})), obuf = scratch<T>(kBlock);
     std::vector<double> gbd(s.Cog), sg(s.Cg), sgxh(s.Cg);
+    TapRegionSums region(s, s.Cog);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / s.groups, g = t % s.groups, q0 = n * s.C + g * s.Cg;
       const T* gyg = gy + (n * s.Co + g * s.Cog) * s.Q();
@@ -637,6 +701,7 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
       // 1. Weight and bias gradients.
       std::fill(part.begin(), part.end(), acc(0));
       std::fill(gbd.begin(), gbd.end(), 0.0);
+      region.clear();
       for (int64_t bi = 0; bi < bd.count; ++bi) {
         const int64_t r0 = bi * bd.R, r1 = std::min(s.Ho, r0 + bd.R), L = (r1 - r0) * bd.Wp;
         fill_band(x + n * s.C * s.P(), s, bd, bi, g * s.Cg, s.Cg, q.hi.data() + q0,
@@ -648,6 +713,7 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
             const acc* src = load(gyg + co * s.Q() + r * s.Wo, s.Wo, conv.data());
             std::copy_n(src, s.Wo, d);
             std::fill(d + s.Wo, d + bd.Wp, acc(0));
+            if (normalized) region.add_row(co, r, d);
           }
           std::fill(row + L, row + ldg, acc(0));
           gbd[co] += sum(row, L);
@@ -658,35 +724,37 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
       T* gwp = gw + (n * s.Co + g * s.Cog) * K;
       for (int64_t i = 0; i < s.Cog * K; ++i) gwp[i] = static_cast<T>(gwacc[i]);
       for (int64_t o = 0; o < s.Cog; ++o) gb[n * s.Co + g * s.Cog + o] = static_cast<T>(gbd[o]);
-      // 2. g = dL/dxh: wt[ci, co, t'] = W[co, ci, taps - 1 - t'].
+      // 2. The plane sums of g = dL/dxh.
       const T* wg = w + s.w_at(n, g * s.Cog);
+      for (int64_t ci = 0; ci < s.Cg && normalized; ++ci) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int64_t co = 0; co < s.Cog; ++co) {
+          for (int64_t k = 0; k < taps; ++k) {
+            const double wv = static_cast<double>(wg[(co * s.Cg + ci) * taps + k]);
+            s1 += wv * region.at(co, k / s.kw, k % s.kw, gbd[co]);
+            s2 += wv * static_cast<double>(gwacc[co * K + ci * taps + k]);
+          }
+        }
+        sg[ci] = s1, sgxh[ci] = s2;
+      }
+      // 3. g = dL/dxh, wt[ci, co, t'] = W[co, ci, taps - 1 - t'], and dL/dx.
       for (int64_t co = 0; co < s.Cog; ++co)
         for (int64_t ci = 0; ci < s.Cg; ++ci)
           for (int64_t k = 0; k < taps; ++k)
             wt[(ci * s.Cog + co) * taps + (taps - 1 - k)] = static_cast<acc>(wg[(co * s.Cg + ci) * taps + k]);
       transposed.pack(wt.data());
-      std::fill(sg.begin(), sg.end(), 0.0);
-      std::fill(sgxh.begin(), sgxh.end(), 0.0);
       for (int64_t bi = 0; bi < bt.count; ++bi) {
         const int64_t r0 = bi * bt.R, r1 = std::min(tg.Ho, r0 + bt.R);
         fill_band(gy + n * s.Co * s.Q(), tg, bt, bi, g * s.Cog, s.Cog, nullptr, nullptr, nullptr,
                   band.data(), conv.data());
         transposed.run_to_planes(band.data(), bt.cs, r0, r1, nullptr, out.data(), ldt, gplanes,
                                  s.P());
-        // The instance-norm backward's sums over these rows of g while they are in cache (in
-        // band order: deterministic).
-        for (int64_t ci = 0; ci < s.Cg && normalized; ++ci) {
-          const int64_t qi = q0 + ci, off = ci * s.P() + r0 * s.W;
-          add_grad_sums(gplanes + off, x + q0 * s.P() + off, (r1 - r0) * s.W, q.hi[qi], q.lo[qi],
-                        q.rstd[qi], &sg[ci], &sgxh[ci], conv.data());
+        for (int64_t ci = 0; ci < s.Cg; ++ci) {
+          const int64_t qi = q0 + ci, off = qi * s.P() + r0 * s.W;
+          input_grad_from_sums(gplanes + ci * s.P() + r0 * s.W, x + off, gx + off, (r1 - r0) * s.W,
+                               s.P(), q.hi[qi], q.lo[qi], q.rstd[qi], normalized, sg[ci], sgxh[ci],
+                               conv.data(), obuf.data());
         }
-      }
-      // 3. Instance-norm backward.
-      for (int64_t ci = 0; ci < s.Cg; ++ci) {
-        const int64_t qi = q0 + ci;
-        plane_input_grad_from_sums(gplanes + ci * s.P(), x + qi * s.P(), gx + qi * s.P(), s.P(),
-                                   q.hi[qi], q.lo[qi], q.rstd[qi], normalized, sg[ci], sgxh[ci],
-                                   conv.data(), obuf.data());
       }
     }
   });
