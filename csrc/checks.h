@@ -66,6 +66,9 @@ inline void check_weight_1x1(const at::Tensor& x, const at::Tensor& weight,
 
 inline void check_stats(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd) {
   for (const auto* t : {&mean, &rstd}) {
+    TORCH_CHECK_VALUE(t->device() == x.device(),
+                      "din_ops: expected the statistics on the device of x (", x.device(),
+                      "), got ", t->device());
     TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == x.size(0) && t->size(1) == x.size(1),
                       "din_ops: expected statistics of shape (N, C) = (", x.size(0), ", ",
                       x.size(1), "), got ", t->sizes());
@@ -167,16 +170,6 @@ inline void check_grad_y(const at::Tensor& grad_y, const at::Tensor& x, int64_t 
                         grad_y.size(2) == Ho && grad_y.size(3) == Wo,
                     "din_ops: expected grad_y of shape (", N, ", ", Co, ", ", Ho, ", ", Wo,
                     "), got ", grad_y.sizes());
-}
-
-// The statistics handed to a backward op live on the device of x.
-inline void check_stats_device(const at::Tensor& x, const at::Tensor& mean,
-                               const at::Tensor& rstd) {
-  for (const auto* t : {&mean, &rstd}) {
-    TORCH_CHECK_VALUE(t->device() == x.device(),
-                      "din_ops: expected the statistics on the device of x (", x.device(),
-                      "), got ", t->device());
-  }
 }
 
 }  // namespace din_ops

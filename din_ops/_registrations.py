@@ -6,6 +6,9 @@ give outputs of exactly the shapes, dtypes and strides that the real kernels ret
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -45,23 +48,49 @@ def _no_double_backward(name: str):
     return backward
 
 
+def _register_fake(qualname: str):
+    """torch.library.register_fake for ``qualname``, the kernel first checking that every tensor
+    argument is on the device of the first one, as the compiled kernels do. (A meta tensor passed
+    with CPU ones dispatches every din_ops operator to its fake kernel, which would otherwise
+    return uninitialized memory as the result.)"""
+
+    def register(fn):
+        names = list(inspect.signature(fn).parameters)
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            tensors = [(n, a) for n, a in zip(names, args) if isinstance(a, Tensor)]
+            tensors += [(n, a) for n, a in kwargs.items() if isinstance(a, Tensor)]
+            first, device = tensors[0][0], tensors[0][1].device
+            for name, t in tensors[1:]:
+                if t.device != device:
+                    raise ValueError(
+                        f"din_ops: expected {name} on the device of {first} ({device}), got {t.device}"
+                    )
+            return fn(*args, **kwargs)
+
+        return torch.library.register_fake(qualname)(checked)
+
+    return register
+
+
 if backends.extension_loaded():
 
-    @torch.library.register_fake("din_ops::instance_norm")
+    @_register_fake("din_ops::instance_norm")
     def _instance_norm_fake(x: Tensor, eps: float):
         return (torch.empty_like(x, memory_format=_out_format(x)), *_stats_like(x))
 
-    @torch.library.register_fake("din_ops::instance_norm_backward")
+    @_register_fake("din_ops::instance_norm_backward")
     def _instance_norm_backward_fake(grad_y: Tensor, x: Tensor, mean: Tensor, rstd: Tensor):
         return torch.empty_like(x, memory_format=_out_format(x))
 
-    @torch.library.register_fake("din_ops::dynamic_instance_norm_1x1")
+    @_register_fake("din_ops::dynamic_instance_norm_1x1")
     def _din_1x1_fake(x: Tensor, weight: Tensor, bias, eps: float):
         n, _, h, w = x.shape
         y = x.new_empty((n, weight.shape[1], h, w)).contiguous(memory_format=_out_format(x))
         return (y, *_stats_like(x))
 
-    @torch.library.register_fake("din_ops::dynamic_instance_norm_1x1_backward")
+    @_register_fake("din_ops::dynamic_instance_norm_1x1_backward")
     def _din_1x1_backward_fake(grad_y, x, weight, mean, rstd):
         # Per-sample gradients (batch N of x, also for a batch-1 weight).
         n, co = x.shape[0], weight.shape[1]
@@ -71,7 +100,7 @@ if backends.extension_loaded():
             weight.new_empty((n, co)),
         )
 
-    @torch.library.register_fake("din_ops::instance_stats")
+    @_register_fake("din_ops::instance_stats")
     def _instance_stats_fake(x: Tensor):
         return _stats_like(x)
 
@@ -80,7 +109,7 @@ if backends.extension_loaded():
         mean, _var = output
         ctx.save_for_backward(x, mean)
 
-    @torch.library.register_fake("din_ops::instance_stats_backward")
+    @_register_fake("din_ops::instance_stats_backward")
     def _instance_stats_backward_fake(grad_mean, grad_var, x: Tensor, mean):
         return torch.empty_like(x, memory_format=_out_format(x))
 
@@ -127,7 +156,7 @@ if backends.extension_loaded():
         "din_ops::dynamic_instance_norm_1x1", _din_1x1_backward, setup_context=_din_1x1_setup
     )
 
-    @torch.library.register_fake("din_ops::dynamic_conv")
+    @_register_fake("din_ops::dynamic_conv")
     def _dynamic_conv_fake(x, weight, bias, stride, padding, dilation, groups, normalize, eps):
         n, _, h, w = x.shape
         kh, kw = weight.shape[3], weight.shape[4]
@@ -136,7 +165,7 @@ if backends.extension_loaded():
         y = x.new_empty((n, weight.shape[1], ho, wo)).contiguous(memory_format=_out_format(x))
         return (y, *_stats_like(x))
 
-    @torch.library.register_fake("din_ops::dynamic_conv_backward")
+    @_register_fake("din_ops::dynamic_conv_backward")
     def _dynamic_conv_backward_fake(
         grad_y, x, weight, mean, rstd, stride, padding, dilation, groups, normalize
     ):
@@ -168,11 +197,11 @@ if backends.extension_loaded():
         """Whether gamma/beta `t` is full size (N, C, H, W) rather than per plane (N, C, 1, 1)."""
         return t.shape[2] == x.shape[2] and t.shape[3] == x.shape[3]
 
-    @torch.library.register_fake("din_ops::spatially_adaptive_instance_norm")
+    @_register_fake("din_ops::spatially_adaptive_instance_norm")
     def _sain_fake(x: Tensor, gamma: Tensor, beta, eps: float):
         return (torch.empty_like(x, memory_format=_out_format(x)), *_stats_like(x))
 
-    @torch.library.register_fake("din_ops::spatially_adaptive_instance_norm_backward")
+    @_register_fake("din_ops::spatially_adaptive_instance_norm_backward")
     def _sain_backward_fake(grad_y, x, gamma, mean, rstd, beta_defined: bool):
         # grad_gamma has gamma's shape (a full-size one in x's output layout); grad_beta is the
         # per-plane sum (N, C, 1, 1) when beta_defined, else an empty (0,) tensor.
@@ -209,7 +238,7 @@ if backends.extension_loaded():
         "din_ops::spatially_adaptive_instance_norm", _sain_backward, setup_context=_sain_setup
     )
 
-    @torch.library.register_fake("din_ops::adain")
+    @_register_fake("din_ops::adain")
     def _adain_fake(content: Tensor, style: Tensor, eps: float, unbiased: bool):
         y = torch.empty_like(content, memory_format=_out_format(content))
         return (y, *_stats_like(content), *_stats_like(style))
@@ -248,7 +277,7 @@ if backends.extension_loaded():
 
     torch.library.register_autograd("din_ops::adain", _adain_backward, setup_context=_adain_setup)
 
-    @torch.library.register_fake("din_ops::deformable_conv")
+    @_register_fake("din_ops::deformable_conv")
     def _deformable_conv_fake(
         x, weight, bias, offset, mask, stride, padding, dilation, groups, offset_groups, normalize, eps
     ):
@@ -256,7 +285,7 @@ if backends.extension_loaded():
         y = x.new_empty((n, weight.shape[1], offset.shape[2], offset.shape[3]))
         return (y.contiguous(memory_format=_out_format(x)), *_stats_like(x))
 
-    @torch.library.register_fake("din_ops::deformable_conv_backward")
+    @_register_fake("din_ops::deformable_conv_backward")
     def _deformable_conv_backward_fake(
         grad_y, x, weight, offset, mask, mean, rstd, stride, padding, dilation, groups, offset_groups,
         normalize,

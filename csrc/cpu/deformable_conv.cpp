@@ -554,6 +554,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_conv_cpu(
     const at::Tensor& offset_in, const c10::optional<at::Tensor>& mask_in, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
     bool normalize, double eps) {
+  check_eps(eps);
   check_args(x_in, weight, bias, offset_in, mask_in, stride, padding, dilation, groups,
              offset_groups);
   const Layout l = layout_of(x_in);

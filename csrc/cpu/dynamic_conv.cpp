@@ -764,6 +764,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cpu(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     bool normalize, double eps) {
+  check_eps(eps);
   check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, /*broadcast=*/true);
   const Layout l = layout_of(x_in);
   const at::Tensor x = x_in.contiguous();  // computed in NCHW (a copy for channels_last)
@@ -779,7 +780,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cpu(
       using acc = acc_t<scalar_t>;
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
       const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
-      if (s.depthwise()) {
+      if (s.Co == 0) {  // no output channels: the statistics only
+        statistics(xp, s, normalize, eps, mean.mutable_data_ptr<double>(),
+                   rstd.mutable_data_ptr<double>());
+      } else if (s.depthwise()) {
         depthwise_forward(xp, w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s,
                           normalize, eps, mean.mutable_data_ptr<double>(),
                           rstd.mutable_data_ptr<double>());
@@ -818,7 +822,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_backward_cpu(
   // Per-sample weight gradients (N, ...), also for a batch-1 weight: autograd sums those.
   auto gw = at::empty({s.N, w.size(1), w.size(2), w.size(3), w.size(4)}, x.options());
   auto gb = at::empty({s.N, s.Co}, x.options());
-  if (s.N > 0) {
+  if (s.N > 0 && s.Co == 0) {
+    gx.zero_();  // nothing depends on x: y is empty
+  } else if (s.N > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kBFloat16, at::kHalf, x.scalar_type(), "dynamic_conv_backward", [&] {
           using acc = acc_t<scalar_t>;

@@ -369,6 +369,7 @@ Modulation<T> modulation(const at::Tensor& prepared, const at::Tensor& x) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_cpu(
     const at::Tensor& x_in, const at::Tensor& gamma_in, const c10::optional<at::Tensor>& beta_in,
     double eps) {
+  check_eps(eps);
   check_input(x_in);
   const bool has_beta = beta_in.has_value() && beta_in->defined();
   check_modulation(x_in, gamma_in, "gamma", /*broadcast=*/true);

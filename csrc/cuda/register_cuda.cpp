@@ -98,7 +98,6 @@ void check_backward_on_cuda(const at::Tensor& grad_y, const at::Tensor& x, int64
   check_on_cuda(x);
   check_grad(grad_y, x, grad_channels);
   check_stats(x, mean, rstd);
-  check_stats_device(x, mean, rstd);
 }
 
 std::tuple<at::Tensor, at::Tensor> empty_stats(const at::Tensor& x) {
@@ -110,6 +109,7 @@ std::tuple<at::Tensor, at::Tensor> empty_stats(const at::Tensor& x) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cuda(const at::Tensor& x_in,
                                                                   double eps) {
+  check_eps(eps);
   check_input(x_in);
   check_on_cuda(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -245,6 +245,7 @@ void stats_1x1(const at::Tensor& x, at::Tensor& xh, at::Tensor& mean, at::Tensor
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_cuda(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     double eps) {
+  check_eps(eps);
   check_weight_1x1(x_in, weight, bias);
   check_on_cuda(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -419,6 +420,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cuda(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     bool normalize, double eps) {
+  check_eps(eps);
   check_conv_args(x_in, weight, bias, stride, padding, dilation, groups);
   check_on_cuda(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -447,7 +449,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_backward_cuda(
   check_conv_args(x_in, weight, c10::nullopt, stride, padding, dilation, groups);
   check_on_cuda(x_in);
   check_stats(x_in, mean, rstd);
-  check_stats_device(x_in, mean, rstd);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = x_in.contiguous(), w = weight.contiguous();
@@ -496,6 +497,7 @@ at::Tensor prepare(const at::Tensor& t, const at::Tensor& x, bool cl) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_cuda(
     const at::Tensor& x_in, const at::Tensor& gamma_in, const c10::optional<at::Tensor>& beta_in,
     double eps) {
+  check_eps(eps);
   check_input(x_in);
   check_on_cuda(x_in);
   const bool has_beta = beta_in.has_value() && beta_in->defined();
@@ -539,7 +541,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_
   check_modulation(x_in, gamma_in, "gamma");
   check_grad(grad_y, x_in, x_in.size(1));
   check_stats(x_in, mean, rstd);
-  check_stats_device(x_in, mean, rstd);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = in_layout(x_in, cl);
@@ -613,8 +614,6 @@ at::Tensor instance_stats_backward_cuda(const at::Tensor& grad_mean, const at::T
   check_on_cuda(x);
   check_stats(x, grad_mean, grad_var);
   check_stats(x, mean, mean);
-  check_stats_device(x, grad_mean, grad_var);
-  check_stats_device(x, mean, mean);
   const c10::cuda::CUDAGuard guard(x.device());
   if (x.numel() == 0) return at::empty_like(x);
   const at::ScalarType acc = acc_dtype(x);
@@ -670,6 +669,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_conv_cuda(
     const at::Tensor& offset_in, const c10::optional<at::Tensor>& mask_in, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
     bool normalize, double eps) {
+  check_eps(eps);
   check_deformable_args(x_in, weight, bias, offset_in, mask_in, stride, padding, dilation, groups,
                         offset_groups);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -704,7 +704,6 @@ deformable_conv_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_in,
   check_deformable_args(x_in, weight, c10::nullopt, offset_in, mask_in, stride, padding, dilation,
                         groups, offset_groups);
   check_stats(x_in, mean, rstd);
-  check_stats_device(x_in, mean, rstd);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = x_in.contiguous(), w = weight.contiguous(), offset = offset_in.contiguous();
