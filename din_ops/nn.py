@@ -58,6 +58,8 @@ class InstanceNorm2d(nn.Module):
 
     def __init__(self, channels: int, eps: float = 1e-5, backend: Optional[str] = None) -> None:
         super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
+            raise ValueError(f"din_ops.nn.InstanceNorm2d: expected channels to be a positive int, got {channels!r}")
         _check_backend(backend)
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
@@ -65,8 +67,12 @@ class InstanceNorm2d(nn.Module):
         self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
+        c = self.weight.shape[0]
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != c:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"din_ops.nn.InstanceNorm2d: expected input of shape (N, {c}, H, W) "
+                             f"(this layer's {c} channels), got {got}")
         # Batch 1: one gamma and beta for every sample, read in place by the kernels.
-        c = x.shape[1]
         gamma = self.weight.to(x.dtype).view(1, c, 1, 1)
         beta = self.bias.to(x.dtype).view(1, c, 1, 1)
         return ops.spatially_adaptive_instance_norm(x, gamma, beta, eps=self.eps, backend=self.backend)
@@ -158,6 +164,9 @@ class DynamicInstanceNorm2d(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"din_ops.nn.DynamicInstanceNorm2d: expected {name} to be a positive int, "
                                  f"got {value!r}")
+        if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0):
+            raise ValueError(f"din_ops.nn.DynamicInstanceNorm2d: expected hidden to be a positive int or None "
+                             f"(for 2 * channels), got {hidden!r}")
         if kernel_size % 2 == 0:
             raise ValueError(f"din_ops.nn.DynamicInstanceNorm2d: expected an odd kernel_size, got {kernel_size}")
         if channels % groups:
@@ -170,7 +179,7 @@ class DynamicInstanceNorm2d(nn.Module):
         self.channels, self.style_channels, self.kind = channels, style_channels, kind
         self.kernel_size, self.groups, self.grid, self.eps = kernel_size, groups, grid, eps
         self.backend = backend
-        hidden = hidden or 2 * channels
+        hidden = 2 * channels if hidden is None else hidden
         if kind == "spatially_adaptive":
             self.weight_net = ParamNet(style_channels, hidden, channels, grid, pool)
             self.bias_net = ParamNet(style_channels, hidden, channels, grid, pool)
@@ -219,12 +228,22 @@ class DynamicInstanceNorm2d(nn.Module):
         A code of batch 1 is used for every content sample. ``alpha`` in [0, 1] blends the result
         with the unchanged content features: ``alpha * DIN(x) + (1 - alpha) * x``.
         """
+        alpha = ops._check_unit_interval(alpha)
         if not isinstance(content, Tensor) or content.dim() != 4 or content.shape[1] != self.channels:
             got = tuple(content.shape) if isinstance(content, Tensor) else type(content).__name__
             raise ValueError(f"din_ops.nn.DynamicInstanceNorm2d: expected content features of shape "
                              f"(N, {self.channels}, H, W), got {got}")
         weight, bias = code
         n = content.shape[0]
+        if self.kind == "spatially_adaptive":
+            c, g = self.channels, self.grid
+            for name, t in (("gamma", weight), ("beta", bias)):
+                if not isinstance(t, Tensor) or t.dim() != 4 or tuple(t.shape[1:]) != (c, g, g):
+                    got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                    raise ValueError(
+                        f"din_ops.nn.DynamicInstanceNorm2d: expected a spatially_adaptive style code "
+                        f"(gamma, beta) of shapes (N, {c}, {g}, {g}) (channels, grid, grid; as "
+                        f"encode_style returns, batch N = {n} or 1), got {name} of shape {got}")
         if weight.shape[0] != n:
             if weight.shape[0] != 1:
                 raise ValueError(f"din_ops.nn.DynamicInstanceNorm2d: a style code of batch {weight.shape[0]} "
@@ -244,7 +263,10 @@ class DynamicInstanceNorm2d(nn.Module):
         else:
             extra = {}
             if self.kind == "deformable":
-                extra["offset"] = self.offset_net(content)
+                # The offset net runs in its parameters' dtype and its offsets are cast to content's
+                # dtype, as the style code is: any float content dtype works, as in the other kinds.
+                offset = self.offset_net(content.to(self.offset_net.weight.dtype))
+                extra["offset"] = offset.to(content.dtype)
             pad = self.kernel_size // 2
             y = ops.dynamic_instance_norm(content, weight, bias, padding=pad, groups=self.groups, eps=self.eps,
                                           backend=self.backend, **extra)
@@ -254,6 +276,7 @@ class DynamicInstanceNorm2d(nn.Module):
 
     def forward(self, content: Tensor, style: Tensor, alpha: float = 1.0) -> Tensor:
         """``apply(content, encode_style(style), alpha)``."""
+        ops._check_unit_interval(alpha)  # before the style is encoded
         return self.apply(content, self.encode_style(style), alpha)
 
 

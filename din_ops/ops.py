@@ -20,6 +20,8 @@ Behaviour shared by every function (see docs/numerics.md):
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 
 from typing import Optional, Union
 
@@ -35,24 +37,36 @@ def _shape(t: Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
-def _check_x(x: Tensor) -> None:
+def _check_x(x: Tensor, name: str = "x") -> None:
+    """x (named ``name`` in the messages: "content", "style") is a float (N, C, H, W) tensor."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"din_ops: expected x to be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"din_ops: expected {name} to be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"din_ops: expected x to be float32, float64, float16 or bfloat16, got {x.dtype}")
+        raise TypeError(f"din_ops: expected {name} to be float32, float64, float16 or bfloat16, got {x.dtype}")
     if x.dim() != 4:
-        raise ValueError(f"din_ops: expected x of shape (N, C, H, W), got {_shape(x)}")
+        raise ValueError(f"din_ops: expected {name} of shape (N, C, H, W), got {_shape(x)}")
     if x.shape[1] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(
-            f"din_ops: expected x with C, H and W > 0 (an empty batch N = 0 is fine), got {_shape(x)}"
+            f"din_ops: expected {name} with C, H and W > 0 (an empty batch N = 0 is fine), got {_shape(x)}"
         )
 
 
-def _check_eps(eps: float) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+def _real(value) -> Optional[float]:
+    """value as a float when it is a real number (Python or numpy), None otherwise (bool, tensors,
+    strings, None)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def _check_eps(eps: float) -> float:
+    """eps (a Python or numpy real >= 0, not bool) as a float."""
+    value = _real(eps)
+    if value is None:
         raise TypeError(f"din_ops: expected eps to be a float, got {type(eps).__name__}")
-    if not eps >= 0:
+    if not value >= 0:
         raise ValueError(f"din_ops: expected eps >= 0, got {eps}")
+    return value
 
 
 def _check_unbiased(unbiased: bool) -> None:
@@ -73,7 +87,7 @@ def _unbiased_scale(x: Tensor, eps: float, unbiased: bool) -> tuple[float, float
     if not unbiased or m == 1:
         return 1.0, float(eps)
     k = (m - 1) / m
-    return math.sqrt(k), float(eps) * k
+    return torch.sym_sqrt(k) if isinstance(k, torch.SymFloat) else math.sqrt(k), float(eps) * k
 
 
 def _batch_hint(name: str, n: int) -> str:
@@ -103,13 +117,14 @@ def _autocast_mix(t: Tensor, x: Tensor) -> bool:
     )
 
 
-def _check_like_x(t: Tensor, name: str, x: Tensor) -> None:
+def _check_like_x(t: Tensor, name: str, x: Tensor, x_name: str = "x") -> None:
+    """t is a tensor of x's dtype and device (x named ``x_name`` in the messages)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"din_ops: expected {name} to be a torch.Tensor, got {type(t).__name__}")
     if t.dtype != x.dtype and not _autocast_mix(t, x):
-        raise TypeError(f"din_ops: expected {name} to have the dtype of x ({x.dtype}), got {t.dtype}")
+        raise TypeError(f"din_ops: expected {name} to have the dtype of {x_name} ({x.dtype}), got {t.dtype}")
     if t.device != x.device:
-        raise ValueError(f"din_ops: expected {name} on the device of x ({x.device}), got {t.device}")
+        raise ValueError(f"din_ops: expected {name} on the device of {x_name} ({x.device}), got {t.device}")
 
 
 def instance_norm(
@@ -135,7 +150,7 @@ def instance_norm(
         A tensor like x (channels_last when x is).
     """
     _check_x(x)
-    _check_eps(eps)
+    eps = _check_eps(eps)
     _check_unbiased(unbiased)
     chosen = backends.resolve(backend, x.device)
     if chosen == "reference":
@@ -150,11 +165,47 @@ def instance_norm(
     return torch.ops.din_ops.instance_norm(x, eps_)[0]
 
 
+def _index(value) -> Optional[int]:
+    """value as a Python int when it is an integer of any type (int, numpy integers: anything with
+    ``__index__``, as F.conv2d accepts), None otherwise (bool, tensors, floats, strings, None)."""
+    if isinstance(value, (bool, Tensor)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _int_pair(value, name: str, minimum: int, expected: str) -> tuple[int, int]:
+    """value, an integer or a pair (tuple or list) of them, as a pair of ints >= minimum. Anything
+    but integers (floats, None, bool, tensors) raises TypeError, integers out of range or a
+    sequence not of length 2 ValueError; both say ``expected {name} to be {expected}``."""
+    single = _index(value)
+    if single is not None:
+        pair: tuple = (single, single)
+    elif isinstance(value, (tuple, list)):
+        pair = tuple(_index(v) for v in value)
+    else:
+        pair = (None,)
+    if any(v is None for v in pair):
+        raise TypeError(f"din_ops: expected {name} to be {expected}, got {value!r}")
+    if len(pair) != 2 or not all(v >= minimum for v in pair):
+        raise ValueError(f"din_ops: expected {name} to be {expected}, got {value!r}")
+    return pair
+
+
 def _pair(value, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ValueError(f"din_ops: expected {name} to be a positive int or a pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return _int_pair(value, name, 1, "a positive int or a pair of them")
+
+
+def _check_groups(groups, channels: int) -> int:
+    """groups (any integer type, not bool) as an int > 0 dividing channels."""
+    g = _index(groups)
+    if g is None or g <= 0 or channels % g:
+        raise (TypeError if g is None else ValueError)(
+            f"din_ops: expected groups to be a positive int dividing C = {channels}, got {groups!r}"
+        )
+    return g
 
 
 def _padding(
@@ -171,20 +222,14 @@ def _padding(
         total = [d * (k - 1) for d, k in zip(dilation, kernel)]
         # F.conv2d puts the odd extra pixel of an even kernel at the bottom/right.
         return (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
-    pair = (
-        (padding, padding) if isinstance(padding, int) and not isinstance(padding, bool) else tuple(padding)
-    )
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair):
-        raise ValueError(
-            f"din_ops: expected padding to be an int >= 0, a pair of them, 'same' or 'valid', got {padding!r}"
-        )
+    pair = _int_pair(padding, "padding", 0, "an int >= 0, a pair of them, 'same' or 'valid'")
     return (pair[0], pair[0], pair[1], pair[1])
 
 
-def _per_channel(t: Tensor, name: str, x: Tensor, channels: int) -> Tensor:
+def _per_channel(t: Tensor, name: str, x: Tensor, channels: int, x_name: str = "x") -> Tensor:
     """A per-channel, per-sample vector given as (N, C) or (N, C, 1, 1) (the shape statistics come
     in), batch N or 1, returned as (N or 1, C)."""
-    _check_like_x(t, name, x)
+    _check_like_x(t, name, x, x_name)
     n = x.shape[0]
     shape = _shape(t)
     fits = (len(shape) == 2 or (len(shape) == 4 and shape[2:] == (1, 1))) and shape[1] == channels
@@ -198,13 +243,12 @@ def _per_channel(t: Tensor, name: str, x: Tensor, channels: int) -> Tensor:
 
 def _check_weight_bias(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int
-) -> tuple[Tensor, Optional[Tensor]]:
-    """Validates weight and bias; returns weight as (N or 1, Co, C // groups, kh, kw) and bias as
-    (N or 1, Co) or None."""
+) -> tuple[Tensor, Optional[Tensor], int]:
+    """Validates weight, bias and groups; returns weight as (N or 1, Co, C // groups, kh, kw), bias
+    as (N or 1, Co) or None, and groups as an int."""
     _check_like_x(weight, "weight", x)
     n, c = x.shape[0], x.shape[1]
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0 or c % groups:
-        raise ValueError(f"din_ops: expected groups to be a positive int dividing C = {c}, got {groups!r}")
+    groups = _check_groups(groups, c)
     w = weight[..., None, None] if weight.dim() == 3 else weight
     if w.dim() != 5 or w.shape[0] not in (n, 1) or w.shape[2] != c // groups or w.shape[1] % groups:
         raise ValueError(
@@ -215,7 +259,7 @@ def _check_weight_bias(
         )
     if bias is not None:
         bias = _per_channel(bias, "bias", x, w.shape[1])
-    return w, bias
+    return w, bias, groups
 
 
 def _conv_args(x: Tensor, w: Tensor, stride, padding, dilation):
@@ -238,16 +282,24 @@ def _conv_args(x: Tensor, w: Tensor, stride, padding, dilation):
 
 def _prepare_conv(x, weight, bias, stride, padding, dilation, groups, backend):
     """Checks of the conv-style entry points; returns the 5-D weight, the (N or 1, Co) bias, the
-    operator's stride, padding (top, bottom, left, right) and dilation lists, and the chosen
-    backend. Batch-1 weight and bias stay batch 1 for the CPU kernels and are expanded for the
-    others."""
+    operator's stride, padding (top, bottom, left, right) and dilation lists, groups as an int, and
+    the chosen backend. Batch-1 weight and bias stay batch 1 for the CPU kernels and are expanded
+    for the others."""
     _check_x(x)
-    w, b = _check_weight_bias(x, weight, bias, groups)
+    w, b, groups = _check_weight_bias(x, weight, bias, groups)
     stride_, pad, dilation_ = _conv_args(x, w, stride, padding, dilation)
     chosen = backends.resolve(backend, x.device)
     if chosen != "cpu":
         w, b = _expand_batch(w, x.shape[0]), _expand_batch(b, x.shape[0])
-    return w, b, stride_, pad, dilation_, chosen
+    return w, b, stride_, pad, dilation_, groups, chosen
+
+
+def _reference_geometry(padding, stride: list[int], pad: list[int], dilation: list[int],
+                        groups: int) -> dict:
+    """The checked convolution arguments as din_ops.reference takes them: pairs of Python ints (a
+    string padding is kept: "same" may pad a pixel more at the bottom/right)."""
+    return dict(stride=tuple(stride), padding=padding if isinstance(padding, str) else (pad[0], pad[2]),
+                dilation=tuple(dilation), groups=groups)
 
 
 def dynamic_instance_norm(
@@ -314,12 +366,12 @@ def dynamic_instance_norm(
         w, b = weight_net(style), bias_net(style)         # (N, C, C), (N, C)
         features = din_ops.dynamic_instance_norm(content, w, b)
     """
-    _check_eps(eps)
+    eps = _check_eps(eps)
     _check_unbiased(unbiased)
     if isinstance(weight, Tensor) and weight.dim() == 2:
-        return _diagonal_1x1(x, weight, bias, stride, padding, groups, eps, unbiased, backend,
-                             offset, mask)
-    w, bias, stride_, pad, dilation_, chosen = _prepare_conv(
+        return _diagonal_1x1(x, weight, bias, stride, padding, dilation, groups, eps, unbiased,
+                             backend, offset, mask)
+    w, bias, stride_, pad, dilation_, groups, chosen = _prepare_conv(
         x, weight, bias, stride, padding, dilation, groups, backend
     )
     if chosen == "reference":
@@ -331,8 +383,8 @@ def dynamic_instance_norm(
                 reference.instance_norm(x, eps, unbiased), w, bias, offset, mask, **kw
             )
         return reference.dynamic_instance_norm(
-            x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups, eps=eps,
-            unbiased=unbiased,
+            x, w, bias, eps=eps, unbiased=unbiased,
+            **_reference_geometry(padding, stride_, pad, dilation_, groups),
         )
     # Unbiased variance: the biased kernels with eps * k and the weight scaled by sqrt(k) (the
     # convolution is linear in IN(x), and its zero padding is unchanged by the scale).
@@ -373,7 +425,7 @@ def dynamic_conv2d(
     Same arguments, layouts and dtypes as :func:`dynamic_instance_norm` (without ``eps``); with
     ``offset`` (and ``mask``) it is ``torchvision.ops.deform_conv2d`` with a per-sample weight.
     """
-    w, bias, stride_, pad, dilation_, chosen = _prepare_conv(
+    w, bias, stride_, pad, dilation_, groups, chosen = _prepare_conv(
         x, weight, bias, stride, padding, dilation, groups, backend
     )
     if chosen == "triton":
@@ -386,7 +438,7 @@ def dynamic_conv2d(
         return _deformable(x, w, bias, offset, mask, stride_, pad, dilation_, groups, False, 0.0, chosen)
     if chosen == "reference":
         return reference.dynamic_conv2d(
-            x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups
+            x, w, bias, **_reference_geometry(padding, stride_, pad, dilation_, groups)
         )
     return torch.ops.din_ops.dynamic_conv(x, w, bias, stride_, pad, dilation_, groups, False, 0.0)[0]
 
@@ -419,7 +471,8 @@ def _sain_call(x: Tensor, gamma: Tensor, beta: Optional[Tensor], eps: float, cho
     return torch.ops.din_ops.spatially_adaptive_instance_norm(x, gamma, beta, eps)[0]
 
 
-def _diagonal_1x1(x, weight, bias, stride, padding, groups, eps, unbiased, backend, offset, mask):
+def _diagonal_1x1(x, weight, bias, stride, padding, dilation, groups, eps, unbiased, backend,
+                  offset, mask):
     """dynamic_instance_norm with a diagonal 1x1 weight given as its diagonal (N or 1, C)."""
     _check_x(x)
     n, c = x.shape[0], x.shape[1]
@@ -429,10 +482,13 @@ def _diagonal_1x1(x, weight, bias, stride, padding, groups, eps, unbiased, backe
             f"din_ops: expected a diagonal 1x1 weight of shape (N, C) = ({n}, {c}) (or (1, C) for "
             f"every sample), got {_shape(weight)}; for a full channel mixing pass (N, Co, C)"
         )
+    # The arguments are checked as for any kernel (a 1x1 kernel ignores dilation, but a bad one is
+    # still refused); then only stride 1, no padding and groups 1 fit a diagonal weight.
+    groups = _check_groups(groups, c)
+    stride_, dilation_ = _pair(stride, "stride"), _pair(dilation, "dilation")
+    pad = _padding(padding, (1, 1), stride_, dilation_)
     geometry_ok = (
-        offset is None and mask is None and groups == 1
-        and _pair(stride, "stride") == (1, 1)
-        and (padding in ("valid", "same") or _padding(padding, (1, 1), (1, 1), (1, 1)) == (0, 0, 0, 0))
+        offset is None and mask is None and groups == 1 and stride_ == (1, 1) and pad == (0, 0, 0, 0)
     )
     if not geometry_ok:
         raise ValueError(
@@ -490,7 +546,7 @@ def spatially_adaptive_instance_norm(
         features = din_ops.spatially_adaptive_instance_norm(features, gamma, beta)
     """
     _check_x(x)
-    _check_eps(eps)
+    eps = _check_eps(eps)
     _check_unbiased(unbiased)
     gamma = _check_modulation(gamma, "gamma", x)
     if beta is not None:
@@ -557,11 +613,14 @@ def _deformable(x, w, bias, offset, mask, stride, pad, dilation, groups, normali
     )[0]
 
 
-def _check_unit_interval(alpha: float) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+def _check_unit_interval(alpha: float) -> float:
+    """alpha (a Python or numpy real in [0, 1], not bool) as a float."""
+    value = _real(alpha)
+    if value is None:
         raise TypeError(f"din_ops: expected alpha to be a float, got {type(alpha).__name__}")
-    if not 0.0 <= alpha <= 1.0:
+    if not 0.0 <= value <= 1.0:
         raise ValueError(f"din_ops: expected alpha in [0, 1], got {alpha}")
+    return value
 
 
 def _instance_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -598,8 +657,8 @@ def style_stats(
     Returns:
         (mean, std), each (N, C, 1, 1).
     """
-    _check_x(style)
-    _check_eps(eps)
+    _check_x(style, "style")
+    eps = _check_eps(eps)
     _check_unbiased(unbiased)
     chosen = backends.resolve(backend, style.device)
     if chosen == "reference":
@@ -613,7 +672,7 @@ def style_stats(
 
 
 def _check_style_features(style: Tensor, content: Tensor) -> None:
-    _check_like_x(style, "style", content)
+    _check_like_x(style, "style", content, "content")
     n, c = content.shape[0], content.shape[1]
     if style.dim() != 4 or style.shape[1] != c or style.shape[0] not in (n, 1):
         raise ValueError(
@@ -631,8 +690,8 @@ def _style_operands(content: Tensor, style, eps, unbiased, backend) -> tuple[Ten
         _check_style_features(style, content)
         return style_stats(style, eps=eps, unbiased=unbiased, backend=backend)
     if isinstance(style, (tuple, list)) and len(style) == 2:
-        mean = _per_channel(style[0], "style mean", content, c)
-        std = _per_channel(style[1], "style std", content, c)
+        mean = _per_channel(style[0], "style mean", content, c, "content")
+        std = _per_channel(style[1], "style std", content, c, "content")
         return mean.reshape(-1, c, 1, 1), std.reshape(-1, c, 1, 1)
     raise TypeError(
         "din_ops: expected style to be the style features (a tensor (N, C, Hs, Ws)) or their "
@@ -641,10 +700,14 @@ def _style_operands(content: Tensor, style, eps, unbiased, backend) -> tuple[Ten
 
 
 def _blend(content: Tensor, t: Tensor, alpha: float) -> Tensor:
-    """alpha * t + (1 - alpha) * content; under autocast t comes in the autocast dtype, and the
-    blend is computed in content's dtype and returned in t's."""
+    """alpha * t + (1 - alpha) * content, in t's layout (the output of alpha = 1: contiguous or
+    channels_last as content, other strides made contiguous), where torch.lerp alone would follow
+    content's strides; under autocast t comes in the autocast dtype, and the blend is computed in
+    content's dtype and returned in t's."""
     if alpha == 1.0:
         return t
+    if content.stride() != t.stride():
+        content = torch.empty_like(t, dtype=content.dtype).copy_(content)
     if t.dtype != content.dtype:
         return torch.lerp(content, t.to(content.dtype), float(alpha)).to(t.dtype)
     return torch.lerp(content, t, float(alpha))
@@ -693,10 +756,10 @@ def adain(
         # pytorch-AdaIN: t = adaptive_instance_normalization(content_f, style_f)
         t = din_ops.adain(content_f, style_f, unbiased=True)
     """
-    _check_x(content)
-    _check_eps(eps)
+    _check_x(content, "content")
+    eps = _check_eps(eps)
     _check_unbiased(unbiased)
-    _check_unit_interval(alpha)
+    alpha = _check_unit_interval(alpha)
     if isinstance(style, Tensor) and backends.resolve(backend, content.device) in ("cpu", "cuda", "meta"):
         _check_style_features(style, content)
         t = torch.ops.din_ops.adain(content, style, float(eps), unbiased)[0]

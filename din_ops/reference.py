@@ -26,6 +26,17 @@ def unbiased_variance(var: Tensor, count: int) -> Tensor:
     return var * (count / (count - 1) if count > 1 else 0.0)
 
 
+def _centered(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean of each (n, c) plane of x and ``x - mean``, which is exactly 0 on a plane whose values
+    are all equal (its float mean may be off by a rounding, which would leave ``x - mean`` and the
+    variance slightly non-zero). There ``x - mean`` less its own value (detached) is 0 with the
+    gradient of ``x - mean``, so autograd differentiates the plain formula everywhere."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    centered = x - mean
+    constant = (x == x[:, :, :1, :1]).all(dim=(2, 3), keepdim=True)
+    return mean, centered - torch.where(constant, centered.detach(), torch.zeros_like(centered))
+
+
 def instance_norm(x: Tensor, eps: float = 1e-5, unbiased: bool = False) -> Tensor:
     """Instance normalization of ``x`` (N, C, H, W) without affine parameters.
 
@@ -35,17 +46,13 @@ def instance_norm(x: Tensor, eps: float = 1e-5, unbiased: bool = False) -> Tenso
     M = 1; eps is added to whichever variance is used, inside the square root), with one defined
     edge case: a plane whose ``var + eps`` is 0 (constant, or a single pixel, with ``eps = 0``)
     normalizes to 0 with a zero gradient, where the plain formula gives 0 / 0 = NaN. An inf or NaN
-    in a plane makes that whole plane NaN.
+    in a plane makes that whole plane NaN. A constant plane normalizes to exactly 0 for any eps.
     """
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    centered = x - mean
+    _, centered = _centered(x)  # exactly 0 on a constant plane, whose variance is then 0 too
     var = centered.square().mean(dim=(2, 3), keepdim=True)
     if unbiased:
         var = unbiased_variance(var, x.shape[2] * x.shape[3])
-    # A plane whose values are all equal has variance exactly 0 (its float mean may be off by a
-    # rounding, which would leave a tiny positive one).
-    constant = (x == x[:, :, :1, :1]).all(dim=(2, 3), keepdim=True)
-    v = torch.where(constant, torch.zeros_like(var), var) + eps
+    v = var + eps
     # Divide only by positive values, so that neither branch nor its gradient is inf or NaN (a NaN
     # v, from inf/NaN in x, is not 0 and stays in the result).
     zero = v == 0
@@ -82,6 +89,14 @@ def dynamic_conv2d(
         padding = 0
     n, c, h, w = x.shape
     co = weight.shape[1]
+    if n == 0:
+        # An empty batch folds into 0 groups, which F.conv2d refuses: one plain conv2d of the empty
+        # batch instead, with the (zero) sums over the empty batch of weight and bias, so that the
+        # output (0, Co, Ho, Wo) and the (empty) gradients still come from autograd.
+        return F.conv2d(
+            x, weight.sum(0), None if bias is None else bias.reshape(n, co).sum(0),
+            stride=stride, padding=padding, dilation=dilation, groups=groups,
+        )
     y = F.conv2d(
         x.reshape(1, n * c, h, w),
         weight.reshape(n * co, *weight.shape[2:]),
@@ -129,9 +144,10 @@ def spatially_adaptive_instance_norm(
 
 def style_stats(style: Tensor, eps: float = 1e-5, unbiased: bool = False) -> tuple[Tensor, Tensor]:
     """Per-(n, c) mean and standard deviation ``sqrt(var + eps)`` of ``style`` (N, C, H, W), each
-    (N, C, 1, 1): AdaIN's style statistics (``unbiased`` as in :func:`instance_norm`)."""
-    mean = style.mean(dim=(2, 3), keepdim=True)
-    var = (style - mean).square().mean(dim=(2, 3), keepdim=True)
+    (N, C, 1, 1): AdaIN's style statistics (``unbiased`` as in :func:`instance_norm`; a constant
+    plane has variance exactly 0, so its std is ``sqrt(eps)``)."""
+    mean, centered = _centered(style)
+    var = centered.square().mean(dim=(2, 3), keepdim=True)
     if unbiased:
         var = unbiased_variance(var, style.shape[2] * style.shape[3])
     return mean, torch.sqrt(var + eps)
@@ -211,11 +227,11 @@ def deformable_conv2d(
                                   (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
         yy, xx = y0 + cy, x0 + cx
         inside = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)
-        index = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).long().reshape(n, g, 1, -1)
-        values = torch.gather(xs, 3, index.expand(n, g, c // g, -1))
-        samples.addcmul_(values, (corner_weight * inside).reshape(n, g, 1, -1))
-    if mask is not None:
-        samples = samples * mask.reshape(n, g, 1, -1)
+        index = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).long().reshape(n, g, 1, kk * ho * wo)
+        values = torch.gather(xs, 3, index.expand(n, g, c // g, kk * ho * wo))
+        samples.addcmul_(values, (corner_weight * inside).reshape(n, g, 1, kk * ho * wo))
+    if mask is not None:  # (sizes written out, not -1, so that an empty batch N = 0 runs too)
+        samples = samples * mask.reshape(n, g, 1, kk * ho * wo)
 
     # The convolution is now a batched matrix product per convolution group.
     cols = samples.reshape(n, groups, (c // groups) * kk, ho * wo)
