@@ -57,6 +57,27 @@ def test_dynamic_shapes(device):
         torch.testing.assert_close(compiled(x, w), reference.dynamic_instance_norm(x, w))
 
 
+def test_unbiased_adain_trains_at_any_size_without_recompiling():
+    # The unbiased content scale sqrt((M - 1) / M) of adain's backward stays symbolic in H * W.
+    compiled = torch.compile(
+        lambda c, s: din_ops.adain(c, s, unbiased=True), fullgraph=True, dynamic=True, backend="aot_eager"
+    )
+    style = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+    with torch._dynamo.config.patch(error_on_recompile=False):
+        frames = []
+        for h, w in [(5, 7), (6, 9), (9, 4), (11, 3)]:
+            c = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+            y = compiled(c, style)
+            (g,) = torch.autograd.grad(y.square().sum(), c)
+            c2 = c.detach().requires_grad_()
+            e = reference.adain(c2, *reference.style_stats(style, 1e-5, True), unbiased=True)
+            torch.testing.assert_close(y, e)
+            torch.testing.assert_close(g, torch.autograd.grad(e.square().sum(), c2)[0])
+            frames.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    # The first shapes compile once (duck sizing may add one more for H != W); none after that.
+    assert frames[-1] == frames[1], frames
+
+
 @pytest.mark.parametrize("kind", [dict(), dict(din_kernel=3, din_groups=2), dict(din_kind="spatially_adaptive"),
                                   dict(din_kind="deformable", din_kernel=3)],
                          ids=["1x1", "grouped3x3", "spatially_adaptive", "deformable"])
