@@ -114,6 +114,12 @@ inline void check_eps(double eps) {
   TORCH_CHECK_VALUE(eps >= 0.0, "din_ops: expected eps >= 0, got ", eps);
 }
 
+// The eps the kernels add to the biased variance of x's planes (math::kernel_eps; called before x
+// is checked: another rank, which the checks then refuse, keeps eps).
+inline double kernel_eps(double eps, bool unbiased, const at::Tensor& x) {
+  return x.dim() == 4 ? math::kernel_eps(eps, unbiased, x.size(2) * x.size(3)) : eps;
+}
+
 // Arguments of dynamic_conv / dynamic_conv_backward (every backend): weight (N, Co, C / groups,
 // kh, kw), bias (N, Co) or undefined (either with batch 1 when `broadcast`: one operand for every
 // sample), stride and dilation of 2 values, padding (top, bottom, left, right), and a kernel that

@@ -17,7 +17,12 @@ TORCH_LIBRARY(din_ops, m) {
   // the library is loaded, DIN_OPS_CPU_CAPABILITY overrides it) and the levels this CPU can run.
   m.def("cpu_capability() -> str");
   m.def("cpu_capabilities() -> str[]");
-  m.def("instance_norm(Tensor x, float eps) -> (Tensor y, Tensor mean, Tensor rstd)", tags);
+  // Every normalizing operator takes `eps` and `unbiased`: the variance is the biased one
+  // (F.instance_norm's) or, for unbiased=True, torch.var's; the kernels then use the biased
+  // variance with eps * (M - 1) / M (M = H * W) and the caller scales the affine weight by
+  // sqrt((M - 1) / M) (docs/math.md, "Unbiased variance"). The returned rstd is 1 / sqrt(var + eps')
+  // with that eps' either way.
+  m.def("instance_norm(Tensor x, float eps, bool unbiased=False) -> (Tensor y, Tensor mean, Tensor rstd)", tags);
   m.def("instance_norm_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd) -> Tensor",
         tags);
   // The statistics alone, without writing a normalized tensor (e.g. the style features of AdaIN):
@@ -29,7 +34,8 @@ TORCH_LIBRARY(din_ops, m) {
       "instance_stats_backward(Tensor grad_mean, Tensor grad_var, Tensor x, Tensor mean) -> Tensor",
       tags);
   m.def(
-      "dynamic_instance_norm_1x1(Tensor x, Tensor weight, Tensor? bias, float eps)"
+      "dynamic_instance_norm_1x1(Tensor x, Tensor weight, Tensor? bias, float eps,"
+      " bool unbiased=False)"
       " -> (Tensor y, Tensor mean, Tensor rstd)",
       tags);
   m.def(
@@ -41,7 +47,7 @@ TORCH_LIBRARY(din_ops, m) {
   // padding is (top, bottom, left, right); without normalization mean = 0 and rstd = 1.
   m.def(
       "dynamic_conv(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[4] padding,"
-      " int[2] dilation, int groups, bool normalize, float eps)"
+      " int[2] dilation, int groups, bool normalize, float eps, bool unbiased=False)"
       " -> (Tensor y, Tensor mean, Tensor rstd)",
       tags);
   m.def(
@@ -54,7 +60,8 @@ TORCH_LIBRARY(din_ops, m) {
   // grad_y, (N, C, 1, 1), when beta_defined and an empty (0,) tensor otherwise (the gradient of a
   // full-size beta is grad_y itself, which autograd passes on without a copy).
   m.def(
-      "spatially_adaptive_instance_norm(Tensor x, Tensor gamma, Tensor? beta, float eps)"
+      "spatially_adaptive_instance_norm(Tensor x, Tensor gamma, Tensor? beta, float eps,"
+      " bool unbiased=False)"
       " -> (Tensor y, Tensor mean, Tensor rstd)",
       tags);
   m.def(
@@ -82,7 +89,7 @@ TORCH_LIBRARY(din_ops, m) {
   m.def(
       "deformable_conv(Tensor x, Tensor weight, Tensor? bias, Tensor offset, Tensor? mask,"
       " int[2] stride, int[4] padding, int[2] dilation, int groups, int offset_groups,"
-      " bool normalize, float eps) -> (Tensor y, Tensor mean, Tensor rstd)",
+      " bool normalize, float eps, bool unbiased=False) -> (Tensor y, Tensor mean, Tensor rstd)",
       tags);
   m.def(
       "deformable_conv_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor offset,"

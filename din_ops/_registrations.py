@@ -77,7 +77,7 @@ def _register_fake(qualname: str):
 if backends.extension_loaded():
 
     @_register_fake("din_ops::instance_norm")
-    def _instance_norm_fake(x: Tensor, eps: float):
+    def _instance_norm_fake(x: Tensor, eps: float, unbiased: bool = False):
         return (torch.empty_like(x, memory_format=_out_format(x)), *_stats_like(x))
 
     @_register_fake("din_ops::instance_norm_backward")
@@ -85,7 +85,7 @@ if backends.extension_loaded():
         return torch.empty_like(x, memory_format=_out_format(x))
 
     @_register_fake("din_ops::dynamic_instance_norm_1x1")
-    def _din_1x1_fake(x: Tensor, weight: Tensor, bias, eps: float):
+    def _din_1x1_fake(x: Tensor, weight: Tensor, bias, eps: float, unbiased: bool = False):
         n, _, h, w = x.shape
         y = x.new_empty((n, weight.shape[1], h, w)).contiguous(memory_format=_out_format(x))
         return (y, *_stats_like(x))
@@ -126,21 +126,21 @@ if backends.extension_loaded():
     )
 
     def _instance_norm_setup(ctx, inputs, output):
-        x, _eps = inputs
+        x, _eps, _unbiased = inputs
         _y, mean, rstd = output
         ctx.save_for_backward(x, mean, rstd)
         ctx.mark_non_differentiable(mean, rstd)
 
     def _instance_norm_backward(ctx, grad_y, _grad_mean, _grad_rstd):
         x, mean, rstd = ctx.saved_tensors
-        return _ops.instance_norm_backward(grad_y, x, mean, rstd), None
+        return _ops.instance_norm_backward(grad_y, x, mean, rstd), None, None
 
     torch.library.register_autograd(
         "din_ops::instance_norm", _instance_norm_backward, setup_context=_instance_norm_setup
     )
 
     def _din_1x1_setup(ctx, inputs, output):
-        x, weight, bias, _eps = inputs
+        x, weight, bias, _eps, _unbiased = inputs
         _y, mean, rstd = output
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.bias_batch = None if bias is None else bias.shape[0]
@@ -150,14 +150,14 @@ if backends.extension_loaded():
         x, weight, mean, rstd = ctx.saved_tensors
         gx, gw, gb = _ops.dynamic_instance_norm_1x1_backward(grad_y, x, weight, mean, rstd)
         gb = None if ctx.bias_batch is None else _sum_to_batch(gb, gb[: ctx.bias_batch])
-        return gx, _sum_to_batch(gw, weight), gb, None
+        return gx, _sum_to_batch(gw, weight), gb, None, None
 
     torch.library.register_autograd(
         "din_ops::dynamic_instance_norm_1x1", _din_1x1_backward, setup_context=_din_1x1_setup
     )
 
     @_register_fake("din_ops::dynamic_conv")
-    def _dynamic_conv_fake(x, weight, bias, stride, padding, dilation, groups, normalize, eps):
+    def _dynamic_conv_fake(x, weight, bias, stride, padding, dilation, groups, normalize, eps, unbiased=False):
         n, _, h, w = x.shape
         kh, kw = weight.shape[3], weight.shape[4]
         ho = (h + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
@@ -176,7 +176,7 @@ if backends.extension_loaded():
         )
 
     def _dynamic_conv_setup(ctx, inputs, output):
-        x, weight, bias, stride, padding, dilation, groups, normalize, _eps = inputs
+        x, weight, bias, stride, padding, dilation, groups, normalize, _eps, _unbiased = inputs
         _y, mean, rstd = output
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.conv = (stride, padding, dilation, groups, normalize)
@@ -187,7 +187,7 @@ if backends.extension_loaded():
         x, weight, mean, rstd = ctx.saved_tensors
         gx, gw, gb = _ops.dynamic_conv_backward(grad_y, x, weight, mean, rstd, *ctx.conv)
         gb = None if ctx.bias_batch is None else _sum_to_batch(gb, gb[: ctx.bias_batch])
-        return gx, _sum_to_batch(gw, weight), gb, None, None, None, None, None, None
+        return gx, _sum_to_batch(gw, weight), gb, None, None, None, None, None, None, None
 
     torch.library.register_autograd(
         "din_ops::dynamic_conv", _dynamic_conv_backward, setup_context=_dynamic_conv_setup
@@ -198,7 +198,7 @@ if backends.extension_loaded():
         return t.shape[2] == x.shape[2] and t.shape[3] == x.shape[3]
 
     @_register_fake("din_ops::spatially_adaptive_instance_norm")
-    def _sain_fake(x: Tensor, gamma: Tensor, beta, eps: float):
+    def _sain_fake(x: Tensor, gamma: Tensor, beta, eps: float, unbiased: bool = False):
         return (torch.empty_like(x, memory_format=_out_format(x)), *_stats_like(x))
 
     @_register_fake("din_ops::spatially_adaptive_instance_norm_backward")
@@ -214,7 +214,7 @@ if backends.extension_loaded():
         return torch.empty_like(x, memory_format=_out_format(x)), grad_gamma, grad_beta
 
     def _sain_setup(ctx, inputs, output):
-        x, gamma, beta, _eps = inputs
+        x, gamma, beta, _eps, _unbiased = inputs
         _y, mean, rstd = output
         ctx.save_for_backward(x, gamma, mean, rstd)
         ctx.beta_form = None if beta is None else ("full" if _sain_full(beta, x) else "plane")
@@ -232,7 +232,7 @@ if backends.extension_loaded():
             gbeta = None
         if gbeta is not None:
             gbeta = _sum_to_batch(gbeta, gbeta[: ctx.beta_batch])
-        return gx, _sum_to_batch(ggamma, gamma), gbeta, None
+        return gx, _sum_to_batch(ggamma, gamma), gbeta, None, None
 
     torch.library.register_autograd(
         "din_ops::spatially_adaptive_instance_norm", _sain_backward, setup_context=_sain_setup
@@ -279,7 +279,8 @@ if backends.extension_loaded():
 
     @_register_fake("din_ops::deformable_conv")
     def _deformable_conv_fake(
-        x, weight, bias, offset, mask, stride, padding, dilation, groups, offset_groups, normalize, eps
+        x, weight, bias, offset, mask, stride, padding, dilation, groups, offset_groups, normalize, eps,
+        unbiased=False,
     ):
         n = x.shape[0]
         y = x.new_empty((n, weight.shape[1], offset.shape[2], offset.shape[3]))
@@ -299,7 +300,9 @@ if backends.extension_loaded():
         )
 
     def _deformable_conv_setup(ctx, inputs, output):
-        x, weight, bias, offset, mask, stride, padding, dilation, groups, offset_groups, normalize, _eps = inputs
+        x, weight, bias, offset, mask, stride, padding, dilation, groups, offset_groups, normalize, _eps, _unbiased = (
+            inputs
+        )
         _y, mean, rstd = output
         ctx.save_for_backward(x, weight, offset, mask, mean, rstd)
         ctx.conv = (stride, padding, dilation, groups, offset_groups, normalize)
@@ -314,7 +317,7 @@ if backends.extension_loaded():
         gb = None if ctx.bias_batch is None else _sum_to_batch(gb, gb[: ctx.bias_batch])
         return (
             gx, _sum_to_batch(gw, weight), gb, goffset, gmask if mask is not None else None,
-            None, None, None, None, None, None, None,
+            None, None, None, None, None, None, None, None,
         )
 
     torch.library.register_autograd(

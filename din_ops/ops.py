@@ -90,6 +90,16 @@ def _unbiased_scale(x: Tensor, eps: float, unbiased: bool) -> tuple[float, float
     return torch.sym_sqrt(k) if isinstance(k, torch.SymFloat) else math.sqrt(k), float(eps) * k
 
 
+def _unbiased_factor(x: Tensor, unbiased: bool):
+    """sqrt((M - 1) / M), M = H * W, for the unbiased variance (None for the biased one or M = 1):
+    the factor that goes into the affine weight, while the compiled operators take ``unbiased`` and
+    use eps * (M - 1) / M themselves (docs/math.md). A symbolic M (torch.compile, torch.export)
+    stays symbolic: no graph is specialized to the image size."""
+    if not unbiased or x.shape[2] * x.shape[3] == 1:
+        return None
+    return _unbiased_scale(x, 0.0, True)[0]
+
+
 def _batch_hint(name: str, n: int) -> str:
     return (
         f"a batch of N = {n} (one {name} per sample) or of 1 (one {name} for every sample); "
@@ -155,14 +165,14 @@ def instance_norm(
     chosen = backends.resolve(backend, x.device)
     if chosen == "reference":
         return reference.instance_norm(x, eps, unbiased)
-    scale, eps_ = _unbiased_scale(x, eps, unbiased)
-    if scale != 1.0:
+    scale = _unbiased_factor(x, unbiased)
+    if scale is not None:
         # The scale rides on a per-channel gamma of batch 1: still one fused pass over x.
-        gamma = torch.full((1, x.shape[1], 1, 1), scale, dtype=x.dtype, device=x.device)
-        return _sain_call(x, gamma, None, eps_, chosen)
+        gamma = torch.ones((1, x.shape[1], 1, 1), dtype=x.dtype, device=x.device) * scale
+        return _sain_call(x, gamma, None, eps, unbiased, chosen)
     if chosen == "triton":
-        return torch.ops.din_ops.triton_instance_norm(x, eps_)[0]
-    return torch.ops.din_ops.instance_norm(x, eps_)[0]
+        return torch.ops.din_ops.triton_instance_norm(x, eps)[0]
+    return torch.ops.din_ops.instance_norm(x, eps)[0]
 
 
 def _index(value) -> Optional[int]:
@@ -388,11 +398,13 @@ def dynamic_instance_norm(
         )
     # Unbiased variance: the biased kernels with eps * k and the weight scaled by sqrt(k) (the
     # convolution is linear in IN(x), and its zero padding is unchanged by the scale).
-    scale, eps = _unbiased_scale(x, eps, unbiased)
-    if scale != 1.0:
+    scale = _unbiased_factor(x, unbiased)
+    if scale is not None:
         w = w * scale
     if offset is not None or mask is not None:
-        return _deformable(x, w, bias, offset, mask, stride_, pad, dilation_, groups, True, eps, chosen)
+        return _deformable(
+            x, w, bias, offset, mask, stride_, pad, dilation_, groups, True, eps, chosen, unbiased
+        )
     if chosen == "triton":
         if not (w.shape[3:] == (1, 1) and stride_ == [1, 1] and pad == [0, 0, 0, 0] and groups == 1):
             raise ValueError(
@@ -400,10 +412,13 @@ def dynamic_instance_norm(
                 f"or (N, Co, C, 1, 1), stride 1, padding 0, groups 1), got weight {_shape(weight)}, stride "
                 f"{stride_}, padding {pad}, groups {groups}; use backend='cuda', 'cpu' or 'reference'"
             )
-        return torch.ops.din_ops.triton_dynamic_instance_norm_1x1(x, w.flatten(2), bias, float(eps))[0]
+        eps_ = _unbiased_scale(x, eps, unbiased)[1]  # the biased variance's eps, as _sain_call
+        return torch.ops.din_ops.triton_dynamic_instance_norm_1x1(x, w.flatten(2), bias, float(eps_))[0]
     if w.shape[3:] == (1, 1) and stride_ == [1, 1] and pad == [0, 0, 0, 0] and groups == 1:
-        return torch.ops.din_ops.dynamic_instance_norm_1x1(x, w.flatten(2), bias, float(eps))[0]
-    return torch.ops.din_ops.dynamic_conv(x, w, bias, stride_, pad, dilation_, groups, True, float(eps))[0]
+        return torch.ops.din_ops.dynamic_instance_norm_1x1(x, w.flatten(2), bias, float(eps), unbiased)[0]
+    return torch.ops.din_ops.dynamic_conv(
+        x, w, bias, stride_, pad, dilation_, groups, True, float(eps), unbiased
+    )[0]
 
 
 def dynamic_conv2d(
@@ -459,16 +474,20 @@ def _check_modulation(t: Tensor, name: str, x: Tensor) -> Tensor:
     return t.reshape(shape[0], c, 1, 1) if len(shape) == 2 else t
 
 
-def _sain_call(x: Tensor, gamma: Tensor, beta: Optional[Tensor], eps: float, chosen: str) -> Tensor:
+def _sain_call(
+    x: Tensor, gamma: Tensor, beta: Optional[Tensor], eps: float, unbiased: bool, chosen: str
+) -> Tensor:
     """The fused gamma * IN(x) + beta operator of the chosen compiled backend (checked arguments;
-    gamma and beta 4-D, batch N or 1)."""
+    gamma and beta 4-D, batch N or 1, gamma already scaled for ``unbiased``)."""
     if chosen == "cpu":
-        return torch.ops.din_ops.spatially_adaptive_instance_norm(x, gamma, beta, eps)[0]
+        return torch.ops.din_ops.spatially_adaptive_instance_norm(x, gamma, beta, eps, unbiased)[0]
     n = x.shape[0]
     gamma, beta = _expand_batch(gamma, n), _expand_batch(beta, n)
     if chosen == "triton":
-        return torch.ops.din_ops.triton_spatially_adaptive_instance_norm(x, gamma, beta, eps)[0]
-    return torch.ops.din_ops.spatially_adaptive_instance_norm(x, gamma, beta, eps)[0]
+        # The Triton operators take the eps of the biased variance (specialized to H * W when traced).
+        eps_ = _unbiased_scale(x, eps, unbiased)[1]
+        return torch.ops.din_ops.triton_spatially_adaptive_instance_norm(x, gamma, beta, eps_)[0]
+    return torch.ops.din_ops.spatially_adaptive_instance_norm(x, gamma, beta, eps, unbiased)[0]
 
 
 def _diagonal_1x1(x, weight, bias, stride, padding, dilation, groups, eps, unbiased, backend,
@@ -554,10 +573,10 @@ def spatially_adaptive_instance_norm(
     chosen = backends.resolve(backend, x.device)
     if chosen == "reference":
         return reference.spatially_adaptive_instance_norm(x, gamma, beta, eps, unbiased)
-    scale, eps_ = _unbiased_scale(x, eps, unbiased)
-    if scale != 1.0:
+    scale = _unbiased_factor(x, unbiased)
+    if scale is not None:
         gamma = gamma * scale
-    return _sain_call(x, gamma, beta, eps_, chosen)
+    return _sain_call(x, gamma, beta, eps, unbiased, chosen)
 
 
 def _check_offset_mask(x: Tensor, w: Tensor, offset: Optional[Tensor], mask: Optional[Tensor],
@@ -594,9 +613,10 @@ def _check_offset_mask(x: Tensor, w: Tensor, offset: Optional[Tensor], mask: Opt
     return g
 
 
-def _deformable(x, w, bias, offset, mask, stride, pad, dilation, groups, normalize, eps, chosen):
+def _deformable(x, w, bias, offset, mask, stride, pad, dilation, groups, normalize, eps, chosen,
+                unbiased=False):
     """The deformable path of dynamic_instance_norm / dynamic_conv2d (arguments already checked,
-    except offset and mask)."""
+    except offset and mask; w already scaled for ``unbiased``)."""
     g = _check_offset_mask(x, w, offset, mask, stride, pad, dilation)
     if chosen == "triton":
         raise ValueError(
@@ -609,7 +629,7 @@ def _deformable(x, w, bias, offset, mask, stride, pad, dilation, groups, normali
             return reference.deformable_instance_norm(x, w, bias, offset, mask, eps=eps, **kw)
         return reference.deformable_conv2d(x, w, bias, offset, mask, **kw)
     return torch.ops.din_ops.deformable_conv(
-        x, w, bias, offset, mask, stride, pad, dilation, groups, g, normalize, float(eps)
+        x, w, bias, offset, mask, stride, pad, dilation, groups, g, normalize, float(eps), unbiased
     )[0]
 
 

@@ -78,6 +78,66 @@ def test_unbiased_adain_trains_at_any_size_without_recompiling():
     assert frames[-1] == frames[1], frames
 
 
+def _unbiased_calls():
+    g = torch.Generator().manual_seed(5)
+    w1 = torch.randn(2, 4, 3, dtype=torch.float64, generator=g)
+    w3 = torch.randn(2, 3, 1, 3, 3, dtype=torch.float64, generator=g)
+    gamma = torch.rand(2, 3, 1, 1, dtype=torch.float64, generator=g) + 0.5
+    stats = (torch.randn(1, 3, 1, 1, dtype=torch.float64, generator=g),
+             torch.rand(1, 3, 1, 1, dtype=torch.float64, generator=g) + 0.5)
+
+    def offset(x):
+        return torch.zeros(x.shape[0], 18, x.shape[2], x.shape[3], dtype=x.dtype)
+
+    return {
+        "instance_norm": lambda x, b: b.instance_norm(x, unbiased=True),
+        "dynamic_instance_norm_1x1": lambda x, b: b.dynamic_instance_norm(x, w1, unbiased=True),
+        "dynamic_instance_norm_depthwise3x3": lambda x, b: b.dynamic_instance_norm(
+            x, w3, padding=1, groups=3, unbiased=True),
+        "deformable": lambda x, b: b.dynamic_instance_norm(x, w3, padding=1, groups=3,
+                                                           offset=offset(x), unbiased=True),
+        "spatially_adaptive": lambda x, b: b.spatially_adaptive_instance_norm(x, gamma, unbiased=True),
+        "adain_with_statistics": lambda x, b: b.adain(x, stats, unbiased=True),
+    }
+
+
+@pytest.mark.parametrize("name", list(_unbiased_calls()))
+def test_unbiased_graphs_take_any_image_size(name):
+    # unbiased=True hands the operators `unbiased`, not an eps computed from H * W, so a graph
+    # traced with symbolic sizes is not specialized to one image size.
+    call = _unbiased_calls()[name]
+
+    class Ref:  # the reference backend with the same calls
+        def __getattr__(self, fn):
+            return lambda *a, **k: getattr(din_ops, fn)(*a, backend="reference", **k)
+
+    compiled = torch.compile(lambda x: call(x, din_ops), fullgraph=True, dynamic=True, backend="aot_eager")
+    graphs = []
+    for h, w in [(5, 7), (6, 9), (9, 4), (11, 3), (4, 4)]:
+        x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+        y = compiled(x)
+        (gx,) = torch.autograd.grad(y.square().sum(), x)
+        x2 = x.detach().requires_grad_()
+        e = call(x2, Ref())
+        torch.testing.assert_close(y, e)
+        torch.testing.assert_close(gx, torch.autograd.grad(e.square().sum(), x2)[0])
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs[-1] == graphs[1], graphs
+
+
+def test_unbiased_export_takes_any_image_size():
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return din_ops.instance_norm(x, unbiased=True) * 2
+
+    h, w = torch.export.Dim("h", min=2, max=64), torch.export.Dim("w", min=2, max=64)
+    ep = torch.export.export(Net(), (torch.randn(2, 3, 10, 12),), dynamic_shapes=({2: h, 3: w},))
+    for size in [(10, 12), (16, 16), (7, 30)]:
+        x = torch.randn(2, 3, *size)
+        torch.testing.assert_close(ep.module()(x), reference.instance_norm(x, unbiased=True) * 2,
+                                   atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind", [dict(), dict(din_kernel=3, din_groups=2), dict(din_kind="spatially_adaptive"),
                                   dict(din_kind="deformable", din_kernel=3)],
                          ids=["1x1", "grouped3x3", "spatially_adaptive", "deformable"])

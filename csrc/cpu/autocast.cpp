@@ -52,57 +52,59 @@ Outputs finish(Outputs out) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(             \
       at::autocast::get_autocast_dispatch_key_from_device_type(kDevice))
 
-Triple instance_norm_autocast(const Tensor& x, double eps) {
-  static const auto op = find_op("din_ops::instance_norm").typed<Triple(const Tensor&, double)>();
+Triple instance_norm_autocast(const Tensor& x, double eps, bool unbiased) {
+  static const auto op =
+      find_op("din_ops::instance_norm").typed<Triple(const Tensor&, double, bool)>();
   DIN_NO_AUTOCAST;
-  return finish(op.call(to_float(x), eps));
+  return finish(op.call(to_float(x), eps, unbiased));
 }
 
 Triple din_1x1_autocast(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b,
-                        double eps) {
-  static const auto op =
-      find_op("din_ops::dynamic_instance_norm_1x1")
-          .typed<Triple(const Tensor&, const Tensor&, const std::optional<Tensor>&, double)>();
+                        double eps, bool unbiased) {
+  static const auto op = find_op("din_ops::dynamic_instance_norm_1x1")
+                             .typed<Triple(const Tensor&, const Tensor&,
+                                           const std::optional<Tensor>&, double, bool)>();
   DIN_NO_AUTOCAST;
-  return finish(op.call(to_float(x), to_float(w), to_float(b), eps));
+  return finish(op.call(to_float(x), to_float(w), to_float(b), eps, unbiased));
 }
 
 Triple dynamic_conv_autocast(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b,
                              at::IntArrayRef stride, at::IntArrayRef padding,
                              at::IntArrayRef dilation, int64_t groups, bool normalize,
-                             double eps) {
+                             double eps, bool unbiased) {
   static const auto op =
       find_op("din_ops::dynamic_conv")
           .typed<Triple(const Tensor&, const Tensor&, const std::optional<Tensor>&,
                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t, bool,
-                        double)>();
+                        double, bool)>();
   DIN_NO_AUTOCAST;
   return finish(op.call(to_float(x), to_float(w), to_float(b), stride, padding, dilation,
-                        groups, normalize, eps));
+                        groups, normalize, eps, unbiased));
 }
 
 Triple sain_autocast(const Tensor& x, const Tensor& gamma, const std::optional<Tensor>& beta,
-                     double eps) {
-  static const auto op =
-      find_op("din_ops::spatially_adaptive_instance_norm")
-          .typed<Triple(const Tensor&, const Tensor&, const std::optional<Tensor>&, double)>();
+                     double eps, bool unbiased) {
+  static const auto op = find_op("din_ops::spatially_adaptive_instance_norm")
+                             .typed<Triple(const Tensor&, const Tensor&,
+                                           const std::optional<Tensor>&, double, bool)>();
   DIN_NO_AUTOCAST;
-  return finish(op.call(to_float(x), to_float(gamma), to_float(beta), eps));
+  return finish(op.call(to_float(x), to_float(gamma), to_float(beta), eps, unbiased));
 }
 
 Triple deformable_conv_autocast(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b,
                                 const Tensor& offset, const std::optional<Tensor>& mask,
                                 at::IntArrayRef stride, at::IntArrayRef padding,
                                 at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
-                                bool normalize, double eps) {
+                                bool normalize, double eps, bool unbiased) {
   static const auto op =
       find_op("din_ops::deformable_conv")
           .typed<Triple(const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
                         const std::optional<Tensor>&, at::IntArrayRef, at::IntArrayRef,
-                        at::IntArrayRef, int64_t, int64_t, bool, double)>();
+                        at::IntArrayRef, int64_t, int64_t, bool, double, bool)>();
   DIN_NO_AUTOCAST;
   return finish(op.call(to_float(x), to_float(w), to_float(b), to_float(offset), to_float(mask),
-                        stride, padding, dilation, groups, offset_groups, normalize, eps));
+                        stride, padding, dilation, groups, offset_groups, normalize, eps,
+                        unbiased));
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adain_autocast(const Tensor& content,

@@ -553,8 +553,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_conv_cpu(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     const at::Tensor& offset_in, const c10::optional<at::Tensor>& mask_in, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
-    bool normalize, double eps) {
+    bool normalize, double eps, bool unbiased) {
   check_eps(eps);
+  eps = kernel_eps(eps, unbiased, x_in);
   check_args(x_in, weight, bias, offset_in, mask_in, stride, padding, dilation, groups,
              offset_groups);
   const Layout l = layout_of(x_in);

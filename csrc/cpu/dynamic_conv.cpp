@@ -763,8 +763,9 @@ void direct_grouped_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cpu(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    bool normalize, double eps) {
+    bool normalize, double eps, bool unbiased) {
   check_eps(eps);
+  eps = kernel_eps(eps, unbiased, x_in);
   check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, /*broadcast=*/true);
   const Layout l = layout_of(x_in);
   const at::Tensor x = x_in.contiguous();  // computed in NCHW (a copy for channels_last)

@@ -355,8 +355,9 @@ void backward(const T* gy, const T* x, const T* w, int64_t ws, const double* mea
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_cpu(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-    double eps) {
+    double eps, bool unbiased) {
   check_eps(eps);
+  eps = kernel_eps(eps, unbiased, x_in);
   check_weight_1x1(x_in, weight, bias, /*broadcast=*/true);
   const Layout l = layout_of(x_in);
   const at::Tensor x = in_layout(x_in, l);

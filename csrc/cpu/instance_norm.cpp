@@ -164,8 +164,9 @@ void backward_nhwc(const T* gy, const T* x, const double* mean, const double* rs
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(const at::Tensor& x_in,
-                                                                 double eps) {
+                                                                 double eps, bool unbiased) {
   check_eps(eps);
+  eps = kernel_eps(eps, unbiased, x_in);
   check_input(x_in);
   const Layout layout = layout_of(x_in);
   const at::Tensor x = in_layout(x_in, layout);

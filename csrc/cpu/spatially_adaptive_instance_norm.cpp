@@ -368,8 +368,9 @@ Modulation<T> modulation(const at::Tensor& prepared, const at::Tensor& x) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_cpu(
     const at::Tensor& x_in, const at::Tensor& gamma_in, const c10::optional<at::Tensor>& beta_in,
-    double eps) {
+    double eps, bool unbiased) {
   check_eps(eps);
+  eps = kernel_eps(eps, unbiased, x_in);
   check_input(x_in);
   const bool has_beta = beta_in.has_value() && beta_in->defined();
   check_modulation(x_in, gamma_in, "gamma", /*broadcast=*/true);
@@ -483,10 +484,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adain_cpu
     double* r = rstd.mutable_data_ptr<double>();
     if (l == Layout::NCHW) {
       forward_nchw<scalar_t>(x.const_data_ptr<scalar_t>(), {}, {}, y.mutable_data_ptr<scalar_t>(),
-                             N * C, P, eps * k, m, r, &st);
+                             N * C, P, math::kernel_eps(eps, unbiased, P), m, r, &st);
     } else {
       forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), {}, {}, y.mutable_data_ptr<scalar_t>(),
-                             N, C, P, eps * k, m, r, &st);
+                             N, C, P, math::kernel_eps(eps, unbiased, P), m, r, &st);
     }
   });
   return {y, mean, rstd, style_mean, style_std};

@@ -108,8 +108,9 @@ std::tuple<at::Tensor, at::Tensor> empty_stats(const at::Tensor& x) {
 // ---- instance_norm ---------------------------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cuda(const at::Tensor& x_in,
-                                                                  double eps) {
+                                                                  double eps, bool unbiased) {
   check_eps(eps);
+  eps = kernel_eps(eps, unbiased, x_in);
   check_input(x_in);
   check_on_cuda(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -244,8 +245,9 @@ void stats_1x1(const at::Tensor& x, at::Tensor& xh, at::Tensor& mean, at::Tensor
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_instance_norm_1x1_cuda(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-    double eps) {
+    double eps, bool unbiased) {
   check_eps(eps);
+  eps = kernel_eps(eps, unbiased, x_in);
   check_weight_1x1(x_in, weight, bias);
   check_on_cuda(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -419,8 +421,9 @@ at::Tensor coefficients(const at::Tensor& x, const at::Tensor& mean, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cuda(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    bool normalize, double eps) {
+    bool normalize, double eps, bool unbiased) {
   check_eps(eps);
+  eps = kernel_eps(eps, unbiased, x_in);
   check_conv_args(x_in, weight, bias, stride, padding, dilation, groups);
   check_on_cuda(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -496,8 +499,9 @@ at::Tensor prepare(const at::Tensor& t, const at::Tensor& x, bool cl) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spatially_adaptive_instance_norm_cuda(
     const at::Tensor& x_in, const at::Tensor& gamma_in, const c10::optional<at::Tensor>& beta_in,
-    double eps) {
+    double eps, bool unbiased) {
   check_eps(eps);
+  eps = kernel_eps(eps, unbiased, x_in);
   check_input(x_in);
   check_on_cuda(x_in);
   const bool has_beta = beta_in.has_value() && beta_in->defined();
@@ -668,8 +672,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_conv_cuda(
     const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     const at::Tensor& offset_in, const c10::optional<at::Tensor>& mask_in, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
-    bool normalize, double eps) {
+    bool normalize, double eps, bool unbiased) {
   check_eps(eps);
+  eps = kernel_eps(eps, unbiased, x_in);
   check_deformable_args(x_in, weight, bias, offset_in, mask_in, stride, padding, dilation, groups,
                         offset_groups);
   const c10::cuda::CUDAGuard guard(x_in.device());

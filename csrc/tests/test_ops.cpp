@@ -32,10 +32,10 @@ c10::OperatorHandle find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
 }
 
-Triple instance_norm(const Tensor& x, double eps) {
+Triple instance_norm(const Tensor& x, double eps, bool unbiased = false) {
   static const auto op =
-      find_op("din_ops::instance_norm").typed<Triple(const Tensor&, double)>();
-  return op.call(x, eps);
+      find_op("din_ops::instance_norm").typed<Triple(const Tensor&, double, bool)>();
+  return op.call(x, eps, unbiased);
 }
 
 Tensor instance_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& mean,
@@ -49,8 +49,9 @@ Tensor instance_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& m
 Triple din_1x1(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b, double eps) {
   static const auto op =
       find_op("din_ops::dynamic_instance_norm_1x1")
-          .typed<Triple(const Tensor&, const Tensor&, const std::optional<Tensor>&, double)>();
-  return op.call(x, w, b, eps);
+          .typed<Triple(const Tensor&, const Tensor&, const std::optional<Tensor>&, double,
+                        bool)>();
+  return op.call(x, w, b, eps, false);
 }
 
 Triple din_1x1_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& mean,
@@ -171,9 +172,9 @@ Tensor randn(at::IntArrayRef shape, at::ScalarType dtype, double mean = 0.0, dou
 
 DIN_TEST(schemas_are_registered_with_cpu_kernels) {
   const std::vector<std::tuple<const char*, size_t, size_t>> ops = {
-      {"din_ops::instance_norm", 2, 3},
+      {"din_ops::instance_norm", 3, 3},
       {"din_ops::instance_norm_backward", 4, 1},
-      {"din_ops::dynamic_instance_norm_1x1", 4, 3},
+      {"din_ops::dynamic_instance_norm_1x1", 5, 3},
       {"din_ops::dynamic_instance_norm_1x1_backward", 5, 3},
   };
   for (const auto& [name, args, returns] : ops) {
@@ -539,8 +540,9 @@ Triple deformable_conv(const Tensor& x, const Tensor& w, const std::optional<Ten
       find_op("din_ops::deformable_conv")
           .typed<Triple(const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
                         const std::optional<Tensor>&, c10::IntArrayRef, c10::IntArrayRef,
-                        c10::IntArrayRef, int64_t, int64_t, bool, double)>();
-  return op.call(x, w, b, offset, mask, {1, 1}, {1, 1, 1, 1}, {1, 1}, 1, 1, normalize, 1e-5);
+                        c10::IntArrayRef, int64_t, int64_t, bool, double, bool)>();
+  return op.call(x, w, b, offset, mask, {1, 1}, {1, 1, 1, 1}, {1, 1}, 1, 1, normalize, 1e-5,
+                 false);
 }
 
 DIN_TEST(deformable_conv_zero_offsets_is_conv2d_and_far_offsets_give_the_bias) {

@@ -47,6 +47,13 @@ DIN_HD double unbiased_variance_factor(int64_t count) {
   return count > 1 ? double(count) / double(count - 1) : 0.0;
 }
 
+// The eps that the kernels add to the biased variance for a normalization with `unbiased`
+// (torch.var's variance) over `count` values: eps * (count - 1) / count, with the affine weight
+// scaled by sqrt((count - 1) / count) by the caller; eps itself otherwise (and for one value).
+DIN_HD double kernel_eps(double eps, bool unbiased, int64_t count) {
+  return unbiased && count > 1 ? eps * double(count - 1) / double(count) : eps;
+}
+
 // The mean as an unevaluated float sum hi + lo. For float data, (x - hi) - lo is then as accurate as
 // x - mean computed in double: x - hi is exact whenever x is within a factor of two of hi (Sterbenz).
 struct SplitMean {
