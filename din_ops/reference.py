@@ -217,6 +217,11 @@ def deformable_conv2d(
     off = offset.reshape(n, g, kk, 2, ho, wo)
     py = grid_y.to(acc) + off[:, :, :, 0]
     px = grid_x.to(acc) + off[:, :, :, 1]
+    # A NaN or infinite position samples zero with a zero gradient, as in the kernels
+    # (din_ops/bilinear.h): it is moved to -2, where all four corners are outside the input.
+    finite = torch.isfinite(py) & torch.isfinite(px)
+    py = torch.where(finite, py, torch.full_like(py, -2.0))
+    px = torch.where(finite, px, torch.full_like(px, -2.0))
 
     # Bilinear interpolation: the four corners, each weighted and dropped when outside the input.
     y0, x0 = torch.floor(py), torch.floor(px)

@@ -508,3 +508,29 @@ def test_batch1_weight_and_bias_broadcast(op, name):
     y = fn(x, wt[:1], b[:1], offset=offset, mask=mask, **kw)
     e = ref(x, wt[:1].expand(3, -1, -1, -1, -1), b[:1].expand(3, -1), offset, mask, **kw)
     torch.testing.assert_close(y, e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_infinite_offsets_sample_zero(device, bad):
+    # A tap at a NaN or infinite position samples zero with zero gradients, in the kernels and in
+    # the reference alike (din_ops/bilinear.h); every other tap is unaffected.
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, generator=g)
+    w = torch.randn(1, 2, 2, 3, 3, dtype=torch.float64, generator=g)
+    off = torch.randn(1, 18, 5, 6, dtype=torch.float64, generator=g)
+    off[0, 3, 2, 2] = bad  # tap 1, x coordinate, output pixel (2, 2)
+    results = {}
+    for backend, dev in (("reference", "cpu"), (None, device)):
+        leaves = [t.to(dev).requires_grad_() for t in (x, w, off)]
+        y = din_ops.dynamic_conv2d(leaves[0], leaves[1], padding=1, offset=leaves[2], backend=backend)
+        y.square().sum().backward()
+        results[backend] = [y.detach().cpu()] + [t.grad.cpu() for t in leaves]
+    clean = off.clone()
+    clean[0, 2:4, 2, 2] = -10.0  # the same tap moved far outside: zero
+    expected = din_ops.dynamic_conv2d(x, w, padding=1, offset=clean, backend="reference")
+    for ours, ref in zip(results[None], results["reference"]):
+        assert torch.isfinite(ref).all() and torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(results["reference"][0], expected, rtol=0, atol=0)
+    assert results["reference"][3][0, 2:4, 2, 2].eq(0).all()  # no gradient at the bad position
