@@ -89,6 +89,13 @@ def dynamic_conv2d(
         padding = 0
     n, c, h, w = x.shape
     co = weight.shape[1]
+    if co == 0 and n > 0:
+        # No output channel, which F.conv2d refuses: the empty output (N, 0, Ho, Wo) is the first
+        # 0 channels of a one-channel convolution of x's first channel (so x's gradient is 0), and
+        # weight and bias join the graph with their (empty) zero gradients.
+        y = F.conv2d(x[:, :1], weight.new_zeros(1, 1, *weight.shape[3:]), None, stride=stride,
+                     padding=padding, dilation=dilation)[:, :0]
+        return y + 0 * (weight.sum() + (0 if bias is None else bias.sum()))
     if n == 0:
         # An empty batch folds into 0 groups, which F.conv2d refuses: one plain conv2d of the empty
         # batch instead, with the (zero) sums over the empty batch of weight and bias, so that the

@@ -89,5 +89,10 @@ def test_weight_without_output_channels(groups, kernel, padding):
     y.sum().backward()
     assert x.grad.shape == x.shape and torch.count_nonzero(x.grad) == 0
     assert w.grad.shape == w.shape
+    x2, w2 = x.detach().requires_grad_(), w.detach().requires_grad_()
+    r = din_ops.dynamic_instance_norm(x2, w2, padding=padding, groups=groups, backend="reference")
+    assert r.shape == y.shape
+    r.sum().backward()
+    assert torch.count_nonzero(x2.grad) == 0 and w2.grad.shape == w.shape
     y, mean, rstd = ops.dynamic_conv(x.detach(), w.detach(), None, [1, 1], [padding] * 4, [1, 1], groups, True, 1e-5)
     torch.testing.assert_close(mean, x.detach().mean((2, 3)))
