@@ -6,6 +6,8 @@ import torch
 
 import din_ops
 
+from conftest import DEVICES
+
 ops = torch.ops.din_ops
 
 
@@ -80,10 +82,11 @@ def test_a_meta_operand_among_cpu_ones_is_refused_not_faked():
 @pytest.mark.parametrize(
     "groups,kernel,padding", [(1, 3, 1), (2, 3, 0), (2, 1, 0), (4, 3, 1)], ids=["dense", "grouped", "grouped1x1", "depthwise"]
 )
-def test_weight_without_output_channels(groups, kernel, padding):
+@pytest.mark.parametrize("device", DEVICES)
+def test_weight_without_output_channels(groups, kernel, padding, device):
     # Co = 0: an empty output (as F.conv2d gives for groups = 1), zero input gradient, no crash.
-    x = _x().requires_grad_()
-    w = torch.randn(2, 0, 4 // groups, kernel, kernel, dtype=x.dtype, requires_grad=True)
+    x = _x().to(device).requires_grad_()
+    w = torch.randn(2, 0, 4 // groups, kernel, kernel, dtype=x.dtype, device=device, requires_grad=True)
     y = din_ops.dynamic_instance_norm(x, w, padding=padding, groups=groups)
     assert y.shape == (2, 0, 5 + 2 * padding - kernel + 1, 5 + 2 * padding - kernel + 1)
     y.sum().backward()
@@ -95,4 +98,4 @@ def test_weight_without_output_channels(groups, kernel, padding):
     r.sum().backward()
     assert torch.count_nonzero(x2.grad) == 0 and w2.grad.shape == w.shape
     y, mean, rstd = ops.dynamic_conv(x.detach(), w.detach(), None, [1, 1], [padding] * 4, [1, 1], groups, True, 1e-5)
-    torch.testing.assert_close(mean, x.detach().mean((2, 3)))
+    torch.testing.assert_close(mean, x.detach().mean((2, 3)).to(mean.device))

@@ -437,6 +437,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_cuda(
   if (g.N == 0) return {in_layout_of(y, cl), mean, rstd};
   const DType dt = dtype_of(x);
   conv_statistics(x, normalize, eps, mean, rstd, "dynamic_conv (statistics)");
+  if (g.Co == 0) return {in_layout_of(y, cl), mean, rstd};  // no output channel: no launch
   const at::Tensor q = coefficients(x, mean, rstd);
   check_launch(dynamic_conv_forward(dt, g, x.const_data_ptr(), w.const_data_ptr(),
                                     has_bias ? b.const_data_ptr() : nullptr, q.const_data_ptr(),
@@ -463,6 +464,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv_backward_cuda(
   auto gw = at::empty(w.sizes(), x.options());
   auto gb = at::empty({g.N, g.Co}, x.options());
   if (g.N == 0) return {in_layout_of(gx, cl), gw, gb};
+  if (g.Co == 0) return {in_layout_of(gx.zero_(), cl), gw, gb};  // y is empty: nothing flows back
   const DType dt = dtype_of(x);
   const at::Tensor q = coefficients(x, m, r);
   check_launch(plane_sums(dt, gy.const_data_ptr(), gb.mutable_data_ptr(), g.N * g.Co,
