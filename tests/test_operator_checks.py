@@ -99,3 +99,21 @@ def test_weight_without_output_channels(groups, kernel, padding, device):
     assert torch.count_nonzero(x2.grad) == 0 and w2.grad.shape == w.shape
     y, mean, rstd = ops.dynamic_conv(x.detach(), w.detach(), None, [1, 1], [padding] * 4, [1, 1], groups, True, 1e-5)
     torch.testing.assert_close(mean, x.detach().mean((2, 3)).to(mean.device))
+
+
+@pytest.mark.parametrize("normalize", [True, False], ids=["din", "conv"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_deformable_weight_without_output_channels(normalize, device):
+    # Co = 0 with offsets and a mask: an empty output; zero gradients of x, the offsets and the mask.
+    x = _x().to(device).requires_grad_()
+    w = torch.randn(2, 0, 4, 3, 3, dtype=x.dtype, device=device, requires_grad=True)
+    offset = torch.randn(2, 18, 5, 5, dtype=x.dtype, device=device, requires_grad=True)
+    mask = torch.rand(2, 9, 5, 5, dtype=x.dtype, device=device, requires_grad=True)
+    fn = din_ops.dynamic_instance_norm if normalize else din_ops.dynamic_conv2d
+    for backend in (None, "reference"):
+        y = fn(x, w, offset=offset, mask=mask, padding=1, backend=backend)
+        assert y.shape == (2, 0, 5, 5)
+        gx, gw, goff, gmask = torch.autograd.grad(y.sum(), (x, w, offset, mask))
+        assert gw.shape == w.shape
+        for g, t in ((gx, x), (goff, offset), (gmask, mask)):
+            assert g.shape == t.shape and torch.count_nonzero(g) == 0

@@ -690,6 +690,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_conv_cuda(
   if (g.N == 0) return {in_layout_of(y, cl), mean, rstd};
   const DType dt = dtype_of(x);
   conv_statistics(x, normalize, eps, mean, rstd, "deformable_conv (statistics)");
+  if (g.Co == 0) return {in_layout_of(y, cl), mean, rstd};  // no output channel: no launch
   at::Tensor ws = deformable_workspace(x, g, false);
   check_launch(deformable_conv_forward(dt, g, x.const_data_ptr(), w.const_data_ptr(),
                                        b.defined() ? b.const_data_ptr() : nullptr,
@@ -725,6 +726,11 @@ deformable_conv_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_in,
   auto goffset = at::empty(offset.sizes(), x.options());
   auto gmask = mask.defined() ? at::empty(mask.sizes(), x.options()) : at::empty({0}, x.options());
   if (g.N == 0) return {in_layout_of(gx, cl), gw, gb, goffset, gmask};
+  if (g.Co == 0) {  // y is empty: nothing flows back to x, the offsets or the mask
+    goffset.zero_();
+    gmask.zero_();
+    return {in_layout_of(gx.zero_(), cl), gw, gb, goffset, gmask};
+  }
   at::Tensor ws = deformable_workspace(x, g, true);
   check_launch(deformable_conv_backward(
                    dtype_of(x), g, gy.const_data_ptr(), x.const_data_ptr(), w.const_data_ptr(),
