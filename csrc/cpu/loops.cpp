@@ -793,6 +793,44 @@ DIN_INLINE void normalize_scale_shift_impl(const T* x, int64_t n, T hi, T lo, T 
   }
 }
 
+// Requests the values [done, upto) of p into cache, a 64-byte line at a time (done advances).
+template <typename T>
+DIN_INLINE void prefetch_upto(const T* p, int64_t& done, int64_t upto) {
+  constexpr int64_t kLine = 64 / int64_t(sizeof(T));
+  for (; done < upto; done += kLine) __builtin_prefetch(p + done);
+}
+
+// normalize_scale_shift over a whole plane (constant shift b) while the next planes' values are
+// requested into cache: after each step of kStep values (the spacing of common.h's prefetch_step,
+// without its call per step), the same fraction of next.a and next.b.
+template <typename T>
+DIN_INLINE void normalize_plane_impl(const T* x, int64_t n, T hi, T lo, T s, T b, T* out,
+                                     bool stream, PlanePrefetch<T> next) {
+  using V = simd::vec_t<T>;
+  constexpr int64_t L = simd::kLanes<T>, kStep = 128;
+  const V hv = -V{} + hi, lv = -V{} + lo, sv = -V{} + s, bv = -V{} + b;
+  const double fa = n > 0 ? double(next.na) / double(n) : 0.0;
+  const double fb = n > 0 ? double(next.nb) / double(n) : 0.0;
+  int64_t da = 0, db = 0, i = 0;
+  for (const int64_t h = stream ? stream_head(out, n) : 0; i < h; ++i) {
+    out[i] = math::normalize_scale_shift(x[i], hi, lo, s, b);
+  }
+  while (i < n) {
+    const int64_t e = std::min(n, i + kStep);
+    if (next.a != nullptr) prefetch_upto(next.a, da, e == n ? next.na : int64_t(double(e) * fa));
+    if (next.b != nullptr) prefetch_upto(next.b, db, e == n ? next.nb : int64_t(double(e) * fb));
+    for (; i + L <= e; i += L) {
+      const V v = vmath::normalize_scale_shift(simd::loadu(x + i), hv, lv, sv, bv);
+      if (stream) {
+        simd::stream(out + i, v);
+      } else {
+        simd::storeu(out + i, v);
+      }
+    }
+    for (; i < e; ++i) out[i] = math::normalize_scale_shift(x[i], hi, lo, s, b);
+  }
+}
+
 template <typename T>
 DIN_INLINE void normalize_affine_rows_impl(const T* x, int64_t rows, int64_t C, const T* hi,
                                            const T* lo, const T* r, const T* gamma, const T* beta,
@@ -1058,6 +1096,14 @@ void normalize_scale_shift(const float* x, int64_t n, float hi, float lo, float 
 void normalize_scale_shift(const double* x, int64_t n, double hi, double lo, double s,
                            const double* beta, double b, double* out, bool stream) {
   normalize_scale_shift_impl(x, n, hi, lo, s, beta, b, out, stream);
+}
+void normalize_plane(const float* x, int64_t n, float hi, float lo, float s, float b, float* out,
+                     bool stream, PlanePrefetch<float> next) {
+  normalize_plane_impl(x, n, hi, lo, s, b, out, stream, next);
+}
+void normalize_plane(const double* x, int64_t n, double hi, double lo, double s, double b,
+                     double* out, bool stream, PlanePrefetch<double> next) {
+  normalize_plane_impl(x, n, hi, lo, s, b, out, stream, next);
 }
 void normalize_affine_rows(const float* x, int64_t rows, int64_t C, const float* hi,
                            const float* lo, const float* r, const float* gamma,

@@ -122,6 +122,21 @@ void normalize_scale_shift(const float* x, int64_t n, float hi, float lo, float 
                            const float* beta, float b, float* out, bool stream = false);
 void normalize_scale_shift(const double* x, int64_t n, double hi, double lo, double s,
                            const double* beta, double b, double* out, bool stream = false);
+// Values of the next planes that a per-plane pass requests into cache as it goes: na values at a
+// and nb at b (a pointer may be null).
+template <typename T>
+struct PlanePrefetch {
+  const T* a = nullptr;
+  int64_t na = 0;
+  const T* b = nullptr;
+  int64_t nb = 0;
+};
+// out = ((x - hi) - lo) * s + b over one plane of n values (the normalize_scale_shift of a
+// constant beta, bit for bit), requesting `next` into cache in proportion to its progress.
+void normalize_plane(const float* x, int64_t n, float hi, float lo, float s, float b, float* out,
+                     bool stream, PlanePrefetch<float> next);
+void normalize_plane(const double* x, int64_t n, double hi, double lo, double s, double b,
+                     double* out, bool stream, PlanePrefetch<double> next);
 // Channels-last forms: hi, lo, r, s, b per channel; x, gamma, beta and out rows of stride C.
 void normalize_affine_rows(const float* x, int64_t rows, int64_t C, const float* hi,
                            const float* lo, const float* r, const float* gamma, const float* beta,

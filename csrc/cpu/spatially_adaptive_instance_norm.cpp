@@ -121,10 +121,19 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
       // Per-plane gamma folds into the scale: ((x - hi) - lo) * (rstd * gamma).
       const auto [g, b0d] = plane_gamma_beta(gamma, beta, style, plane, in.data());
       const acc s = static_cast<acc>(rstd[plane] * g), b0 = static_cast<acc>(b0d);
-      // The statistics of the next plane come after this loop: its reads (and the next style
-      // plane's, proportionally) are requested while this plane's output is written.
+      // The statistics of the next plane come after this pass: its reads (and the next style
+      // plane's, in proportion) are requested while this plane's output is written.
       const bool next = plane + 1 < e;
       const bool next_style = next && style != nullptr && style->data != nullptr;
+      if constexpr (std::is_same_v<T, acc>) {
+        if (!gamma.full && !beta.full) {  // per-plane gamma and beta (adain): one call per plane
+          PlanePrefetch<T> pf;
+          if (next) pf.a = x + base + P, pf.na = P;
+          if (next_style) pf.b = style->data + (plane + 1) * style->P, pf.nb = style->P;
+          normalize_plane(x + base, P, q.hi, q.lo, s, b0, y + base, stream, pf);
+          continue;
+        }
+      }
       int64_t s0 = 0;  // the next style plane's values prefetched so far
       for (int64_t i = 0; i < P; i += prefetch_step<T>()) {
         const int64_t len = std::min(prefetch_step<T>(), P - i);
