@@ -112,6 +112,12 @@ def test_style_codes_masks_and_interpolation():
         assert torch.allclose(masked[..., -2:], yb[..., -2:], atol=1e-2)
     with pytest.raises(ValueError, match="masks of shape"):
         model.stylize(content, [ca, cb], masks=torch.ones(1, 3, 16, 18))
+    with pytest.raises(ValueError, match=r"masks of shape \(N or 1, K, H, W\) = \(1, 2, 16, 18\) .* got \(1, 3, 16"):
+        model.stylize(content[:1], [ca, cb], masks=torch.ones(1, 3, 16, 18))
+    with pytest.raises(ValueError, match="2 styles' codes but no masks"):
+        model.stylize(content, [ca, cb])
+    with pytest.raises(ValueError, match="with masks, expected a list of K styles' codes .* got one style's codes"):
+        model.stylize(content, ca, masks=left)
     with pytest.raises(ValueError, match="content images"):
         model(torch.rand(1, 4, 8, 8), a)
     with pytest.raises(ValueError, match="style_encoder"):
@@ -177,3 +183,17 @@ def test_row_packed_conv_equals_conv2d(cin, cout, k, mem):
     conv.packed = False
     assert conv.row_groups * conv.rows >= k
     assert torch.allclose(w_grad, torch.autograd.grad((conv(x) * g).sum(), conv.weight)[0], atol=1e-10)
+
+
+def test_style_images_smaller_than_vgg_needs_are_refused():
+    model = DINStyleNet(**TINY).eval()
+    assert model.min_style_size == 8
+    with torch.no_grad():
+        model.encode_style(torch.rand(1, 3, 8, 8))
+        with pytest.raises(ValueError, match="style images must be at least 8x8 pixels .* got 12x7"):
+            model.encode_style(torch.rand(1, 3, 7, 12))
+        with pytest.raises(ValueError, match="VGG19Encoder needs images of at least 8x8 pixels"):
+            VGG19Encoder()(torch.rand(1, 3, 4, 4))
+        mobile = DINStyleNet(**TINY, style_encoder="mobilenet").eval()
+        assert mobile.min_style_size == 1
+        assert mobile(torch.rand(1, 3, 5, 6), torch.rand(1, 3, 4, 4)).shape == (1, 3, 5, 6)

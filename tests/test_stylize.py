@@ -1,5 +1,7 @@
-"""din-stylize end to end on small generated images: every option writes real image files, and bad
-paths, unreadable images, mismatched masks and a missing model give clear errors."""
+"""din-stylize end to end on small generated images: every option writes real image files, outputs
+never overwrite inputs or existing files, and bad paths, unreadable images, mismatched masks, sizes
+and devices and a missing model give clear errors; din_ops.images reads 16-bit, float and
+EXIF-rotated images."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from din_ops.images import load_image
 from din_ops.models import DINStyleNet
 from din_ops.stylize import main, preserve_color
 from din_ops.train import save_checkpoint
@@ -46,6 +49,8 @@ def files(tmp_path_factory) -> Path:
     Image.fromarray((255 - left).numpy(), "L").save(root / "right.png")
     Image.fromarray(torch.zeros(5, 5, dtype=torch.uint8).numpy(), "L").save(root / "small_mask.png")
     (root / "broken.png").write_bytes(b"\x89PNG but not really")
+    (root / "afile").write_text("a file, not a folder")
+    _save(root / "tiny_style.png", (12, 6), seed=12)
     torch.manual_seed(0)
     model = DINStyleNet(widths=(4, 6, 8), outer_kernel=3)
     for din in model.dins:  # styles that visibly matter
@@ -125,6 +130,18 @@ def test_untrained_network(files, tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
+    (["--style", "{f}/tiny_style.png"], "tiny_style.png' is 12x6 pixels .* needs at least 8x8"),
+    (["--style-size", "4"], "--style-size must be at least 8"),
+    (["--style-size", "0"], "--style-size must be > 0"),
+    (["--max-size", "0"], "--max-size must be > 0"),
+    (["--max-size", "-3"], "--max-size must be > 0"),
+    (["--device", "gpu"], "--device 'gpu' is not a device name"),
+    pytest.param(["--device", "cuda"], "--device 'cuda' cannot be used here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA works here")),
+    (["--output", "{f}/afile/x.png"], "--output folder .*afile' is a file, not a folder"),
+    (["--content", "{f}/contents", "--output", "{f}/afile"], "--output .*afile' is a file, not a folder"),
+    (["--content", "{f}/contents"], "x.png' names one image file, but there are 2 content images"),
+    (["--output", "{f}/x.psd"], "cannot write '.psd' images"),
     (["--content", "{f}/missing.png"], "content path .*missing.png' does not exist"),
     (["--content", "{f}/broken.png"], "cannot read image .*broken.png"),
     (["--style", "{f}/nothing.jpg"], "image .*nothing.jpg' does not exist"),
@@ -152,7 +169,8 @@ def test_clear_errors(files, tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
         main([x for k, v in merged.items() for x in (k, *v)])
     assert exc.value.code == 2
-    assert re.search(message, capsys.readouterr().err), message
+    err = capsys.readouterr().err
+    assert re.search(message, err), message
     assert not (tmp_path / "x.png").exists()
 
 
@@ -171,3 +189,90 @@ def test_console_scripts_declared():
     assert scripts["din-stylize"] == "din_ops.stylize:main"
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(d.startswith("pillow") for d in deps)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_outputs_never_overwrite_inputs_or_each_other(files, tmp_path, capsys):
+    style = str(files / "style_a.png")
+    victim = _save(tmp_path / "victim.png", seed=3)
+    before = victim.read_bytes()
+    for argv in (["--content", str(victim), "--output", str(victim)],
+                 ["--content", str(victim), "--output", style, "--overwrite"]):
+        with pytest.raises(SystemExit) as exc:
+            _run(files, "--style", style, *argv)
+        assert exc.value.code == 2 and "would overwrite the" in capsys.readouterr().err
+    assert victim.read_bytes() == before
+    # Same names in subfolders and with another suffix: the subfolders are kept.
+    coll = tmp_path / "coll"
+    for name in ("a/photo.png", "b/photo.png", "photo.jpg"):
+        (coll / name).parent.mkdir(parents=True, exist_ok=True)
+        _save(coll / name, seed=len(name))
+    _run(files, "--content", str(coll), "--style", style, "--output", str(tmp_path / "out"))
+    assert sorted(_tree(tmp_path / "out")) == ["a/photo_stylized.png", "b/photo_stylized.png", "photo_stylized.png"]
+    written = _tree(tmp_path / "out")
+    with pytest.raises(SystemExit) as exc:  # existing files: only with --overwrite
+        _run(files, "--content", str(coll), "--style", style, "--output", str(tmp_path / "out"), "--alpha", "0")
+    assert exc.value.code == 2 and "and 2 more files exist; pass --overwrite" in capsys.readouterr().err
+    assert _tree(tmp_path / "out") == written
+    _run(files, "--content", str(coll), "--style", style, "--output", str(tmp_path / "out"), "--alpha", "0",
+         "--overwrite")
+    assert all(_tree(tmp_path / "out")[k] != v for k, v in written.items())
+    # Two contents with one output name.
+    with pytest.raises(SystemExit) as exc:
+        _run(files, "--content", str(coll / "photo.jpg"), str(coll / "a"), "--style", style,
+             "--output", str(tmp_path / "two"))
+    assert exc.value.code == 2 and "would both be written to" in capsys.readouterr().err
+    assert not (tmp_path / "two").exists()
+    # Into the content folder itself: a second run skips the first one's outputs.
+    _run(files, "--content", str(coll), "--style", style, "--output", str(coll))
+    first = _tree(coll)
+    assert len(first) == 6
+    with pytest.raises(SystemExit) as exc:
+        _run(files, "--content", str(coll), "--style", style, "--output", str(coll))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("skipping") == 3 and "pass --overwrite" in err
+    _run(files, "--content", str(coll), "--style", style, "--output", str(coll), "--overwrite")
+    assert sorted(_tree(coll)) == sorted(first) and not list(coll.rglob("*_stylized_stylized.png"))
+
+
+def test_output_with_image_suffix_is_a_file(files, tmp_path):
+    content = str(files / "contents" / "photo0.png")
+    _run(files, "--content", content, "--style", str(files / "style_a.png"), "--output", str(tmp_path / "r.gif"))
+    assert (tmp_path / "r.gif").is_file()
+    with Image.open(tmp_path / "r.gif") as img:
+        assert img.format == "GIF" and img.size == (W, H)
+    # A name without an image suffix is a folder.
+    _run(files, "--content", content, "--style", str(files / "style_a.png"), "--output", str(tmp_path / "run.v2"))
+    assert (tmp_path / "run.v2" / "photo0_stylized.png").is_file()
+
+
+def test_load_image_16_bit_and_float_greyscale(tmp_path):
+    grey = np.full((6, 8), round(0.51 * 65535), dtype=np.uint16)
+    grey[0, 0] = 65535
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    Image.fromarray(np.full((6, 8), 0.5, dtype=np.float32)).save(tmp_path / "f.tif")
+    rgb = load_image(tmp_path / "g16.png")
+    assert rgb.shape == (1, 3, 6, 8) and rgb.dtype == torch.float32
+    assert rgb[0, :, 1, 1].tolist() == pytest.approx([0.51] * 3, abs=1e-4) and rgb[0, :, 0, 0].tolist() == [1.0] * 3
+    assert load_image(tmp_path / "g16.png", mode="L")[0, 0, 2, 3].item() == pytest.approx(0.51, abs=1e-4)
+    assert load_image(tmp_path / "g16.png", max_size=4).shape == (1, 3, 3, 4)
+    assert torch.allclose(load_image(tmp_path / "f.tif"), torch.full((1, 3, 6, 8), 0.5))
+    with pytest.raises(ValueError, match="max_size must be a positive"):
+        load_image(tmp_path / "f.tif", max_size=0)
+
+
+def test_exif_orientation(files, tmp_path):
+    upright = _save(tmp_path / "upright.png", seed=4)  # W x H as shown
+    with Image.open(upright) as img:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # stored turned left: to be shown turned right by 90 degrees
+        img.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.png", exif=exif)
+    assert torch.equal(load_image(tmp_path / "rotated.png"), load_image(upright))
+    # Masks of the upright size fit the rotated content.
+    _run(files, "--content", str(tmp_path / "rotated.png"), "--style", str(files / "style_a.png"),
+         str(files / "style_b.jpg"), "--masks", str(files / "left.png"), str(files / "right.png"),
+         "--output", str(tmp_path / "out.png"))
+    assert _read(tmp_path / "out.png").shape == (H, W, 3)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from .. import nn as din_nn
 from .vgg import CHANNELS as VGG_CHANNELS
+from .vgg import MIN_SIZE as VGG_MIN_SIZE
 from .vgg import VGG19Encoder
 
 StyleCodes = list[din_nn.StyleCode]
@@ -83,6 +84,14 @@ class MobileEncoder(nn.Module):
         self.residual = nn.Sequential(_Residual(c3), _Residual(c3))
 
     def forward(self, x: Tensor) -> list[Tensor]:
+        """The features of images (N, 3, H, W), any size.
+
+        Args:
+            x: RGB images.
+
+        Returns:
+            ``[e1, e2, e3]``: c1 channels at full size, c2 at 1/2 and c3 at 1/4 of it (rounded up).
+        """
         e1 = self.stem(x)
         e2 = self.down1(e1)
         e3 = self.residual(self.down2(e2))
@@ -128,6 +137,14 @@ class RowPackedConv2d(nn.Conv2d):
         self.packed = True
 
     def forward(self, x: Tensor) -> Tensor:
+        """The convolution of ``x`` (N, in_channels, H, W): (N, out_channels, H, W), as ``nn.Conv2d``.
+
+        Args:
+            x: the input, contiguous or channels_last.
+
+        Returns:
+            The output, in the layout of the plain convolution's.
+        """
         if self.row_groups == 1 or not self.packed:
             return super().forward(x)
         co, ci, k, _ = self.weight.shape
@@ -161,6 +178,16 @@ class MobileDecoder(nn.Module):
         self.head = RowPackedConv2d(c1, 3, outer_kernel)
 
     def forward(self, d3: Tensor, s2: Tensor, s1: Tensor) -> Tensor:
+        """Decodes the DIN outputs into an image.
+
+        Args:
+            d3: the DIN3 output (N, c3, H / 4, W / 4).
+            s2: the DIN2 output (N, c2, H / 2, W / 2), added after the first upsampling.
+            s1: the DIN1 output (N, c1, H, W), added after the second; it sets the output size.
+
+        Returns:
+            The image (N, 3, H, W), not clamped.
+        """
         if torch.is_grad_enabled():
             x = self.up2(self.residual(d3), s2.shape[2:]) + s2
             x = self.up1(x, s1.shape[2:]) + s1
@@ -173,10 +200,12 @@ class MobileDecoder(nn.Module):
 class DINStyleNet(nn.Module):
     """The paper's MobileNet-based arbitrary style transfer network with hierarchical DIN layers.
 
-    ``forward(content, style, alpha=1.0)`` returns the stylized image; images are RGB (N, 3, H, W),
-    any size; the inputs in [0, 1], the output of the content's size and not clamped (the decoder
-    ends in a linear layer; ``din_ops.images`` clamps when it saves). A style batch of 1 serves a
-    whole content batch. For a style used many times, :meth:`encode_style` once and :meth:`stylize`.
+    ``forward(content, style, alpha=1.0)`` returns the stylized image; images are RGB (N, 3, H, W):
+    content images any size, style images at least :attr:`min_style_size` pixels on each side (8
+    for the VGG style encoder, 1 for "mobilenet"); the inputs in [0, 1], the output of the
+    content's size and not clamped (the decoder ends in a linear layer; ``din_ops.images`` clamps
+    when it saves). A style batch of 1 serves a whole content batch. For a style used many times,
+    :meth:`encode_style` once and :meth:`stylize`.
 
     Args:
         widths: (c1, c2, c3) channels at full, 1/2 and 1/4 resolution (default: the widths whose
@@ -227,6 +256,12 @@ class DINStyleNet(nn.Module):
         din_nn.set_backend(self, backend)
         return self
 
+    @property
+    def min_style_size(self) -> int:
+        """The smallest side of a style image: 8 with the VGG style encoder (three max-pools before
+        relu4_1), 1 with the MobileNet one."""
+        return VGG_MIN_SIZE if self.config["style_encoder"] == "vgg" else 1
+
     def param_net_parameters(self) -> list[nn.Parameter]:
         """The weight and bias nets' parameters (the paper trains them with a 10x learning rate)."""
         return [p for din in self.dins for p in din.parameters()]
@@ -237,8 +272,13 @@ class DINStyleNet(nn.Module):
         return feats[1:] if self.config["style_encoder"] == "vgg" else feats
 
     def encode_style(self, style: Tensor) -> StyleCodes:
-        """The style codes of the three DIN layers for style images (N, 3, H, W)."""
+        """The style codes of the three DIN layers for style images (N, 3, H, W), H and W at least
+        :attr:`min_style_size`."""
         _check_image(style, "style")
+        if min(style.shape[2:]) < self.min_style_size:
+            raise ValueError(f"DINStyleNet: style images must be at least {self.min_style_size}x"
+                             f"{self.min_style_size} pixels with the {self.config['style_encoder']} style "
+                             f"encoder, got {style.shape[3]}x{style.shape[2]}")
         return [din.encode_style(f) for din, f in zip(self.dins, self.style_features(style))]
 
     @staticmethod
@@ -259,6 +299,19 @@ class DINStyleNet(nn.Module):
         a plain mixture). ``alpha`` in [0, 1]: content/style trade-off at every DIN layer.
         """
         _check_image(content, "content")
+        levels = len(self.dins)
+        if masks is None and not _is_style_codes(codes, levels):
+            if isinstance(codes, (list, tuple)) and codes and all(_is_style_codes(c, levels) for c in codes):
+                raise ValueError(f"DINStyleNet.stylize: got {len(codes)} styles' codes but no masks; pass one "
+                                 f"style's codes (mix_styles combines several) or masks (N or 1, {len(codes)}, "
+                                 f"H, W) saying where each style goes")
+            raise ValueError(f"DINStyleNet.stylize: expected one style's codes ({levels} (weight, bias) pairs, "
+                             f"as encode_style returns), got {_describe(codes)}")
+        if masks is not None and not (isinstance(codes, (list, tuple)) and codes
+                                      and all(_is_style_codes(c, levels) for c in codes)):
+            what = "one style's codes" if _is_style_codes(codes, levels) else _describe(codes)
+            raise ValueError(f"DINStyleNet.stylize: with masks, expected a list of K styles' codes (one per "
+                             f"mask channel, each as encode_style returns), got {what}")
         feats = self.encoder(content)
         if masks is None:
             outs = [din.apply(f, code, alpha) for din, f, code in zip(self.dins, feats, codes)]
@@ -269,10 +322,13 @@ class DINStyleNet(nn.Module):
     def _masked(self, feats: list[Tensor], codes: Sequence[StyleCodes], masks: Tensor,
                 alpha: float) -> list[Tensor]:
         n, _, h, w = feats[0].shape
-        if masks.dim() != 4 or masks.shape[1] != len(codes) or masks.shape[0] not in (1, n) \
-                or tuple(masks.shape[2:]) != (h, w):
+        if not isinstance(masks, Tensor) or masks.dim() != 4 or masks.shape[1] != len(codes) \
+                or masks.shape[0] not in (1, n) or tuple(masks.shape[2:]) != (h, w):
+            got = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+            batch = "1" if n == 1 else f"{n} or 1"
             raise ValueError(f"DINStyleNet.stylize: expected masks of shape (N or 1, K, H, W) = "
-                             f"({n} or 1, {len(codes)}, {h}, {w}) for {len(codes)} styles, got {tuple(masks.shape)}")
+                             f"({batch}, {len(codes)}, {h}, {w}) for {len(codes)} styles and content of "
+                             f"batch {n} and size {w}x{h}, got {got}")
         outs = []
         for level, (din, f) in enumerate(zip(self.dins, feats)):
             m = masks.to(f.dtype)
@@ -288,6 +344,19 @@ class DINStyleNet(nn.Module):
     def forward(self, content: Tensor, style: Tensor, alpha: float = 1.0) -> Tensor:
         """The stylized image: ``stylize(content, encode_style(style), alpha)``."""
         return self.stylize(content, self.encode_style(style), alpha)
+
+
+def _is_style_codes(codes: Any, levels: int) -> bool:
+    """Whether ``codes`` is one style's codes: a (weight, bias) pair of tensors per DIN layer."""
+    return isinstance(codes, (list, tuple)) and len(codes) == levels and all(
+        isinstance(c, (list, tuple)) and len(c) == 2 and all(isinstance(t, Tensor) for t in c) for c in codes)
+
+
+def _describe(codes: Any) -> str:
+    if isinstance(codes, (list, tuple)):
+        kinds = "/".join(sorted({type(c).__name__ for c in codes})) or "items"
+        return f"a {type(codes).__name__} of {len(codes)} {kinds}"
+    return type(codes).__name__
 
 
 def _check_image(x: Tensor, name: str) -> None:

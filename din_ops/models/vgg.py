@@ -26,6 +26,8 @@ _STD = (0.229, 0.224, 0.225)
 
 #: Channels of relu1_1, relu2_1, relu3_1, relu4_1.
 CHANNELS = (64, 128, 256, 512)
+#: The smallest input side: relu4_1 comes after three 2x2 max-pools (8 -> 4 -> 2 -> 1).
+MIN_SIZE = 2 ** len(_POOLS)
 
 
 def load_vgg19_state_dict(path: Union[str, os.PathLike]) -> dict[str, Tensor]:
@@ -81,7 +83,8 @@ class VGG19Encoder(nn.Module):
     ``forward(x)`` takes RGB images in [0, 1] (N, 3, H, W), applies the ImageNet normalization the
     weights expect, and returns ``[relu1_1, relu2_1, relu3_1, relu4_1]`` (channels 64, 128, 256,
     512 at 1, 1/2, 1/4, 1/8 of the input size). The encoder is frozen (``requires_grad_(False)``):
-    it is a fixed loss network and style encoder.
+    it is a fixed loss network and style encoder. Inputs must be at least ``MIN_SIZE`` (8) pixels
+    on each side.
 
     Args:
         weights: path of a torchvision vgg19 state dict (see :func:`load_vgg19_state_dict`), or None
@@ -106,9 +109,20 @@ class VGG19Encoder(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, x: Tensor) -> list[Tensor]:
+        """The features of RGB images in [0, 1].
+
+        Args:
+            x: images (N, 3, H, W), H and W at least ``MIN_SIZE`` (8).
+
+        Returns:
+            ``[relu1_1, relu2_1, relu3_1, relu4_1]`` at 1, 1/2, 1/4 and 1/8 of the input size.
+        """
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"din_ops: VGG19Encoder expects RGB images (N, 3, H, W), got {got}")
+        if min(x.shape[2:]) < MIN_SIZE:
+            raise ValueError(f"din_ops: VGG19Encoder needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels "
+                             f"(three 2x2 max-pools before relu4_1), got {x.shape[3]}x{x.shape[2]}")
         h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         taps = []
         for index, layer in enumerate(self.features):
