@@ -42,9 +42,15 @@ void forward_nchw(const T* x, T* y, int64_t planes, int64_t P, double eps, doubl
       mean[plane] = m.mean;
       rstd[plane] = m.rstd;
       const NormParams<acc> q(&m.mean, &m.rstd, 1);
-      // The next plane's statistics come after this loop: its reads are requested while this
-      // plane's output is written (common.h: prefetch_step).
+      // The next plane's statistics come after this pass: its reads are requested while this
+      // plane's output is written (loops.h: normalize_plane; common.h: prefetch_step).
       const bool next = plane + 1 < e;
+      if constexpr (std::is_same_v<T, acc>) {  // one call per plane
+        PlanePrefetch<T> pf;
+        if (next) pf.a = xp + P, pf.na = P;
+        normalize_plane(xp, P, q.hi[0], q.lo[0], q.rstd[0], nullptr, yp, stream, pf);
+        continue;
+      }
       for (int64_t i = 0; i < P; i += prefetch_step<T>()) {
         const int64_t len = std::min(prefetch_step<T>(), P - i);
         if (next) prefetch_bytes(xp + P + i, len * int64_t(sizeof(T)));

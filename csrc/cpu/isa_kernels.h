@@ -156,13 +156,13 @@ DIN_KERNEL(normalize_affine_rows_1, void, normalize_affine_rows,
             bool stream),
            (x, rows, C, hi, lo, r, gamma, beta, b, out, stream))
 DIN_KERNEL(normalize_plane_0, void, normalize_plane,
-           (const float* x, int64_t n, float hi, float lo, float s, float b, float* out,
+           (const float* x, int64_t n, float hi, float lo, float s, const float* shift, float* out,
             bool stream, PlanePrefetch<float> next),
-           (x, n, hi, lo, s, b, out, stream, next))
+           (x, n, hi, lo, s, shift, out, stream, next))
 DIN_KERNEL(normalize_plane_1, void, normalize_plane,
-           (const double* x, int64_t n, double hi, double lo, double s, double b, double* out,
-            bool stream, PlanePrefetch<double> next),
-           (x, n, hi, lo, s, b, out, stream, next))
+           (const double* x, int64_t n, double hi, double lo, double s, const double* shift,
+            double* out, bool stream, PlanePrefetch<double> next),
+           (x, n, hi, lo, s, shift, out, stream, next))
 DIN_KERNEL(normalize_scale_shift_rows_0, void, normalize_scale_shift_rows,
            (const float* x, int64_t rows, int64_t C, const float* hi, const float* lo,
             const float* s, const float* beta, const float* b, float* out, bool stream),

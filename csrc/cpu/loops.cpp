@@ -800,34 +800,47 @@ DIN_INLINE void prefetch_upto(const T* p, int64_t& done, int64_t upto) {
   for (; done < upto; done += kLine) __builtin_prefetch(p + done);
 }
 
-// normalize_scale_shift over a whole plane (constant shift b) while the next planes' values are
-// requested into cache: after each step of kStep values (the spacing of common.h's prefetch_step,
-// without its call per step), the same fraction of next.a and next.b.
-template <typename T>
+// One plane's output pass, ((x - hi) - lo) * s (+ b with kShift: normalize_scale_shift with a
+// constant beta), while the next planes' values are requested into cache: after each step of kStep
+// values (the spacing of common.h's prefetch_step, without its call per step), the same fraction
+// of next.a and next.b.
+template <bool kShift, typename T>
 DIN_INLINE void normalize_plane_impl(const T* x, int64_t n, T hi, T lo, T s, T b, T* out,
                                      bool stream, PlanePrefetch<T> next) {
   using V = simd::vec_t<T>;
   constexpr int64_t L = simd::kLanes<T>, kStep = 128;
   const V hv = -V{} + hi, lv = -V{} + lo, sv = -V{} + s, bv = -V{} + b;
+  const auto one = [&](int64_t i) {
+    return kShift ? math::normalize_scale_shift(x[i], hi, lo, s, b) : math::normalize(x[i], hi, lo, s);
+  };
   const double fa = n > 0 ? double(next.na) / double(n) : 0.0;
   const double fb = n > 0 ? double(next.nb) / double(n) : 0.0;
   int64_t da = 0, db = 0, i = 0;
-  for (const int64_t h = stream ? stream_head(out, n) : 0; i < h; ++i) {
-    out[i] = math::normalize_scale_shift(x[i], hi, lo, s, b);
-  }
+  for (const int64_t h = stream ? stream_head(out, n) : 0; i < h; ++i) out[i] = one(i);
   while (i < n) {
     const int64_t e = std::min(n, i + kStep);
     if (next.a != nullptr) prefetch_upto(next.a, da, e == n ? next.na : int64_t(double(e) * fa));
     if (next.b != nullptr) prefetch_upto(next.b, db, e == n ? next.nb : int64_t(double(e) * fb));
     for (; i + L <= e; i += L) {
-      const V v = vmath::normalize_scale_shift(simd::loadu(x + i), hv, lv, sv, bv);
+      const V xv = simd::loadu(x + i);
+      const V v = kShift ? vmath::normalize_scale_shift(xv, hv, lv, sv, bv) : vmath::normalize(xv, hv, lv, sv);
       if (stream) {
         simd::stream(out + i, v);
       } else {
         simd::storeu(out + i, v);
       }
     }
-    for (; i < e; ++i) out[i] = math::normalize_scale_shift(x[i], hi, lo, s, b);
+    for (; i < e; ++i) out[i] = one(i);
+  }
+}
+
+template <typename T>
+DIN_INLINE void normalize_plane_any(const T* x, int64_t n, T hi, T lo, T s, const T* shift, T* out,
+                                    bool stream, PlanePrefetch<T> next) {
+  if (shift != nullptr) {
+    normalize_plane_impl<true>(x, n, hi, lo, s, *shift, out, stream, next);
+  } else {
+    normalize_plane_impl<false>(x, n, hi, lo, s, T(0), out, stream, next);
   }
 }
 
@@ -1097,13 +1110,13 @@ void normalize_scale_shift(const double* x, int64_t n, double hi, double lo, dou
                            const double* beta, double b, double* out, bool stream) {
   normalize_scale_shift_impl(x, n, hi, lo, s, beta, b, out, stream);
 }
-void normalize_plane(const float* x, int64_t n, float hi, float lo, float s, float b, float* out,
-                     bool stream, PlanePrefetch<float> next) {
-  normalize_plane_impl(x, n, hi, lo, s, b, out, stream, next);
+void normalize_plane(const float* x, int64_t n, float hi, float lo, float s, const float* shift,
+                     float* out, bool stream, PlanePrefetch<float> next) {
+  normalize_plane_any(x, n, hi, lo, s, shift, out, stream, next);
 }
-void normalize_plane(const double* x, int64_t n, double hi, double lo, double s, double b,
-                     double* out, bool stream, PlanePrefetch<double> next) {
-  normalize_plane_impl(x, n, hi, lo, s, b, out, stream, next);
+void normalize_plane(const double* x, int64_t n, double hi, double lo, double s,
+                     const double* shift, double* out, bool stream, PlanePrefetch<double> next) {
+  normalize_plane_any(x, n, hi, lo, s, shift, out, stream, next);
 }
 void normalize_affine_rows(const float* x, int64_t rows, int64_t C, const float* hi,
                            const float* lo, const float* r, const float* gamma,

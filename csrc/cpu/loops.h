@@ -131,12 +131,13 @@ struct PlanePrefetch {
   const T* b = nullptr;
   int64_t nb = 0;
 };
-// out = ((x - hi) - lo) * s + b over one plane of n values (the normalize_scale_shift of a
-// constant beta, bit for bit), requesting `next` into cache in proportion to its progress.
-void normalize_plane(const float* x, int64_t n, float hi, float lo, float s, float b, float* out,
-                     bool stream, PlanePrefetch<float> next);
-void normalize_plane(const double* x, int64_t n, double hi, double lo, double s, double b,
-                     double* out, bool stream, PlanePrefetch<double> next);
+// One plane of n values: out = ((x - hi) - lo) * s, plus *shift where shift is not null (bit for
+// bit normalize with r = s, or normalize_scale_shift with a constant beta), requesting `next` into
+// cache in proportion to its progress.
+void normalize_plane(const float* x, int64_t n, float hi, float lo, float s, const float* shift,
+                     float* out, bool stream, PlanePrefetch<float> next);
+void normalize_plane(const double* x, int64_t n, double hi, double lo, double s,
+                     const double* shift, double* out, bool stream, PlanePrefetch<double> next);
 // Channels-last forms: hi, lo, r, s, b per channel; x, gamma, beta and out rows of stride C.
 void normalize_affine_rows(const float* x, int64_t rows, int64_t C, const float* hi,
                            const float* lo, const float* r, const float* gamma, const float* beta,

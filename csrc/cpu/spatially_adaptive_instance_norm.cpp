@@ -130,7 +130,7 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
           PlanePrefetch<T> pf;
           if (next) pf.a = x + base + P, pf.na = P;
           if (next_style) pf.b = style->data + (plane + 1) * style->P, pf.nb = style->P;
-          normalize_plane(x + base, P, q.hi, q.lo, s, b0, y + base, stream, pf);
+          normalize_plane(x + base, P, q.hi, q.lo, s, &b0, y + base, stream, pf);
           continue;
         }
       }
