@@ -811,7 +811,8 @@ DIN_INLINE void normalize_plane_impl(const T* x, int64_t n, T hi, T lo, T s, T b
   constexpr int64_t L = simd::kLanes<T>, kStep = 128;
   const V hv = -V{} + hi, lv = -V{} + lo, sv = -V{} + s, bv = -V{} + b;
   const auto one = [&](int64_t i) {
-    return kShift ? math::normalize_scale_shift(x[i], hi, lo, s, b) : math::normalize(x[i], hi, lo, s);
+    return kShift ? math::normalize_scale_shift(x[i], hi, lo, s, b)
+                  : math::normalize(x[i], hi, lo, s);
   };
   const double fa = n > 0 ? double(next.na) / double(n) : 0.0;
   const double fb = n > 0 ? double(next.nb) / double(n) : 0.0;
@@ -823,7 +824,8 @@ DIN_INLINE void normalize_plane_impl(const T* x, int64_t n, T hi, T lo, T s, T b
     if (next.b != nullptr) prefetch_upto(next.b, db, e == n ? next.nb : int64_t(double(e) * fb));
     for (; i + L <= e; i += L) {
       const V xv = simd::loadu(x + i);
-      const V v = kShift ? vmath::normalize_scale_shift(xv, hv, lv, sv, bv) : vmath::normalize(xv, hv, lv, sv);
+      const V v = kShift ? vmath::normalize_scale_shift(xv, hv, lv, sv, bv)
+                         : vmath::normalize(xv, hv, lv, sv);
       if (stream) {
         simd::stream(out + i, v);
       } else {
