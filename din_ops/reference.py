@@ -224,13 +224,16 @@ def deformable_conv2d(
     off = offset.reshape(n, g, kk, 2, ho, wo)
     py = grid_y.to(acc) + off[:, :, :, 0]
     px = grid_x.to(acc) + off[:, :, :, 1]
-    # A NaN or infinite position samples zero with a zero gradient, as in the kernels
-    # (din_ops/bilinear.h): it is moved to -2, where all four corners are outside the input.
-    finite = torch.isfinite(py) & torch.isfinite(px)
-    py = torch.where(finite, py, torch.full_like(py, -2.0))
-    px = torch.where(finite, px, torch.full_like(px, -2.0))
+    # A position outside (-1, H) x (-1, W), or NaN or infinite, samples zero with a zero gradient,
+    # as in the kernels (din_ops/bilinear.h) and torchvision: it is moved to -2, where all four
+    # corners are outside the input. (On the line y = -1 or x = -1 itself the one-sided formula
+    # would weight an inside corner by zero; the point counts as outside.)
+    valid = (py > -1) & (py < h) & (px > -1) & (px < w)  # False for NaN
+    py = torch.where(valid, py, torch.full_like(py, -2.0))
+    px = torch.where(valid, px, torch.full_like(px, -2.0))
 
-    # Bilinear interpolation: the four corners, each weighted and dropped when outside the input.
+    # Bilinear interpolation: the four corners, each weighted and dropped when outside the input
+    # (its value is zero, not the clamped pixel times a zero weight, which is NaN next to an inf).
     y0, x0 = torch.floor(py), torch.floor(px)
     ly, lx = py - y0, px - x0
     xs = x.reshape(n, g, (c // g), h * w)
@@ -238,10 +241,10 @@ def deformable_conv2d(
     for cy, cx, corner_weight in ((0, 0, (1 - ly) * (1 - lx)), (0, 1, (1 - ly) * lx),
                                   (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
         yy, xx = y0 + cy, x0 + cx
-        inside = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)
+        inside = ((yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)).reshape(n, g, 1, kk * ho * wo)
         index = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).long().reshape(n, g, 1, kk * ho * wo)
-        values = torch.gather(xs, 3, index.expand(n, g, c // g, kk * ho * wo))
-        samples.addcmul_(values, (corner_weight * inside).reshape(n, g, 1, kk * ho * wo))
+        values = torch.gather(xs, 3, index.expand(n, g, c // g, kk * ho * wo)).masked_fill(~inside, 0)
+        samples.addcmul_(values, (corner_weight.reshape(n, g, 1, kk * ho * wo) * inside))
     if mask is not None:  # (sizes written out, not -1, so that an empty batch N = 0 runs too)
         samples = samples * mask.reshape(n, g, 1, kk * ho * wo)
 

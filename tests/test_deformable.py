@@ -534,3 +534,66 @@ def test_nan_or_infinite_offsets_sample_zero(device, bad):
         torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(results["reference"][0], expected, rtol=0, atol=0)
     assert results["reference"][3][0, 2:4, 2, 2].eq(0).all()  # no gradient at the bad position
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_pixel_reaches_only_the_taps_that_sample_it(device, bad):
+    # As torchvision.ops.deform_conv2d: a corner outside the input adds exactly zero, so an inf or
+    # NaN pixel reaches the outputs whose taps interpolate it with a nonzero weight and no others
+    # (before, the outside corners read pixel 0 with weight 0: 0 * inf made the whole border NaN).
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, generator=g)
+    w = torch.randn(1, 3, 2, 3, 3, dtype=torch.float64, generator=g)
+    offsets = {"zero": torch.zeros(1, 18, 5, 6, dtype=torch.float64),
+               "fractional": fractional((1, 18, 5, 6), spread=1.5)}
+    for name, off in offsets.items():
+        # Which outputs sample pixel (0, 0) of channel 0 (the op is linear in x without normalization).
+        e = torch.zeros_like(x)
+        e[0, 0, 0, 0] = 1.0
+        reached = din_ops.dynamic_conv2d(e, w, padding=1, offset=off, backend="reference") != 0
+        assert reached.any() and not reached.all()
+        xb = x.clone()
+        xb[0, 0, 0, 0] = bad
+        ref = din_ops.dynamic_conv2d(xb, w, padding=1, offset=off, backend="reference")
+        ours = din_ops.dynamic_conv2d(xb.to(device), w.to(device), padding=1, offset=off.to(device)).cpu()
+        assert torch.equal(~torch.isfinite(ref), reached), name
+        assert torch.equal(~torch.isfinite(ours), reached), name
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10, equal_nan=True)
+        if name == "zero":  # integer positions: a padded convolution
+            torch.testing.assert_close(ref, F.conv2d(xb, w[0], padding=1), rtol=1e-12, atol=1e-12,
+                                       equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("normalized", [False, True])
+def test_nonfinite_grad_y_reaches_only_the_pixels_it_samples(device, normalized):
+    # The x-gradient of an output whose taps partly fall outside the input: an inf there reaches
+    # the pixels those taps interpolate, and no other (the outside corners' zero contributions
+    # must not land on pixel 0).
+    fn = din_ops.dynamic_instance_norm if normalized else din_ops.dynamic_conv2d
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, generator=g)
+    w = torch.randn(1, 3, 2, 3, 3, dtype=torch.float64, generator=g)
+    off = fractional((1, 18, 5, 6), spread=1.5)
+    corner = (0, 1, 0, 5)  # top right: its top and right taps sample partly outside
+    # Which pixels the corner output samples (without normalization; with it, every pixel).
+    one = torch.zeros(1, 3, 5, 6, dtype=torch.float64)
+    one[corner] = 1.0
+    xs = x.clone().requires_grad_()
+    din_ops.dynamic_conv2d(xs, w, padding=1, offset=off, backend="reference").backward(one)
+    sampled = xs.grad != 0
+    assert sampled.any() and not sampled[0, :, 0, 0].any()
+    gy = torch.randn(1, 3, 5, 6, dtype=torch.float64, generator=g)
+    gy[corner] = float("inf")
+    grads = {}
+    for backend, dev in (("reference", "cpu"), (None, device)):
+        xl = x.to(dev).requires_grad_()
+        fn(xl, w.to(dev), padding=1, offset=off.to(dev), backend=backend).backward(gy.to(dev))
+        grads[backend] = xl.grad.cpu()
+    for backend, gx in grads.items():
+        if normalized:  # the instance-norm backward spreads an inf over its plane's sums: all NaN
+            assert not torch.isfinite(gx).any(), backend
+        else:
+            assert torch.equal(~torch.isfinite(gx), sampled), backend
+    torch.testing.assert_close(grads[None], grads["reference"], rtol=1e-10, atol=1e-10, equal_nan=True)

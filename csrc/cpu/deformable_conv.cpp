@@ -138,8 +138,8 @@ int64_t chunk_elems(const Geometry& s, bool backward) {
   int64_t e = colsz + s.Co * s.K() + s.Co * L;         // columns, tap-major weight, y/gy tile
   if (conv && !backward) e += s.Co * L;                 // the output tile converted
   if (backward) {
-    e += colsz + 4 * KKL + s.C * s.P() + s.Co * s.K();  // gcols, mask/goffset/gmask, gx, gW
-    e += s.C * s.P();                                  // normalized channels-last x
+    e += colsz + 4 * KKL + s.C * (s.P() + 1) + s.Co * s.K();  // gcols, mask/goffset/gmask, gx, gW
+    e += s.C * (s.P() + 1);                                  // normalized channels-last x
   }
   return e;
 }
@@ -162,7 +162,7 @@ void sample_points(const T* offset, const T* mask, const Geometry& s, int64_t n,
       const acc y = bl::position<acc>(oh, s.sh, s.pt, i, s.dh, static_cast<acc>(oy[l]));
       const acc x = bl::position<acc>(ow, s.sw, s.pl, j, s.dw, static_cast<acc>(ox[l]));
       auto& p = pts[t * Lt + l];
-      p = bl::corners<acc>(y, x, s.H, s.W);
+      p = bl::corners<acc>(y, x, s.H, s.W, s.P());  // outside: the zero row P
       const acc mv = m != nullptr ? static_cast<acc>(m[l]) : acc(1);
       if (fold_mask) {
         for (int k = 0; k < 4; ++k) p.weight[k] *= mv;
@@ -174,15 +174,11 @@ void sample_points(const T* offset, const T* mask, const Geometry& s, int64_t n,
   }
 }
 
-// The four corner values of point p in the normalized plane (read from x, normalized on load).
-template <typename T, typename acc>
-inline void load_corners(const T* xc, const bl::Corners<acc>& p, acc hi, acc lo, acc r, acc v[4]) {
-  for (int k = 0; k < 4; ++k) v[k] = math::normalize(static_cast<acc>(xc[p.index[k]]), hi, lo, r);
-}
-
-// Sample n of x normalized into a channels-last buffer, xcl[p * C + c] = xh[n, c, p]: the four
-// corners of a point are then C contiguous values each, for all channels at once. Blocks of 64
-// pixels are transposed in registers, then normalized per channel in place (loops.h).
+// Sample n of x normalized into a channels-last buffer of P + 1 rows, xcl[p * C + c] = xh[n, c, p]:
+// the four corners of a point are then C contiguous values each, for all channels at once. Row P
+// is zero: the corners outside the plane point there (bilinear.h), so they add exactly zero even
+// next to an inf or NaN pixel. Blocks of 64 pixels are transposed in registers, then normalized
+// per channel in place (loops.h).
 template <typename T>
 void normalized_channels_last(const T* x, const Geometry& s, const NormParams<acc_t<T>>& q,
                               int64_t n, acc_t<T>* xcl) {
@@ -206,6 +202,7 @@ void normalized_channels_last(const T* x, const Geometry& s, const NormParams<ac
     normalize_rows(out, pb, C, q.hi.data() + n * C, q.lo.data() + n * C, q.rstd.data() + n * C,
                    out);
   }
+  std::fill(xcl + P * C, xcl + (P + 1) * C, acc(0));
 }
 
 // Calls f(c, len, off, cs) for runs of offset group g's channels [g * Cgo, (g + 1) * Cgo) whose
@@ -285,7 +282,7 @@ void forward(const T* x, const T* w, const T* b, const T* offset, const T* mask,
       int64_t normalized = -1;  // sample in xcl
       const acc* wn = nullptr;
       // Written whole (normalized_channels_last) before it is read: left uninitialized.
-      std::unique_ptr<acc[]> xcl(new acc[s.P() * s.C]);
+      std::unique_ptr<acc[]> xcl(new acc[(s.P() + 1) * s.C]);
       for (int64_t task = k * tasks / T_; task < (k + 1) * tasks / T_; ++task) {
         const int64_t n = task / tiles, q0 = (task % tiles) * L, Lt = std::min(L, s.Q() - q0);
         if (n != normalized) {
@@ -338,11 +335,12 @@ struct ChunkBuffers {
   acc* gcols;  // C * KK * L: W^T @ gy of a tile
   acc* mv;     // KK * L: mask values of a tile and offset group
   acc* goy;    // 3 * KK * L: goffset y, goffset x and gmask accumulators
-  acc* gxh;    // P * C: gradient with respect to xh of the current sample, channels-last
+  acc* gxh;    // (P + 1) * C: gradient with respect to xh of the current sample, channels-last
+               // (row P takes the outside corners' zero contributions and is never read)
   acc* gwk;    // Co * K: weight gradient of the current sample
   acc* wbuf;   // Co * K: the sample's weight, tap-major
   acc* gyb;    // Co * L: converted gy tile (half/bfloat16 only)
-  acc* xcl;    // P * C: the sample normalized, channels-last
+  acc* xcl;    // (P + 1) * C: the sample normalized, channels-last, and the zero row
   bl::Corners<acc>* pts;  // KK * L points
 };
 
@@ -356,9 +354,9 @@ ChunkBuffers<acc_t<T>> chunk_buffers(const Geometry& s, acc_t<T>* ws, uint8_t* p
   b.mv = b.gcols + colsz;
   b.goy = b.mv + KKL;
   b.gxh = b.goy + 3 * KKL;
-  b.gwk = b.gxh + s.C * s.P();
+  b.gwk = b.gxh + s.C * (s.P() + 1);
   b.xcl = b.gwk + s.Co * s.K();
-  b.wbuf = b.xcl + s.C * s.P();
+  b.wbuf = b.xcl + s.C * (s.P() + 1);
   b.gyb = b.wbuf + s.Co * s.K();  // half/bfloat16 only
   b.pts = reinterpret_cast<bl::Corners<acc>*>(pws + k * KKL * point_bytes<acc>());
   return b;
@@ -496,7 +494,7 @@ void backward(const T* gy, const T* x, const T* w, const T* offset, const T* mas
   using acc = acc_t<T>;
   const int64_t tiles = tiles_of(s), T_ = plan.chunks;
   auto zero = [&](const ChunkBuffers<acc>& b) {
-    std::fill(b.gxh, b.gxh + s.C * s.P(), acc(0));
+    std::fill(b.gxh, b.gxh + s.C * (s.P() + 1), acc(0));
     std::fill(b.gwk, b.gwk + s.Co * s.K(), acc(0));
   };
   if (plan.whole) {

@@ -182,7 +182,7 @@ DIN_INLINE void deform_points_backward_run(const T* xg, T* gxg, int64_t xs,
         sy += g * ((y0 * v0 + y1 * v1) + (y2 * v2 + y3 * v3));
         sx += g * ((x0 * v0 + x1 * v1) + (x2 * v2 + x3 * v3));
         // The x-gradient onto the four corners, one after the other (corners outside the plane
-        // share index 0 with weight 0).
+        // share the row past it, with weight 0).
         store(q0 + cc, load(q0 + cc) + m0 * g);
         store(q1 + cc, load(q1 + cc) + m1 * g);
         store(q2 + cc, load(q2 + cc) + m2 * g);

@@ -158,10 +158,11 @@ __device__ __forceinline__ bl::Corners<acc_t<T>> point_corners(
   *m = mask != nullptr ? to_acc(mask[pt * Q + q]) : acc(1);
   const acc y = bl::position<acc>(oh, g.sh, g.pt, i, g.dh, dy);
   const acc x = bl::position<acc>(ow, g.sw, g.pl, j, g.dw, dx);
-  return bl::corners<acc>(y, x, g.H, g.W);
+  return bl::corners<acc>(y, x, g.H, g.W, -1);  // outside corners: index -1, never loaded
 }
 
-// The four corner values of plane nc, normalized on load.
+// The four corner values of plane nc, normalized on load; a corner outside the plane is 0 without a
+// load (so an inf or NaN pixel elsewhere in the plane never reaches it through a zero weight).
 template <typename T>
 __device__ __forceinline__ void corner_values(const T* __restrict__ x,
                                               const acc_t<T>* __restrict__ q, int64_t count,
@@ -170,7 +171,9 @@ __device__ __forceinline__ void corner_values(const T* __restrict__ x,
   const T* xp = x + nc * P;
   const acc_t<T> hi = q[nc], lo = q[count + nc], r = q[2 * count + nc];
 #pragma unroll
-  for (int k = 0; k < 4; ++k) v[k] = math::normalize(to_acc(xp[p.index[k]]), hi, lo, r);
+  for (int k = 0; k < 4; ++k) {
+    v[k] = p.index[k] >= 0 ? math::normalize(to_acc(xp[p.index[k]]), hi, lo, r) : acc_t<T>(0);
+  }
 }
 
 // cols[b][(c * KK + t) * L + l] for the points of the step; one thread per point and run of up

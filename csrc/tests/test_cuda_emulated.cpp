@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <random>
 #include <string>
@@ -1342,6 +1343,45 @@ DIN_TEST(deformable_half) {
 DIN_TEST(deformable_bfloat16) {
   deform_variant<__nv_bfloat16>(kDeformCases[3], 0);
   deform_report<__nv_bfloat16>();
+}
+
+// An inf pixel reaches only the outputs that sample it, and an inf gradient only the pixels its
+// output samples: the corners outside the input are never loaded (0 * inf would be NaN). Plain
+// 3x3 convolution with padding 1 and zero offsets (integer positions), float.
+DIN_TEST(deformable_outside_corners_ignore_nonfinite_values) {
+  DeformGeometry g{1, 2, 4, 5, 2, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 4, 5, 0};
+  std::mt19937 rng(17);
+  const int64_t P = g.H * g.W, Q = g.Ho * g.Wo, nx = g.C * P, ny = g.Co * Q;
+  const float inf = std::numeric_limits<float>::infinity();
+  Buf<float> x(nx, 0, rng), w(g.Co * g.C * 9, 0, rng, 0.5, 1.5), offset(18 * Q, 0, rng);
+  Buf<float> y(ny, 0, rng), gy(ny, 0, rng), gx(nx, 0, rng), gw(g.Co * g.C * 9, 0, rng);
+  Buf<float> gb(g.Co, 0, rng), goffset(18 * Q, 0, rng);
+  std::fill(offset.v.begin(), offset.v.end(), 0.0f);
+  x.v[0] = inf;                // channel 0, pixel (0, 0)
+  gy.v[0 * Q + g.Wo - 1] = inf;  // output channel 0, pixel (0, W - 1)
+  const std::vector<double> mean(g.C, 0.0), rstd(g.C, 1.0);
+  std::vector<double> ws(din_ops::gpu::deformable_workspace_bytes(DType::Float, g, true) / 8 + 1);
+  DIN_CHECK(din_ops::gpu::deformable_conv_forward(DType::Float, g, x.ptr(), w.ptr(), nullptr,
+                                                  offset.ptr(), nullptr, mean.data(), rstd.data(),
+                                                  y.ptr(), ws.data(), nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t o = 0; o < g.Co; ++o) {
+    for (int64_t q = 0; q < Q; ++q) {
+      const bool samples_it = q / g.Wo <= 1 && q % g.Wo <= 1;  // taps reach pixel (0, 0)
+      DIN_CHECK(std::isfinite(y.at(o * Q + q)) != samples_it);
+    }
+  }
+  DIN_CHECK(din_ops::gpu::deformable_conv_backward(
+                DType::Float, g, gy.ptr(), x.ptr(), w.ptr(), offset.ptr(), nullptr, mean.data(),
+                rstd.data(), false, gx.ptr(), gw.ptr(), gb.ptr(), goffset.ptr(), nullptr, ws.data(),
+                nullptr) == cudaSuccess);
+  check_emulation_clean();
+  for (int64_t c = 0; c < g.C; ++c) {
+    for (int64_t p = 0; p < P; ++p) {
+      const bool sampled = p / g.W <= 1 && p % g.W >= g.W - 2;  // by output (0, W - 1)
+      DIN_CHECK(std::isfinite(gx.at(c * P + p)) != sampled);
+    }
+  }
 }
 
 DIN_TEST(deformable_empty_and_invalid) {

@@ -28,9 +28,11 @@
 namespace din_ops::bilinear {
 
 // The four corners of one sample point, in the order (y0, x0), (y0, x0 + 1), (y0 + 1, x0),
-// (y0 + 1, x0 + 1). Corners outside the plane have index 0 and weight and derivatives 0, so a kernel
-// may load all four unconditionally (index 0 is always inside a non-empty plane) and accumulate
-// without branches.
+// (y0 + 1, x0 + 1). Corners outside the plane have weight and derivatives 0 and the index the
+// caller names (`outside` below). An outside corner must contribute exactly zero, also where the
+// input holds an inf or NaN (0 * inf is NaN), as in torchvision: a kernel either reads from a buffer
+// whose element `outside` is zero (the CPU kernels: one zero row past the plane), so it loads all
+// four corners unconditionally and accumulates without branches, or passes -1 and skips those loads.
 template <typename acc_t>
 struct Corners {
   int64_t index[4];  // row-major offset y * W + x of the corner in the plane
@@ -41,12 +43,13 @@ struct Corners {
 
 // Corners and weights of the sample point (y, x) in an H x W plane (H, W >= 1). A point outside
 // (-1, H) x (-1, W), or a NaN coordinate, gets four zero-weight corners (and no integer overflow).
+// Corners outside the plane get index `outside`.
 template <typename acc_t>
-DIN_HD Corners<acc_t> corners(acc_t y, acc_t x, int64_t H, int64_t W) {
+DIN_HD Corners<acc_t> corners(acc_t y, acc_t x, int64_t H, int64_t W, int64_t outside) {
   Corners<acc_t> c{};
   if (!(y > acc_t(-1) && y < acc_t(H) && x > acc_t(-1) && x < acc_t(W))) {
     for (int k = 0; k < 4; ++k) {
-      c.index[k] = 0;
+      c.index[k] = outside;
       c.weight[k] = c.dy[k] = c.dx[k] = acc_t(0);
     }
     return c;
@@ -62,7 +65,7 @@ DIN_HD Corners<acc_t> corners(acc_t y, acc_t x, int64_t H, int64_t W) {
     for (int b = 0; b < 2; ++b) {
       const int k = 2 * a + b;
       const bool inside = in_y[a] && in_x[b];
-      c.index[k] = inside ? (y0 + a) * W + (x0 + b) : 0;
+      c.index[k] = inside ? (y0 + a) * W + (x0 + b) : outside;
       c.weight[k] = inside ? wy[a] * wx[b] : acc_t(0);
       c.dy[k] = inside ? sy[a] * wx[b] : acc_t(0);
       c.dx[k] = inside ? wy[a] * sy[b] : acc_t(0);
