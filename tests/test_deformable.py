@@ -597,3 +597,60 @@ def test_nonfinite_grad_y_reaches_only_the_pixels_it_samples(device, normalized)
         else:
             assert torch.equal(~torch.isfinite(gx), sampled), backend
     torch.testing.assert_close(grads[None], grads["reference"], rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
+def _torchvision_deform_conv2d():
+    """torchvision.ops.deform_conv2d where torchvision imports beside this torch (it is not a
+    dependency; PyPI's torchvision fails to import beside a torch it was not built for)."""
+    try:
+        from torchvision.ops import deform_conv2d
+    except Exception as error:  # ImportError, or RuntimeError from a mismatched build
+        pytest.skip(f"torchvision is not importable here ({type(error).__name__}: {error})")
+    return deform_conv2d
+
+
+def test_matches_torchvision():
+    # The oracle where it is installed (not in CI: no torchvision build matches the CPU torch
+    # there): torchvision.ops.deform_conv2d, one sample at a time (its weight is shared by the
+    # batch), forward with inf/NaN pixels (same NaN and inf patterns) and every gradient with finite
+    # inputs, for zero, fractional and wide offsets, with and without a mask.
+    deform_conv2d = _torchvision_deform_conv2d()
+    g = torch.Generator().manual_seed(14)
+    n, c, co, h, w = 2, 4, 5, 6, 7
+
+    def theirs(x, wt, b, off, m=None):
+        return torch.cat([deform_conv2d(x[i:i + 1], off[i:i + 1], wt[i], b[i], padding=1,
+                                        mask=None if m is None else m[i:i + 1]) for i in range(n)])
+
+    for offsets in ("zero", "fractional", "wide"):
+        for with_mask in (False, True):
+            for bad in (None, float("inf"), float("nan")):
+                case = f"offsets {offsets}, mask {with_mask}, bad {bad}"
+                x = torch.randn(n, c, h, w, dtype=torch.float64, generator=g)
+                if bad is not None:
+                    x[0, 0, 0, 0] = x[1, 2, h - 1, w - 1] = x[1, 3, 2, 3] = bad
+                wt = torch.randn(n, co, c, 3, 3, dtype=torch.float64, generator=g)
+                b = torch.randn(n, co, dtype=torch.float64, generator=g)
+                off = {"zero": torch.zeros(n, 18, h, w, dtype=torch.float64),
+                       "fractional": fractional((n, 18, h, w)),
+                       "wide": 4 * torch.randn(n, 18, h, w, dtype=torch.float64, generator=g)}[offsets]
+                m = torch.rand(n, 9, h, w, dtype=torch.float64, generator=g) if with_mask else None
+                inputs = (x, wt, b, off) + ((m,) if with_mask else ())
+                leaves = [t.clone().requires_grad_() for t in inputs]
+                tv_leaves = [t.clone().requires_grad_() for t in inputs]
+                y = din_ops.dynamic_conv2d(*leaves[:3], padding=1, offset=leaves[3],
+                                           mask=leaves[4] if with_mask else None)
+                expected = theirs(*tv_leaves)
+                assert torch.equal(y.isnan(), expected.isnan()), case
+                assert torch.equal(y.isinf(), expected.isinf()), case
+                torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12, equal_nan=True, msg=case)
+                if bad is not None:
+                    continue
+                gy = torch.randn(n, co, h, w, dtype=torch.float64, generator=g)
+                y.backward(gy)
+                expected.backward(gy)
+                for name, ours, ref in zip(["x", "weight", "bias", "offset", "mask"], leaves, tv_leaves):
+                    if offsets == "zero" and name == "offset":
+                        continue  # integer positions: one-sided derivatives, conventions differ
+                    torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-10, atol=1e-10,
+                                               msg=f"{case}: {name}")
