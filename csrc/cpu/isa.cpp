@@ -110,41 +110,17 @@ std::string join(const std::vector<std::string>& v) {
 }
 #endif
 
-// The level in use, or why the requested one was refused.
-struct Selection {
-  Capability level = Capability::base;  // the best level this CPU has, or the one asked for
-  std::string error;                    // non-empty: DIN_OPS_CPU_CAPABILITY was refused
-};
+using Selection = LevelChoice;
 
 Selection select() {
-  Selection s;
-  for (Capability level : kLevels) {
-    if (cpu_supports(level)) s.level = level;
-  }
-  const char* env = std::getenv("DIN_OPS_CPU_CAPABILITY");
-  if (env == nullptr || *env == '\0') return s;
-  std::string want(env);
-  for (char& c : want) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  for (Capability level : kLevels) {
-    if (want != capability_name(level)) continue;
-    if (cpu_supports(level)) {
-      s.level = level;
-    } else {
+  return choose_level(std::getenv("DIN_OPS_CPU_CAPABILITY"), cpu_supports, [](Capability level) {
 #if defined(__x86_64__)
-      const std::string lacks = "this CPU lacks " + join(missing(level));
+    return "this CPU lacks " + join(missing(level));
 #else
-      const std::string lacks = "it exists on x86-64 only";
+    (void)level;
+    return std::string("it exists on x86-64 only");
 #endif
-      s.error = "DIN_OPS_CPU_CAPABILITY=" + std::string(env) + " cannot be used: " + lacks +
-                " (the best level here is " + capability_name(s.level) +
-                "; unset the variable to use it)";
-    }
-    return s;
-  }
-  s.error = "DIN_OPS_CPU_CAPABILITY=" + std::string(env) +
-            " is not a level: expected default, avx2 or avx512 (or unset, for the best this CPU "
-            "has: " + capability_name(s.level) + ")";
-  return s;
+  });
 }
 
 const Selection& selection() {
@@ -175,6 +151,32 @@ const Kernels& kernels() {
 }
 
 }  // namespace
+
+LevelChoice choose_level(const char* request, const std::function<bool(Capability)>& supports,
+                         const std::function<std::string(Capability)>& lacks) {
+  LevelChoice s;
+  for (Capability level : kLevels) {
+    if (supports(level)) s.level = level;
+  }
+  if (request == nullptr || *request == '\0') return s;
+  std::string want(request);
+  for (char& c : want) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (Capability level : kLevels) {
+    if (want != capability_name(level)) continue;
+    if (supports(level)) {
+      s.level = level;
+    } else {
+      s.error = "DIN_OPS_CPU_CAPABILITY=" + std::string(request) + " cannot be used: " +
+                lacks(level) + " (the best level here is " + capability_name(s.level) +
+                "; unset the variable to use it)";
+    }
+    return s;
+  }
+  s.error = "DIN_OPS_CPU_CAPABILITY=" + std::string(request) +
+            " is not a level: expected default, avx2 or avx512 (or unset, for the best this CPU "
+            "has: " + capability_name(s.level) + ")";
+  return s;
+}
 
 const char* capability_name(Capability level) {
   switch (level) {

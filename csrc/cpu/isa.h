@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 // Helpers inlined into the exported loops (compiled for each level with the function using them).
@@ -40,6 +41,17 @@ bool cpu_supports(Capability level);
 // DIN_OPS_CPU_CAPABILITY names an unknown level or one this CPU lacks; every CPU kernel then
 // throws the same error.
 Capability cpu_capability();
+
+// The choice behind cpu_capability(), apart from this CPU (so the C++ tests can run it for CPUs
+// they are not on): the best level `supports` admits, or the one the override `request` (the value
+// of DIN_OPS_CPU_CAPABILITY; null or empty: none, case-insensitive) names; `error` says why a
+// request is refused (unknown, or a level `supports` rejects, with `lacks(level)` saying why).
+struct LevelChoice {
+  Capability level = Capability::base;
+  std::string error;  // empty: accepted
+};
+LevelChoice choose_level(const char* request, const std::function<bool(Capability)>& supports,
+                         const std::function<std::string(Capability)>& lacks);
 
 }  // namespace din_ops::cpu
 

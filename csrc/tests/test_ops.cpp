@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/isa.h"
 #include "cpu/parallel.h"
 #include "harness.h"
 
@@ -169,6 +170,40 @@ Tensor randn(at::IntArrayRef shape, at::ScalarType dtype, double mean = 0.0, dou
 
 // ---------------------------------------------------------------------------------------------
 // Registration.
+
+// DIN_OPS_CPU_CAPABILITY on CPUs other than this one: an AVX2-only CPU, a baseline-only one and
+// one with every level.
+DIN_TEST(cpu_capability_override_is_checked_against_the_cpu) {
+  using din_ops::cpu::Capability;
+  using din_ops::cpu::choose_level;
+  auto up_to = [](Capability best) {
+    return [best](Capability level) { return static_cast<int>(level) <= static_cast<int>(best); };
+  };
+  auto lacks = [](Capability) { return std::string("this CPU lacks avx512f"); };
+  const auto avx2_cpu = up_to(Capability::avx2);
+  DIN_CHECK(choose_level(nullptr, avx2_cpu, lacks).level == Capability::avx2);
+  DIN_CHECK(choose_level("", avx2_cpu, lacks).error.empty());
+  DIN_CHECK(choose_level("default", avx2_cpu, lacks).level == Capability::base);
+  const auto upper = choose_level("AVX2", avx2_cpu, lacks);
+  DIN_CHECK(upper.level == Capability::avx2 && upper.error.empty());
+  const auto refused = choose_level("avx512", avx2_cpu, lacks);
+  DIN_CHECK(refused.error ==
+            "DIN_OPS_CPU_CAPABILITY=avx512 cannot be used: this CPU lacks avx512f (the best level "
+            "here is avx2; unset the variable to use it)");
+  const auto unknown = choose_level("sse4", avx2_cpu, lacks);
+  DIN_CHECK(unknown.error.find("DIN_OPS_CPU_CAPABILITY=sse4 is not a level: expected default, "
+                               "avx2 or avx512") == 0);
+  DIN_CHECK(unknown.error.find("the best this CPU has: avx2") != std::string::npos);
+  const auto base_cpu = up_to(Capability::base);
+  DIN_CHECK(choose_level(nullptr, base_cpu, lacks).level == Capability::base);
+  DIN_CHECK(choose_level("avx2", base_cpu, lacks).error.find("the best level here is default") !=
+            std::string::npos);
+  const auto every = up_to(Capability::avx512);
+  DIN_CHECK(choose_level(nullptr, every, lacks).level == Capability::avx512);
+  DIN_CHECK(choose_level("avx2", every, lacks).level == Capability::avx2);
+  // This CPU: the library's own choice is the best level it supports.
+  DIN_CHECK(din_ops::cpu::cpu_supports(din_ops::cpu::cpu_capability()));
+}
 
 DIN_TEST(schemas_are_registered_with_cpu_kernels) {
   const std::vector<std::tuple<const char*, size_t, size_t>> ops = {
