@@ -236,15 +236,16 @@ def deformable_conv2d(
     # (its value is zero, not the clamped pixel times a zero weight, which is NaN next to an inf).
     y0, x0 = torch.floor(py), torch.floor(px)
     ly, lx = py - y0, px - x0
-    xs = x.reshape(n, g, (c // g), h * w)
+    # The pixels of each plane and one zero past them (index h * w), where outside corners point.
+    xs = F.pad(x.reshape(n, g, (c // g), h * w), (0, 1))
     samples = torch.zeros(n, g, c // g, kk * ho * wo, dtype=x.dtype, device=dev)
     for cy, cx, corner_weight in ((0, 0, (1 - ly) * (1 - lx)), (0, 1, (1 - ly) * lx),
                                   (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
         yy, xx = y0 + cy, x0 + cx
-        inside = ((yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)).reshape(n, g, 1, kk * ho * wo)
-        index = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).long().reshape(n, g, 1, kk * ho * wo)
-        values = torch.gather(xs, 3, index.expand(n, g, c // g, kk * ho * wo)).masked_fill(~inside, 0)
-        samples.addcmul_(values, (corner_weight.reshape(n, g, 1, kk * ho * wo) * inside))
+        inside = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)
+        index = torch.where(inside, yy * w + xx, h * w).long().reshape(n, g, 1, kk * ho * wo)
+        values = torch.gather(xs, 3, index.expand(n, g, c // g, kk * ho * wo))
+        samples.addcmul_(values, (corner_weight * inside).reshape(n, g, 1, kk * ho * wo))
     if mask is not None:  # (sizes written out, not -1, so that an empty batch N = 0 runs too)
         samples = samples * mask.reshape(n, g, 1, kk * ho * wo)
 
