@@ -294,7 +294,8 @@ def _op_outputs_expected(content, style, eps, unbiased):
     k = (m - 1) / m if unbiased and m > 1 else 1.0
     flat = content.double().reshape(n, c, m)
     mean = flat.mean(2)
-    rstd = 1 / torch.sqrt(flat.var(2, unbiased=False) + eps * k)
+    var = flat.var(2, unbiased=False) if n else flat.new_zeros(0, c)  # (torch.var warns on 0 / 0)
+    rstd = 1 / torch.sqrt(var + eps * k)
     s_mean, s_std = reference.style_stats(style.double(), eps, unbiased)
     if n == 0:
         y = content.double()
