@@ -243,7 +243,9 @@ def deformable_conv2d(
                                   (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
         yy, xx = y0 + cy, x0 + cx
         inside = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)
-        index = torch.where(inside, yy * w + xx, h * w).long().reshape(n, g, 1, kk * ho * wo)
+        # In int64: a float32 product would round pixel indices above 2^24. (yy, xx are in [-2, h]
+        # x [-2, w]: positions outside were moved to -2 above.)
+        index = torch.where(inside, yy.long() * w + xx.long(), h * w).reshape(n, g, 1, kk * ho * wo)
         values = torch.gather(xs, 3, index.expand(n, g, c // g, kk * ho * wo))
         samples.addcmul_(values, (corner_weight * inside).reshape(n, g, 1, kk * ho * wo))
     if mask is not None:  # (sizes written out, not -1, so that an empty batch N = 0 runs too)

@@ -599,6 +599,20 @@ def test_nonfinite_grad_y_reaches_only_the_pixels_it_samples(device, normalized)
     torch.testing.assert_close(grads[None], grads["reference"], rtol=1e-10, atol=1e-10, equal_nan=True)
 
 
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_pixel_indices_beyond_2_to_the_24(backend):
+    # A float32 plane of more than 2^24 pixels: a tap on its last pixels reads them exactly (an index
+    # computed in float32 rounds to the neighbouring pixel, or past the end of the plane).
+    h, w = 4097, 4100
+    x = torch.zeros(1, 1, h, w)
+    x[0, 0, h - 1, w - 2], x[0, 0, h - 1, w - 1] = 7.0, 3.0
+    weight = torch.ones(1, 1, 1, 1, 1)
+    for col, value in ((w - 1, 3.0), (w - 2, 7.0), (w - 1.5, 5.0)):
+        off = torch.tensor([float(h - 1), float(col)]).reshape(1, 2, 1, 1)
+        y = din_ops.dynamic_conv2d(x, weight, stride=(h, w), offset=off, backend=backend)
+        assert y.shape == (1, 1, 1, 1) and y.item() == value, (col, y.item())
+
 def _torchvision_deform_conv2d():
     """torchvision.ops.deform_conv2d where torchvision imports beside this torch (it is not a
     dependency; PyPI's torchvision fails to import beside a torch it was not built for)."""
