@@ -97,8 +97,8 @@ ADAIN = OpBench(
     unit="GB/s",
     targets=SHAPES,
     extras=[
-        Extra("diag_1x1", lambda device: device.type == "cpu", diagonal_1x1),
-        Extra("adain_stats", lambda device: device.type == "cpu", adain_from_stats),
+        Extra("diag_1x1", lambda device, dtype: device.type == "cpu", diagonal_1x1),
+        Extra("adain_stats", lambda device, dtype: device.type == "cpu", adain_from_stats),
     ],
     checks=[
         *[Target(shape, passes, "cpu", "speedup", 2.5, "issue 16")

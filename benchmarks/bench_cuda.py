@@ -192,11 +192,27 @@ def torchvision_deformable(x, wt, b, offset, mask):
     return y.reshape(n, co, *y.shape[2:])
 
 
-def bench_deformable(shape, dtype, table) -> dict:
+def torchvision_deformable_missing(dtype) -> str:
+    """Why the torchvision comparison cannot run in dtype on DEVICE ("" where it can): torchvision
+    is not importable, or its deform_conv2d has no kernel for the dtype (torchvision 0.29 has none
+    for bfloat16 on the CPU)."""
     try:
-        import torchvision.ops  # noqa: F401
-    except ImportError as error:
-        print(f"deformable 3x3 DIN: skipped: torchvision is not importable ({error})")
+        from torchvision.ops import deform_conv2d
+    except Exception as error:  # ImportError, or RuntimeError from a build for another torch
+        return f"torchvision is not importable ({type(error).__name__}: {error})"
+    x = torch.zeros(1, 1, 2, 2, device=DEVICE, dtype=dtype)
+    try:
+        deform_conv2d(x, torch.zeros(1, 2, 2, 2, device=DEVICE, dtype=dtype),
+                      torch.ones(1, 1, 1, 1, device=DEVICE, dtype=dtype))
+    except RuntimeError as error:
+        return f"torchvision's deform_conv2d does not run in {str(dtype)[6:]} here ({error})"
+    return ""
+
+
+def bench_deformable(shape, dtype, table) -> dict:
+    missing = torchvision_deformable_missing(dtype)
+    if missing:
+        print(f"deformable 3x3 DIN {str(dtype)[6:]}: skipped: {missing}")
         return {}
     n, c, h, w = shape
     g = torch.Generator(device=DEVICE).manual_seed(0)

@@ -80,8 +80,20 @@ def grid_sample_way(x, weight, bias, offset):
     return (y + bias[:, :, None]).reshape(n, -1, ho, wo)
 
 
-def _torchvision_available(device: torch.device) -> bool:
-    return device.type == "cuda" and importlib.util.find_spec("torchvision") is not None
+def _torchvision_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """On a GPU, where torchvision imports and its deform_conv2d runs in dtype (torchvision 0.29
+    has no bfloat16 kernel on the CPU)."""
+    if device.type != "cuda" or importlib.util.find_spec("torchvision") is None:
+        return False
+    try:
+        from torchvision.ops import deform_conv2d
+
+        x = torch.zeros(1, 1, 2, 2, device=device, dtype=dtype)
+        deform_conv2d(x, torch.zeros(1, 2, 2, 2, device=device, dtype=dtype),
+                      torch.ones(1, 1, 1, 1, device=device, dtype=dtype))
+    except Exception:  # a torchvision built for another torch, or no kernel for the dtype
+        return False
+    return True
 
 
 BENCHES = [
@@ -100,7 +112,7 @@ BENCHES = [
         targets=SHAPES,
         checks=[Target(s, p, "cpu", "speedup", 3.0, "issue 5") for s in SHAPES for p in ("fwd", "fwd+bwd")]
         + [Target(None, "fwd+bwd", "cuda", "speedup", 3.0, "issue 9", versus="torchvision")],
-        extras=[Extra("grid_sample", lambda device: True, grid_sample_way),
+        extras=[Extra("grid_sample", lambda device, dtype: True, grid_sample_way),
                 Extra("torchvision", _torchvision_available, torchvision_deform)],
         backends=("cpu", "cuda", "reference"),  # no Triton kernel
         # The reference and grid_sample compositions materialize C * 9 samples per pixel (2.4 GiB

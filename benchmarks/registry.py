@@ -72,12 +72,12 @@ class Floor:
 class Extra:
     """Another implementation to time beside the backends (e.g. torchvision's deform_conv2d on a GPU).
 
-    ``available(device)`` guards it (an import that may fail, a device it needs); ``fn`` has the
+    ``available(device, dtype)`` guards it (an import that may fail, a device or dtype it needs); ``fn`` has the
     op's call signature.
     """
 
     name: str
-    available: Callable[[torch.device], bool]
+    available: Callable[[torch.device, torch.dtype], bool]
     fn: Callable[..., torch.Tensor]
 
 

@@ -193,7 +193,7 @@ def run_case(bench: OpBench, set_label: str, shape: Shape, dtype: torch.dtype, s
         (b, "backend", bench.din(b)) for b in backends if bench.backends is None or b in bench.backends
     ]
     providers.append(("torch", "baseline", bench.pytorch))
-    providers += [(e.name, "extra", e.fn) for e in bench.extras if e.available(device)]
+    providers += [(e.name, "extra", e.fn) for e in bench.extras if e.available(device, dtype)]
     floor = bench.floor
     work = bench.work(shape, torch.empty((), dtype=dtype).element_size())
     base = dict(op=bench.name, shape=list(shape), set=set_label, dtype=dtype_name(dtype), device=device.type,

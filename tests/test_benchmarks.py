@@ -73,7 +73,7 @@ def test_quick_run_covers_every_op_and_backend(quick_run):
             got = {r["provider"] for r in data["results"] if r["op"] == bench.name and r["pass"] == passes}
             want = {b for b in cpu_backends if bench.backends is None or b in bench.backends}
             want |= {"torch", bench.floor.name}
-            want |= {e.name for e in bench.extras if e.available(torch.device("cpu"))}
+            want |= {e.name for e in bench.extras if e.available(torch.device("cpu"), torch.float32)}
             assert got == want, (bench.name, passes, got)
     # The table went to stdout, the progress to stderr.
     assert "vs torch" in run.stdout and "% floor" in run.stdout
@@ -303,10 +303,11 @@ def test_deformable_rows_and_their_guards():
         sys.path.remove(ROOT)
     bench = bench_deformable_din.BENCHES[0]
     assert bench in registered_ops()
-    # The grid_sample composition runs everywhere; torchvision's rows only on a GPU with torchvision.
+    # The grid_sample composition runs everywhere; torchvision's rows only on a GPU with torchvision,
+    # in a dtype it has a kernel for.
     extras = {e.name: e for e in bench.extras}
-    assert extras["grid_sample"].available(torch.device("cpu"))
-    assert not extras["torchvision"].available(torch.device("cpu"))
+    assert extras["grid_sample"].available(torch.device("cpu"), torch.float32)
+    assert not extras["torchvision"].available(torch.device("cpu"), torch.float32)
 
 
 def test_gpu_benchmark_rows_run(monkeypatch):
@@ -317,7 +318,10 @@ def test_gpu_benchmark_rows_run(monkeypatch):
     monkeypatch.setattr(bench_cuda, "DEVICE", "cpu")
     monkeypatch.setattr(bench_cuda, "QUICK_SHAPE", (2, 4, 8, 8))
     results = bench_cuda.run(quick=True)
-    assert len(results) == 4 * len(bench_cuda.DTYPES)
+    # Four rows per dtype, and the deformable one where torchvision runs in that dtype.
+    compared = [d for d in bench_cuda.DTYPES if not bench_cuda.torchvision_deformable_missing(d)]
+    assert len(results) == 4 * len(bench_cuda.DTYPES) + len(compared)
+    assert [r["dtype"] for r in results if r["op"] == "cuda deformable 3x3"] == [str(d) for d in compared]
     for r in results:
         times = [v for k, v in r.items() if k.endswith("_ms")]
         assert times and all(t > 0 for t in times), r
