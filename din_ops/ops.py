@@ -312,30 +312,6 @@ def _reference_geometry(padding, stride: list[int], pad: list[int], dilation: li
                 dilation=tuple(dilation), groups=groups)
 
 
-def _plain_1x1_on_cpu(x, weight, bias, stride, padding, dilation, groups, backend, offset, mask) -> bool:
-    """Whether a dynamic_instance_norm call is the paper's 1x1 DIN on CPU tensors with the default
-    geometry and valid arguments: x float (N, C, H, W), weight (N or 1, Co, C) and bias None or
-    (N or 1, Co) of x's dtype, stride 1, padding 0, dilation 1, groups 1 as ints. Such a call skips
-    the general argument handling (about half the Python time of a small call); any other call,
-    and every invalid one, takes the general path, which raises the errors."""
-    if not (offset is None and mask is None and backend is None and type(stride) is int and stride == 1
-            and type(padding) is int and padding == 0 and type(dilation) is int and dilation == 1
-            and type(groups) is int and groups == 1):
-        return False
-    if not (isinstance(x, Tensor) and isinstance(weight, Tensor) and x.dim() == 4 and weight.dim() == 3
-            and x.device.type == "cpu" and weight.device == x.device and x.dtype in _FLOAT_DTYPES
-            and weight.dtype == x.dtype):
-        return False
-    n, c, h, w = x.shape
-    if c == 0 or h == 0 or w == 0 or weight.shape[0] not in (n, 1) or weight.shape[2] != c:
-        return False
-    if bias is not None and not (isinstance(bias, Tensor) and bias.dim() == 2 and bias.dtype == x.dtype
-                                 and bias.device == x.device and bias.shape[0] in (n, 1)
-                                 and bias.shape[1] == weight.shape[1]):
-        return False
-    return backends.resolve(None, x.device) == "cpu"
-
-
 def dynamic_instance_norm(
     x: Tensor,
     weight: Tensor,
@@ -402,10 +378,6 @@ def dynamic_instance_norm(
     """
     eps = _check_eps(eps)
     _check_unbiased(unbiased)
-    if _plain_1x1_on_cpu(x, weight, bias, stride, padding, dilation, groups, backend, offset, mask):
-        scale = _unbiased_factor(x, unbiased)
-        w = weight if scale is None else weight * scale
-        return torch.ops.din_ops.dynamic_instance_norm_1x1(x, w, bias, eps, unbiased)[0]
     if isinstance(weight, Tensor) and weight.dim() == 2:
         return _diagonal_1x1(x, weight, bias, stride, padding, dilation, groups, eps, unbiased,
                              backend, offset, mask)

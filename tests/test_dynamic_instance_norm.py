@@ -244,10 +244,9 @@ def test_broadcast_errors_say_what_fits():
 @pytest.mark.parametrize("unbiased", [False, True])
 @pytest.mark.parametrize("case", ["batch_n", "batch1_weight", "batch1_bias", "no_bias", "channels_last",
                                   "expanded_weight"])
-def test_plain_1x1_call_takes_the_short_path_with_the_same_results(monkeypatch, unbiased, case):
-    # din_ops.dynamic_instance_norm(x, w, b) on CPU tensors skips the general argument handling
-    # (ops._plain_1x1_on_cpu); its values and gradients are those of the general path (taken here
-    # with stride=(1, 1), which is the same geometry).
+def test_int_and_pair_geometry_give_the_same_results(unbiased, case):
+    # The geometry as plain ints (the defaults) and as pairs, the two branches of ops._int_pair:
+    # the same values and gradients, those of the reference.
     g = torch.Generator().manual_seed(5)
     n, c, co = 3, 4, 5
     x = torch.randn(n, c, 6, 7, dtype=torch.float64, generator=g) + 2.0
@@ -264,25 +263,15 @@ def test_plain_1x1_call_takes_the_short_path_with_the_same_results(monkeypatch, 
     elif case == "expanded_weight":
         w = w[:1].expand(n, -1, -1)
     results = []
-    for kwargs in ({}, {"stride": (1, 1)}):
+    for kwargs in ({}, {"stride": (1, 1), "padding": (0, 0), "dilation": [1, 1]}):
         leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b)]
         if case == "channels_last":
             leaves[0] = x.detach().clone().requires_grad_()
         y = din_ops.dynamic_instance_norm(*leaves, unbiased=unbiased, **kwargs)
         y.backward(torch.ones_like(y))
         results.append([y] + [t.grad for t in leaves if t is not None])
-    for short, general in zip(*results):
-        torch.testing.assert_close(short, general, rtol=1e-13, atol=1e-13)
+    for ints, pairs in zip(*results):
+        torch.testing.assert_close(ints, pairs, rtol=1e-13, atol=1e-13)
     expected = reference.dynamic_instance_norm(x, w.expand(n, -1, -1), None if b is None else b.expand(n, -1),
                                                unbiased=unbiased)
     torch.testing.assert_close(results[0][0], expected, rtol=1e-12, atol=1e-12)
-    # The short path really is taken: without the general one the plain call still runs.
-    from din_ops import ops
-
-    def general(*args, **kwargs):
-        raise AssertionError("the general path ran")
-
-    monkeypatch.setattr(ops, "_prepare_conv", general)
-    din_ops.dynamic_instance_norm(x, w, b, unbiased=unbiased)
-    with pytest.raises(AssertionError, match="general path"):
-        din_ops.dynamic_instance_norm(x, w, b, stride=(1, 1))
