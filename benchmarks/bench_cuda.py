@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import din_ops
 from din_ops import reference
 
+from .bench_deformable_din import torchvision_deform_missing
 from .bench_dynamic_instance_norm import torch_way as din_1x1_torch_way
 from .common import Table, compare, forward_backward, ms, ratio
 
@@ -192,25 +193,8 @@ def torchvision_deformable(x, wt, b, offset, mask):
     return y.reshape(n, co, *y.shape[2:])
 
 
-def torchvision_deformable_missing(dtype) -> str:
-    """Why the torchvision comparison cannot run in dtype on DEVICE ("" where it can): torchvision
-    is not importable, or its deform_conv2d has no kernel for the dtype (torchvision 0.29 has none
-    for bfloat16 on the CPU)."""
-    try:
-        from torchvision.ops import deform_conv2d
-    except Exception as error:  # ImportError, or RuntimeError from a build for another torch
-        return f"torchvision is not importable ({type(error).__name__}: {error})"
-    x = torch.zeros(1, 1, 2, 2, device=DEVICE, dtype=dtype)
-    try:
-        deform_conv2d(x, torch.zeros(1, 2, 2, 2, device=DEVICE, dtype=dtype),
-                      torch.ones(1, 1, 1, 1, device=DEVICE, dtype=dtype))
-    except RuntimeError as error:
-        return f"torchvision's deform_conv2d does not run in {str(dtype)[6:]} here ({error})"
-    return ""
-
-
 def bench_deformable(shape, dtype, table) -> dict:
-    missing = torchvision_deformable_missing(dtype)
+    missing = torchvision_deform_missing(DEVICE, dtype)
     if missing:
         print(f"deformable 3x3 DIN {str(dtype)[6:]}: skipped: {missing}")
         return {}

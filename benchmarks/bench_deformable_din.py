@@ -80,20 +80,26 @@ def grid_sample_way(x, weight, bias, offset):
     return (y + bias[:, :, None]).reshape(n, -1, ho, wo)
 
 
-def _torchvision_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """On a GPU, where torchvision imports and its deform_conv2d runs in dtype (torchvision 0.29
-    has no bfloat16 kernel on the CPU)."""
-    if device.type != "cuda" or importlib.util.find_spec("torchvision") is None:
-        return False
+def torchvision_deform_missing(device, dtype: torch.dtype) -> str:
+    """Why torchvision's deform_conv2d cannot be timed in dtype on device ("" where it can): torchvision
+    is not importable, or has no kernel for the dtype (torchvision 0.29 has none for bfloat16 on the
+    CPU). A tiny call tells."""
     try:
         from torchvision.ops import deform_conv2d
-
-        x = torch.zeros(1, 1, 2, 2, device=device, dtype=dtype)
+    except Exception as error:  # ImportError, or RuntimeError from a build for another torch
+        return f"torchvision is not importable ({type(error).__name__}: {error})"
+    x = torch.zeros(1, 1, 2, 2, device=device, dtype=dtype)
+    try:
         deform_conv2d(x, torch.zeros(1, 2, 2, 2, device=device, dtype=dtype),
                       torch.ones(1, 1, 1, 1, device=device, dtype=dtype))
-    except Exception:  # a torchvision built for another torch, or no kernel for the dtype
-        return False
-    return True
+    except RuntimeError as error:
+        return f"torchvision's deform_conv2d does not run in {str(dtype)[6:]} here ({error})"
+    return ""
+
+
+def _torchvision_available(device: torch.device, dtype: torch.dtype) -> bool:
+    return (device.type == "cuda" and importlib.util.find_spec("torchvision") is not None
+            and not torchvision_deform_missing(device, dtype))
 
 
 BENCHES = [

@@ -319,7 +319,7 @@ def test_gpu_benchmark_rows_run(monkeypatch):
     monkeypatch.setattr(bench_cuda, "QUICK_SHAPE", (2, 4, 8, 8))
     results = bench_cuda.run(quick=True)
     # Four rows per dtype, and the deformable one where torchvision runs in that dtype.
-    compared = [d for d in bench_cuda.DTYPES if not bench_cuda.torchvision_deformable_missing(d)]
+    compared = [d for d in bench_cuda.DTYPES if not bench_cuda.torchvision_deform_missing("cpu", d)]
     assert len(results) == 4 * len(bench_cuda.DTYPES) + len(compared)
     assert [r["dtype"] for r in results if r["op"] == "cuda deformable 3x3"] == [str(d) for d in compared]
     for r in results:
