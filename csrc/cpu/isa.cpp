@@ -110,9 +110,7 @@ std::string join(const std::vector<std::string>& v) {
 }
 #endif
 
-using Selection = LevelChoice;
-
-Selection select() {
+LevelChoice select() {
   return choose_level(std::getenv("DIN_OPS_CPU_CAPABILITY"), cpu_supports, [](Capability level) {
 #if defined(__x86_64__)
     return "this CPU lacks " + join(missing(level));
@@ -123,12 +121,12 @@ Selection select() {
   });
 }
 
-const Selection& selection() {
-  static const Selection s = select();
+const LevelChoice& selection() {
+  static const LevelChoice s = select();
   return s;
 }
 
-const Kernels* table_for(const Selection& s) {
+const Kernels* table_for(const LevelChoice& s) {
   if (!s.error.empty()) return nullptr;
   switch (s.level) {
 #if defined(__x86_64__)
@@ -196,7 +194,7 @@ bool cpu_supports(Capability level) {
 }
 
 Capability cpu_capability() {
-  const Selection& s = selection();
+  const LevelChoice& s = selection();
   TORCH_CHECK(s.error.empty(), "din_ops: ", s.error);
   return s.level;
 }
