@@ -40,9 +40,9 @@ test-isa-levels:
 	  DIN_OPS_CPU_CAPABILITY=$$level $(PYTHON) -m pytest $(ISA_TESTS) -q -m "not gpu" -k "not gradcheck" -p no:cacheprovider || exit 1; \
 	done
 
-# The C++ tests built with clang and with the oldest GCC Debian ships (g++-11), and the CPU sources
-# compiled for aarch64 (compile only). Each skips with a message where its compiler is missing; on
-# CI (CI=true) it installs it first.
+# The C++ tests built with clang and with the oldest GCC Debian ships (g++-11), the CPU sources
+# compiled for aarch64, and the aarch64 build of the vector loops run under qemu-user. Each skips
+# with a message where its compiler (or qemu) is missing; on CI (CI=true) it installs it first.
 test-clang:
 	PYTHON=$(PYTHON) .ci/ctest_with.sh clang++ clang libomp-dev
 
@@ -51,6 +51,7 @@ test-gcc-oldest:
 
 test-aarch64:
 	PYTHON=$(PYTHON) .ci/aarch64_compile.sh
+	PYTHON=$(PYTHON) .ci/aarch64_run.sh
 
 # The C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (the pre-release check; see
 # docs/testing.md). LibTorch is not instrumented: leak detection is off (its registries live until exit), and

@@ -7,22 +7,28 @@
 #include <cstring>
 
 // Each exported loop is compiled for AVX-512, AVX2 + FMA and the baseline (isa.h; the wrappers
-// deformable_loops_avx2.cpp and deformable_loops_avx512.cpp include this file). The loops
-// use vector types of 32 bytes (vec.h; 8 floats or 4 doubles): one register with AVX2, two with
-// SSE2.
+// deformable_loops_avx2.cpp and deformable_loops_avx512.cpp include this file). The loops use
+// vectors of kBytes: on x86-64 32 bytes (8 floats or 4 doubles; one register with AVX2, two with
+// SSE2), on aarch64 16 bytes, one NEON register (GCC keeps wider generic vectors there in memory).
+
+// The aarch64 width is also built on x86-64 by the C++ test of the vector widths (isa.h).
+#if defined(__aarch64__) || defined(DIN_CPU_NARROW_VECTORS_TEST)
+#define DIN_DEFORM_VECTOR_BYTES 16
+#else
+#define DIN_DEFORM_VECTOR_BYTES 32
+#endif
 
 DIN_ISA_BEGIN
 namespace {
 
 namespace bl = din_ops::bilinear;
 
-using f8 = simd::VecOf<float, 32>::type;
-using d4 = simd::VecOf<double, 32>::type;
+constexpr int kBytes = DIN_DEFORM_VECTOR_BYTES;
 
 template <typename T>
 struct Vec {
-  using type = typename simd::VecOf<T, 32>::type;
-  static constexpr int lanes = 32 / sizeof(T);
+  using type = typename simd::VecOf<T, kBytes>::type;
+  static constexpr int lanes = kBytes / sizeof(T);
 };
 
 template <typename T>
@@ -37,6 +43,10 @@ DIN_INLINE void store(T* p, const typename Vec<T>::type& v) {
 }
 
 // dst[j * ds + i] = src[i * ss + j] for i, j < lanes: one square tile transposed in registers.
+#if DIN_DEFORM_VECTOR_BYTES == 32
+using f8 = simd::VecOf<float, 32>::type;
+using d4 = simd::VecOf<double, 32>::type;
+
 DIN_INLINE void transpose_tile(const float* src, int64_t ss, float* dst, int64_t ds) {
   f8 r[8], t[8], u[8];
   for (int i = 0; i < 8; ++i) r[i] = load(src + i * ss);
@@ -68,6 +78,25 @@ DIN_INLINE void transpose_tile(const double* src, int64_t ss, double* dst, int64
   store(dst + 2 * ds, simd::permute<2, 3, 6, 7>(t[0], t[2]));
   store(dst + 3 * ds, simd::permute<2, 3, 6, 7>(t[1], t[3]));
 }
+#else
+// 16-byte vectors: log2(lanes) rounds of interleaving row i with row i + lanes / 2 (zip1 / zip2).
+template <typename T>
+DIN_INLINE void transpose_tile(const T* src, int64_t ss, T* dst, int64_t ds) {
+  using V = typename Vec<T>::type;
+  constexpr int n = Vec<T>::lanes;
+  V v[n];
+  for (int i = 0; i < n; ++i) v[i] = load(src + i * ss);
+  for (int round = 1; round < n; round *= 2) {
+    V t[n];
+    for (int i = 0; i < n / 2; ++i) {
+      t[2 * i] = simd::shuffle<simd::Pick::lo>(v[i], v[i + n / 2]);
+      t[2 * i + 1] = simd::shuffle<simd::Pick::hi>(v[i], v[i + n / 2]);
+    }
+    for (int i = 0; i < n; ++i) v[i] = t[i];
+  }
+  for (int j = 0; j < n; ++j) store(dst + j * ds, v[j]);
+}
+#endif
 
 // dst[j * ds + i] = src[i * ss + j] for i < rows, j < cols: square tiles in registers, the edges
 // element by element.

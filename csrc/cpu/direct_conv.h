@@ -8,7 +8,8 @@
 // loads. The Wp - Wo columns past each output row are garbage the caller drops (a few % of the work).
 //
 // The kernels accumulate a block of output channels x pixels in registers (8 x 48 for float on
-// AVX-512, 4 x 24 on AVX2) and loop over input channels and taps; no column matrix is ever written.
+// AVX-512, 4 x 24 on AVX2, 8 x 12 on aarch64) and loop over input channels and taps; no column
+// matrix is ever written.
 #pragma once
 
 #include <cstdint>
@@ -17,8 +18,9 @@ namespace din_ops::cpu {
 
 // True when these kernels (and winograd.h's) run at speed at the chosen instruction-set level
 // (isa.h): they keep their accumulators in registers (24 of 64 bytes at avx512, 12 of 32 bytes at
-// avx2). The baseline's 16 xmm registers would spill them, and im2col + GEMM is then 30-50x faster,
-// so the callers take that path instead. Defined in isa.cpp.
+// avx2, 24 of 16 bytes in aarch64's 32 NEON registers). The x86-64 baseline's 16 xmm registers
+// would spill them, and im2col + GEMM is then 30-50x faster, so the callers take that path
+// instead. Defined in isa.cpp.
 bool direct_kernels_fast();
 
 // Output channels computed together for `cout` channels: 8, or the smallest power of two >= cout.

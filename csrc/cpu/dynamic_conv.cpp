@@ -22,8 +22,8 @@
 //   without dilation (winograd.h); the backward's input gradient is the same convolution run on
 //   grad_y with the flipped kernel, its weight gradient a register-blocked correlation of the same
 //   bands (direct or in the Winograd domain).
-//   These need AVX2 or AVX-512 (direct_kernels_fast()); at the baseline level stride 1 takes the
-//   path below too.
+//   These need AVX2 or AVX-512 on x86-64, or aarch64 (direct_kernels_fast()); at the x86-64
+//   baseline level stride 1 takes the path below too.
 // - everything else (stride > 1): im2col of normalized tiles of output rows, one GEMM per tile with
 //   W[n, group] (forward), and per (n, group) task the weight-gradient GEMM, the W^T GEMM and
 //   col2im into the gradient planes (backward).

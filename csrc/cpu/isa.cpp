@@ -199,9 +199,16 @@ Capability cpu_capability() {
   return s.level;
 }
 
-// The baseline's 16 xmm registers hold half the accumulators of the 32-byte blocks (vec.h), which
-// then spill; avx2 and avx512 keep them in registers.
-bool direct_kernels_fast() { return cpu_capability() >= Capability::avx2; }
+// The x86-64 baseline's 16 xmm registers hold half the accumulators of the 32-byte blocks (vec.h),
+// which then spill; avx2 and avx512 keep them in registers, and so do aarch64's 32 NEON registers
+// at its baseline.
+bool direct_kernels_fast() {
+#if defined(__aarch64__)
+  return true;
+#else
+  return cpu_capability() >= Capability::avx2;
+#endif
+}
 
 // The public functions: one call through the chosen table each.
 #define DIN_KERNEL(id, ret, name, params, args) \

@@ -26,7 +26,8 @@
 
 namespace din_ops::cpu {
 
-// The levels, lowest first. base: the architecture's baseline (x86-64: SSE2; aarch64: NEON).
+// The levels, lowest first. base: the architecture's baseline (x86-64: SSE2; aarch64: NEON, with
+// 16-byte vectors and the register-blocked k x k kernels of the 32 NEON registers, vec.h).
 // avx2: AVX2 + FMA + BMI1/2 (x86-64-v3 without F16C, LZCNT and MOVBE, which the loops do not use).
 // avx512: avx2 + AVX-512 F, BW, DQ, VL, CD (x86-64-v4).
 enum class Capability : int { base = 0, avx2 = 1, avx512 = 2 };
@@ -71,10 +72,15 @@ LevelChoice choose_level(const char* request, const std::function<bool(Capabilit
 #define DIN_ISA avx2
 #define DIN_ISA_TARGET(pragma) pragma(target("avx2,fma,bmi,bmi2"))
 #elif defined(DIN_CPU_WIDE_VECTORS_TEST)
-// The C++ test csrc/tests/test_wide_vectors.cpp only: the avx512 level's vector widths and register
-// blocks without its instructions (the compiler splits each 64-byte vector), so that the lane
-// arithmetic of that level runs and is tested on any CPU.
+// The C++ test csrc/tests/test_vector_widths.cpp only: the avx512 level's vector widths and
+// register blocks without its instructions (the compiler splits each 64-byte vector), so that the
+// lane arithmetic of that level runs and is tested on any CPU.
 #define DIN_ISA wide
+#elif defined(DIN_CPU_NARROW_VECTORS_TEST)
+// The same test built with aarch64's vector widths and register blocks (16-byte vectors, one NEON
+// register each; 8 x 3 accumulator blocks for its 32 registers) on x86-64, where the compiler keeps
+// them in the 16 SSE registers and spills.
+#define DIN_ISA narrow
 #else
 #define DIN_ISA base
 #endif

@@ -1,9 +1,9 @@
 // GCC / clang vector types for the CPU kernels: 64 bytes (avx512 level) or 32 bytes (avx2 and the
-// baseline) for the register-blocked kernels (direct_conv.cpp, winograd.cpp), 32 bytes for the
-// deformable loops. A 64-byte vector is one zmm register; in the baseline build the compiler splits
-// a 32-byte one in two xmm. Broadcasts are written `-V{} + a` inline in the kernels (a + -0 == a for
-// every a, so it folds to one broadcast; GCC 12 expands it lane by lane when it comes from a helper
-// function inlined into another one).
+// x86-64 baseline) for the register-blocked kernels (direct_conv.cpp, winograd.cpp), 32 bytes for
+// the deformable loops; on aarch64 16 bytes for all of them. A 64-byte vector is one zmm register;
+// in the x86-64 baseline build the compiler splits a 32-byte one in two xmm. Broadcasts are written
+// `-V{} + a` inline in the kernels (a + -0 == a for every a, so it folds to one broadcast; GCC 12
+// expands it lane by lane when it comes from a helper function inlined into another one).
 #pragma once
 
 #include <cstdint>
@@ -42,6 +42,16 @@ struct VecOf<double, 64> {
   typedef int64_t index __attribute__((vector_size(64)));
 };
 template <>
+struct VecOf<float, 16> {
+  typedef float type __attribute__((vector_size(16)));
+  typedef int32_t index __attribute__((vector_size(16)));
+};
+template <>
+struct VecOf<double, 16> {
+  typedef double type __attribute__((vector_size(16)));
+  typedef int64_t index __attribute__((vector_size(16)));
+};
+template <>
 struct VecOf<float, 32> {
   typedef float type __attribute__((vector_size(32)));
   typedef int32_t index __attribute__((vector_size(32)));
@@ -53,11 +63,15 @@ struct VecOf<double, 32> {
 };
 
 // The vectors of the register-blocked kernels (direct_conv.cpp, winograd.cpp) in this build (isa.h):
-// 64 bytes, one zmm register, at the avx512 level; 32 bytes, one ymm register (two xmm in the
+// 64 bytes, one zmm register, at the avx512 level; on aarch64 16 bytes, one NEON register, with the
+// same blocks in its 32 registers (GCC 12 keeps 32-byte vectors there in memory: ~49 stack accesses
+// per 24 multiply-adds, docs/kernels.md); 32 bytes, one ymm register (two xmm in the x86-64
 // baseline), elsewhere, where 16 registers hold half as many accumulators.
 // kAcc: accumulators of a register block (a GEMM's output tile), kRows: most output channels in one.
 #if defined(DIN_CPU_CAPABILITY_AVX512) || defined(DIN_CPU_WIDE_VECTORS_TEST)
 constexpr int kVecBytes = 64, kAcc = 24, kRows = 8;
+#elif defined(__aarch64__) || defined(DIN_CPU_NARROW_VECTORS_TEST)
+constexpr int kVecBytes = 16, kAcc = 24, kRows = 8;
 #else
 constexpr int kVecBytes = 32, kAcc = 12, kRows = 4;
 #endif

@@ -1,30 +1,37 @@
-// The register-blocked k x k kernels (winograd.cpp, direct_conv.cpp) at the avx512 level's vector
-// widths and register blocks, on any CPU: this test and those two files are compiled with
-// DIN_CPU_WIDE_VECTORS_TEST (isa.h), which gives them the avx512 level's 64-byte vectors (16 float /
-// 8 double lanes, 8 x 3 accumulator blocks) without its instructions. The Python suite runs the
-// avx512 build itself only where the CPU has AVX-512; this checks the lane arithmetic of that build
-// (tile orders, shuffles, remainder blocks) everywhere, against plain double sums.
+// The CPU loops whose vector widths and register blocks differ between builds, on any CPU: the
+// register-blocked k x k kernels (winograd.cpp, direct_conv.cpp) and the deformable loops
+// (deformable_loops.cpp), against plain double sums (and exact copies for the transposes). This test
+// and those files are compiled together, in one of three ways (isa.h):
+// - DIN_CPU_WIDE_VECTORS_TEST (namespace wide): the avx512 level's 64-byte vectors and 8 x 3
+//   accumulator blocks without its instructions (the compiler splits each vector);
+// - DIN_CPU_NARROW_VECTORS_TEST (namespace narrow): aarch64's 16-byte vectors and blocks, on x86-64;
+// - for aarch64 with no definition (namespace base): the aarch64 build itself, run under qemu-user
+//   where there is no aarch64 CPU (.ci/aarch64_run.sh).
+// The Python suite runs the x86-64 levels themselves only where the CPU has them; this checks the
+// lane arithmetic of the other builds (tile orders, shuffles, remainder blocks) everywhere.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "../cpu/deformable_loops.h"
 #include "../cpu/direct_conv.h"
+#include "../cpu/isa.h"
 #include "../cpu/loops.h"
 #include "../cpu/winograd.h"
 #include "harness.h"
 
-// The kernels of the wide build, declared as isa.cpp declares each level's (only those of
-// winograd.cpp and direct_conv.cpp are defined, and only they are called).
-namespace din_ops::cpu::wide {
+// The kernels of this build, declared as isa.cpp declares each level's (only those of the three
+// files above are defined, and only they are called).
+namespace din_ops::cpu::DIN_ISA {
 #define DIN_KERNEL(id, ret, name, params, args) ret name params;
 #include "../cpu/isa_kernels.h"
 #undef DIN_KERNEL
-}  // namespace din_ops::cpu::wide
+}  // namespace din_ops::cpu::DIN_ISA
 
 namespace {
 
-namespace k = din_ops::cpu::wide;
+namespace k = din_ops::cpu::DIN_ISA;
+namespace bl = din_ops::bilinear;
 using din_ops::cpu::direct_block;
 using din_ops::cpu::direct_part_size;
 using din_ops::cpu::direct_slack;
@@ -186,6 +193,108 @@ void check_direct(int64_t cin, int64_t cout, int64_t kh, int64_t kw, int64_t d, 
   DIN_CHECK(bad == 0);
 }
 
+// Transposes: every element copied exactly, for whole tiles and both edges.
+template <typename T>
+void check_transpose(int64_t rows, int64_t cols) {
+  Random rng{uint64_t(rows * 131 + cols)};
+  const int64_t ss = cols + 3, ds = rows + 5;
+  std::vector<T> src(rows * ss), dst(cols * ds, T(-7));
+  for (auto& v : src) v = static_cast<T>(rng.next());
+  k::transpose_matrix(src.data(), ss, rows, cols, dst.data(), ds);
+  int bad = 0;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) bad += dst[j * ds + i] != src[i * ss + j];
+  for (int64_t j = 0; j < cols; ++j)
+    for (int64_t i = rows; i < ds; ++i) bad += dst[j * ds + i] != T(-7);  // nothing past the rows
+  DIN_CHECK(bad == 0);
+
+  // gather_channels: channels [c0, c0 + cb) of three P x C planes, summed in part order.
+  const int64_t P = rows * 7 + 1, C = cols + 4, c0 = 2, cb = std::min<int64_t>(cols, 16);
+  std::vector<T> planes(3 * P * C), out(cb * P, T(0));
+  for (auto& v : planes) v = static_cast<T>(rng.next());
+  const T* parts[3] = {planes.data(), planes.data() + P * C, planes.data() + 2 * P * C};
+  k::gather_channels(parts, 3, P, C, c0, cb, out.data());
+  bad = 0;
+  for (int64_t cc = 0; cc < cb; ++cc) {
+    for (int64_t i = 0; i < P; ++i) {
+      const T want = (parts[0][i * C + c0 + cc] + parts[1][i * C + c0 + cc]) + parts[2][i * C + c0 + cc];
+      bad += out[cc * P + i] != want;
+    }
+  }
+  DIN_CHECK(bad == 0);
+}
+
+// The deformable column loops on sample points of an H x W plane of Cs channels (channels-last,
+// one zero row past it for outside corners): channels-last columns (cs = 1) and one matrix per
+// channel (cs > 1), forward columns and every backward output against double sums.
+template <typename T>
+void check_deformable(int64_t Cs, bool contiguous) {
+  Random rng{uint64_t(Cs * 17 + contiguous)};
+  const int64_t H = 5, W = 6, xs = Cs + 1, KK = 3, Lt = 7, outside = H * W;
+  std::vector<T> xg((H * W + 1) * xs, T(0)), gxg((H * W + 1) * xs, T(0));
+  for (int64_t p = 0; p < H * W; ++p)
+    for (int64_t c = 0; c < Cs; ++c) xg[p * xs + c] = static_cast<T>(rng.next());
+  std::vector<bl::Corners<T>> pts(KK * Lt);
+  std::vector<T> mv(KK * Lt);
+  for (int64_t e = 0; e < KK * Lt; ++e) {
+    // Inside, across the border and (every seventh) outside the plane.
+    const T y = e % 7 == 6 ? T(H + 1) : static_cast<T>((rng.next() + 1) * 0.5 * (H + 1) - 1);
+    const T x = static_cast<T>((rng.next() + 1) * 0.5 * (W + 1) - 1);
+    pts[e] = bl::corners<T>(y, x, H, W, outside);
+    mv[e] = static_cast<T>(rng.next());
+  }
+  // Column layout: channels-last (cs = 1, ldt = Cs, ldl = KK * Cs) or a matrix per channel.
+  const int64_t cs = contiguous ? 1 : KK * Lt, ldt = contiguous ? Cs : Lt, ldl = contiguous ? KK * Cs : 1;
+  auto at = [&](int64_t t, int64_t l, int64_t c) { return l * ldl + t * ldt + c * cs; };
+  auto sample = [&](const bl::Corners<T>& p, int64_t c, const T* f) {
+    double v = 0.0;
+    for (int q = 0; q < 4; ++q) v += double(f[q]) * double(xg[p.index[q] * xs + c]);
+    return v;
+  };
+  const double tol = tolerance<T>(4);
+
+  std::vector<T> col(KK * Lt * Cs, T(0));
+  k::deform_columns(xg.data(), xs, pts.data(), KK, Lt, Cs, col.data(), ldl, ldt, cs);
+  int bad = 0;
+  for (int64_t t = 0; t < KK; ++t)
+    for (int64_t l = 0; l < Lt; ++l)
+      for (int64_t c = 0; c < Cs; ++c) {
+        const double want = sample(pts[t * Lt + l], c, pts[t * Lt + l].weight);
+        bad += !din_ops::test::near(col[at(t, l, c)], want, 0.0, tol);
+      }
+  DIN_CHECK(bad == 0);
+
+  std::vector<T> gcol(KK * Lt * Cs), col2(KK * Lt * Cs, T(0));
+  for (auto& v : gcol) v = static_cast<T>(rng.next());
+  std::vector<T> gmk(KK * Lt, T(0.5)), goy(KK * Lt, T(0.25)), gox(KK * Lt, T(-0.5));
+  k::deform_points_backward(xg.data(), gxg.data(), xs, pts.data(), mv.data(), KK, Lt, Cs,
+                            gcol.data(), col2.data(), ldl, ldt, cs, gmk.data(), goy.data(),
+                            gox.data());
+  std::vector<double> want_gx((H * W + 1) * xs, 0.0);
+  bad = 0;
+  for (int64_t t = 0; t < KK; ++t) {
+    for (int64_t l = 0; l < Lt; ++l) {
+      const int64_t e = t * Lt + l;
+      const bl::Corners<T>& p = pts[e];
+      double sv = 0.0, sy = 0.0, sx = 0.0;
+      for (int64_t c = 0; c < Cs; ++c) {
+        const double g = gcol[at(t, l, c)];
+        bad += !din_ops::test::near(col2[at(t, l, c)], mv[e] * sample(p, c, p.weight), 0.0, tol);
+        sv += g * sample(p, c, p.weight);
+        sy += g * sample(p, c, p.dy);
+        sx += g * sample(p, c, p.dx);
+        for (int q = 0; q < 4; ++q) want_gx[p.index[q] * xs + c] += double(mv[e]) * p.weight[q] * g;
+      }
+      bad += !din_ops::test::near(gmk[e], 0.5 + sv, 0.0, tolerance<T>(8 * Cs));
+      bad += !din_ops::test::near(goy[e], 0.25 + mv[e] * sy, 0.0, tolerance<T>(8 * Cs));
+      bad += !din_ops::test::near(gox[e], -0.5 + mv[e] * sx, 0.0, tolerance<T>(8 * Cs));
+    }
+  }
+  for (int64_t i = 0; i < H * W * xs; ++i)
+    bad += !din_ops::test::near(gxg[i], want_gx[i], 0.0, tolerance<T>(4 * KK * Lt));
+  DIN_CHECK(bad == 0);
+}
+
 // Channel counts: the grouped 3x3 g4 at C = 32 (8 x 8), remainders of the register blocks (3, 5,
 // 7, 20), two vectors of output channels (16, 20); widths: below one vector of tiles, several, and
 // over the 96-tile column blocks (333 columns = 167 tiles); one and several tile rows.
@@ -215,6 +324,24 @@ DIN_TEST(direct_float_matches_double_sums) {
 DIN_TEST(direct_double_matches_double_sums) {
   check_direct<double>(8, 8, 3, 3, 1, 3, 30);
   check_direct<double>(5, 9, 3, 3, 2, 2, 21);
+}
+
+// Tiles of 4 x 4 (16-byte float vectors), 8 x 8 (32 bytes) and 16 x 16 (64 bytes), with edges.
+DIN_TEST(transposes_and_gathers_are_exact) {
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{8, 8}, {13, 11}, {3, 17}, {32, 16}, {1, 5}}) {
+    check_transpose<float>(rows, cols);
+    check_transpose<double>(rows, cols);
+  }
+}
+
+// Channel runs below one vector, of several and with a remainder.
+DIN_TEST(deformable_loops_match_double_sums) {
+  for (int64_t Cs : {1, 3, 8, 19}) {
+    for (bool contiguous : {true, false}) {
+      check_deformable<float>(Cs, contiguous);
+      check_deformable<double>(Cs, contiguous);
+    }
+  }
 }
 
 }  // namespace
