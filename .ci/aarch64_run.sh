@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The aarch64 build of the CPU loops whose vector widths differ by architecture (the k x k kernels
-# and the deformable loops: 16-byte NEON vectors on aarch64, csrc/cpu/vec.h), run: the C++ test
-# csrc/tests/test_vector_widths.cpp cross-compiled (static) with the sources it checks, and run
-# under qemu-user. Skips, saying so, where the cross compiler or qemu-aarch64 is missing (CI
-# installs both). Expects PYTHON (for the torch headers).
+# The aarch64 build of the CPU loops whose vector widths differ by architecture (the k x k kernels,
+# the deformable loops and the streamed elementwise loops: 16-byte NEON vectors on aarch64,
+# csrc/cpu/vec.h), run: the C++ test csrc/tests/test_vector_widths.cpp cross-compiled (static)
+# with the sources it checks, with the extension's optimization flags (-O3, and Python's -fwrapv),
+# and run under qemu-user. Skips, saying so, where the cross compiler or qemu-aarch64 is missing
+# (CI installs both). Expects PYTHON (for the torch headers).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CXX=${AARCH64_CXX:-aarch64-linux-gnu-g++}
@@ -23,9 +24,9 @@ for cxx in "${compilers[@]}"; do
   exe="$OUT/test_vector_widths_$(echo "$cxx" | cut -d' ' -f1)"
   echo "aarch64-run: $cxx"
   # shellcheck disable=SC2086  # $cxx and $includes are lists of words
-  $cxx -std=c++20 -O2 -g0 -Wall -Wno-unknown-pragmas -static -Icsrc -Icsrc/include -Icsrc/tests \
-    $includes csrc/tests/test_vector_widths.cpp csrc/cpu/winograd.cpp csrc/cpu/direct_conv.cpp \
-    csrc/cpu/deformable_loops.cpp -o "$exe" || {
+  $cxx -std=c++20 -O3 -fwrapv -g0 -Wall -Wno-unknown-pragmas -static -Icsrc -Icsrc/include \
+    -Icsrc/tests $includes csrc/tests/test_vector_widths.cpp csrc/cpu/winograd.cpp \
+    csrc/cpu/direct_conv.cpp csrc/cpu/deformable_loops.cpp csrc/cpu/loops.cpp -o "$exe" || {
     echo "aarch64-run: FAILED to build the test with $cxx (see the compiler errors above)" >&2
     exit 1
   }

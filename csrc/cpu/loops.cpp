@@ -723,8 +723,16 @@ void convert(const float* src, int64_t n, c10::Half* dst) {
 // Spatially adaptive instance norm loops.
 namespace {
 
-// gx and, unless null, ggamma = gy * xh; the caller streams only when both have the same alignment.
-template <typename T>
+// The streamed loops below compute a value in one of two forms, math::'s scalar formula (head and
+// tail) or vmath::'s on vectors, and the cached loops in the form the compiler vectorizes; all must
+// round alike, also where the compiler fuses a multiply and an add (aarch64 always, x86-64 at
+// avx2/avx512). A run-time choice inside them (`beta != nullptr ? beta[i] : b`) can leave the
+// multiply and the add in different blocks and unfused in one form only (GCC 12 on aarch64, with
+// -fwrapv as Python's flags give it: 1 ulp in float64), so each choice is a template argument.
+
+// gx and, with kFull (gamma and ggamma given), ggamma = gy * xh; without, gamma is the constant
+// gam. The caller streams only when gx and ggamma have the same alignment.
+template <bool kFull, typename T>
 DIN_INLINE void normalize_backward_streamed(const T* gy, const T* x, const T* gamma, T gam,
                                             int64_t n, T hi, T lo, T r, T mg, T mgxh, T* gx,
                                             T* ggamma) {
@@ -735,33 +743,41 @@ DIN_INLINE void normalize_backward_streamed(const T* gy, const T* x, const T* ga
       gx, n,
       [&](int64_t i) {
         const T xh = math::normalize(x[i], hi, lo, r);
-        gx[i] = math::normalize_backward_scaled(gy[i], gamma != nullptr ? gamma[i] : gam, xh, r,
-                                                mg, mgxh);
-        if (ggamma != nullptr) ggamma[i] = gy[i] * xh;
+        gx[i] = math::normalize_backward_scaled(gy[i], kFull ? gamma[i] : gam, xh, r, mg, mgxh);
+        if constexpr (kFull) ggamma[i] = gy[i] * xh;
       },
       [&](int64_t i) {
         const V xh = vmath::normalize(simd::loadu(x + i), hv, lv, rv), g = simd::loadu(gy + i);
-        const V w = gamma != nullptr ? simd::loadu(gamma + i) : gv;
+        const V w = kFull ? simd::loadu(gamma + i) : gv;
         simd::stream(gx + i, vmath::normalize_backward_scaled(g, w, xh, rv, mgv, mxv));
-        if (ggamma != nullptr) simd::stream(ggamma + i, g * xh);
+        if constexpr (kFull) simd::stream(ggamma + i, g * xh);
+      });
+}
+
+// out = normalize_affine(x, gamma) + beta (kBeta) or + b, streamed.
+template <bool kBeta, typename T>
+DIN_INLINE void normalize_affine_streamed(const T* x, int64_t n, T hi, T lo, T r, const T* gamma,
+                                          const T* beta, T b, T* out) {
+  using V = simd::vec_t<T>;
+  const V hv = -V{} + hi, lv = -V{} + lo, rv = -V{} + r, bv = -V{} + b;
+  stream_map(
+      out, n,
+      [&](int64_t i) {
+        return math::normalize_affine(x[i], hi, lo, r, gamma[i], kBeta ? beta[i] : b);
+      },
+      [&](int64_t i) {
+        const V bi = kBeta ? simd::loadu(beta + i) : bv, w = simd::loadu(gamma + i);
+        return vmath::normalize_affine(simd::loadu(x + i), hv, lv, rv, w, bi);
       });
 }
 
 template <typename T>
 DIN_INLINE void normalize_affine_impl(const T* x, int64_t n, T hi, T lo, T r, const T* gamma,
                                       const T* beta, T b, T* out, bool stream) {
-  if (stream) {
-    using V = simd::vec_t<T>;
-    const V hv = -V{} + hi, lv = -V{} + lo, rv = -V{} + r, bv = -V{} + b;
-    stream_map(
-        out, n,
-        [&](int64_t i) {
-          return math::normalize_affine(x[i], hi, lo, r, gamma[i], beta != nullptr ? beta[i] : b);
-        },
-        [&](int64_t i) {
-          const V bi = beta != nullptr ? simd::loadu(beta + i) : bv, w = simd::loadu(gamma + i);
-          return vmath::normalize_affine(simd::loadu(x + i), hv, lv, rv, w, bi);
-        });
+  if (stream && beta != nullptr) {
+    normalize_affine_streamed<true>(x, n, hi, lo, r, gamma, beta, b, out);
+  } else if (stream) {
+    normalize_affine_streamed<false>(x, n, hi, lo, r, gamma, beta, b, out);
   } else if (beta != nullptr) {
     for (int64_t i = 0; i < n; ++i) {
       out[i] = math::normalize_affine(x[i], hi, lo, r, gamma[i], beta[i]);
@@ -771,21 +787,28 @@ DIN_INLINE void normalize_affine_impl(const T* x, int64_t n, T hi, T lo, T r, co
   }
 }
 
+// out = ((x - hi) - lo) * s + beta (kBeta) or + b, streamed.
+template <bool kBeta, typename T>
+DIN_INLINE void normalize_scale_shift_streamed(const T* x, int64_t n, T hi, T lo, T s,
+                                               const T* beta, T b, T* out) {
+  using V = simd::vec_t<T>;
+  const V hv = -V{} + hi, lv = -V{} + lo, sv = -V{} + s, bv = -V{} + b;
+  stream_map(
+      out, n,
+      [&](int64_t i) { return math::normalize_scale_shift(x[i], hi, lo, s, kBeta ? beta[i] : b); },
+      [&](int64_t i) {
+        const V bi = kBeta ? simd::loadu(beta + i) : bv;
+        return vmath::normalize_scale_shift(simd::loadu(x + i), hv, lv, sv, bi);
+      });
+}
+
 template <typename T>
 DIN_INLINE void normalize_scale_shift_impl(const T* x, int64_t n, T hi, T lo, T s, const T* beta,
                                            T b, T* out, bool stream) {
-  if (stream) {
-    using V = simd::vec_t<T>;
-    const V hv = -V{} + hi, lv = -V{} + lo, sv = -V{} + s, bv = -V{} + b;
-    stream_map(
-        out, n,
-        [&](int64_t i) {
-          return math::normalize_scale_shift(x[i], hi, lo, s, beta != nullptr ? beta[i] : b);
-        },
-        [&](int64_t i) {
-          const V bi = beta != nullptr ? simd::loadu(beta + i) : bv;
-          return vmath::normalize_scale_shift(simd::loadu(x + i), hv, lv, sv, bi);
-        });
+  if (stream && beta != nullptr) {
+    normalize_scale_shift_streamed<true>(x, n, hi, lo, s, beta, b, out);
+  } else if (stream) {
+    normalize_scale_shift_streamed<false>(x, n, hi, lo, s, beta, b, out);
   } else if (beta != nullptr) {
     for (int64_t i = 0; i < n; ++i) out[i] = math::normalize_scale_shift(x[i], hi, lo, s, beta[i]);
   } else {
@@ -989,7 +1012,8 @@ DIN_INLINE void normalize_affine_backward_impl(const T* gy, const T* x, const T*
                                                T hi, T lo, T r, T mg, T mgxh, T* gx, T* ggamma,
                                                bool stream) {
   if (stream) {
-    return normalize_backward_streamed(gy, x, gamma, T(0), n, hi, lo, r, mg, mgxh, gx, ggamma);
+    return normalize_backward_streamed<true>(gy, x, gamma, T(0), n, hi, lo, r, mg, mgxh, gx,
+                                             ggamma);
   }
   for (int64_t i = 0; i < n; ++i) {
     const T xh = math::normalize(x[i], hi, lo, r);
@@ -1049,8 +1073,8 @@ template <typename T>
 DIN_INLINE void normalize_backward_scaled_impl(const T* gy, const T* x, int64_t n, T hi, T lo, T r,
                                                T gam, T mg, T mgxh, T* gx, bool stream) {
   if (stream) {
-    return normalize_backward_streamed(gy, x, static_cast<const T*>(nullptr), gam, n, hi, lo, r,
-                                       mg, mgxh, gx, static_cast<T*>(nullptr));
+    return normalize_backward_streamed<false>(gy, x, static_cast<const T*>(nullptr), gam, n, hi, lo,
+                                              r, mg, mgxh, gx, static_cast<T*>(nullptr));
   }
   for (int64_t i = 0; i < n; ++i) {
     const T xh = math::normalize(x[i], hi, lo, r);

@@ -1,16 +1,21 @@
 // The CPU loops whose vector widths and register blocks differ between builds, on any CPU: the
-// register-blocked k x k kernels (winograd.cpp, direct_conv.cpp) and the deformable loops
-// (deformable_loops.cpp), against plain double sums (and exact copies for the transposes). This test
-// and those files are compiled together, in one of three ways (isa.h):
+// register-blocked k x k kernels (winograd.cpp, direct_conv.cpp), the deformable loops
+// (deformable_loops.cpp) and the streamed elementwise loops (loops.cpp), against plain double sums
+// (the transposes exactly, the streamed loops bit for bit against their cached form). This test and
+// those files are compiled together, in one of three ways (isa.h):
 // - DIN_CPU_WIDE_VECTORS_TEST (namespace wide): the avx512 level's 64-byte vectors and 8 x 3
 //   accumulator blocks without its instructions (the compiler splits each vector);
 // - DIN_CPU_NARROW_VECTORS_TEST (namespace narrow): aarch64's 16-byte vectors and blocks, on x86-64;
 // - for aarch64 with no definition (namespace base): the aarch64 build itself, run under qemu-user
 //   where there is no aarch64 CPU (.ci/aarch64_run.sh).
+// Built with the extension's optimization flags (-O3, and Python's -fwrapv, which setuptools adds):
+// they decide where the compiler fuses multiplies and adds.
 // The Python suite runs the x86-64 levels themselves only where the CPU has them; this checks the
 // lane arithmetic of the other builds (tile orders, shuffles, remainder blocks) everywhere.
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "../cpu/deformable_loops.h"
@@ -20,7 +25,7 @@
 #include "../cpu/winograd.h"
 #include "harness.h"
 
-// The kernels of this build, declared as isa.cpp declares each level's (only those of the three
+// The kernels of this build, declared as isa.cpp declares each level's (only those of the four
 // files above are defined, and only they are called).
 namespace din_ops::cpu::DIN_ISA {
 #define DIN_KERNEL(id, ret, name, params, args) ret name params;
@@ -295,6 +300,60 @@ void check_deformable(int64_t Cs, bool contiguous) {
   DIN_CHECK(bad == 0);
 }
 
+// The elementwise loops' streamed form (non-temporal stores: math::'s formula for the values before
+// the first vector-aligned output and after the last whole vector, vmath::'s between) against the
+// cached form, bit for bit, in the chunks of 128 values the spatially adaptive op runs them in,
+// from outputs at every 8-byte alignment: the Python suite checks this only at the x86-64 levels.
+template <typename T>
+void check_streamed_equals_cached() {
+  Random rng{77};
+  const int64_t n = 129 * 127, pad = 16;
+  std::vector<T> x(n + pad), gy(n + pad), gamma(n + pad), beta(n + pad);
+  for (auto* v : {&x, &gy, &gamma, &beta})
+    for (auto& e : *v) e = static_cast<T>(3 * rng.next());
+  const T hi = T(0.25), lo = T(-1e-3), r = T(1.375), b = T(0.5), mg = T(0.125), mgxh = T(-0.3);
+  int bad = 0;
+  auto differ = [](const std::vector<T>& a, const std::vector<T>& c) {
+    return std::memcmp(a.data(), c.data(), a.size() * sizeof(T)) != 0;
+  };
+  for (int64_t off = 0; off < 4; ++off) {
+    // Each form of each loop, for beta (or gamma) given and absent.
+    for (int form = 0; form < 6; ++form) {
+      std::vector<T> out[2], out2[2];
+      for (int stream = 0; stream < 2; ++stream) {
+        out[stream].assign(n + pad, T(0));
+        out2[stream].assign(n + pad, T(0));
+        for (int64_t i = 0; i < n; i += 128) {
+          const int64_t len = std::min<int64_t>(128, n - i), o = off + i;
+          T *y = out[stream].data() + o, *y2 = out2[stream].data() + o;
+          const T* bp = form % 2 == 0 ? beta.data() + o : nullptr;
+          switch (form / 2) {
+            case 0:
+              k::normalize_affine(x.data() + o, len, hi, lo, r, gamma.data() + o, bp, b, y, stream);
+              break;
+            case 1:
+              k::normalize_scale_shift(x.data() + o, len, hi, lo, r, bp, b, y, stream);
+              break;
+            default:
+              if (bp != nullptr) {
+                k::normalize_affine_backward(gy.data() + o, x.data() + o, gamma.data() + o, len, hi,
+                                             lo, r, mg, mgxh, y, y2, stream);
+              } else {
+                k::normalize_backward_scaled(gy.data() + o, x.data() + o, len, hi, lo, r, b, mg,
+                                             mgxh, y, stream);
+              }
+          }
+        }
+      }
+      if (differ(out[0], out[1]) || differ(out2[0], out2[1])) {
+        ++bad;
+        std::fprintf(stderr, "  streamed != cached: form %d, offset %lld\n", form, (long long)off);
+      }
+    }
+  }
+  DIN_CHECK(bad == 0);
+}
+
 // Channel counts: the grouped 3x3 g4 at C = 32 (8 x 8), remainders of the register blocks (3, 5,
 // 7, 20), two vectors of output channels (16, 20); widths: below one vector of tiles, several, and
 // over the 96-tile column blocks (333 columns = 167 tiles); one and several tile rows.
@@ -342,6 +401,11 @@ DIN_TEST(deformable_loops_match_double_sums) {
       check_deformable<double>(Cs, contiguous);
     }
   }
+}
+
+DIN_TEST(streamed_loops_equal_cached_loops_bit_for_bit) {
+  check_streamed_equals_cached<float>();
+  check_streamed_equals_cached<double>();
 }
 
 }  // namespace
