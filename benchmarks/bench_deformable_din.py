@@ -14,7 +14,6 @@ Providers, all in the same run:
 """
 from __future__ import annotations
 
-import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -98,8 +97,7 @@ def torchvision_deform_missing(device, dtype: torch.dtype) -> str:
 
 
 def _torchvision_available(device: torch.device, dtype: torch.dtype) -> bool:
-    return (device.type == "cuda" and importlib.util.find_spec("torchvision") is not None
-            and not torchvision_deform_missing(device, dtype))
+    return device.type == "cuda" and not torchvision_deform_missing(device, dtype)
 
 
 BENCHES = [

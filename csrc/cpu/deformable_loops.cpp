@@ -79,21 +79,13 @@ DIN_INLINE void transpose_tile(const double* src, int64_t ss, double* dst, int64
   store(dst + 3 * ds, simd::permute<2, 3, 6, 7>(t[1], t[3]));
 }
 #else
-// 16-byte vectors: log2(lanes) rounds of interleaving row i with row i + lanes / 2 (zip1 / zip2).
+// 16-byte vectors: simd::transpose (zip rounds).
 template <typename T>
 DIN_INLINE void transpose_tile(const T* src, int64_t ss, T* dst, int64_t ds) {
-  using V = typename Vec<T>::type;
   constexpr int n = Vec<T>::lanes;
-  V v[n];
+  typename Vec<T>::type v[n];
   for (int i = 0; i < n; ++i) v[i] = load(src + i * ss);
-  for (int round = 1; round < n; round *= 2) {
-    V t[n];
-    for (int i = 0; i < n / 2; ++i) {
-      t[2 * i] = simd::shuffle<simd::Pick::lo>(v[i], v[i + n / 2]);
-      t[2 * i + 1] = simd::shuffle<simd::Pick::hi>(v[i], v[i + n / 2]);
-    }
-    for (int i = 0; i < n; ++i) v[i] = t[i];
-  }
+  simd::transpose(v);
   for (int j = 0; j < n; ++j) store(dst + j * ds, v[j]);
 }
 #endif

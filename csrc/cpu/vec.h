@@ -181,5 +181,20 @@ DIN_INLINE V shuffle(const V& a, const V& b) {
   return shuffle_lanes<K>(a, b, std::make_integer_sequence<int, n>{});
 }
 
+// In-register transpose of n x n values (n = lanes of V): v[i][j] -> v[j][i], by log2(n) rounds of
+// interleaving vector i with vector i + n/2 (zip1 / zip2 on NEON, unpcklps / unpckhps on SSE).
+template <typename V>
+DIN_INLINE void transpose(V* v) {
+  constexpr int n = sizeof(V) / sizeof(v[0][0]);
+  for (int round = 1; round < n; round *= 2) {
+    V t[n];
+    for (int i = 0; i < n / 2; ++i) {
+      t[2 * i] = shuffle<Pick::lo>(v[i], v[i + n / 2]);
+      t[2 * i + 1] = shuffle<Pick::hi>(v[i], v[i + n / 2]);
+    }
+    for (int i = 0; i < n; ++i) v[i] = t[i];
+  }
+}
+
 }  // namespace din_ops::cpu::DIN_ISA::simd
 DIN_ISA_TARGET_POP

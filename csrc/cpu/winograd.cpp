@@ -253,22 +253,6 @@ DIN_INLINE void forward_impl(const T* in, int64_t cs, int64_t cin, int64_t Wp, i
   });
 }
 
-// In-register transpose of n x n values (n = lanes): v[i][j] -> v[j][i], by log2(n) rounds of
-// interleaving vector i with vector i + n/2.
-template <typename T>
-DIN_INLINE void transpose(vec_t<T>* v) {
-  using Vt = vec_t<T>;
-  constexpr int n = kLanes<T>;
-  for (int round = 1; round < n; round *= 2) {
-    Vt t[n];
-    for (int i = 0; i < n / 2; ++i) {
-      t[2 * i] = shuffle<Pick::lo>(v[i], v[i + n / 2]);
-      t[2 * i + 1] = shuffle<Pick::hi>(v[i], v[i + n / 2]);
-    }
-    for (int i = 0; i < n; ++i) v[i] = t[i];
-  }
-}
-
 // The output gradient of block b channels-last: gt[(r * 2 w + c) * cop + o] for the block's rows
 // r < 2 (th1 - th0) and columns c < 2 w (zero past row R, column Wo and channel cout).
 template <typename T>
@@ -295,7 +279,7 @@ DIN_INLINE void grad_channels_last(const T* g, int64_t ldg, int64_t cout, int64_
             v[i] = Vt{};
           }
         }
-        transpose<T>(v);
+        simd::transpose(v);
         for (int l = 0; l < n; ++l) storeu(dst_row + (c0 - 2 * b.c0 + l) * cop + o0, v[l]);
       }
     }
