@@ -346,6 +346,26 @@ def test_adain_op_fused_and_precomputed_paths_agree(dtype, tol):
     assert rel_err(fused, expected) <= tol and rel_err(broadcast, expected) <= tol
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("hw", [(5, 7), (64, 64), (101, 99)])
+def test_fused_statistics_equal_the_separate_passes_bit_for_bit(dtype, hw):
+    # A style of the content's batch is summed in the content's plane loop, each style plane in one
+    # pass with its content plane where the instruction-set level allows (loops.h:
+    # shifted_sums_pair); a batch-1 style gets its statistics first, and each content plane is
+    # summed alone. Per plane the same additions in the same order, so every output must be equal
+    # bit for bit. Plane sizes: a tail after the last whole vector, 4096 values, and more than one
+    # flush block (101 x 99 > 8192).
+    content = features((2, 6, *hw), scale=3.0, offset=40.0).to(dtype)
+    style = features((1, 6, *hw), scale=0.5, offset=-7.0).to(dtype)
+    for unbiased in (False, True):
+        fused = torch.ops.din_ops.adain(content, style.expand(2, -1, -1, -1).contiguous(), 1e-5, unbiased)
+        separate = torch.ops.din_ops.adain(content, style, 1e-5, unbiased)
+        for name, a, b in zip(("y", "mean", "rstd"), fused[:3], separate[:3]):
+            assert torch.equal(a, b), name
+        for name, a, b in zip(("style_mean", "style_std"), fused[3:], separate[3:]):
+            assert torch.equal(a, b.expand_as(a)), name
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_large_outputs_streamed_match_the_cached_path(dtype):
     # Outputs of 8 MiB and more are written with non-temporal stores (csrc/cpu/common.h:

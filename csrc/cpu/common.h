@@ -219,6 +219,19 @@ void plane_stats(const T* xp, int64_t P, double eps, double* mean, double* rstd,
   *rstd = m.rstd;
 }
 
+// plane_stats of two planes of P float or double values at once (loops.h: shifted_sums_pair), the
+// same values as two plane_stats calls: a's with eps_a, b's with eps_b.
+template <typename T>
+void plane_stats_pair(const T* a, const T* b, int64_t P, double eps_a, double eps_b,
+                      double* mean_a, double* rstd_a, double* mean_b, double* rstd_b) {
+  static_assert(std::is_same_v<T, acc_t<T>>, "half and bfloat16 planes go through plane_stats");
+  double sums[4] = {};
+  shifted_sums_pair(a, b, P, a[0], b[0], sums);
+  const auto ma = math::moments_from_shifted_sums(a[0], sums[0], sums[1], double(P), eps_a);
+  const auto mb = math::moments_from_shifted_sums(b[0], sums[2], sums[3], double(P), eps_b);
+  *mean_a = ma.mean, *rstd_a = ma.rstd, *mean_b = mb.mean, *rstd_b = mb.rstd;
+}
+
 // The fixed row chunks of a channels-last sample (P x C) that the NHWC loops split their work into:
 // `count` chunks of `rows` rows (the last one may be shorter), about 64 KiB of float each. Sums over
 // the pixels are added per chunk, then over the chunks in order, so the chunking depends only on the

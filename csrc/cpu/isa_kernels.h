@@ -13,6 +13,13 @@ DIN_KERNEL(shifted_sums_0, void, shifted_sums,
 DIN_KERNEL(shifted_sums_1, void, shifted_sums,
            (const double* x, int64_t n, double shift, double* s1, double* s2),
            (x, n, shift, s1, s2))
+DIN_KERNEL(shifted_sums_pair_0, void, shifted_sums_pair,
+           (const float* a, const float* b, int64_t n, float shift_a, float shift_b, double* sums),
+           (a, b, n, shift_a, shift_b, sums))
+DIN_KERNEL(shifted_sums_pair_1, void, shifted_sums_pair,
+           (const double* a, const double* b, int64_t n, double shift_a, double shift_b,
+            double* sums),
+           (a, b, n, shift_a, shift_b, sums))
 DIN_KERNEL(shifted_sums_rows_0, void, shifted_sums_rows,
            (const float* x, int64_t rows, int64_t C, const float* shift, double* s1, double* s2),
            (x, rows, C, shift, s1, s2))

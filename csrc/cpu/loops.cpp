@@ -92,31 +92,67 @@ DIN_INLINE void stream_map(T* out, int64_t n, const One& one, const Vec& vec) {
       [&](int64_t i) { simd::stream(out + i, vec(i)); });
 }
 
-template <typename T>
-DIN_INLINE void shifted_sums_impl(const T* x, int64_t n, T shift, double* s1, double* s2) {
+// Shifted sums of K planes of n values at once (x[k], shift[k]; s1[k] += sum(x[k] - shift[k]),
+// s2[k] += sum of the squares): for each plane the same additions in the same order whatever K is,
+// so a plane's sums do not depend on which others it was summed beside. Per plane the L lanes are
+// independent chains, flushed to double every kFlush values per lane.
+template <int K, typename T>
+DIN_INLINE void shifted_sums_impl(const T* const* x, int64_t n, const T* shift, double* s1,
+                                  double* s2) {
   constexpr int L = kLanes<T>;
-  double t1 = 0.0, t2 = 0.0;
+  double t1[K] = {}, t2[K] = {};
   for (int64_t b = 0; b < n; b += kFlush * L) {
     const int64_t e = std::min(n, b + kFlush * L);
-    T a1[L] = {}, a2[L] = {};
+    T a1[K][L] = {}, a2[K][L] = {};
     int64_t i = b;
     for (; i + L <= e; i += L) {
-      for (int j = 0; j < L; ++j) {
-        const T d = x[i + j] - shift;
-        a1[j] += d;
-        a2[j] += d * d;
+      for (int k = 0; k < K; ++k) {
+        for (int j = 0; j < L; ++j) {
+          const T d = x[k][i + j] - shift[k];
+          a1[k][j] += d;
+          a2[k][j] += d * d;
+        }
       }
     }
     for (; i < e; ++i) {
-      const T d = x[i] - shift;
-      a1[0] += d;
-      a2[0] += d * d;
+      for (int k = 0; k < K; ++k) {
+        const T d = x[k][i] - shift[k];
+        a1[k][0] += d;
+        a2[k][0] += d * d;
+      }
     }
-    t1 += lane_total<L>(a1);
-    t2 += lane_total<L>(a2);
+    for (int k = 0; k < K; ++k) {
+      t1[k] += lane_total<L>(a1[k]);
+      t2[k] += lane_total<L>(a2[k]);
+    }
   }
-  *s1 += t1;
-  *s2 += t2;
+  for (int k = 0; k < K; ++k) {
+    s1[k] += t1[k];
+    s2[k] += t2[k];
+  }
+}
+
+// Two planes' shifted sums. Float at the avx512 level: in one loop, which keeps twice the
+// independent add chains and two read streams going (the 4 * kLanes partial sums take 8 of the 32
+// vector registers). Elsewhere one plane after the other: AVX2's 16 registers (or NEON's 32 of 16
+// bytes) hold one plane's partial sums only, and GCC 12 vectorizes the double form of the loop with
+// 16-byte vectors. The same sums either way, bit for bit (tests/test_adain.py checks them at every
+// level).
+template <typename T>
+DIN_INLINE void shifted_sums_pair_impl(const T* a, const T* b, int64_t n, T shift_a, T shift_b,
+                                       double* sums) {
+#if defined(DIN_CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    const T* x[2] = {a, b};
+    const T shift[2] = {shift_a, shift_b};
+    double s1[2] = {sums[0], sums[2]}, s2[2] = {sums[1], sums[3]};
+    shifted_sums_impl<2>(x, n, shift, s1, s2);
+    sums[0] = s1[0], sums[1] = s2[0], sums[2] = s1[1], sums[3] = s2[1];
+    return;
+  }
+#endif
+  shifted_sums_impl<1>(&a, n, &shift_a, sums, sums + 1);
+  shifted_sums_impl<1>(&b, n, &shift_b, sums + 2, sums + 3);
 }
 
 // The channels-last sums (the *_sums_rows loops) take up to kCh channels per pass over the rows:
@@ -333,10 +369,18 @@ DIN_INLINE double sum_impl(const T* x, int64_t n) {
 }  // namespace
 
 void shifted_sums(const float* x, int64_t n, float shift, double* s1, double* s2) {
-  shifted_sums_impl(x, n, shift, s1, s2);
+  shifted_sums_impl<1>(&x, n, &shift, s1, s2);
 }
 void shifted_sums(const double* x, int64_t n, double shift, double* s1, double* s2) {
-  shifted_sums_impl(x, n, shift, s1, s2);
+  shifted_sums_impl<1>(&x, n, &shift, s1, s2);
+}
+void shifted_sums_pair(const float* a, const float* b, int64_t n, float shift_a, float shift_b,
+                       double* sums) {
+  shifted_sums_pair_impl(a, b, n, shift_a, shift_b, sums);
+}
+void shifted_sums_pair(const double* a, const double* b, int64_t n, double shift_a,
+                       double shift_b, double* sums) {
+  shifted_sums_pair_impl(a, b, n, shift_a, shift_b, sums);
 }
 void shifted_sums_rows(const float* x, int64_t rows, int64_t C, const float* shift,
                        double* s1, double* s2) {

@@ -19,6 +19,13 @@ constexpr int64_t kBlock = 1024;
 // s1 += sum(x - shift), s2 += sum((x - shift)^2) over n contiguous values.
 void shifted_sums(const float* x, int64_t n, float shift, double* s1, double* s2);
 void shifted_sums(const double* x, int64_t n, double shift, double* s1, double* s2);
+// shifted_sums of two planes a and b of n values each, in one pass where the level has the
+// registers for it: sums[0], sums[1] += a's s1, s2; sums[2], sums[3] += b's (the same values as two
+// shifted_sums calls, bit for bit).
+void shifted_sums_pair(const float* a, const float* b, int64_t n, float shift_a, float shift_b,
+                       double* sums);
+void shifted_sums_pair(const double* a, const double* b, int64_t n, double shift_a,
+                       double shift_b, double* sums);
 
 // The same per channel for `rows` pixels of channels-last data (row stride C):
 // s1[c] += sum_r(x[r, c] - shift[c]), s2[c] += sum_r(...)^2.

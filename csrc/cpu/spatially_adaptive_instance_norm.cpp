@@ -61,8 +61,9 @@ struct Modulation {
 
 // adain's per-plane gamma and beta, gamma = std_s * gamma_scale and beta = mean_s, from the style
 // features (the op's statistics outputs `mean` and `std`, Ns * C values). Fused (`data` set: an
-// NCHW style of the content's batch): the plane loop of forward_nchw first sums the style plane of
-// the same (n, c), so style and content stream through in one pass. Otherwise `mean` and `std`
+// NCHW style of the content's batch): the plane loop of forward_nchw sums the style plane of the
+// same (n, c) with the content plane (in one loop where the planes have one size and the level
+// allows: loops.h, shifted_sums_pair), so style and content stream through in one pass. Otherwise `mean` and `std`
 // already hold every style plane's statistics and plane i reads entry i % period (period C for a
 // batch-1 style, 0 for none).
 template <typename T>
@@ -82,14 +83,31 @@ struct AdainStyle {
   }
 
   // (gamma, beta) of `plane`; `buf` is scratch<T>(kBlock) for a fused style plane's conversion.
-  std::pair<double, double> at(int64_t plane, acc_t<T>* buf) const {
-    if (data != nullptr) {
+  // `summed`: the fused style plane's statistics are in place already (content_and_style_stats).
+  std::pair<double, double> at(int64_t plane, acc_t<T>* buf, bool summed = false) const {
+    if (data != nullptr && !summed) {
       double rstd0 = 0.0;
       plane_stats(data + plane * P, P, 0.0, mean + plane, &rstd0, buf);
       std[plane] = std_from(rstd0);
     }
     const int64_t i = period != 0 ? plane % period : plane;
     return {std[i] * gamma_scale, mean[i]};
+  }
+
+  // Whether forward_nchw sums a content plane of P values and this fused style plane in one pass.
+  bool summed_with_content(int64_t content_P) const {
+    return std::is_same_v<T, acc_t<T>> && data != nullptr && P == content_P;
+  }
+
+  // The statistics of content plane `plane` (x, with eps) and of the style plane of the same
+  // (n, c), in one pass over both: the values plane_stats and at() compute one after the other.
+  void content_and_style_stats(const T* x, int64_t plane, double eps, double* x_mean,
+                               double* x_rstd) const {
+    if constexpr (std::is_same_v<T, acc_t<T>>) {
+      double rstd0 = 0.0;
+      plane_stats_pair(x, data + plane * P, P, eps, 0.0, x_mean, x_rstd, mean + plane, &rstd0);
+      std[plane] = std_from(rstd0);
+    }
   }
 };
 
@@ -98,8 +116,8 @@ struct AdainStyle {
 template <typename T>
 std::pair<double, double> plane_gamma_beta(Modulation<T> gamma, Modulation<T> beta,
                                            const AdainStyle<T>* style, int64_t plane,
-                                           acc_t<T>* buf) {
-  if (style != nullptr) return style->at(plane, buf);
+                                           acc_t<T>* buf, bool summed = false) {
+  if (style != nullptr) return style->at(plane, buf, summed);
   return {gamma.full ? 0.0 : double(gamma[plane]),
           beta.data != nullptr && !beta.full ? double(beta[plane]) : 0.0};
 }
@@ -111,15 +129,21 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 32768 / P);
   const bool stream = stream_output<T>(planes * P);
+  // adain with a style plane of the content plane's size: both summed in one pass.
+  const bool pair = style != nullptr && style->summed_with_content(P);
   parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto in = scratch<T>(kBlock), gbuf = scratch<T>(kBlock), bbuf = scratch<T>(kBlock),
          out = scratch<T>(kBlock);
     for (int64_t plane = b; plane < e; ++plane) {
       const int64_t base = plane * P;
-      plane_stats(x + base, P, eps, mean + plane, rstd + plane, in.data());
+      if (pair) {
+        style->content_and_style_stats(x + base, plane, eps, mean + plane, rstd + plane);
+      } else {
+        plane_stats(x + base, P, eps, mean + plane, rstd + plane, in.data());
+      }
       const PlaneNorm<acc> q = plane_norm<acc>(mean[plane], rstd[plane]);
       // Per-plane gamma folds into the scale: ((x - hi) - lo) * (rstd * gamma).
-      const auto [g, b0d] = plane_gamma_beta(gamma, beta, style, plane, in.data());
+      const auto [g, b0d] = plane_gamma_beta(gamma, beta, style, plane, in.data(), pair);
       const acc s = static_cast<acc>(rstd[plane] * g), b0 = static_cast<acc>(b0d);
       // The statistics of the next plane come after this pass: its reads (and the next style
       // plane's, in proportion) are requested while this plane's output is written.
