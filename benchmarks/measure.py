@@ -1,9 +1,13 @@
 """Timing with spread, peak extra memory of one call, and the machine description of a run.
 
-Timing: the functions of one case run in turn, round after round (as ``common.compare``), so a slow
-patch of a shared machine hits all of them alike; each round runs them in another (seeded) order, so no
-function always runs right after the same other one (whose reads would leave its inputs in cache);
-each keeps all its times, and the median, the quartiles and the extremes are reported. Cache-cold
+Timing: the functions of one case run interleaved (as ``common.compare``), so a slow patch of a shared
+machine hits all of them alike, in a cyclic order in which each function runs right after every other
+one equally often (``balanced_order``). What ran just before a call changes its time on the CPU: a
+function that follows one reading the same inputs finds them in cache, one that follows a function
+with large temporaries finds the cache full of their dirty lines. (Random orders are not even: with
+the six adain providers, 22 rounds of a seeded shuffle put adain after the two heavy providers 10
+times and its floor 4 times, and adain took twice as long there.) Each function keeps all its times;
+the median, the quartiles and the extremes are reported. Cache-cold
 timing (``din-bench --cold``) evicts the caches before every timed call, untimed (``cache_flusher``).
 
 Peak extra memory ("workspace") of one call:
@@ -73,6 +77,31 @@ def _quantile(sorted_times: list[float], q: float) -> float:
     return sorted_times[lo] + (sorted_times[hi] - sorted_times[lo]) * (pos - lo)
 
 
+def balanced_order(n: int) -> list[int]:
+    """A cyclic order of calls to n functions (their indices) in which each function runs right after
+    every other one exactly once: an Eulerian circuit of the complete directed graph on n vertices,
+    n * (n - 1) calls, each function n - 1 times (the last call is followed by the first of the next
+    cycle). ``[0]`` for n = 1."""
+    if n < 1:
+        raise ValueError(f"balanced_order: expected n >= 1, got {n}")
+    if n == 1:
+        return [0]
+    # Hierholzer's algorithm: follow unused edges until stuck, then back up, emitting the circuit.
+    # The edges are taken in a seeded random order: in a fixed one, each function's calls would
+    # bunch up in one part of the cycle.
+    shuffle = random.Random(0)
+    unused = {v: shuffle.sample([w for w in range(n) if w != v], n - 1) for v in range(n)}
+    stack, circuit = [0], []
+    while stack:
+        v = stack[-1]
+        if unused[v]:
+            stack.append(unused[v].pop())
+        else:
+            circuit.append(stack.pop())
+    circuit.reverse()  # [0, ..., 0]: n * (n - 1) edges
+    return circuit[:-1]
+
+
 def measure(
     fns: dict[str, Callable[[], object]],
     *,
@@ -84,9 +113,10 @@ def measure(
     sync: Optional[Callable[[], None]] = None,
     before: Optional[Callable[[], None]] = None,
 ) -> dict[str, Timing]:
-    """Times each function, interleaved round by round, until every one has run ``min_reps`` times
-    and about ``min_time`` seconds (or ``max_reps`` rounds). Slow cases stop earlier: once the rounds
-    together took ``max_time`` seconds, after at least 3 rounds.
+    """Times each function, interleaved in whole cycles of :func:`balanced_order`, until every one has
+    run ``min_reps`` times and about ``min_time`` seconds (or ``max_reps`` times, rounded up to a
+    whole cycle). Slow cases stop earlier: once the calls together took ``max_time`` seconds and each
+    function has run 3 times (or ``min_reps``, if fewer), even within a cycle.
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) runs after each call, inside its timed interval.
     ``before`` (e.g. :func:`cache_flusher`'s) runs before each timed call, outside the interval,
@@ -97,21 +127,14 @@ def measure(
         for _ in range(warmup):
             fn()
         sync()
+    names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    order, shuffle = list(fns), random.Random(0)
+    cycle = [names[i] for i in balanced_order(len(names))]
     start = time.perf_counter()
-    rounds = 0
-    while rounds < max_reps:
-        elapsed = time.perf_counter() - start
-        if rounds >= min_reps and elapsed >= min_time * len(fns):
-            break
-        if rounds >= min(3, min_reps) and elapsed >= max_time:
-            break
-        # Each round in another (seeded) order, so no function always runs right after the same
-        # other one: on the CPU a function that follows one reading the same inputs finds them in
-        # cache, one that follows a function with large temporaries does not.
-        shuffle.shuffle(order)
-        for name in order:
+    least = min(3, min_reps)
+    done = False
+    while not done:
+        for name in cycle:
             fn = fns[name]
             if before is not None:
                 before()
@@ -120,7 +143,13 @@ def measure(
             fn()
             sync()
             times[name].append(time.perf_counter() - t0)
-        rounds += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= max_time and min(len(t) for t in times.values()) >= least:
+                done = True
+                break
+        else:
+            reps = min(len(t) for t in times.values())
+            done = reps >= max_reps or (reps >= min_reps and elapsed >= min_time * len(fns))
     out = {}
     for name, ts in times.items():
         ts.sort()

@@ -3,6 +3,7 @@
 The command is run the way the ``din-bench`` console script runs it (``benchmarks.__main__:main``),
 in a subprocess, so the test process keeps its own allocator settings. About 20 s on 2 busy cores.
 """
+import collections
 import json
 import math
 import os
@@ -157,6 +158,36 @@ def test_cold_run_evicts_the_caches_before_every_timed_call(tmp_path):
     assert data["settings"]["cache"] == "cold"
     assert data["results"] and {r["cache"] for r in data["results"]} == {"cold"}
     assert "cache-cold: before every timed call" in run.stdout
+
+
+def test_calls_are_balanced_over_predecessors():
+    # What ran just before a call changes its time (caches): every function must run right after
+    # every other one equally often, in whole cycles of balanced_order.
+    sys.path.insert(0, ROOT)
+    try:
+        from benchmarks.measure import balanced_order, measure
+    finally:
+        sys.path.remove(ROOT)
+    for n in range(1, 9):
+        order = balanced_order(n)
+        assert sorted(order) == sorted(list(range(n)) * max(1, n - 1))
+        pairs = collections.Counter(zip(order[-1:] + order[:-1], order))  # cyclic: last, then first
+        if n > 1:
+            assert set(pairs) == {(a, b) for a in range(n) for b in range(n) if a != b}
+            assert set(pairs.values()) == {1}
+    with pytest.raises(ValueError):
+        balanced_order(0)
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    timings = measure(fns, min_time=0.0, min_reps=4, max_reps=4, warmup=0)
+    # 4 reps each, rounded up to whole cycles of 12 calls (3 reps each per cycle): 2 cycles.
+    assert len(calls) == 24 and all(t.reps == 6 for t in timings.values())
+    after = collections.Counter(zip(calls, calls[1:]))
+    assert all(after[(a, b)] >= 1 for a in "abcd" for b in "abcd" if a != b)
+    # A slow case stops within a cycle once max_time is spent and each function ran 3 times.
+    calls.clear()
+    measure(fns, min_time=0.0, min_reps=5, max_time=0.0, warmup=0)
+    assert min(calls.count(name) for name in "abcd") == 3 and len(calls) < 24
 
 
 def test_flush_runs_untimed_before_each_call_and_covers_the_cache(tmp_path):
