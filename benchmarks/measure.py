@@ -1,14 +1,13 @@
 """Timing with spread, peak extra memory of one call, and the machine description of a run.
 
 Timing: the functions of one case run interleaved (as ``common.compare``), so a slow patch of a shared
-machine hits all of them alike, in a cyclic order in which each function runs right after every other
-one equally often (``balanced_order``). What ran just before a call changes its time on the CPU: a
-function that follows one reading the same inputs finds them in cache, one that follows a function
-with large temporaries finds the cache full of their dirty lines. (Random orders are not even: with
-the six adain providers, 22 rounds of a seeded shuffle put adain after the two heavy providers 10
-times and its floor 4 times, and adain took twice as long there.) Each function keeps all its times;
-the median, the quartiles and the extremes are reported. Cache-cold
-timing (``din-bench --cold``) evicts the caches before every timed call, untimed (``cache_flusher``).
+machine hits all of them alike, in cycles of ``balanced_order``: each function comes after every pair
+of others (second-to-last, last) once per cycle. What ran in the calls just before changes a call's
+time on the CPU: a function that follows one reading the same inputs finds them in cache, one that
+follows a function with large temporaries finds the cache full of their dirty lines, and it still
+does two calls later (docs/benchmarks.md has the figures). Each function keeps all its times; the
+median, the quartiles and the extremes are reported. Cache-cold timing (``din-bench --cold``) evicts
+the caches before every timed call, untimed (``cache_flusher``).
 
 Peak extra memory ("workspace") of one call:
   CPU (Linux): the process's resident-set high-water mark during the call. Before it, freed heap pages
@@ -77,29 +76,35 @@ def _quantile(sorted_times: list[float], q: float) -> float:
     return sorted_times[lo] + (sorted_times[hi] - sorted_times[lo]) * (pos - lo)
 
 
-def balanced_order(n: int) -> list[int]:
-    """A cyclic order of calls to n functions (their indices) in which each function runs right after
-    every other one exactly once: an Eulerian circuit of the complete directed graph on n vertices,
-    n * (n - 1) calls, each function n - 1 times (the last call is followed by the first of the next
-    cycle). ``[0]`` for n = 1."""
+def balanced_order(n: int, rng: Optional[random.Random] = None) -> list[int]:
+    """A cyclic order of calls to n functions (their indices) balanced over the two calls before
+    each one: every (a, b, c) with a != b and b != c occurs once as three consecutive calls. So each
+    function runs (n - 1)^2 times, n - 1 times right after each other function, and with each
+    function two calls back equally often. n * (n - 1)^2 calls; the last ones lead into the first
+    ones of the next cycle. ``[0]`` for n = 1, ``[0, 1]`` for n = 2. ``rng`` picks one of the many
+    such orders (default: seed 0).
+
+    It is an Eulerian circuit of the graph whose vertices are the ordered pairs (a, b), a != b, with
+    an edge (a, b) -> (b, c) for each c != b: every vertex has n - 1 edges in and n - 1 out."""
     if n < 1:
         raise ValueError(f"balanced_order: expected n >= 1, got {n}")
-    if n == 1:
-        return [0]
+    if n <= 2:
+        return list(range(n))
+    rng = rng or random.Random(0)
     # Hierholzer's algorithm: follow unused edges until stuck, then back up, emitting the circuit.
-    # The edges are taken in a seeded random order: in a fixed one, each function's calls would
-    # bunch up in one part of the cycle.
-    shuffle = random.Random(0)
-    unused = {v: shuffle.sample([w for w in range(n) if w != v], n - 1) for v in range(n)}
-    stack, circuit = [0], []
+    # The edges are taken in random order: in a fixed one, each function's calls would bunch up in
+    # one part of the cycle.
+    unused = {(a, b): rng.sample([c for c in range(n) if c != b], n - 1)
+              for a in range(n) for b in range(n) if a != b}
+    stack, circuit = [(0, 1)], []
     while stack:
-        v = stack[-1]
-        if unused[v]:
-            stack.append(unused[v].pop())
+        a, b = stack[-1]
+        if unused[(a, b)]:
+            stack.append((b, unused[(a, b)].pop()))
         else:
             circuit.append(stack.pop())
-    circuit.reverse()  # [0, ..., 0]: n * (n - 1) edges
-    return circuit[:-1]
+    circuit.reverse()  # starts and ends at (0, 1): n * (n - 1)^2 edges
+    return [b for _, b in circuit[1:]]
 
 
 def measure(
@@ -129,12 +134,14 @@ def measure(
         sync()
     names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    cycle = [names[i] for i in balanced_order(len(names))]
+    # A new order each cycle (seeded): what ran three or more calls before varies from cycle to cycle
+    # instead of repeating.
+    rng = random.Random(0)
     start = time.perf_counter()
     least = min(3, min_reps)
     done = False
     while not done:
-        for name in cycle:
+        for name in [names[i] for i in balanced_order(len(names), rng)]:
             fn = fns[name]
             if before is not None:
                 before()

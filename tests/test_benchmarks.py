@@ -7,6 +7,7 @@ import collections
 import json
 import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -161,33 +162,37 @@ def test_cold_run_evicts_the_caches_before_every_timed_call(tmp_path):
 
 
 def test_calls_are_balanced_over_predecessors():
-    # What ran just before a call changes its time (caches): every function must run right after
-    # every other one equally often, in whole cycles of balanced_order.
+    # What ran in the two calls before a call changes its time (the caches): every function must
+    # come after every (second-to-last, last) pair of others equally often, in whole cycles of
+    # balanced_order.
     sys.path.insert(0, ROOT)
     try:
         from benchmarks.measure import balanced_order, measure
     finally:
         sys.path.remove(ROOT)
-    for n in range(1, 9):
+    assert balanced_order(1) == [0] and balanced_order(2) == [0, 1]
+    for n in range(3, 9):
         order = balanced_order(n)
-        assert sorted(order) == sorted(list(range(n)) * max(1, n - 1))
-        pairs = collections.Counter(zip(order[-1:] + order[:-1], order))  # cyclic: last, then first
-        if n > 1:
-            assert set(pairs) == {(a, b) for a in range(n) for b in range(n) if a != b}
-            assert set(pairs.values()) == {1}
+        assert sorted(order) == sorted(list(range(n)) * (n - 1) ** 2)
+        cyclic = order[-2:] + order  # the cycle repeats: its last calls come before its first
+        triples = collections.Counter(zip(cyclic, cyclic[1:], cyclic[2:]))
+        assert set(triples) == {(a, b, c) for a in range(n) for b in range(n) for c in range(n)
+                                if a != b and b != c}
+        assert set(triples.values()) == {1}
+    assert balanced_order(6, random.Random(1)) != balanced_order(6)
     with pytest.raises(ValueError):
         balanced_order(0)
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
     timings = measure(fns, min_time=0.0, min_reps=4, max_reps=4, warmup=0)
-    # 4 reps each, rounded up to whole cycles of 12 calls (3 reps each per cycle): 2 cycles.
-    assert len(calls) == 24 and all(t.reps == 6 for t in timings.values())
+    # 4 reps each, rounded up to a whole cycle of 36 calls (9 each).
+    assert len(calls) == 36 and all(t.reps == 9 for t in timings.values())
     after = collections.Counter(zip(calls, calls[1:]))
-    assert all(after[(a, b)] >= 1 for a in "abcd" for b in "abcd" if a != b)
+    assert all(after[(a, b)] >= 2 for a in "abcd" for b in "abcd" if a != b)
     # A slow case stops within a cycle once max_time is spent and each function ran 3 times.
     calls.clear()
     measure(fns, min_time=0.0, min_reps=5, max_time=0.0, warmup=0)
-    assert min(calls.count(name) for name in "abcd") == 3 and len(calls) < 24
+    assert min(calls.count(name) for name in "abcd") == 3 and len(calls) < 36
 
 
 def test_flush_runs_untimed_before_each_call_and_covers_the_cache(tmp_path):
