@@ -629,6 +629,29 @@ DIN_TEST(adain_matches_the_formula_for_both_variances_and_a_batch1_style) {
   DIN_CHECK_THROWS(adain(content, randn({2, 4, 3, 3}, at::kDouble), false), c10::ValueError);
 }
 
+DIN_TEST(adain_fused_statistics_equal_the_separate_passes_bit_for_bit) {
+  // A style of the content's batch is summed with the content in one pass (loops.h:
+  // shifted_sums_pair, one loop for float at the avx512 level); a batch-1 style gets its statistics
+  // first and each content plane is summed alone. The same additions per plane in the same order,
+  // so the outputs are equal bit for bit, whichever compiler built the kernels. Planes: a tail after
+  // the last whole vector, and more than one flush block (101 x 99 > 8192 values).
+  at::manual_seed(11);
+  for (const auto dtype : {at::kFloat, at::kDouble}) {
+    for (const int64_t hw : {35, 4096, 9999}) {
+      const int64_t h = hw == 9999 ? 101 : hw == 4096 ? 64 : 5, w = hw / h;
+      const Tensor content = randn({2, 6, h, w}, dtype, 40.0, 3.0);
+      const Tensor style = randn({1, 6, h, w}, dtype, -7.0, 0.5);
+      const Five fused = adain(content, style.expand({2, -1, -1, -1}).contiguous(), true);
+      const Five separate = adain(content, style, true);
+      DIN_CHECK(at::equal(std::get<0>(fused), std::get<0>(separate)));
+      DIN_CHECK(at::equal(std::get<1>(fused), std::get<1>(separate)));
+      DIN_CHECK(at::equal(std::get<2>(fused), std::get<2>(separate)));
+      DIN_CHECK(at::equal(std::get<3>(fused), std::get<3>(separate).expand({2, -1})));
+      DIN_CHECK(at::equal(std::get<4>(fused), std::get<4>(separate).expand({2, -1})));
+    }
+  }
+}
+
 DIN_TEST(large_outputs_streamed_equal_the_cached_path) {
   // Outputs of 8 MiB and more are written with non-temporal stores (csrc/cpu/common.h:
   // stream_output); planes of 129 x 127 values start at every alignment. A plane's results depend
