@@ -62,10 +62,9 @@ struct Modulation {
 // adain's per-plane gamma and beta, gamma = std_s * gamma_scale and beta = mean_s, from the style
 // features (the op's statistics outputs `mean` and `std`, Ns * C values). Fused (`data` set: an
 // NCHW style of the content's batch): the plane loop of forward_nchw sums the style plane of the
-// same (n, c) with the content plane (in one loop where the planes have one size and the level
-// allows: loops.h, shifted_sums_pair), so style and content stream through in one pass. Otherwise `mean` and `std`
-// already hold every style plane's statistics and plane i reads entry i % period (period C for a
-// batch-1 style, 0 for none).
+// same (n, c) with the content plane (plane_stats), so style and content stream through in one
+// pass. Otherwise `mean` and `std` already hold every style plane's statistics and plane i reads
+// entry i % period (period C for a batch-1 style, 0 for none).
 template <typename T>
 struct AdainStyle {
   const T* data = nullptr;
@@ -82,32 +81,30 @@ struct AdainStyle {
     return std::sqrt(var_scale * (rstd0 == 0.0 ? 0.0 : 1.0 / (rstd0 * rstd0)) + eps);
   }
 
-  // (gamma, beta) of `plane`; `buf` is scratch<T>(kBlock) for a fused style plane's conversion.
-  // `summed`: the fused style plane's statistics are in place already (content_and_style_stats).
-  std::pair<double, double> at(int64_t plane, acc_t<T>* buf, bool summed = false) const {
-    if (data != nullptr && !summed) {
-      double rstd0 = 0.0;
-      plane_stats(data + plane * P, P, 0.0, mean + plane, &rstd0, buf);
-      std[plane] = std_from(rstd0);
+  // Fused: the statistics of content plane `plane` (x, xP values, with eps) and of the style plane
+  // of the same (n, c). Float and double planes of one size in one pass over both
+  // (common.h: plane_stats_pair), others one after the other; the same values either way.
+  // `buf`: scratch<T>(kBlock) for half and bfloat16.
+  void plane_stats(const T* x, int64_t xP, int64_t plane, double eps, double* x_mean,
+                   double* x_rstd, acc_t<T>* buf) const {
+    double rstd0 = 0.0;
+    const T* s = data + plane * P;
+    if constexpr (std::is_same_v<T, acc_t<T>>) {
+      if (xP == P) {
+        plane_stats_pair(x, s, P, eps, 0.0, x_mean, x_rstd, mean + plane, &rstd0);
+        std[plane] = std_from(rstd0);
+        return;
+      }
     }
+    cpu::plane_stats(x, xP, eps, x_mean, x_rstd, buf);
+    cpu::plane_stats(s, P, 0.0, mean + plane, &rstd0, buf);
+    std[plane] = std_from(rstd0);
+  }
+
+  // (gamma, beta) of `plane` (a fused plane's after plane_stats above).
+  std::pair<double, double> at(int64_t plane) const {
     const int64_t i = period != 0 ? plane % period : plane;
     return {std[i] * gamma_scale, mean[i]};
-  }
-
-  // Whether forward_nchw sums a content plane of P values and this fused style plane in one pass.
-  bool summed_with_content(int64_t content_P) const {
-    return std::is_same_v<T, acc_t<T>> && data != nullptr && P == content_P;
-  }
-
-  // The statistics of content plane `plane` (x, with eps) and of the style plane of the same
-  // (n, c), in one pass over both: the values plane_stats and at() compute one after the other.
-  void content_and_style_stats(const T* x, int64_t plane, double eps, double* x_mean,
-                               double* x_rstd) const {
-    if constexpr (std::is_same_v<T, acc_t<T>>) {
-      double rstd0 = 0.0;
-      plane_stats_pair(x, data + plane * P, P, eps, 0.0, x_mean, x_rstd, mean + plane, &rstd0);
-      std[plane] = std_from(rstd0);
-    }
   }
 };
 
@@ -115,9 +112,8 @@ struct AdainStyle {
 // for adain, else from the operands.
 template <typename T>
 std::pair<double, double> plane_gamma_beta(Modulation<T> gamma, Modulation<T> beta,
-                                           const AdainStyle<T>* style, int64_t plane,
-                                           acc_t<T>* buf, bool summed = false) {
-  if (style != nullptr) return style->at(plane, buf, summed);
+                                           const AdainStyle<T>* style, int64_t plane) {
+  if (style != nullptr) return style->at(plane);
   return {gamma.full ? 0.0 : double(gamma[plane]),
           beta.data != nullptr && !beta.full ? double(beta[plane]) : 0.0};
 }
@@ -129,21 +125,19 @@ void forward_nchw(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
   using acc = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, 32768 / P);
   const bool stream = stream_output<T>(planes * P);
-  // adain with a style plane of the content plane's size: both summed in one pass.
-  const bool pair = style != nullptr && style->summed_with_content(P);
   parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     auto in = scratch<T>(kBlock), gbuf = scratch<T>(kBlock), bbuf = scratch<T>(kBlock),
          out = scratch<T>(kBlock);
     for (int64_t plane = b; plane < e; ++plane) {
       const int64_t base = plane * P;
-      if (pair) {
-        style->content_and_style_stats(x + base, plane, eps, mean + plane, rstd + plane);
+      if (style != nullptr && style->data != nullptr) {  // adain, fused: the style plane too
+        style->plane_stats(x + base, P, plane, eps, mean + plane, rstd + plane, in.data());
       } else {
         plane_stats(x + base, P, eps, mean + plane, rstd + plane, in.data());
       }
       const PlaneNorm<acc> q = plane_norm<acc>(mean[plane], rstd[plane]);
       // Per-plane gamma folds into the scale: ((x - hi) - lo) * (rstd * gamma).
-      const auto [g, b0d] = plane_gamma_beta(gamma, beta, style, plane, in.data(), pair);
+      const auto [g, b0d] = plane_gamma_beta(gamma, beta, style, plane);
       const acc s = static_cast<acc>(rstd[plane] * g), b0 = static_cast<acc>(b0d);
       // The statistics of the next plane come after this pass: its reads (and the next style
       // plane's, in proportion) are requested while this plane's output is written.
@@ -199,8 +193,8 @@ void forward_nhwc(const T* x, Modulation<T> gamma, Modulation<T> beta, T* y, int
     const NormParams<acc> q(mean + n0 * C, rstd + n0 * C, S * C);
     std::vector<acc> s(S * C, acc(0)), b0(S * C, acc(0));
     for (int64_t i = 0; i < S * C; ++i) {
-      // (adain's style statistics are precomputed here: style->data is null, no buffer needed)
-      const auto [g, b] = plane_gamma_beta(gamma, beta, style, n0 * C + i, nullptr);
+      // (adain's style statistics are precomputed here: style->data is null)
+      const auto [g, b] = plane_gamma_beta(gamma, beta, style, n0 * C + i);
       s[i] = static_cast<acc>(rstd[n0 * C + i] * g);
       b0[i] = static_cast<acc>(b);
     }
